@@ -1,0 +1,245 @@
+"""The request context: who asked, and under which request ids.
+
+One :class:`RequestContext` per request, held in a :mod:`contextvars` variable so
+threads, asyncio tasks and greenlets (with contextvars support) each see their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Executor, Future
+from typing import Any, ParamSpec, TypeVar
+
+from crosstrace.ids import generate_request_id, is_valid_request_id
+
+__all__ = [
+    "ENV_GLOBAL_REQUEST_ID",
+    "ENV_REQUEST_ID",
+    "RequestContext",
+    "get_current",
+    "reset_current",
+    "set_current",
+    "submit",
+    "use_context",
+    "wrap",
+]
+
+#: WSGI environ keys, the same ones oslo.middleware's ``request_id`` filter sets.
+ENV_REQUEST_ID = "openstack.request_id"
+ENV_GLOBAL_REQUEST_ID = "openstack.global_request_id"
+
+# keystonemiddleware's identity headers, as WSGI environ keys.
+_ENV_IDENTITY = {
+    "user_id": "HTTP_X_USER_ID",
+    "project_id": "HTTP_X_PROJECT_ID",
+    "domain_id": "HTTP_X_DOMAIN_ID",
+    "user_domain_id": "HTTP_X_USER_DOMAIN_ID",
+    "project_domain_id": "HTTP_X_PROJECT_DOMAIN_ID",
+}
+_ENV_ROLES = "HTTP_X_ROLES"
+_ENV_IS_ADMIN_PROJECT = "HTTP_X_IS_ADMIN_PROJECT"
+# Longest identity value accepted from a header; longer ones are ignored.
+_MAX_IDENTITY_LEN = 255
+
+_FIELDS = (
+    "request_id",
+    "global_request_id",
+    "user_id",
+    "project_id",
+    "domain_id",
+    "user_domain_id",
+    "project_domain_id",
+    "roles",
+    "is_admin",
+)
+
+
+class RequestContext:
+    """Ids and identity of one request.
+
+    ``request_id`` is this service's own id for the request; ``global_request_id``
+    is the id the caller sent (valid ones only), shared by every service the
+    request touches. :attr:`global_id` is what to send onwards.
+    """
+
+    __slots__ = _FIELDS
+
+    def __init__(
+        self,
+        request_id: str | None = None,
+        global_request_id: str | None = None,
+        user_id: str | None = None,
+        project_id: str | None = None,
+        domain_id: str | None = None,
+        user_domain_id: str | None = None,
+        project_domain_id: str | None = None,
+        roles: tuple[str, ...] | list[str] = (),
+        is_admin: bool = False,
+    ) -> None:
+        if request_id is not None and not is_valid_request_id(request_id):
+            raise ValueError("request_id must be 'req-' + a lowercase UUID")
+        if global_request_id is not None and not is_valid_request_id(global_request_id):
+            raise ValueError("global_request_id must be 'req-' + a lowercase UUID")
+        self.request_id: str = request_id or generate_request_id()
+        self.global_request_id: str | None = global_request_id
+        self.user_id = user_id
+        self.project_id = project_id
+        self.domain_id = domain_id
+        self.user_domain_id = user_domain_id
+        self.project_domain_id = project_domain_id
+        self.roles: tuple[str, ...] = tuple(roles)
+        self.is_admin = bool(is_admin)
+
+    @property
+    def global_id(self) -> str:
+        """The id to send to other services: the global id, else the local one."""
+        return self.global_request_id or self.request_id
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, Any], **overrides: Any) -> RequestContext:
+        """Build a context from a WSGI environ.
+
+        Reads the ``openstack.*`` keys set by a request-id middleware and the
+        identity headers keystonemiddleware sets. Keyword arguments win.
+        """
+        values: dict[str, Any] = {}
+        rid = environ.get(ENV_REQUEST_ID)
+        if is_valid_request_id(rid):
+            values["request_id"] = rid
+        grid = environ.get(ENV_GLOBAL_REQUEST_ID)
+        if is_valid_request_id(grid):
+            values["global_request_id"] = grid
+        for field, key in _ENV_IDENTITY.items():
+            value = environ.get(key)
+            if isinstance(value, str) and 0 < len(value) <= _MAX_IDENTITY_LEN:
+                values[field] = value
+        roles = environ.get(_ENV_ROLES)
+        if isinstance(roles, str) and roles:
+            values["roles"] = tuple(r.strip() for r in roles.split(",") if r.strip())
+            values["is_admin"] = "admin" in values["roles"] and (
+                str(environ.get(_ENV_IS_ADMIN_PROJECT, "true")).lower() == "true"
+            )
+        values.update(overrides)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict, for RPC message headers; see :meth:`from_dict`."""
+        out = {name: getattr(self, name) for name in _FIELDS}
+        out["roles"] = list(self.roles)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RequestContext:
+        """Rebuild a context sent with :meth:`to_dict`; invalid ids are dropped.
+
+        A message from another process is untrusted input: a malformed request
+        id is replaced (local) or dropped (global) instead of raising.
+        """
+        kwargs: dict[str, Any] = {}
+        for name in _FIELDS:
+            if name not in values:
+                continue
+            value = values[name]
+            if name in ("request_id", "global_request_id"):
+                if not is_valid_request_id(value):
+                    continue
+            elif name == "roles":
+                if not isinstance(value, (list, tuple)):
+                    continue
+                value = tuple(str(r) for r in value)
+            elif name == "is_admin":
+                value = value is True
+            elif value is not None and not (
+                isinstance(value, str) and len(value) <= _MAX_IDENTITY_LEN
+            ):
+                continue
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    @property
+    def user_identity(self) -> str:
+        """oslo.log's ``user_identity``: ``user project domain user_domain project_domain``."""
+        return " ".join(
+            v or "-"
+            for v in (
+                self.user_id,
+                self.project_id,
+                self.domain_id,
+                self.user_domain_id,
+                self.project_domain_id,
+            )
+        )
+
+    def get_logging_values(self) -> dict[str, Any]:
+        """Values for log records. Holds no secrets: ids, identity and roles only."""
+        values = self.to_dict()
+        values["user_identity"] = self.user_identity
+        return values
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestContext(request_id={self.request_id!r}, "
+            f"global_request_id={self.global_request_id!r}, "
+            f"user_id={self.user_id!r}, project_id={self.project_id!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RequestContext):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in _FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "crosstrace_request_context", default=None
+)
+
+#: The context of the request being served here, or ``None``.
+get_current: Callable[[], RequestContext | None] = _current.get
+
+
+def set_current(context: RequestContext | None) -> contextvars.Token[RequestContext | None]:
+    """Make *context* current; pass the token to :func:`reset_current`."""
+    return _current.set(context)
+
+
+def reset_current(token: contextvars.Token[RequestContext | None]) -> None:
+    """Restore the context that was current before :func:`set_current`."""
+    _current.reset(token)
+
+
+@contextlib.contextmanager
+def use_context(context: RequestContext | None) -> Iterator[RequestContext | None]:
+    """Make *context* current inside a ``with`` block."""
+    token = _current.set(context)
+    try:
+        yield context
+    finally:
+        _current.reset(token)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+    """Bind *fn* to a copy of the caller's contextvars (request context, span).
+
+    Use it to hand work to another thread: the callee sees the caller's context.
+    """
+    ctx = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return ctx.run(fn, *args, **kwargs)
+
+    return run
+
+
+def submit(executor: Executor, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+    """``executor.submit`` that runs *fn* under the caller's context."""
+    return executor.submit(wrap(fn), *args, **kwargs)

@@ -1,0 +1,160 @@
+"""Records the backend stores and returns, and the queries it answers.
+
+Ids are bytes inside the backend (16-byte trace ids, 8-byte span ids) and hex
+strings at the API edge. Times are integer nanoseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DependencyEdge",
+    "LogQuery",
+    "LogRecord",
+    "SpanRecord",
+    "TracePage",
+    "TraceQuery",
+    "TraceSummary",
+]
+
+# OTLP enum values, kept as plain ints.
+STATUS_UNSET = 0
+STATUS_OK = 1
+STATUS_ERROR = 2
+
+# Attribute names that the store lifts out of spans and logs into columns.
+ATTR_REQUEST_ID = "openstack.request_id"
+ATTR_GLOBAL_REQUEST_ID = "openstack.global_request_id"
+ATTR_PROJECT_ID = "openstack.project_id"
+ATTR_DOMAIN_ID = "openstack.domain_id"
+ATTR_USER_ID = "openstack.user_id"
+
+
+@dataclass(slots=True)
+class SpanRecord:
+    """One span as received (OTLP Span + its resource's service name)."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes | None
+    name: str
+    kind: int
+    start_ns: int
+    end_ns: int
+    service: str
+    status_code: int = STATUS_UNSET
+    status_message: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    # each: {"time_ns": int, "name": str, "attributes": dict}
+    events: list[dict[str, Any]] = field(default_factory=list)
+    # each: {"trace_id": hex str, "span_id": hex str, "attributes": dict}
+    links: list[dict[str, Any]] = field(default_factory=list)
+    resource: dict[str, Any] = field(default_factory=dict)
+    scope: str = ""
+    trace_state: str = ""
+
+    @property
+    def is_error(self) -> bool:
+        return self.status_code == STATUS_ERROR
+
+    @property
+    def duration_ns(self) -> int:
+        return max(0, self.end_ns - self.start_ns)
+
+
+@dataclass(slots=True)
+class LogRecord:
+    """One log record: from OTLP logs ingest or from ``crosstrace logs import``."""
+
+    time_ns: int
+    severity_number: int
+    severity_text: str
+    body: str
+    service: str
+    trace_id: bytes | None = None
+    span_id: bytes | None = None
+    request_id: str | None = None
+    global_request_id: str | None = None
+    user_id: str | None = None
+    project_id: str | None = None
+    domain_id: str | None = None
+    logger: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    resource: dict[str, Any] = field(default_factory=dict)
+    # Stable identity of the record at its source (e.g. a hash of file name and
+    # line text for imported logs): writing a record whose key is already stored
+    # adds nothing. ``None`` means "always insert".
+    dedup_key: bytes | None = None
+
+
+@dataclass(slots=True)
+class TraceSummary:
+    """What the search returns for one trace, merged over every batch received."""
+
+    trace_id: bytes
+    start_ns: int
+    end_ns: int
+    root_service: str
+    root_operation: str
+    span_count: int
+    error_count: int
+    services: list[str]
+    request_ids: list[str]
+    global_request_ids: list[str]
+    project_id: str | None = None
+    domain_id: str | None = None
+
+    @property
+    def duration_ns(self) -> int:
+        return max(0, self.end_ns - self.start_ns)
+
+
+@dataclass(slots=True)
+class TraceQuery:
+    """Trace search; every field set narrows the result. Newest first."""
+
+    service: str | None = None
+    operation: str | None = None
+    error: bool | None = None
+    start_ns: int | None = None
+    end_ns: int | None = None
+    min_duration_ns: int | None = None
+    max_duration_ns: int | None = None
+    request_id: str | None = None  # matches a global or a local id
+    project_id: str | None = None
+    domain_id: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+    limit: int = 20
+    cursor: str | None = None
+    # Access-control scope (a later issue): when set, only traces whose project is
+    # in this set are visible; applied inside the store query.
+    allowed_projects: frozenset[str] | None = None
+
+
+@dataclass(slots=True)
+class TracePage:
+    traces: list[TraceSummary]
+    next_cursor: str | None
+
+
+@dataclass(slots=True)
+class LogQuery:
+    request_id: str | None = None  # global or local
+    trace_id: bytes | None = None
+    service: str | None = None
+    min_severity: int | None = None  # OTLP severity number, e.g. 17 for ERROR
+    text: str | None = None
+    start_ns: int | None = None
+    end_ns: int | None = None
+    limit: int = 100
+    allowed_projects: frozenset[str] | None = None
+
+
+@dataclass(slots=True)
+class DependencyEdge:
+    caller: str
+    callee: str
+    calls: int
+    errors: int
