@@ -1,15 +1,18 @@
 """The store interface. SQLite and PostgreSQL implement it, and one test suite
 runs against both.
 
-Writes are synchronous from the caller's view: when ``write_spans`` or
-``write_logs`` returns, the data is committed (the ingest endpoint answers 200
-only after that). Implementations batch several callers into one transaction.
+Writes are handed to the store with ``submit_spans`` / ``submit_logs``, which
+return a future that completes once the data is committed (the ingest endpoint
+answers 200 only after that; an asyncio caller awaits ``asyncio.wrap_future``).
+Implementations batch several callers into one transaction. ``write_spans`` and
+``write_logs`` are the blocking forms.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from concurrent.futures import Future
 
 from crosstrace.server.model import (
     DependencyEdge,
@@ -28,12 +31,22 @@ class Store(abc.ABC):
     """A trace and log store."""
 
     @abc.abstractmethod
-    def write_spans(self, spans: Sequence[SpanRecord]) -> None:
-        """Store *spans* (any traces, any order) and update the trace summaries."""
+    def submit_spans(self, spans: Sequence[SpanRecord]) -> Future[None]:
+        """Queue *spans* (any traces, any order) for storage and the trace summaries'
+        update; the future completes when they are committed, or fails."""
 
     @abc.abstractmethod
+    def submit_logs(self, logs: Sequence[LogRecord]) -> Future[int]:
+        """Queue *logs*; the future gives how many were new once committed (a
+        record whose dedup key is already stored adds nothing)."""
+
+    def write_spans(self, spans: Sequence[SpanRecord]) -> None:
+        """Store *spans* and wait until they are committed."""
+        self.submit_spans(spans).result()
+
     def write_logs(self, logs: Sequence[LogRecord]) -> int:
-        """Store *logs*; return how many were new (dedup keys already stored add nothing)."""
+        """Store *logs*, wait until committed; return how many were new."""
+        return self.submit_logs(logs).result()
 
     @abc.abstractmethod
     def search_traces(self, query: TraceQuery) -> TracePage: ...
