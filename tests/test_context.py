@@ -89,7 +89,7 @@ def test_logging_values_hold_ids_and_identity_only() -> None:
     ctx = RequestContext(global_request_id=GID, user_id="u", project_id="p")
     values = ctx.get_logging_values()
     assert values["global_request_id"] == GID
-    assert values["user_identity"] == "u p - - -"
+    assert values["user_identity"] == "u p - - - -"
     assert not any("token" in key or "password" in key for key in values)
 
 

@@ -44,6 +44,14 @@ _ENV_IS_ADMIN_PROJECT = "HTTP_X_IS_ADMIN_PROJECT"
 # Longest identity value accepted from a header; longer ones are ignored.
 _MAX_IDENTITY_LEN = 255
 
+
+def _identity(value: object) -> str | None:
+    """An identity header value if it is a non-empty string of sane length."""
+    if type(value) is str and 0 < len(value) <= _MAX_IDENTITY_LEN:
+        return value
+    return None
+
+
 _FIELDS = (
     "request_id",
     "global_request_id",
@@ -105,25 +113,34 @@ class RequestContext:
         Reads the ``openstack.*`` keys set by a request-id middleware and the
         identity headers keystonemiddleware sets. Keyword arguments win.
         """
-        values: dict[str, Any] = {}
-        rid = environ.get(ENV_REQUEST_ID)
-        if is_valid_request_id(rid):
-            values["request_id"] = rid
-        grid = environ.get(ENV_GLOBAL_REQUEST_ID)
-        if is_valid_request_id(grid):
-            values["global_request_id"] = grid
-        for field, key in _ENV_IDENTITY.items():
-            value = environ.get(key)
-            if isinstance(value, str) and 0 < len(value) <= _MAX_IDENTITY_LEN:
-                values[field] = value
-        roles = environ.get(_ENV_ROLES)
+        # One call per request: unrolled, and each id validated exactly once.
+        get = environ.get
+        ctx = cls.__new__(cls)
+        rid = get(ENV_REQUEST_ID)
+        ctx.request_id = (
+            rid if rid is not None and is_valid_request_id(rid) else generate_request_id()
+        )
+        grid = get(ENV_GLOBAL_REQUEST_ID)
+        ctx.global_request_id = grid if grid is not None and is_valid_request_id(grid) else None
+        ctx.user_id = _identity(get("HTTP_X_USER_ID"))
+        ctx.project_id = _identity(get("HTTP_X_PROJECT_ID"))
+        ctx.domain_id = _identity(get("HTTP_X_DOMAIN_ID"))
+        ctx.user_domain_id = _identity(get("HTTP_X_USER_DOMAIN_ID"))
+        ctx.project_domain_id = _identity(get("HTTP_X_PROJECT_DOMAIN_ID"))
+        roles = get(_ENV_ROLES)
         if isinstance(roles, str) and roles:
-            values["roles"] = tuple(r.strip() for r in roles.split(",") if r.strip())
-            values["is_admin"] = "admin" in values["roles"] and (
-                str(environ.get(_ENV_IS_ADMIN_PROJECT, "true")).lower() == "true"
+            ctx.roles = tuple(r.strip() for r in roles.split(",") if r.strip())
+            ctx.is_admin = "admin" in ctx.roles and (
+                str(get(_ENV_IS_ADMIN_PROJECT, "true")).lower() == "true"
             )
-        values.update(overrides)
-        return cls(**values)
+        else:
+            ctx.roles = ()
+            ctx.is_admin = False
+        if overrides:
+            values = {name: getattr(ctx, name) for name in _FIELDS}
+            values.update(overrides)
+            return cls(**values)
+        return ctx
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict, for RPC message headers; see :meth:`from_dict`."""
@@ -161,16 +178,15 @@ class RequestContext:
 
     @property
     def user_identity(self) -> str:
-        """oslo.log's ``user_identity``: ``user project domain user_domain project_domain``."""
-        return " ".join(
-            v or "-"
-            for v in (
-                self.user_id,
-                self.project_id,
-                self.domain_id,
-                self.user_domain_id,
-                self.project_domain_id,
-            )
+        """oslo.log's ``user_identity``, with its default ``logging_user_identity_format``.
+
+        That format is ``%(user)s %(project)s %(domain)s %(system_scope)s
+        %(user_domain)s %(project_domain)s`` with ``-`` for every empty value;
+        crosstrace has no system scope, so that field is always ``-``.
+        """
+        return (
+            f"{self.user_id or '-'} {self.project_id or '-'} {self.domain_id or '-'} - "
+            f"{self.user_domain_id or '-'} {self.project_domain_id or '-'}"
         )
 
     def get_logging_values(self) -> dict[str, Any]:

@@ -7,8 +7,8 @@ a caller sends can reach a log line or a response unless it is exactly an id.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 __all__ = [
     "MAX_REQUEST_ID_LENGTH",
@@ -29,9 +29,20 @@ REQUEST_ID_RE = re.compile(
 _fullmatch = REQUEST_ID_RE.fullmatch
 
 
+# The UUID4 variant nibble (``10xx``) for each random hex digit.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_urandom = os.urandom
+
+
 def generate_request_id() -> str:
-    """Return a new local request id, ``req-`` + a random UUID4."""
-    return REQUEST_ID_PREFIX + str(uuid.uuid4())
+    """Return a new local request id, ``req-`` + a random UUID4.
+
+    Same value space as ``"req-" + str(uuid.uuid4())`` (122 random bits from
+    ``os.urandom``, version ``4``, RFC 4122 variant) at about a third of the
+    cost: this runs once per request.
+    """
+    h = _urandom(16).hex()
+    return f"req-{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def is_valid_request_id(value: object) -> bool:

@@ -1,0 +1,312 @@
+"""Logging with request ids: a filter, an oslo.log-compatible formatter, JSON lines.
+
+* :class:`ContextFilter` copies the current request context onto every record
+  that reaches the handler it is attached to (third-party loggers included,
+  which a logger-level filter would miss).
+* :class:`ContextFormatter` writes oslo.log's default line, so tools that parse
+  OpenStack logs keep working::
+
+      2026-11-22 02:06:58.123 4242 INFO nova.api [req-<global> req-<local> user project - - - -] msg
+
+  and oslo.log's ``[-]`` form when no request is being served.
+* :class:`JSONFormatter` writes one JSON object per line (Filebeat, Logstash,
+  ``crosstrace``'s own log importer).
+
+All three work from :func:`logging.config.dictConfig`; :func:`setup` covers the
+common case in one call.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json as _json
+import logging
+import socket
+import sys
+from collections.abc import Mapping
+from typing import IO, Any, Literal
+
+from crosstrace.context import RequestContext, get_current
+
+__all__ = [
+    "CONTEXT_FORMAT",
+    "DATE_FORMAT",
+    "DEFAULT_FORMAT",
+    "JSON_KEYS",
+    "RECORD_FIELDS",
+    "ContextFilter",
+    "ContextFormatter",
+    "JSONFormatter",
+    "setup",
+]
+
+#: oslo.log's ``logging_context_format_string`` default.
+CONTEXT_FORMAT = (
+    "%(asctime)s.%(msecs)03d %(process)d %(levelname)s %(name)s "
+    "[%(global_request_id)s %(request_id)s %(user_identity)s] %(instance)s%(message)s"
+)
+#: oslo.log's ``logging_default_format_string`` default (no request context).
+DEFAULT_FORMAT = (
+    "%(asctime)s.%(msecs)03d %(process)d %(levelname)s %(name)s [-] %(instance)s%(message)s"
+)
+#: oslo.log's ``log_date_format`` default.
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+#: oslo.log's ``instance_uuid_format`` default.
+INSTANCE_UUID_FORMAT = "[instance: %(uuid)s] "
+
+#: Attributes :class:`ContextFilter` puts on each record.
+RECORD_FIELDS = (
+    "global_request_id",
+    "request_id",
+    "user_identity",
+    "instance",
+    "user_id",
+    "project_id",
+    "domain_id",
+    "user_domain_id",
+    "project_domain_id",
+    "trace_id",
+    "span_id",
+)
+#: The keys of every :class:`JSONFormatter` line, in order.
+JSON_KEYS = (
+    "timestamp",
+    "level",
+    "logger",
+    "message",
+    "exception",
+    "process",
+    "thread_name",
+    "hostname",
+    "service",
+    "global_request_id",
+    "request_id",
+    "user_id",
+    "project_id",
+    "domain_id",
+    "user_domain_id",
+    "project_domain_id",
+    "trace_id",
+    "span_id",
+)
+_JSON_CONTEXT_KEYS = JSON_KEYS[9:]
+
+# Marks the handler setup() installed, so a second call replaces it.
+_SETUP_MARK = "_crosstrace_setup"
+
+
+def _apply(record: logging.LogRecord) -> None:
+    """Put the request context (current, or ``extra={"context": ctx}``) on *record*.
+
+    Values already on the record (from ``extra=`` or an earlier filter, possibly in
+    another thread) are kept.
+    """
+    d = record.__dict__
+    if "request_id" in d:
+        if "user_identity" not in d:  # request_id came from ``extra=``
+            for key in RECORD_FIELDS:
+                d.setdefault(key, None if key.endswith("_id") and key != "request_id" else "")
+        return
+    ctx = d.get("context")
+    if not isinstance(ctx, RequestContext):
+        ctx = get_current()
+    if ctx is None:
+        d["global_request_id"] = ""
+        d["request_id"] = ""
+        d["user_identity"] = ""
+        d["user_id"] = d["project_id"] = d["domain_id"] = None
+        d["user_domain_id"] = d["project_domain_id"] = None
+    else:
+        # oslo.log copies the context's None straight onto the record, so a line
+        # without a global id reads "[None req-...]"; keep that exactly.
+        d["global_request_id"] = ctx.global_request_id
+        d["request_id"] = ctx.request_id
+        d["user_identity"] = ctx.user_identity
+        d["user_id"] = ctx.user_id
+        d["project_id"] = ctx.project_id
+        d["domain_id"] = ctx.domain_id
+        d["user_domain_id"] = ctx.user_domain_id
+        d["project_domain_id"] = ctx.project_domain_id
+    if "instance" not in d:
+        d["instance"] = ""
+    # Filled in by the tracer when a span is current.
+    if "trace_id" not in d:
+        d["trace_id"] = ""
+        d["span_id"] = ""
+
+
+class ContextFilter(logging.Filter):
+    """Add the request context's ids and identity to every record; never drops one.
+
+    Attach it to handlers (``handler.addFilter(ContextFilter())``) so records from
+    every logger passing through get the fields. Adds :data:`RECORD_FIELDS`:
+    empty strings (``None`` for the user/project ids) when no request is current;
+    ``trace_id``/``span_id`` are ``""`` until a tracer sets them.
+    """
+
+    def filter(self, record: logging.LogRecord) -> Literal[True]:
+        """Add the fields; always keep the record."""
+        _apply(record)
+        return True
+
+
+def _instance_text(value: Any) -> str:
+    """oslo.log's handling of ``extra={"instance": ...}`` / ``instance_uuid``."""
+    if isinstance(value, Mapping):
+        uuid = value.get("uuid")
+        return INSTANCE_UUID_FORMAT % {"uuid": uuid} if uuid else ""
+    return str(value) if value else ""
+
+
+class ContextFormatter(logging.Formatter):
+    """oslo.log's text format: ids and identity in brackets, ``[-]`` without a request.
+
+    :param fmt: format for records made while a request is current (default
+        :data:`CONTEXT_FORMAT`).
+    :param datefmt: ``asctime`` format (default oslo.log's ``%Y-%m-%d %H:%M:%S``).
+    :param default_fmt: format for records made outside a request (default
+        :data:`DEFAULT_FORMAT` when *fmt* is not given, else *fmt*).
+
+    The record fields come from :class:`ContextFilter` when it is attached, else
+    from the context current when the record is formatted.
+    """
+
+    def __init__(
+        self,
+        fmt: str | None = None,
+        datefmt: str | None = None,
+        style: Literal["%"] = "%",
+        validate: bool = True,
+        *,
+        default_fmt: str | None = None,
+    ) -> None:
+        if style != "%":
+            raise ValueError("ContextFormatter supports the '%' style only, as oslo.log does")
+        context_fmt = fmt if fmt is not None else CONTEXT_FORMAT
+        if default_fmt is None:
+            default_fmt = DEFAULT_FORMAT if fmt is None else context_fmt
+        super().__init__(context_fmt, datefmt or DATE_FORMAT, style, validate)
+        self._context_style = self._style
+        self._default_style = logging.PercentStyle(default_fmt)
+        if validate:
+            self._default_style.validate()
+
+    def usesTime(self) -> bool:
+        """Whether either format shows ``asctime``."""
+        return self._context_style.usesTime() or self._default_style.usesTime()
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """Pick the context or the default format for *record*."""
+        style = self._context_style if record.__dict__.get("request_id") else self._default_style
+        return style.format(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format *record*, filling the context fields if no filter did."""
+        d = record.__dict__
+        _apply(record)
+        if not d["instance"] and d.get("instance_uuid"):
+            d["instance"] = INSTANCE_UUID_FORMAT % {"uuid": d["instance_uuid"]}
+        elif d["instance"] and not isinstance(d["instance"], str):
+            d["instance"] = _instance_text(d["instance"])
+        return super().format(record)
+
+
+def _utc_timestamp(created: float) -> str:
+    return datetime.datetime.fromtimestamp(created, datetime.UTC).isoformat(timespec="microseconds")
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line with exactly the keys in :data:`JSON_KEYS`.
+
+    ``timestamp`` is RFC 3339 UTC with microseconds; ``exception`` is the
+    formatted traceback or ``null``; ids absent from the record are ``null``.
+
+    :param service: the service name written in every line (may be ``None``).
+    """
+
+    def __init__(
+        self,
+        fmt: str | None = None,
+        datefmt: str | None = None,
+        style: Literal["%", "{", "$"] = "%",
+        validate: bool = True,
+        *,
+        service: str | None = None,
+    ) -> None:
+        super().__init__(fmt, datefmt, style, validate)
+        self.service = service
+        try:
+            self.hostname: str | None = socket.gethostname()
+        except OSError:
+            self.hostname = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Serialise *record* as one line of JSON."""
+        _apply(record)
+        d = record.__dict__
+        exception: str | None = None
+        if record.exc_info:
+            if not record.exc_text:
+                record.exc_text = self.formatException(record.exc_info)
+            exception = record.exc_text
+        elif record.exc_text:
+            exception = record.exc_text
+        if record.stack_info:
+            stack = self.formatStack(record.stack_info)
+            exception = f"{exception}\n{stack}" if exception else stack
+        out: dict[str, Any] = {
+            "timestamp": _utc_timestamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "exception": exception,
+            "process": record.process,
+            "thread_name": record.threadName,
+            "hostname": self.hostname,
+            "service": self.service,
+        }
+        for key in _JSON_CONTEXT_KEYS:
+            value = d.get(key)
+            out[key] = value if value else None
+        return _json.dumps(out, ensure_ascii=False, default=str)
+
+
+def setup(
+    service: str | None = None,
+    level: int | str = "INFO",
+    json: bool = False,
+    stream: IO[str] | None = None,
+    filename: str | None = None,
+) -> logging.Handler:
+    """Log every logger's records with the request context, in one call.
+
+    Installs one handler on the root logger (a file handler when *filename* is
+    given, else a stream handler on *stream* or ``sys.stderr``) with a
+    :class:`ContextFilter` and a :class:`ContextFormatter` (or a
+    :class:`JSONFormatter` when *json* is true), and sets the root level.
+    Calling it again replaces the handler it installed before instead of
+    adding a second one. Returns the handler.
+    """
+    if stream is not None and filename is not None:
+        raise ValueError("give either stream or filename, not both")
+    if isinstance(level, str):
+        resolved = logging.getLevelName(level.upper())
+        if not isinstance(resolved, int):
+            raise ValueError(f"unknown log level: {level!r}")
+        level = resolved
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, _SETUP_MARK, False):
+            root.removeHandler(old)
+            old.close()
+    handler: logging.Handler
+    if filename is not None:
+        handler = logging.FileHandler(filename, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    setattr(handler, _SETUP_MARK, True)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(JSONFormatter(service=service) if json else ContextFormatter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
