@@ -1,0 +1,389 @@
+"""``crosstrace logs import``: read existing log files into a store.
+
+Each file is read as a stream (plain or gzip, recognised by its first bytes), in
+constant memory: lines are cut at :data:`MAX_LINE_BYTES`, parsed by
+:class:`~crosstrace.server.logparse.LogParser` and written in batches of
+:data:`DEFAULT_BATCH_SIZE` records through :meth:`Store.submit_logs`, with at most
+:data:`MAX_BATCHES_IN_FLIGHT` batches waiting for their commit. Every record has a
+``dedup_key`` made from the service, the file's name, the record's first line number
+and its text, so importing a file again stores nothing new.
+
+A file that cannot be opened or read is an error for that file only; the other files
+are still imported. A store that fails stops the import.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as _dt
+import gzip
+import json
+import logging
+import os
+import re
+import zlib
+import zoneinfo
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from crosstrace.server.logparse import LogParser, ParseStats, derive_service_name
+from crosstrace.server.model import LogRecord
+from crosstrace.server.store.base import Store
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "MAX_BATCHES_IN_FLIGHT",
+    "MAX_LINE_BYTES",
+    "FileImportResult",
+    "format_result",
+    "import_file",
+    "parse_timezone",
+    "run_import",
+    "source_name",
+]
+
+log = logging.getLogger(__name__)
+
+#: A longer line is cut to this many bytes (the rest of it is read and dropped).
+MAX_LINE_BYTES = 256 * 1024
+#: Records per store write.
+DEFAULT_BATCH_SIZE = 1000
+#: Batches handed to the store and not yet committed, per file.
+MAX_BATCHES_IN_FLIGHT = 2
+#: How often (in lines) the progress callback is told the bytes read.
+PROGRESS_EVERY_LINES = 2000
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_READ_BUFFER = 1 << 16
+
+#: ``on_progress(bytes_read)``: raw bytes of the file consumed so far.
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(slots=True)
+class FileImportResult:
+    """What importing one file did. ``stored + duplicates == stats.records`` unless
+    ``error`` is set."""
+
+    path: str
+    service: str
+    stats: ParseStats = field(default_factory=ParseStats)
+    stored: int = 0
+    duplicates: int = 0
+    truncated_lines: int = 0
+    bytes_read: int = 0
+    compressed: bool = False
+    error: str | None = None
+    store_failed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (``crosstrace logs import --json``)."""
+        s = self.stats
+        return {
+            "path": self.path,
+            "service": self.service,
+            "format": s.formats.most_common(1)[0][0] if s.formats else None,
+            "lines_read": s.lines_read,
+            "records": s.records,
+            "lines_in_records": s.lines_in_records,
+            "continuation_lines": s.continuation_lines,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "skipped": s.skipped,
+            "skipped_by_reason": dict(s.skipped_by_reason),
+            "skipped_examples": {k: list(v) for k, v in s.skipped_examples.items()},
+            "invalid_request_ids": s.invalid_request_ids,
+            "truncated_lines": self.truncated_lines,
+            "bytes_read": self.bytes_read,
+            "error": self.error,
+        }
+
+
+def source_name(path: str | os.PathLike[str]) -> str:
+    """The name a file's records are keyed by: its base name without ``.gz``, so the
+    compressed copy of a rotated file matches the plain one."""
+    name = Path(path).name
+    return name[:-3] if name.endswith(".gz") and len(name) > 3 else name
+
+
+class _Lines:
+    """Iterate the decoded lines of a plain or gzip file, lines cut at
+    :data:`MAX_LINE_BYTES`. A read error ends the iteration and is kept in
+    ``error`` (the lines before it are still parsed and stored)."""
+
+    def __init__(
+        self, raw: BinaryIO, result: FileImportResult, on_progress: ProgressCallback | None
+    ) -> None:
+        self.raw = raw
+        self.result = result
+        self.on_progress = on_progress
+        self.error: str | None = None
+        self.stream: BinaryIO | gzip.GzipFile
+        magic = raw.read(2)
+        raw.seek(0)
+        if magic == _GZIP_MAGIC:
+            self.stream = gzip.GzipFile(fileobj=raw, mode="rb")
+            result.compressed = True
+        else:
+            self.stream = raw
+
+    def __iter__(self) -> Iterator[str]:
+        readline = self.stream.readline
+        result = self.result
+        count = 0
+        try:
+            while True:
+                chunk = readline(MAX_LINE_BYTES)
+                if not chunk:
+                    break
+                if len(chunk) == MAX_LINE_BYTES and not chunk.endswith(b"\n"):
+                    result.truncated_lines += 1
+                    while True:  # drop the rest of the over-long line
+                        rest = readline(MAX_LINE_BYTES)
+                        if not rest or rest.endswith(b"\n"):
+                            break
+                yield chunk.decode("utf-8", "replace")
+                count += 1
+                if self.on_progress is not None and count % PROGRESS_EVERY_LINES == 0:
+                    self.on_progress(self.raw.tell())
+        except (OSError, EOFError, zlib.error) as exc:
+            self.error = f"read error after line {count}: {exc}"
+        result.bytes_read = self.raw.tell()
+        if self.on_progress is not None:
+            self.on_progress(result.bytes_read)
+
+
+def import_file(
+    store: Store,
+    path: str | os.PathLike[str],
+    *,
+    service: str | None = None,
+    tz: _dt.tzinfo | None = None,
+    year: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_progress: ProgressCallback | None = None,
+) -> FileImportResult:
+    """Import one log file into *store* and say what happened.
+
+    *service* names the service for every record (default: from the file name, or
+    a JSON line's own ``service``); *tz* is the zone of times written without one
+    (UTC when ``None``); *year* is the year of journal lines (default: the journal's
+    ``-- Logs begin at`` header, else the year the file was last modified).
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    name = source_name(path)
+    result = FileImportResult(path=str(path), service=service or derive_service_name(name))
+    try:
+        raw = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        result.error = f"cannot open: {exc.strerror or exc}"
+        return result
+    with raw:
+        try:
+            mtime_year = _dt.datetime.fromtimestamp(os.fstat(raw.fileno()).st_mtime, _dt.UTC).year
+            lines = _Lines(raw, result, on_progress)
+        except OSError as exc:
+            result.error = f"cannot read: {exc.strerror or exc}"
+            return result
+        parser = LogParser(
+            name,
+            service=service,
+            default_service=result.service,
+            tz=tz,
+            year=year,
+            fallback_year=mtime_year,
+        )
+        result.stats = parser.stats
+        _write(store, parser.parse(lines), batch_size, result)
+        if lines.error is not None and result.error is None:
+            result.error = lines.error
+    log.debug("imported %s: %d records, %d new", result.path, result.stats.records, result.stored)
+    return result
+
+
+def _write(
+    store: Store, records: Iterator[LogRecord], batch_size: int, result: FileImportResult
+) -> None:
+    """Write *records* in batches, keeping a bounded number of batches in flight."""
+    in_flight: collections.deque[tuple[Future[int], int]] = collections.deque()
+
+    def settle(future: Future[int], size: int) -> None:
+        new = future.result()
+        result.stored += new
+        result.duplicates += size - new
+
+    batch: list[LogRecord] = []
+    try:
+        for record in records:
+            batch.append(record)
+            if len(batch) >= batch_size:
+                in_flight.append((store.submit_logs(batch), len(batch)))
+                batch = []
+                while len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
+                    settle(*in_flight.popleft())
+        if batch:
+            in_flight.append((store.submit_logs(batch), len(batch)))
+        while in_flight:
+            settle(*in_flight.popleft())
+    except Exception as exc:  # the store's own errors: any type, reported as such
+        log.warning("store write failed while importing %s: %s", result.path, exc)
+        result.error = f"store write failed: {exc}"
+        result.store_failed = True
+        for future, _ in in_flight:  # let what was handed over finish before returning
+            try:
+                future.result()
+            except Exception:  # noqa: S112 (already reported above)
+                continue
+
+
+# -- the command ---------------------------------------------------------------
+
+_OFFSET_RE = re.compile(r"(?P<sign>[+-])(?P<h>\d\d):?(?P<m>\d\d)")
+
+
+def parse_timezone(value: str) -> _dt.tzinfo:
+    """``UTC``, an IANA zone name (``Europe/Paris``) or a fixed offset (``+02:00``).
+
+    Raises :class:`click.BadParameter` for anything else.
+    """
+    import click
+
+    if value.upper() in ("UTC", "Z"):
+        return _dt.UTC
+    m = _OFFSET_RE.fullmatch(value)
+    if m is not None:
+        hours, minutes = int(m["h"]), int(m["m"])
+        if hours <= 23 and minutes <= 59:
+            offset = _dt.timedelta(hours=hours, minutes=minutes)
+            return _dt.timezone(-offset if m["sign"] == "-" else offset)
+    else:
+        try:
+            return zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            pass
+    raise click.BadParameter(f"unknown time zone {value!r}", param_hint="--tz")
+
+
+def format_result(result: FileImportResult) -> str:
+    """The plain-text summary of one file, as the command prints it."""
+    s = result.stats
+    head = f"{result.path}: service {result.service}"
+    if s.formats:
+        head += ", " + "+".join(sorted(s.formats))
+    if result.compressed:
+        head += ", gzip"
+    lines = [head]
+    if result.error is not None and s.lines_read == 0:
+        lines.append(f"  error: {result.error}")
+        return "\n".join(lines)
+    lines += [
+        f"  lines read           {s.lines_read}",
+        f"  records              {s.records} ({s.lines_in_records} lines,"
+        f" {s.continuation_lines} continuation lines joined)",
+        f"  stored               {result.stored}",
+        f"  already present      {result.duplicates}",
+        f"  skipped lines        {s.skipped}",
+    ]
+    for reason, count in s.skipped_by_reason.most_common():
+        examples = ", ".join(str(n) for n in s.skipped_examples.get(reason, []))
+        more = ", ..." if count > len(s.skipped_examples.get(reason, [])) else ""
+        lines.append(f"    {count} {reason} (line {examples}{more})")
+    if s.invalid_request_ids:
+        lines.append(f"  invalid request ids  {s.invalid_request_ids} (dropped)")
+    if result.truncated_lines:
+        lines.append(f"  lines cut to {MAX_LINE_BYTES} bytes  {result.truncated_lines}")
+    if result.error is not None:
+        lines.append(f"  error: {result.error}")
+    return "\n".join(lines)
+
+
+def run_import(
+    paths: Sequence[Path],
+    *,
+    db_url: str,
+    service: str | None,
+    tz: _dt.tzinfo | None,
+    year: int | None,
+    batch_size: int,
+    as_json: bool,
+) -> int:
+    """Import *paths* into the store at *db_url*, show progress and a summary per
+    file; return the exit status (0 when every file was imported)."""
+    import click
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from crosstrace.server.store.base import open_store
+
+    err = Console(stderr=True, highlight=False)
+    results: list[FileImportResult] = []
+    store = open_store(db_url)
+    try:
+        for path in paths:
+            on_progress: ProgressCallback | None = None
+            progress: Progress | None = None
+            if err.is_terminal:
+                progress = Progress(
+                    TextColumn("[bold]{task.description}"),
+                    BarColumn(),
+                    DownloadColumn(),
+                    TransferSpeedColumn(),
+                    TimeRemainingColumn(),
+                    console=err,
+                    transient=True,
+                )
+                try:
+                    total: int | None = path.stat().st_size
+                except OSError:
+                    total = None
+                task = progress.add_task(path.name, total=total)
+
+                def on_progress(done: int, _p: Progress = progress, _t: Any = task) -> None:
+                    _p.update(_t, completed=done)
+
+                progress.start()
+            elif not as_json:
+                err.print(f"importing {path} ...")
+            try:
+                result = import_file(
+                    store,
+                    path,
+                    service=service,
+                    tz=tz,
+                    year=year,
+                    batch_size=batch_size,
+                    on_progress=on_progress,
+                )
+            finally:
+                if progress is not None:
+                    progress.stop()
+            results.append(result)
+            if not as_json:
+                click.echo(format_result(result))
+            if result.store_failed:
+                break
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+    failed = [r for r in results if not r.ok]
+    if failed or len(results) < len(paths):
+        for r in failed:
+            click.echo(f"error: {r.path}: {r.error}", err=True)
+        return 1
+    return 0
