@@ -1,0 +1,250 @@
+"""Compact encodings shared by the SQLite and PostgreSQL stores.
+
+Spans are not stored one row each: every (trace, write) group of spans becomes one
+*chunk*, a msgpack array of compact span tuples (binary ids, interned service and
+operation names as integers, start times relative to the chunk, the attributes,
+events and links as msgpack maps that keep their types) compressed with zstd.
+Fetching a trace reads its few chunks by trace id.
+
+Also here: the 16-byte key form of request ids, the 64-bit hash used by the
+attribute index, and the opaque search cursor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgpack
+import zstandard
+
+from crosstrace.ids import REQUEST_ID_PREFIX, REQUEST_ID_RE
+from crosstrace.server.model import SpanRecord
+
+__all__ = [
+    "CHUNK_FORMAT",
+    "attr_hash",
+    "attr_text",
+    "decode_chunk",
+    "decode_cursor",
+    "decode_rid",
+    "encode_chunk",
+    "encode_cursor",
+    "encode_rid",
+    "pack_blob",
+    "unpack_blob",
+]
+
+#: First byte of every chunk; bumped if the span tuple layout ever changes.
+CHUNK_FORMAT = 1
+#: zstd level: 3 is zstd's default, close to level 1 in speed and smaller.
+ZSTD_LEVEL = 3
+#: Longest request id or attribute value that is indexed (longer ones are skipped).
+MAX_INDEXED_TEXT = 512
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    # zstd (de)compressor objects are not safe to share between threads.
+    c: zstandard.ZstdCompressor | None = getattr(_local, "c", None)
+    if c is None:
+        c = _local.c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d: zstandard.ZstdDecompressor | None = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    return d
+
+
+def _sanitize(value: Any) -> Any:
+    """Make *value* packable: ints outside 64 bits and unknown types become text."""
+    if isinstance(value, dict):
+        return {str(k): _sanitize(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_sanitize(v) for v in value]
+    if isinstance(value, bool | float | str | bytes) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    return str(value)
+
+
+def _packb(obj: Any) -> bytes:
+    try:
+        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    except (OverflowError, TypeError, ValueError):
+        return msgpack.packb(_sanitize(obj), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def pack_blob(obj: Any) -> bytes:
+    """msgpack + zstd of any JSON-like value (bytes kept as bytes)."""
+    return _compressor().compress(_packb(obj))
+
+
+def unpack_blob(data: bytes) -> Any:
+    """Inverse of :func:`pack_blob`."""
+    return msgpack.unpackb(
+        _decompressor().decompress(data), raw=False, strict_map_key=False, use_list=True
+    )
+
+
+def encode_chunk(spans: Sequence[SpanRecord], intern: Callable[[str], int]) -> bytes:
+    """Encode the spans of ONE trace into a compressed chunk.
+
+    *intern* maps a service or operation name to its id in the names table. Each
+    distinct resource dict is stored once per chunk.
+    """
+    base = min(s.start_ns for s in spans)
+    resources: list[dict[str, Any]] = []
+    res_index: dict[int, int] = {}
+    rows = []
+    for s in spans:
+        res = s.resource
+        ri = res_index.get(id(res))
+        if ri is None:
+            try:
+                ri = resources.index(res)
+            except ValueError:
+                ri = len(resources)
+                resources.append(res)
+            res_index[id(res)] = ri
+        rows.append(
+            (
+                s.span_id,
+                s.parent_span_id,
+                intern(s.service),
+                intern(s.name),
+                s.kind,
+                s.start_ns - base,
+                s.end_ns - s.start_ns,
+                s.status_code,
+                s.status_message,
+                s.attributes,
+                s.events,
+                s.links,
+                ri,
+                s.scope,
+                s.trace_state,
+            )
+        )
+    return bytes((CHUNK_FORMAT,)) + pack_blob((base, resources, rows))
+
+
+def decode_chunk(trace_id: bytes, data: bytes, name: Callable[[int], str]) -> list[SpanRecord]:
+    """Decode a chunk written by :func:`encode_chunk`; *name* maps ids back to names."""
+    if not data or data[0] != CHUNK_FORMAT:
+        raise ValueError(f"unknown span chunk format {data[:1]!r}")
+    base, resources, rows = unpack_blob(data[1:])
+    out = []
+    for (
+        span_id,
+        parent,
+        svc,
+        op,
+        kind,
+        start,
+        dur,
+        status,
+        message,
+        attrs,
+        events,
+        links,
+        ri,
+        scope,
+        state,
+    ) in rows:
+        start_ns = base + start
+        out.append(
+            SpanRecord(
+                trace_id=trace_id,
+                span_id=span_id,
+                parent_span_id=parent,
+                name=name(op),
+                kind=kind,
+                start_ns=start_ns,
+                end_ns=start_ns + dur,
+                service=name(svc),
+                status_code=status,
+                status_message=message,
+                attributes=attrs,
+                events=events,
+                links=links,
+                resource=resources[ri],
+                scope=scope,
+                trace_state=state,
+            )
+        )
+    return out
+
+
+_RID_PREFIX_LEN = len(REQUEST_ID_PREFIX)
+
+
+def encode_rid(request_id: str) -> bytes | None:
+    """Index key of a request id: the 16 UUID bytes of a ``req-<uuid>`` id, else a
+    NUL byte and the UTF-8 text (never 16 bytes long); ``None`` if unindexable."""
+    if REQUEST_ID_RE.fullmatch(request_id):
+        return uuid.UUID(request_id[_RID_PREFIX_LEN:]).bytes
+    if not request_id or len(request_id) > MAX_INDEXED_TEXT or "\x00" in request_id:
+        return None
+    raw = b"\x00" + request_id.encode("utf-8", "surrogatepass")
+    return raw + b"\x00" if len(raw) == 16 else raw
+
+
+def decode_rid(key: bytes) -> str:
+    """Inverse of :func:`encode_rid`."""
+    if len(key) == 16:
+        return REQUEST_ID_PREFIX + str(uuid.UUID(bytes=key))
+    raw = key[1:-1] if len(key) == 17 and key.endswith(b"\x00") else key[1:]
+    return raw.decode("utf-8", "surrogatepass")
+
+
+def attr_text(value: Any) -> str | None:
+    """The text an attribute value is searched by (``attr.KEY=VALUE``), or ``None``
+    for values that are not indexed (lists, maps, very long text)."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_INDEXED_TEXT else None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex() if len(value) <= MAX_INDEXED_TEXT // 2 else None
+    return None
+
+
+def attr_hash(key: str, text: str) -> int:
+    """Signed 64-bit hash of ``key=text`` for the attribute index (a collision
+    between two different pairs has probability ~2^-64 per pair)."""
+    digest = hashlib.blake2b(
+        key.encode("utf-8", "surrogatepass") + b"\x00" + text.encode("utf-8", "surrogatepass"),
+        digest_size=8,
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def encode_cursor(start_ns: int, trace_id: bytes) -> str:
+    """Opaque search cursor: base64 of the last returned (start, trace id)."""
+    raw = msgpack.packb((start_ns, trace_id), use_bin_type=True)
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, bytes]:
+    """Inverse of :func:`encode_cursor`; ``ValueError`` for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        start_ns, trace_id = msgpack.unpackb(raw, raw=False)
+    except (binascii.Error, ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ValueError("invalid cursor") from exc
+    if type(start_ns) is not int or type(trace_id) is not bytes:
+        raise ValueError("invalid cursor")
+    return start_ns, trace_id

@@ -1,0 +1,231 @@
+"""Versioned schema migrations for both stores.
+
+Each dialect has a list of numbered steps; ``schema_version`` holds the version a
+database is at. Opening a database applies the steps it lacks, each in its own
+transaction (PostgreSQL: under an advisory lock, so several ``serve`` processes
+starting at once do not race). A database written by a newer crosstrace (a
+version above the last step known here) is refused with
+:class:`SchemaVersionError` rather than being misread.
+
+Tables (both dialects):
+
+``names``
+    interned service and operation names (id <-> text).
+``operations``
+    (service, operation name) pairs; ``-id`` is the operation's key in ``trace_keys``.
+``traces``
+    one summary row per trace, merged in SQL as batches arrive: start = min,
+    end = max, counts add, root = the parentless span (else the earliest span
+    whose parent is unknown), project and domain = first seen.
+``chunks``
+    the spans: one compressed chunk per (trace, write); see ``codec.py``.
+``trace_keys``
+    (trace, service id) and (trace, -operation id): the services of a trace and
+    the service / operation search filters.
+``request_ids``
+    request id key -> trace (kind bit 1 = local id, 2 = global id).
+``attr_index``
+    hash(key=value) -> trace, for the attribute keys listed in
+    ``sqlcommon.INDEXED_ATTRIBUTES`` (and every ``openstack.*`` key).
+``span_parents`` / ``dep_pending``
+    short-lived lookups that let a caller -> callee edge be counted when the
+    parent and child spans arrive in different writes.
+``dep_edges``
+    caller -> callee call and error counts per hour.
+``logs``
+    log records with their ids, deduplicated on ``dedup_key``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["LATEST_VERSION", "MIGRATIONS", "SchemaVersionError", "migrate", "schema_version"]
+
+
+class SchemaVersionError(RuntimeError):
+    """The database was written by a newer crosstrace than this one."""
+
+
+_SQLITE_V1 = [
+    "CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE operations (id INTEGER PRIMARY KEY, service_id INTEGER NOT NULL,"
+    " name_id INTEGER NOT NULL, UNIQUE (service_id, name_id))",
+    "CREATE TABLE traces (trace_id BLOB PRIMARY KEY, start_ns INTEGER NOT NULL,"
+    " end_ns INTEGER NOT NULL, root_service INTEGER NOT NULL, root_op INTEGER NOT NULL,"
+    " root_real INTEGER NOT NULL, root_start INTEGER NOT NULL,"
+    " span_count INTEGER NOT NULL, error_count INTEGER NOT NULL,"
+    " project_id TEXT, domain_id TEXT) WITHOUT ROWID",
+    "CREATE INDEX traces_start ON traces (start_ns)",
+    "CREATE INDEX traces_error_start ON traces (start_ns) WHERE error_count > 0",
+    "CREATE INDEX traces_project_start ON traces (project_id, start_ns)",
+    "CREATE TABLE chunks (id INTEGER PRIMARY KEY, trace_id BLOB NOT NULL, data BLOB NOT NULL)",
+    "CREATE INDEX chunks_trace ON chunks (trace_id)",
+    "CREATE TABLE trace_keys (trace_id BLOB NOT NULL, key INTEGER NOT NULL,"
+    " PRIMARY KEY (trace_id, key)) WITHOUT ROWID",
+    "CREATE TABLE request_ids (rid BLOB NOT NULL, trace_id BLOB NOT NULL,"
+    " kind INTEGER NOT NULL, PRIMARY KEY (rid, trace_id)) WITHOUT ROWID",
+    "CREATE INDEX request_ids_trace ON request_ids (trace_id)",
+    "CREATE TABLE attr_index (h INTEGER NOT NULL, trace_id BLOB NOT NULL,"
+    " PRIMARY KEY (h, trace_id)) WITHOUT ROWID",
+    "CREATE TABLE span_parents (trace_id BLOB NOT NULL, span_id BLOB NOT NULL,"
+    " service_id INTEGER NOT NULL, t INTEGER NOT NULL,"
+    " PRIMARY KEY (trace_id, span_id)) WITHOUT ROWID",
+    "CREATE TABLE dep_pending (id INTEGER PRIMARY KEY, trace_id BLOB NOT NULL,"
+    " parent_id BLOB NOT NULL, service_id INTEGER NOT NULL, error INTEGER NOT NULL,"
+    " bucket INTEGER NOT NULL, t INTEGER NOT NULL)",
+    "CREATE INDEX dep_pending_trace ON dep_pending (trace_id)",
+    "CREATE TABLE dep_edges (bucket INTEGER NOT NULL, caller INTEGER NOT NULL,"
+    " callee INTEGER NOT NULL, calls INTEGER NOT NULL, errors INTEGER NOT NULL,"
+    " PRIMARY KEY (bucket, caller, callee)) WITHOUT ROWID",
+]
+
+_SQLITE_V2 = [
+    "CREATE TABLE logs (id INTEGER PRIMARY KEY, time_ns INTEGER NOT NULL,"
+    " severity INTEGER NOT NULL, severity_text TEXT NOT NULL, service_id INTEGER NOT NULL,"
+    " trace_id BLOB, span_id BLOB, request_id TEXT, global_request_id TEXT, user_id TEXT,"
+    " project_id TEXT, domain_id TEXT, logger TEXT NOT NULL, body TEXT NOT NULL,"
+    " extra BLOB, dedup_key BLOB UNIQUE)",
+    "CREATE INDEX logs_time ON logs (time_ns)",
+    "CREATE INDEX logs_request ON logs (request_id) WHERE request_id IS NOT NULL",
+    "CREATE INDEX logs_global_request ON logs (global_request_id)"
+    " WHERE global_request_id IS NOT NULL",
+    "CREATE INDEX logs_trace ON logs (trace_id) WHERE trace_id IS NOT NULL",
+    "CREATE INDEX logs_service_time ON logs (service_id, time_ns)",
+]
+
+_PG_V1 = [
+    "CREATE TABLE names (id INTEGER GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " name TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE operations (id INTEGER GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " service_id INTEGER NOT NULL, name_id INTEGER NOT NULL, UNIQUE (service_id, name_id))",
+    "CREATE TABLE traces (trace_id BYTEA PRIMARY KEY, start_ns BIGINT NOT NULL,"
+    " end_ns BIGINT NOT NULL, root_service INTEGER NOT NULL, root_op INTEGER NOT NULL,"
+    " root_real SMALLINT NOT NULL, root_start BIGINT NOT NULL,"
+    " span_count INTEGER NOT NULL, error_count INTEGER NOT NULL,"
+    " project_id TEXT, domain_id TEXT)",
+    "CREATE INDEX traces_start ON traces (start_ns, trace_id)",
+    "CREATE INDEX traces_error_start ON traces (start_ns, trace_id) WHERE error_count > 0",
+    "CREATE INDEX traces_project_start ON traces (project_id, start_ns)",
+    # Partitioned by day of the chunk's first span: retention drops whole days.
+    "CREATE TABLE chunks (trace_id BYTEA NOT NULL, day INTEGER NOT NULL,"
+    " data BYTEA NOT NULL) PARTITION BY RANGE (day)",
+    # Chunks are already compressed: do not let TOAST try again.
+    "ALTER TABLE chunks ALTER COLUMN data SET STORAGE EXTERNAL",
+    "CREATE INDEX chunks_trace ON chunks (trace_id)",
+    "CREATE TABLE trace_keys (trace_id BYTEA NOT NULL, key INTEGER NOT NULL,"
+    " PRIMARY KEY (trace_id, key))",
+    "CREATE TABLE request_ids (rid BYTEA NOT NULL, trace_id BYTEA NOT NULL,"
+    " kind SMALLINT NOT NULL, PRIMARY KEY (rid, trace_id))",
+    "CREATE INDEX request_ids_trace ON request_ids (trace_id)",
+    "CREATE TABLE attr_index (h BIGINT NOT NULL, trace_id BYTEA NOT NULL,"
+    " PRIMARY KEY (h, trace_id))",
+    "CREATE TABLE span_parents (trace_id BYTEA NOT NULL, span_id BYTEA NOT NULL,"
+    " service_id INTEGER NOT NULL, t BIGINT NOT NULL, PRIMARY KEY (trace_id, span_id))",
+    "CREATE TABLE dep_pending (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " trace_id BYTEA NOT NULL, parent_id BYTEA NOT NULL, service_id INTEGER NOT NULL,"
+    " error SMALLINT NOT NULL, bucket BIGINT NOT NULL, t BIGINT NOT NULL)",
+    "CREATE INDEX dep_pending_trace ON dep_pending (trace_id)",
+    "CREATE TABLE dep_edges (bucket BIGINT NOT NULL, caller INTEGER NOT NULL,"
+    " callee INTEGER NOT NULL, calls BIGINT NOT NULL, errors BIGINT NOT NULL,"
+    " PRIMARY KEY (bucket, caller, callee))",
+]
+
+_PG_V2 = [
+    "CREATE TABLE logs (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " time_ns BIGINT NOT NULL, severity INTEGER NOT NULL, severity_text TEXT NOT NULL,"
+    " service_id INTEGER NOT NULL, trace_id BYTEA, span_id BYTEA, request_id TEXT,"
+    " global_request_id TEXT, user_id TEXT, project_id TEXT, domain_id TEXT,"
+    " logger TEXT NOT NULL, body TEXT NOT NULL, extra BYTEA, dedup_key BYTEA UNIQUE)",
+    "CREATE INDEX logs_time ON logs (time_ns, id)",
+    "CREATE INDEX logs_request ON logs (request_id) WHERE request_id IS NOT NULL",
+    "CREATE INDEX logs_global_request ON logs (global_request_id)"
+    " WHERE global_request_id IS NOT NULL",
+    "CREATE INDEX logs_trace ON logs (trace_id) WHERE trace_id IS NOT NULL",
+    "CREATE INDEX logs_service_time ON logs (service_id, time_ns)",
+]
+
+#: dialect -> [(version, description, statements)], in order.
+MIGRATIONS: dict[str, list[tuple[int, str, list[str]]]] = {
+    "sqlite": [
+        (1, "traces, span chunks, search indexes, dependencies", _SQLITE_V1),
+        (2, "logs", _SQLITE_V2),
+    ],
+    "postgresql": [
+        (1, "traces, span chunks, search indexes, dependencies", _PG_V1),
+        (2, "logs", _PG_V2),
+    ],
+}
+LATEST_VERSION = 2
+
+#: Arbitrary key of the PostgreSQL advisory lock held while migrating.
+_PG_LOCK_KEY = 0x63727374  # "crst"
+
+
+def schema_version(conn: Any) -> int:
+    """The version a database is at (0 when it has no schema yet)."""
+    try:
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    except Exception:  # the table does not exist yet
+        if hasattr(conn, "rollback"):
+            conn.rollback()
+        return 0
+    return int(row[0] or 0)
+
+
+def migrate(conn: Any, dialect: str, target: int | None = None) -> int:
+    """Bring the database on *conn* to *target* (default: the latest) version.
+
+    *conn* is a ``sqlite3`` connection in autocommit mode (``isolation_level=None``)
+    or a psycopg connection in autocommit mode. Returns the version reached.
+    """
+    steps = MIGRATIONS[dialect]
+    latest = steps[-1][0]
+    target = latest if target is None else target
+    if dialect == "postgresql":
+        conn.execute("SELECT pg_advisory_lock(%s)", (_PG_LOCK_KEY,))
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL,"
+            " description TEXT NOT NULL, applied_ns BIGINT NOT NULL)"
+        )
+        current = schema_version(conn)
+        if current > latest:
+            raise SchemaVersionError(
+                f"the database schema is at version {current}, newer than the newest this "
+                f"crosstrace knows ({latest}); upgrade crosstrace to open it"
+            )
+        ph = "%s" if dialect == "postgresql" else "?"
+        for version, description, statements in steps:
+            if version <= current or version > target:
+                continue
+            _run_step(conn, dialect, statements, version, description, ph)
+            current = version
+        return current
+    finally:
+        if dialect == "postgresql":
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_PG_LOCK_KEY,))
+
+
+def _run_step(
+    conn: Any, dialect: str, statements: list[str], version: int, description: str, ph: str
+) -> None:
+    import time
+
+    record = f"INSERT INTO schema_version VALUES ({ph}, {ph}, {ph})"
+    params = (version, description, time.time_ns())
+    if dialect == "postgresql":
+        with conn.transaction():
+            for sql in statements:
+                conn.execute(sql)
+            conn.execute(record, params)
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql in statements:
+            conn.execute(sql)
+        conn.execute(record, params)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

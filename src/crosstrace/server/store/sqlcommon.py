@@ -1,0 +1,1052 @@
+"""What the SQLite and PostgreSQL stores share: turning span and log batches into
+rows, the SQL of every query, and building the records they return.
+
+The two dialects differ only in small places (placeholders, ``MIN``/``LEAST``,
+``LIKE``/``ILIKE``, how rows are bulk-inserted, how chunks are partitioned), which
+the subclasses fill in.
+
+Search notes:
+
+- Service and operation filters test ``trace_keys`` with a primary-key lookup per
+  candidate trace while the trace summaries are walked newest first on the
+  ``(start_ns, trace_id)`` index (the error filter has a partial index of its own).
+- Attribute equality (``attr.KEY=VALUE``) uses the ``attr_index`` table for the
+  keys in :data:`INDEXED_ATTRIBUTES` and every ``openstack.*`` key; any other key
+  is matched by decoding the spans of candidate traces, newest first, at most
+  :data:`ATTR_SCAN_BUDGET` traces per page (the page then ends with a cursor).
+- Dependencies are counted at write time. A parent/child pair in one write is
+  counted directly. A child whose parent is not in the same write looks the parent
+  up in ``span_parents`` (CLIENT and PRODUCER spans, the ones whose children run
+  in another service) or, if the parent has not arrived yet, waits in
+  ``dep_pending`` until it does. Both lookups are pruned after
+  :data:`PARENT_LOOKUP_TTL_S`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import AbstractContextManager
+from typing import Any
+
+from crosstrace.server.model import (
+    ATTR_DOMAIN_ID,
+    ATTR_GLOBAL_REQUEST_ID,
+    ATTR_PROJECT_ID,
+    ATTR_REQUEST_ID,
+    STATUS_ERROR,
+    DependencyEdge,
+    LogQuery,
+    LogRecord,
+    SpanRecord,
+    TracePage,
+    TraceQuery,
+    TraceSummary,
+)
+from crosstrace.server.store.base import Store
+from crosstrace.server.store.codec import (
+    attr_hash,
+    attr_text,
+    decode_chunk,
+    decode_cursor,
+    decode_rid,
+    encode_chunk,
+    encode_cursor,
+    encode_rid,
+    pack_blob,
+    unpack_blob,
+)
+from crosstrace.server.store.writer import GroupWriter, Job
+
+__all__ = ["ATTR_SCAN_BUDGET", "INDEXED_ATTRIBUTES", "PARENT_LOOKUP_TTL_S", "SQLStore"]
+
+log = logging.getLogger(__name__)
+
+#: Attribute keys searchable through the index (plus every ``openstack.*`` key).
+INDEXED_ATTRIBUTES = frozenset(
+    {
+        "http.request.method",
+        "http.response.status_code",
+        "http.route",
+        "url.path",
+        "db.system",
+        "db.operation.name",
+        "rpc.system",
+        "rpc.service",
+        "rpc.method",
+        "messaging.destination.name",
+        "exception.type",
+        "error.type",
+        "server.address",
+        "peer.service",
+    }
+)
+_NOT_INDEXED = frozenset({ATTR_REQUEST_ID, ATTR_GLOBAL_REQUEST_ID})  # own table
+#: Most candidate traces decoded per search page for a non-indexed attribute.
+ATTR_SCAN_BUDGET = 2_000
+#: How long the cross-write parent lookups are kept (seconds).
+PARENT_LOOKUP_TTL_S = 3600
+#: Dependency counts are kept per hour.
+BUCKET_NS = 3600 * 10**9
+#: Traces removed per retention transaction.
+RETENTION_BATCH = 2_000
+_IN_CHUNK = 500  # values per IN (...) list
+_PARENT_KINDS = (3, 4)  # CLIENT, PRODUCER
+_RID_LOCAL = 1
+_RID_GLOBAL = 2
+
+_TRACE_COLS = (
+    "t.trace_id, t.start_ns, t.end_ns, t.root_service, t.root_op, t.span_count,"
+    " t.error_count, t.project_id, t.domain_id"
+)
+_LOG_COLS = (
+    "time_ns, severity, severity_text, service_id, trace_id, span_id, request_id,"
+    " global_request_id, user_id, project_id, domain_id, logger, body, extra, dedup_key"
+)
+
+
+def _chunks(seq: Sequence[Any], n: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+class SQLStore(Store):
+    """The dialect-independent half of both stores (see the module docstring)."""
+
+    dialect = ""
+    _least = "MIN"
+    _greatest = "MAX"
+    _like = "LIKE"
+
+    def __init__(self) -> None:
+        self._name_ids: dict[str, int] = {}
+        self._names: dict[int, str] = {}
+        self._op_ids: dict[tuple[int, int], int] = {}
+        self._txn_names: list[str] = []
+        self._txn_ops: list[tuple[int, int]] = []
+        self._indexed_keys: dict[str, bool] = {}
+        self._counter_lock = threading.Lock()
+        self.spans_written = 0
+        self.logs_written = 0
+        self._retention: Any = None
+        self._writer = GroupWriter(f"crosstrace-{self.dialect}-writer", self._run_group)
+
+    # ------------------------------------------------------------------ hooks
+    def _writer_conn(self) -> Any:
+        """The writer thread's connection."""
+        raise NotImplementedError
+
+    def _reader(self) -> AbstractContextManager[Any]:
+        """A read connection for the calling thread."""
+        raise NotImplementedError
+
+    def _begin(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    def _commit(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    def _rollback(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    def _sql(self, sql: str) -> str:
+        """Dialect placeholders from ``?``."""
+        return sql
+
+    def _insert(
+        self,
+        conn: Any,
+        table: str,
+        cols: Sequence[str],
+        types: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict: str = "",
+    ) -> int:
+        """Insert many rows (``types`` are PostgreSQL types); return rows inserted."""
+        raise NotImplementedError
+
+    def _insert_chunks(self, conn: Any, rows: list[tuple[bytes, int, bytes]]) -> None:
+        """Store (trace_id, start_ns, data) chunks."""
+        raise NotImplementedError
+
+    def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
+        raise NotImplementedError
+
+    def _db_bytes(self, conn: Any) -> int:
+        raise NotImplementedError
+
+    def _close_connections(self) -> None:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- helpers
+    def _q(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(conn.execute(self._sql(sql), params).fetchall())
+
+    def _x(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> int:
+        cur = conn.execute(self._sql(sql), params)
+        return int(cur.rowcount or 0)
+
+    def _intern(self, conn: Any, name: str) -> int:
+        """Id of *name* in the names table, adding it (writer thread only)."""
+        nid = self._name_ids.get(name)
+        if nid is not None:
+            return nid
+        self._x(conn, "INSERT INTO names (name) VALUES (?) ON CONFLICT (name) DO NOTHING", (name,))
+        nid = int(self._q(conn, "SELECT id FROM names WHERE name = ?", (name,))[0][0])
+        self._name_ids[name] = nid
+        self._names[nid] = name
+        self._txn_names.append(name)
+        return nid
+
+    def _intern_op(self, conn: Any, service_id: int, name_id: int) -> int:
+        key = (service_id, name_id)
+        oid = self._op_ids.get(key)
+        if oid is not None:
+            return oid
+        self._x(
+            conn,
+            "INSERT INTO operations (service_id, name_id) VALUES (?, ?)"
+            " ON CONFLICT (service_id, name_id) DO NOTHING",
+            key,
+        )
+        oid = int(
+            self._q(conn, "SELECT id FROM operations WHERE service_id = ? AND name_id = ?", key)[0][
+                0
+            ]
+        )
+        self._op_ids[key] = oid
+        self._txn_ops.append(key)
+        return oid
+
+    def _name(self, conn: Any, nid: int) -> str:
+        name = self._names.get(nid)
+        if name is None:
+            rows = self._q(conn, "SELECT name FROM names WHERE id = ?", (nid,))
+            name = str(rows[0][0]) if rows else f"#{nid}"
+            if rows:
+                self._names[nid] = name
+        return name
+
+    def _lookup_name(self, conn: Any, name: str) -> int | None:
+        nid = self._name_ids.get(name)
+        if nid is not None:
+            return nid
+        rows = self._q(conn, "SELECT id FROM names WHERE name = ?", (name,))
+        return int(rows[0][0]) if rows else None
+
+    def _is_indexed(self, key: str) -> bool:
+        hit = self._indexed_keys.get(key)
+        if hit is None:
+            hit = (key in INDEXED_ATTRIBUTES or key.startswith("openstack.")) and (
+                key not in _NOT_INDEXED
+            )
+            if len(self._indexed_keys) < 10_000:
+                self._indexed_keys[key] = hit
+        return hit
+
+    # ------------------------------------------------------------------ write
+    def submit_spans(self, spans: Sequence[SpanRecord]) -> Future[None]:
+        return self._writer.submit("spans", list(spans), len(spans))
+
+    def submit_logs(self, logs: Sequence[LogRecord]) -> Future[int]:
+        return self._writer.submit("logs", list(logs), len(logs))
+
+    def _call(self, fn: Callable[[Any], Any]) -> Any:
+        """Run *fn(conn)* in the writer thread, in a transaction; return its result."""
+        return self._writer.submit("call", fn, 1).result()
+
+    def _run_group(self, jobs: list[Job]) -> list[Any]:
+        conn = self._writer_conn()
+        self._txn_names.clear()
+        self._txn_ops.clear()
+        self._begin(conn)
+        try:
+            spans: list[SpanRecord] = []
+            for job in jobs:
+                if job.kind == "spans":
+                    spans.extend(job.payload)
+            if spans:
+                self._write_spans(conn, spans)
+            results: list[Any] = []
+            for job in jobs:
+                if job.kind == "logs":
+                    results.append(self._write_logs(conn, job.payload))
+                elif job.kind == "call":
+                    results.append(job.payload(conn))
+                else:
+                    results.append(None)
+            self._commit(conn)
+        except BaseException:
+            try:
+                self._rollback(conn)
+            finally:
+                # Ids handed out in the rolled-back transaction may be reused.
+                for name in self._txn_names:
+                    nid = self._name_ids.pop(name, None)
+                    self._names.pop(nid, None)  # type: ignore[arg-type]
+                for key in self._txn_ops:
+                    self._op_ids.pop(key, None)
+            raise
+        with self._counter_lock:
+            self.spans_written += len(spans)
+            self.logs_written += sum(
+                r for r, j in zip(results, jobs, strict=True) if j.kind == "logs"
+            )
+        return results
+
+    def _write_spans(self, conn: Any, spans: list[SpanRecord]) -> None:
+        groups: dict[bytes, list[SpanRecord]] = {}
+        for s in spans:
+            g = groups.get(s.trace_id)
+            if g is None:
+                groups[s.trace_id] = [s]
+            else:
+                g.append(s)
+        now_s = int(time.time())
+        intern = self._intern
+        chunk_rows: list[tuple[bytes, int, bytes]] = []
+        trace_rows = []
+        keys: set[tuple[bytes, int]] = set()
+        rids: dict[tuple[bytes, bytes], int] = {}
+        attrs: set[tuple[int, bytes]] = set()
+        parents: list[tuple[bytes, bytes, int, int]] = []
+        orphans: list[tuple[bytes, bytes, int, int, int]] = []
+        edges: dict[tuple[int, int, int], list[int]] = {}
+        group_ids: dict[bytes, dict[bytes, int]] = {}
+        is_indexed = self._is_indexed
+        for tid, group in groups.items():
+            svc_of: dict[bytes, int] = {}
+            sids: list[int] = []
+            for s in group:
+                sid = intern(conn, s.service)
+                svc_of[s.span_id] = sid
+                sids.append(sid)
+            group_ids[tid] = svc_of
+            start = end = None
+            errors = 0
+            root: SpanRecord | None = None
+            root_real = 0
+            project = domain = None
+            for s, sid in zip(group, sids, strict=True):
+                st, en = s.start_ns, s.end_ns
+                if start is None or st < start:
+                    start = st
+                if end is None or en > end:
+                    end = en
+                err = s.status_code == STATUS_ERROR
+                errors += err
+                parent = s.parent_span_id
+                if parent is None:
+                    if not root_real or (root is not None and st < root.start_ns):
+                        root, root_real = s, 1
+                elif parent in svc_of:
+                    psid = svc_of[parent]
+                    if psid != sid:
+                        e = edges.setdefault((st // BUCKET_NS, psid, sid), [0, 0])
+                        e[0] += 1
+                        e[1] += err
+                else:
+                    orphans.append((tid, parent, sid, int(err), st // BUCKET_NS))
+                    if not root_real and (root is None or st < root.start_ns):
+                        root = s
+                if s.kind in _PARENT_KINDS:
+                    parents.append((tid, s.span_id, sid, now_s))
+                op = self._intern_op(conn, sid, intern(conn, s.name))
+                keys.add((tid, sid))
+                keys.add((tid, -op))
+                a = s.attributes
+                if a:
+                    r = a.get(ATTR_REQUEST_ID)
+                    if type(r) is str:
+                        k = encode_rid(r)
+                        if k is not None:
+                            rids[k, tid] = rids.get((k, tid), 0) | _RID_LOCAL
+                    r = a.get(ATTR_GLOBAL_REQUEST_ID)
+                    if type(r) is str:
+                        k = encode_rid(r)
+                        if k is not None:
+                            rids[k, tid] = rids.get((k, tid), 0) | _RID_GLOBAL
+                    for key, value in a.items():
+                        if is_indexed(key):
+                            text = attr_text(value)
+                            if text is not None:
+                                attrs.add((attr_hash(key, text), tid))
+                    if project is None and type(a.get(ATTR_PROJECT_ID)) is str:
+                        project = a[ATTR_PROJECT_ID]
+                    if domain is None and type(a.get(ATTR_DOMAIN_ID)) is str:
+                        domain = a[ATTR_DOMAIN_ID]
+            if root is None:  # every span's parent is in this group: a cycle
+                root = min(group, key=lambda s: s.start_ns)
+            if root.attributes:
+                rp = root.attributes.get(ATTR_PROJECT_ID)
+                project = rp if type(rp) is str else project
+                rd = root.attributes.get(ATTR_DOMAIN_ID)
+                domain = rd if type(rd) is str else domain
+            rsid = svc_of[root.span_id] if root.span_id in svc_of else intern(conn, root.service)
+            trace_rows.append(
+                (
+                    tid,
+                    start,
+                    end,
+                    rsid,
+                    intern(conn, root.name),
+                    root_real,
+                    root.start_ns,
+                    len(group),
+                    errors,
+                    project,
+                    domain,
+                )
+            )
+            chunk_rows.append(
+                (tid, int(start or 0), encode_chunk(group, lambda n: intern(conn, n)))
+            )
+        self._resolve_dependencies(conn, group_ids, orphans, edges, now_s)
+        self._insert_chunks(conn, chunk_rows)
+        lo, hi = self._least, self._greatest
+        better = (
+            "(excluded.root_real > traces.root_real OR (excluded.root_real = traces.root_real"
+            " AND excluded.root_start < traces.root_start))"
+        )
+        self._insert(
+            conn,
+            "traces",
+            (
+                "trace_id",
+                "start_ns",
+                "end_ns",
+                "root_service",
+                "root_op",
+                "root_real",
+                "root_start",
+                "span_count",
+                "error_count",
+                "project_id",
+                "domain_id",
+            ),
+            (
+                "bytea",
+                "bigint",
+                "bigint",
+                "integer",
+                "integer",
+                "smallint",
+                "bigint",
+                "integer",
+                "integer",
+                "text",
+                "text",
+            ),
+            trace_rows,
+            "ON CONFLICT (trace_id) DO UPDATE SET"
+            f" start_ns = {lo}(traces.start_ns, excluded.start_ns),"
+            f" end_ns = {hi}(traces.end_ns, excluded.end_ns),"
+            f" root_service = CASE WHEN {better} THEN excluded.root_service"
+            " ELSE traces.root_service END,"
+            f" root_op = CASE WHEN {better} THEN excluded.root_op ELSE traces.root_op END,"
+            f" root_start = CASE WHEN {better} THEN excluded.root_start"
+            " ELSE traces.root_start END,"
+            f" root_real = {hi}(traces.root_real, excluded.root_real),"
+            " span_count = traces.span_count + excluded.span_count,"
+            " error_count = traces.error_count + excluded.error_count,"
+            " project_id = COALESCE(traces.project_id, excluded.project_id),"
+            " domain_id = COALESCE(traces.domain_id, excluded.domain_id)",
+        )
+        self._insert(
+            conn,
+            "trace_keys",
+            ("trace_id", "key"),
+            ("bytea", "integer"),
+            list(keys),
+            "ON CONFLICT (trace_id, key) DO NOTHING",
+        )
+        if rids:
+            self._insert(
+                conn,
+                "request_ids",
+                ("rid", "trace_id", "kind"),
+                ("bytea", "bytea", "smallint"),
+                [(k, t, v) for (k, t), v in rids.items()],
+                "ON CONFLICT (rid, trace_id) DO UPDATE SET kind = request_ids.kind | excluded.kind",
+            )
+        if attrs:
+            self._insert(
+                conn,
+                "attr_index",
+                ("h", "trace_id"),
+                ("bigint", "bytea"),
+                list(attrs),
+                "ON CONFLICT (h, trace_id) DO NOTHING",
+            )
+        if parents:
+            self._insert(
+                conn,
+                "span_parents",
+                ("trace_id", "span_id", "service_id", "t"),
+                ("bytea", "bytea", "integer", "bigint"),
+                parents,
+                "ON CONFLICT (trace_id, span_id) DO NOTHING",
+            )
+        if edges:
+            self._insert(
+                conn,
+                "dep_edges",
+                ("bucket", "caller", "callee", "calls", "errors"),
+                ("bigint", "integer", "integer", "bigint", "bigint"),
+                [(b, c, d, n, e) for (b, c, d), (n, e) in edges.items()],
+                "ON CONFLICT (bucket, caller, callee) DO UPDATE SET"
+                " calls = dep_edges.calls + excluded.calls,"
+                " errors = dep_edges.errors + excluded.errors",
+            )
+
+    def _resolve_dependencies(
+        self,
+        conn: Any,
+        group_ids: dict[bytes, dict[bytes, int]],
+        orphans: list[tuple[bytes, bytes, int, int, int]],
+        edges: dict[tuple[int, int, int], list[int]],
+        now_s: int,
+    ) -> None:
+        """Count edges whose parent and child came in different writes."""
+
+        def add(bucket: int, caller: int, callee: int, err: int) -> None:
+            if caller != callee:
+                e = edges.setdefault((bucket, caller, callee), [0, 0])
+                e[0] += 1
+                e[1] += err
+
+        # Children stored earlier, waiting for a parent that is in this write.
+        done: list[int] = []
+        tids = list(group_ids)
+        for part in _chunks(tids):
+            for pid, tid, parent, svc, err, bucket in self._q(
+                conn,
+                "SELECT id, trace_id, parent_id, service_id, error, bucket FROM dep_pending"
+                f" WHERE trace_id IN ({_marks(len(part))})",
+                part,
+            ):
+                psvc = group_ids[bytes(tid)].get(bytes(parent))
+                if psvc is not None:
+                    add(bucket, psvc, svc, err)
+                    done.append(pid)
+        for part in _chunks(done):
+            self._x(conn, f"DELETE FROM dep_pending WHERE id IN ({_marks(len(part))})", part)
+        # Children in this write whose parent was stored earlier (or not yet).
+        if not orphans:
+            return
+        found: dict[tuple[bytes, bytes], int] = {}
+        for part in _chunks(orphans, 300):
+            params: list[Any] = []
+            for o in part:
+                params.extend((o[0], o[1]))
+            values = ", ".join(["(?, ?)"] * len(part))
+            for tid, sid, svc in self._q(
+                conn,
+                "SELECT trace_id, span_id, service_id FROM span_parents"
+                f" WHERE (trace_id, span_id) IN (VALUES {values})",
+                params,
+            ):
+                found[bytes(tid), bytes(sid)] = svc
+        waiting = []
+        for tid, parent, svc, err, bucket in orphans:
+            psvc = found.get((tid, parent))
+            if psvc is not None:
+                add(bucket, psvc, svc, err)
+            else:
+                waiting.append((tid, parent, svc, err, bucket, now_s))
+        if waiting:
+            self._insert(
+                conn,
+                "dep_pending",
+                ("trace_id", "parent_id", "service_id", "error", "bucket", "t"),
+                ("bytea", "bytea", "integer", "smallint", "bigint", "bigint"),
+                waiting,
+            )
+
+    def _write_logs(self, conn: Any, logs: list[LogRecord]) -> int:
+        rows = []
+        for r in logs:
+            extra = pack_blob((r.attributes, r.resource)) if r.attributes or r.resource else None
+            rows.append(
+                (
+                    r.time_ns,
+                    r.severity_number,
+                    r.severity_text,
+                    self._intern(conn, r.service),
+                    r.trace_id,
+                    r.span_id,
+                    r.request_id,
+                    r.global_request_id,
+                    r.user_id,
+                    r.project_id,
+                    r.domain_id,
+                    r.logger,
+                    r.body,
+                    extra,
+                    r.dedup_key,
+                )
+            )
+        return self._insert(
+            conn,
+            "logs",
+            [c.strip() for c in _LOG_COLS.split(",")],
+            (
+                "bigint",
+                "integer",
+                "text",
+                "integer",
+                "bytea",
+                "bytea",
+                "text",
+                "text",
+                "text",
+                "text",
+                "text",
+                "text",
+                "text",
+                "bytea",
+                "bytea",
+            ),
+            rows,
+            "ON CONFLICT (dedup_key) DO NOTHING",
+        )
+
+    # ------------------------------------------------------------------- read
+    def get_trace(self, trace_id: bytes) -> list[SpanRecord]:
+        with self._reader() as conn:
+            rows = self._q(conn, "SELECT data FROM chunks WHERE trace_id = ?", (trace_id,))
+            spans: list[SpanRecord] = []
+            seen: set[bytes] = set()
+            for (data,) in rows:
+                for s in decode_chunk(trace_id, bytes(data), lambda n: self._name(conn, n)):
+                    # A batch delivered twice (e.g. redelivered by the broker) is
+                    # shown once.
+                    if s.span_id not in seen:
+                        seen.add(s.span_id)
+                        spans.append(s)
+        spans.sort(key=lambda s: s.start_ns)
+        return spans
+
+    def get_trace_summary(self, trace_id: bytes) -> TraceSummary | None:
+        with self._reader() as conn:
+            rows = self._q(
+                conn, f"SELECT {_TRACE_COLS} FROM traces t WHERE t.trace_id = ?", (trace_id,)
+            )
+            out = self._summaries(conn, rows)
+        return out[0] if out else None
+
+    def traces_for_request(self, request_id: str, limit: int = 100) -> list[TraceSummary]:
+        key = encode_rid(request_id)
+        if key is None:
+            return []
+        with self._reader() as conn:
+            rows = self._q(
+                conn,
+                f"SELECT {_TRACE_COLS} FROM traces t WHERE t.trace_id IN"
+                " (SELECT trace_id FROM request_ids WHERE rid = ?)"
+                " ORDER BY t.start_ns DESC, t.trace_id DESC LIMIT ?",
+                (key, int(limit)),
+            )
+            return self._summaries(conn, rows)
+
+    def _summaries(self, conn: Any, rows: list[Any]) -> list[TraceSummary]:
+        if not rows:
+            return []
+        tids = [bytes(r[0]) for r in rows]
+        services: dict[bytes, list[str]] = {t: [] for t in tids}
+        locals_: dict[bytes, list[str]] = {t: [] for t in tids}
+        globals_: dict[bytes, list[str]] = {t: [] for t in tids}
+        marks = _marks(len(tids))
+        for tid, key in self._q(
+            conn,
+            f"SELECT trace_id, key FROM trace_keys WHERE trace_id IN ({marks}) AND key > 0",
+            tids,
+        ):
+            services[bytes(tid)].append(self._name(conn, key))
+        for tid, rid, kind in self._q(
+            conn, f"SELECT trace_id, rid, kind FROM request_ids WHERE trace_id IN ({marks})", tids
+        ):
+            text = decode_rid(bytes(rid))
+            if kind & _RID_LOCAL:
+                locals_[bytes(tid)].append(text)
+            if kind & _RID_GLOBAL:
+                globals_[bytes(tid)].append(text)
+        out = []
+        for tid_, start, end, rsvc, rop, count, errors, project, domain in rows:
+            tid = bytes(tid_)
+            out.append(
+                TraceSummary(
+                    trace_id=tid,
+                    start_ns=start,
+                    end_ns=end,
+                    root_service=self._name(conn, rsvc),
+                    root_operation=self._name(conn, rop),
+                    span_count=count,
+                    error_count=errors,
+                    services=sorted(services[tid]),
+                    request_ids=sorted(locals_[tid]),
+                    global_request_ids=sorted(globals_[tid]),
+                    project_id=project,
+                    domain_id=domain,
+                )
+            )
+        return out
+
+    def search_traces(self, query: TraceQuery) -> TracePage:
+        """Traces matching every filter of *query*, newest first.
+
+        ``ValueError`` for an invalid cursor or limit.
+        """
+        limit = int(query.limit)
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        after = decode_cursor(query.cursor) if query.cursor else None
+        with self._reader() as conn:
+            where, params, scan = self._trace_filters(conn, query)
+            if where is None:
+                return TracePage([], None)
+            if not scan:
+                rows = self._trace_page(conn, where, params, after, limit + 1)
+                more = len(rows) > limit
+                rows = rows[:limit]
+                nxt = encode_cursor(rows[-1][1], bytes(rows[-1][0])) if more and rows else None
+                return TracePage(self._summaries(conn, rows), nxt)
+            return self._scan_page(conn, where, params, after, limit, scan)
+
+    def _trace_page(
+        self,
+        conn: Any,
+        where: list[str],
+        params: list[Any],
+        after: tuple[int, bytes] | None,
+        limit: int,
+    ) -> list[Any]:
+        clauses = list(where)
+        args = list(params)
+        if after is not None:
+            clauses.append("(t.start_ns, t.trace_id) < (?, ?)")
+            args.extend(after)
+        sql = f"SELECT {_TRACE_COLS} FROM traces t"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY t.start_ns DESC, t.trace_id DESC LIMIT ?"
+        args.append(limit)
+        return self._q(conn, sql, args)
+
+    def _scan_page(
+        self,
+        conn: Any,
+        where: list[str],
+        params: list[Any],
+        after: tuple[int, bytes] | None,
+        limit: int,
+        scan: dict[str, str],
+    ) -> TracePage:
+        """Match non-indexed attributes by decoding candidate traces."""
+        hits: list[Any] = []
+        scanned = 0
+        last: tuple[int, bytes] | None = after
+        while scanned < ATTR_SCAN_BUDGET:
+            rows = self._trace_page(conn, where, params, last, 200)
+            if not rows:
+                return TracePage(self._summaries(conn, hits), None)
+            for row in rows:
+                scanned += 1
+                last = (row[1], bytes(row[0]))
+                if self._trace_has_attrs(conn, bytes(row[0]), scan):
+                    hits.append(row)
+                    if len(hits) == limit:
+                        return TracePage(self._summaries(conn, hits), encode_cursor(*last))
+        nxt = encode_cursor(*last) if last is not None else None
+        return TracePage(self._summaries(conn, hits), nxt)
+
+    def _trace_has_attrs(self, conn: Any, trace_id: bytes, want: dict[str, str]) -> bool:
+        found: set[str] = set()
+        for (data,) in self._q(conn, "SELECT data FROM chunks WHERE trace_id = ?", (trace_id,)):
+            for s in decode_chunk(trace_id, bytes(data), lambda n: self._name(conn, n)):
+                for key, text in want.items():
+                    if key in s.attributes and attr_text(s.attributes[key]) == text:
+                        found.add(key)
+                if len(found) == len(want):
+                    return True
+        return False
+
+    def _trace_filters(
+        self, conn: Any, q: TraceQuery
+    ) -> tuple[list[str] | None, list[Any], dict[str, str]]:
+        """SQL conditions for *q*; ``None`` when nothing can match."""
+        where: list[str] = []
+        params: list[Any] = []
+        if q.error is True:
+            where.append("t.error_count > 0")
+        elif q.error is False:
+            where.append("t.error_count = 0")
+        if q.start_ns is not None:
+            where.append("t.start_ns >= ?")
+            params.append(q.start_ns)
+        if q.end_ns is not None:
+            where.append("t.start_ns <= ?")
+            params.append(q.end_ns)
+        if q.min_duration_ns is not None:
+            where.append("t.end_ns - t.start_ns >= ?")
+            params.append(q.min_duration_ns)
+        if q.max_duration_ns is not None:
+            where.append("t.end_ns - t.start_ns <= ?")
+            params.append(q.max_duration_ns)
+        if q.project_id is not None:
+            where.append("t.project_id = ?")
+            params.append(q.project_id)
+        if q.domain_id is not None:
+            where.append("t.domain_id = ?")
+            params.append(q.domain_id)
+        if q.allowed_projects is not None:
+            allowed = sorted(q.allowed_projects)
+            if not allowed:
+                return None, [], {}
+            where.append(f"t.project_id IN ({_marks(len(allowed))})")
+            params.extend(allowed)
+        svc: int | None = None
+        if q.service is not None:
+            svc = self._lookup_name(conn, q.service)
+            if svc is None:
+                return None, [], {}
+            where.append(
+                "EXISTS (SELECT 1 FROM trace_keys k WHERE k.trace_id = t.trace_id AND k.key = ?)"
+            )
+            params.append(svc)
+        if q.operation is not None:
+            op_name = self._lookup_name(conn, q.operation)
+            if op_name is None:
+                return None, [], {}
+            if svc is not None:
+                rows = self._q(
+                    conn,
+                    "SELECT id FROM operations WHERE service_id = ? AND name_id = ?",
+                    (svc, op_name),
+                )
+            else:
+                rows = self._q(conn, "SELECT id FROM operations WHERE name_id = ?", (op_name,))
+            if not rows:
+                return None, [], {}
+            where.append(
+                "EXISTS (SELECT 1 FROM trace_keys k WHERE k.trace_id = t.trace_id"
+                f" AND k.key IN ({_marks(len(rows))}))"
+            )
+            params.extend(-int(r[0]) for r in rows)
+        if q.request_id is not None:
+            key = encode_rid(q.request_id)
+            if key is None:
+                return None, [], {}
+            where.append("t.trace_id IN (SELECT trace_id FROM request_ids WHERE rid = ?)")
+            params.append(key)
+        scan: dict[str, str] = {}
+        for akey, value in sorted(q.attributes.items()):
+            if self._is_indexed(akey):
+                where.append(
+                    "EXISTS (SELECT 1 FROM attr_index a WHERE a.h = ? AND a.trace_id = t.trace_id)"
+                )
+                params.append(attr_hash(akey, value))
+            else:
+                scan[akey] = value
+        return where, params, scan
+
+    def search_logs(self, query: LogQuery) -> list[LogRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if query.request_id is not None:
+            where.append("(request_id = ? OR global_request_id = ?)")
+            params.extend((query.request_id, query.request_id))
+        if query.trace_id is not None:
+            where.append("trace_id = ?")
+            params.append(query.trace_id)
+        if query.min_severity is not None:
+            where.append("severity >= ?")
+            params.append(query.min_severity)
+        if query.text:
+            escaped = query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append(f"body {self._like} ? ESCAPE '\\'")
+            params.append(f"%{escaped}%")
+        if query.start_ns is not None:
+            where.append("time_ns >= ?")
+            params.append(query.start_ns)
+        if query.end_ns is not None:
+            where.append("time_ns <= ?")
+            params.append(query.end_ns)
+        if query.allowed_projects is not None:
+            allowed = sorted(query.allowed_projects)
+            if not allowed:
+                return []
+            where.append(f"project_id IN ({_marks(len(allowed))})")
+            params.extend(allowed)
+        with self._reader() as conn:
+            if query.service is not None:
+                sid = self._lookup_name(conn, query.service)
+                if sid is None:
+                    return []
+                where.append("service_id = ?")
+                params.append(sid)
+            sql = f"SELECT {_LOG_COLS} FROM logs"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY time_ns, id LIMIT ?"
+            params.append(int(query.limit))
+            out = []
+            for row in self._q(conn, sql, params):
+                attributes, resource = unpack_blob(bytes(row[13])) if row[13] else ({}, {})
+                out.append(
+                    LogRecord(
+                        time_ns=row[0],
+                        severity_number=row[1],
+                        severity_text=row[2],
+                        service=self._name(conn, row[3]),
+                        trace_id=bytes(row[4]) if row[4] is not None else None,
+                        span_id=bytes(row[5]) if row[5] is not None else None,
+                        request_id=row[6],
+                        global_request_id=row[7],
+                        user_id=row[8],
+                        project_id=row[9],
+                        domain_id=row[10],
+                        logger=row[11],
+                        body=row[12],
+                        attributes=attributes,
+                        resource=resource,
+                        dedup_key=bytes(row[14]) if row[14] is not None else None,
+                    )
+                )
+            return out
+
+    def services(self) -> list[str]:
+        with self._reader() as conn:
+            rows = self._q(
+                conn,
+                "SELECT name FROM names WHERE id IN (SELECT service_id FROM operations)"
+                " ORDER BY name",
+            )
+        return [str(r[0]) for r in rows]
+
+    def operations(self, service: str) -> list[str]:
+        with self._reader() as conn:
+            rows = self._q(
+                conn,
+                "SELECT n.name FROM operations o JOIN names n ON n.id = o.name_id"
+                " JOIN names s ON s.id = o.service_id WHERE s.name = ? ORDER BY n.name",
+                (service,),
+            )
+        return [str(r[0]) for r in rows]
+
+    def dependencies(self, start_ns: int | None, end_ns: int | None) -> list[DependencyEdge]:
+        """Edges counted in the hours that overlap [start_ns, end_ns]."""
+        where = []
+        params: list[Any] = []
+        if start_ns is not None:
+            where.append("bucket >= ?")
+            params.append(start_ns // BUCKET_NS)
+        if end_ns is not None:
+            where.append("bucket <= ?")
+            params.append(end_ns // BUCKET_NS)
+        sql = "SELECT caller, callee, SUM(calls), SUM(errors) FROM dep_edges"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " GROUP BY caller, callee"
+        with self._reader() as conn:
+            edges = [
+                DependencyEdge(self._name(conn, a), self._name(conn, b), int(n), int(e))
+                for a, b, n, e in self._q(conn, sql, params)
+            ]
+        edges.sort(key=lambda d: (d.caller, d.callee))
+        return edges
+
+    # -------------------------------------------------------------- retention
+    def apply_retention(self, max_age_ns: int | None, max_bytes: int | None = None) -> int:
+        """Delete traces that started more than *max_age_ns* ago (and logs, edges
+        older than that); *max_bytes* is handled by stores that support it."""
+        removed = 0
+        if max_age_ns is not None:
+            cutoff = time.time_ns() - max_age_ns
+            removed += self._delete_before(cutoff)
+        self._call(self._prune_lookups)
+        return removed
+
+    def _delete_before(self, cutoff_ns: int) -> int:
+        """Delete everything older than *cutoff_ns*, a batch per transaction."""
+        removed = 0
+        while True:
+            n = int(self._call(lambda conn: self._delete_batch(conn, cutoff_ns)))
+            removed += n
+            if n < RETENTION_BATCH:
+                break
+        self._call(lambda conn: self._delete_old_rows(conn, cutoff_ns))
+        return removed
+
+    def _delete_batch(self, conn: Any, cutoff_ns: int) -> int:
+        tids = [
+            bytes(r[0])
+            for r in self._q(
+                conn,
+                "SELECT trace_id FROM traces WHERE start_ns < ? LIMIT ?",
+                (cutoff_ns, RETENTION_BATCH),
+            )
+        ]
+        if not tids:
+            return 0
+        self._delete_chunks(conn, tids, cutoff_ns)
+        for part in _chunks(tids):
+            m = _marks(len(part))
+            for table in ("trace_keys", "request_ids", "attr_index", "span_parents", "dep_pending"):
+                self._x(conn, f"DELETE FROM {table} WHERE trace_id IN ({m})", part)
+            self._x(conn, f"DELETE FROM traces WHERE trace_id IN ({m})", part)
+        return len(tids)
+
+    def _delete_old_rows(self, conn: Any, cutoff_ns: int) -> None:
+        self._x(conn, "DELETE FROM logs WHERE time_ns < ?", (cutoff_ns,))
+        self._x(conn, "DELETE FROM dep_edges WHERE bucket < ?", (cutoff_ns // BUCKET_NS,))
+
+    def _prune_lookups(self, conn: Any) -> None:
+        old = int(time.time()) - PARENT_LOOKUP_TTL_S
+        self._x(conn, "DELETE FROM span_parents WHERE t < ?", (old,))
+        self._x(conn, "DELETE FROM dep_pending WHERE t < ?", (old,))
+
+    def start_retention(
+        self, max_age_ns: int | None, max_bytes: int | None = None, interval_s: float = 300.0
+    ) -> None:
+        """Apply retention every *interval_s* seconds in a background thread until
+        :meth:`close`."""
+        from crosstrace.server.store.retention import RetentionThread
+
+        if self._retention is not None:
+            self._retention.stop()
+        self._retention = RetentionThread(self, max_age_ns, max_bytes, interval_s)
+        self._retention.start()
+
+    # ------------------------------------------------------------------ admin
+    def stats(self) -> dict[str, int]:
+        w = self._writer
+        with self._reader() as conn:
+            traces = int(self._q(conn, "SELECT COUNT(*) FROM traces")[0][0])
+            db_bytes = self._db_bytes(conn)
+        return {
+            "spans_written": self.spans_written,
+            "logs_written": self.logs_written,
+            "traces": traces,
+            "db_bytes": db_bytes,
+            "writes_pending": w.pending,
+            "write_groups_committed": w.committed_groups,
+            "write_failures": w.failed_jobs,
+            "last_write_latency_us": int(w.last_latency_s * 1e6),
+            "last_commit_us": int(w.last_commit_s * 1e6),
+        }
+
+    def close(self) -> None:
+        """Stop retention, commit every queued write, close the connections."""
+        if self._retention is not None:
+            self._retention.stop()
+            self._retention = None
+        self._writer.close()
+        self._close_connections()

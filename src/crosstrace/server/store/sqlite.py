@@ -1,0 +1,218 @@
+"""The embedded store: one SQLite file, no server.
+
+All writes go through one writer thread (``writer.GroupWriter``) that commits
+every batch waiting in its queue in one transaction; readers use connections of
+their own (one per thread), which WAL lets run while the writer writes.
+
+Durability: the database runs in WAL mode with ``synchronous=NORMAL``. A commit
+has been written to the WAL file (handed to the operating system) before COMMIT
+returns, so a crash or SIGKILL of this process never loses a committed
+transaction; only an operating-system crash or power loss may lose the last few
+commits (the WAL is not fsynced at every commit), and the database stays
+consistent either way.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from crosstrace.server.store.migrations import migrate
+from crosstrace.server.store.sqlcommon import SQLStore, _chunks, _marks
+from crosstrace.server.store.writer import Job
+
+__all__ = ["SQLiteStore"]
+
+URL_PREFIX = "sqlite://"
+_BUSY_TIMEOUT_MS = 10_000
+#: Rounds of "delete the oldest slice" tried when enforcing a size limit.
+_SIZE_ROUNDS = 25
+
+
+class SQLiteStore(SQLStore):
+    """A :class:`~crosstrace.server.store.base.Store` in one SQLite file."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._wconn = self._connect()
+        new = self._wconn.execute("PRAGMA page_count").fetchone()[0] == 0
+        if new:
+            # Must be set before the first table: lets a size limit give space back.
+            self._wconn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        self._wconn.execute("PRAGMA journal_mode = WAL")
+        self._wconn.execute("PRAGMA synchronous = NORMAL")  # see the module docstring
+        self._wconn.execute("PRAGMA cache_size = -65536")
+        try:
+            migrate(self._wconn, "sqlite")
+        except BaseException:
+            self._wconn.close()
+            raise
+        super().__init__()
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        """``sqlite:///relative/path`` or ``sqlite:////absolute/path`` (parent
+        directories are created). In-memory databases are not supported: readers
+        need their own connections to the same database."""
+        if not url.startswith(URL_PREFIX):
+            raise ValueError(f"not a sqlite URL: {url!r}")
+        rest = url[len(URL_PREFIX) :]
+        path = rest[1:] if rest.startswith("/") else rest
+        path = path.split("?", 1)[0]
+        if not path or path == ":memory:" or path.startswith("file::memory:"):
+            raise ValueError("in-memory SQLite is not supported; give a file path")
+        return cls(path)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=_BUSY_TIMEOUT_MS / 1000,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        return conn
+
+    # hooks -------------------------------------------------------------------
+    def _writer_conn(self) -> sqlite3.Connection:
+        return self._wconn
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = 1")
+            conn.execute("PRAGMA mmap_size = 268435456")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        yield conn
+
+    def _begin(self, conn: Any) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def _commit(self, conn: Any) -> None:
+        conn.execute("COMMIT")
+
+    def _rollback(self, conn: Any) -> None:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+    def _insert(
+        self,
+        conn: Any,
+        table: str,
+        cols: Sequence[str],
+        types: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict: str = "",
+    ) -> int:
+        if not rows:
+            return 0
+        sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({_marks(len(cols))}) {conflict}"
+        cur = conn.executemany(sql, rows)
+        return int(cur.rowcount)
+
+    def _insert_chunks(self, conn: Any, rows: list[tuple[bytes, int, bytes]]) -> None:
+        conn.executemany(
+            "INSERT INTO chunks (trace_id, data) VALUES (?, ?)", [(t, d) for t, _s, d in rows]
+        )
+
+    def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
+        for part in _chunks(trace_ids):
+            conn.execute(f"DELETE FROM chunks WHERE trace_id IN ({_marks(len(part))})", part)
+
+    def _db_bytes(self, conn: Any) -> int:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        try:
+            wal = os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            wal = 0
+        return int(pages * size + wal)
+
+    def _close_connections(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        try:
+            self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self._wconn.close()
+
+    def _run_group(self, jobs: list[Job]) -> list[Any]:
+        # "raw" jobs run outside any transaction (checkpoint, vacuum).
+        if len(jobs) == 1 and jobs[0].kind == "raw":
+            return [jobs[0].payload(self._wconn)]
+        raw = [j for j in jobs if j.kind == "raw"]
+        if not raw:
+            return super()._run_group(jobs)
+        rest = [j for j in jobs if j.kind != "raw"]
+        results = iter(super()._run_group(rest) if rest else [])
+        raw_results = iter([j.payload(self._wconn) for j in raw])
+        return [next(raw_results) if j.kind == "raw" else next(results) for j in jobs]
+
+    # size limit ----------------------------------------------------------------
+    def used_bytes(self) -> int:
+        """Bytes held by live pages (the file size once free pages are returned)."""
+
+        def used(conn: Any) -> int:
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            size = conn.execute("PRAGMA page_size").fetchone()[0]
+            return int((pages - free) * size)
+
+        return int(self._writer.submit("raw", used, 1).result())
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file and truncate the WAL."""
+        self._writer.submit(
+            "raw", lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(), 1
+        ).result()
+
+    def apply_retention(self, max_age_ns: int | None, max_bytes: int | None = None) -> int:
+        """Age limit as in every store, then, with *max_bytes*, delete the oldest
+        traces and logs (a slice at a time, by start time) until the live pages fit,
+        and give the freed pages back to the file system (incremental vacuum)."""
+        removed = super().apply_retention(max_age_ns)
+        if max_bytes is None:
+            return removed
+        for _ in range(_SIZE_ROUNDS):
+            used = self.used_bytes()
+            if used <= max_bytes:
+                break
+            bounds = self._call(self._time_bounds)
+            if bounds is None:
+                break
+            lo, hi = bounds
+            frac = max(0.05, (used - max_bytes) / used)
+            cutoff = lo + max(1, int((hi - lo) * frac))
+            removed += self._delete_before(cutoff)
+        self._writer.submit(
+            "raw", lambda conn: conn.execute("PRAGMA incremental_vacuum").fetchall(), 1
+        ).result()
+        self.checkpoint()
+        return removed
+
+    def _time_bounds(self, conn: Any) -> tuple[int, int] | None:
+        row = conn.execute(
+            "SELECT min(lo), max(hi) FROM (SELECT min(start_ns) AS lo, max(start_ns) AS hi"
+            " FROM traces UNION ALL SELECT min(time_ns), max(time_ns) FROM logs)"
+        ).fetchone()
+        if row[0] is None:
+            return None
+        return int(row[0]), int(row[1])
