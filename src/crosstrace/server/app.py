@@ -1,0 +1,259 @@
+"""One ASGI app for ``crosstrace serve``, and the process that runs it.
+
+:func:`create_app` routes ``/v1/*`` to the plain-ASGI ingest handler (the hot
+path) and everything else to the FastAPI query API (``/api/v1/...``,
+``/healthz``, ``/metrics``, ``/docs``). The web UI will be mounted beside them.
+
+:func:`run` is the process: it opens the store, starts the RabbitMQ consumer and
+the retention thread if configured, serves HTTP with uvicorn on a socket it binds
+itself (so ``--port 0`` works and the real port is printed), and on SIGTERM or
+SIGINT shuts down in order: stop accepting, finish in-flight requests, stop the
+consumer (its pending batches committed and acknowledged), then close the store,
+which flushes its queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from crosstrace.server.api import create_api
+from crosstrace.server.auth import TokenSet
+from crosstrace.server.ingest import IngestApp, Receive, Scope, Send
+from crosstrace.server.metrics import Metrics
+from crosstrace.server.settings import Settings
+from crosstrace.server.store.base import Store, open_store
+
+__all__ = [
+    "INGEST_PREFIX",
+    "RETENTION_INTERVAL_SECONDS",
+    "ServerApp",
+    "StartupError",
+    "create_app",
+    "run",
+]
+
+log = logging.getLogger(__name__)
+
+#: Paths under this prefix go to the ingest handler.
+INGEST_PREFIX: Final = "/v1/"
+#: How often retention runs (the first run is shortly after start).
+RETENTION_INTERVAL_SECONDS: Final = 600.0
+_FIRST_RETENTION_DELAY: Final = 30.0
+
+
+@dataclass
+class ServerApp:
+    """The ASGI callable, with the parts tests and the runner need to reach."""
+
+    store: Store
+    metrics: Metrics
+    ingest: IngestApp
+    api: Any  # FastAPI
+    extra_mounts: dict[str, Any] = field(default_factory=dict)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(INGEST_PREFIX):
+            await self.ingest(scope, receive, send)
+            return
+        await self.api(scope, receive, send)
+
+
+def create_app(
+    store: Store,
+    *,
+    metrics: Metrics | None = None,
+    ingest_tokens: TokenSet | None = None,
+    api_tokens: TokenSet | None = None,
+    max_body_size: int = 16 * 1024**2,
+    max_decompressed_size: int = 64 * 1024**2,
+) -> ServerApp:
+    """Build the one ASGI app over *store* (empty token sets: auth off)."""
+    metrics = metrics or Metrics()
+    ingest = IngestApp(
+        store,
+        metrics,
+        tokens=ingest_tokens,
+        max_body_size=max_body_size,
+        max_decompressed_size=max_decompressed_size,
+    )
+    api = create_api(store, metrics, tokens=api_tokens)
+    return ServerApp(store=store, metrics=metrics, ingest=ingest, api=api)
+
+
+def app_from_settings(store: Store, settings: Settings, metrics: Metrics) -> ServerApp:
+    """:func:`create_app` configured from resolved :class:`Settings`."""
+    return create_app(
+        store,
+        metrics=metrics,
+        ingest_tokens=settings.ingest_tokenset,
+        api_tokens=settings.api_tokenset,
+        max_body_size=settings.max_body_size,
+        max_decompressed_size=settings.max_decompressed_size,
+    )
+
+
+class RetentionThread(threading.Thread):
+    """Applies retention by age (and size) every few minutes until stopped."""
+
+    def __init__(
+        self,
+        store: Store,
+        max_age_ns: int | None,
+        max_bytes: int | None,
+        interval: float = RETENTION_INTERVAL_SECONDS,
+    ) -> None:
+        super().__init__(name="crosstrace-retention", daemon=True)
+        self.store = store
+        self.max_age_ns = max_age_ns
+        self.max_bytes = max_bytes
+        self.interval = interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        delay = min(_FIRST_RETENTION_DELAY, self.interval)
+        while not self.stopped.wait(delay):
+            delay = self.interval
+            try:
+                removed = self.store.apply_retention(self.max_age_ns, self.max_bytes)
+            except Exception as exc:
+                log.warning("retention failed: %s", exc)
+                continue
+            if removed:
+                log.info("retention removed %d traces", removed)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on *host*:*port* (port 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class StartupError(RuntimeError):
+    """``serve`` cannot start (address in use, store unreachable): a clear message."""
+
+
+def run(settings: Settings, echo: Callable[[str], None] = print) -> None:
+    """Run ``crosstrace serve`` with *settings* until SIGTERM / SIGINT."""
+    stop = threading.Event()
+    sock = None
+    if not settings.no_http:
+        try:
+            sock = bind_socket(settings.host, settings.port)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+            ) from None
+    try:
+        store = open_store(settings.db)
+    except Exception as exc:
+        if sock is not None:
+            sock.close()
+        raise StartupError(f"cannot open the store {_describe_store(settings.db)}: {exc}") from None
+    metrics = Metrics()
+    consumer = None
+    retention = None
+    previous: dict[signal.Signals, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, on_signal)
+    try:
+        echo(f"store: {_describe_store(settings.db)}")
+        if settings.retention or settings.max_db_size:
+            retention = RetentionThread(store, settings.retention, settings.max_db_size)
+            retention.start()
+        if settings.consume:
+            from crosstrace.server.consume import Consumer
+
+            consumer = Consumer(
+                settings.consume,
+                store,
+                metrics,
+                exchange=settings.amqp_exchange,
+                queue=settings.amqp_queue,
+                routing_key=settings.amqp_routing_key,
+                prefetch=settings.prefetch,
+            )
+            consumer.start()
+            echo(
+                f"consuming queue {settings.amqp_queue!r} on {consumer.safe_url} "
+                f"(prefetch {settings.prefetch})"
+            )
+        if sock is None:
+            echo("HTTP disabled (--no-http)")
+            stop.wait()
+        else:
+            _serve_http(sock, settings, store, metrics, echo)
+    finally:
+        log.info("shutting down")
+        if consumer is not None:
+            consumer.stop()
+            consumer.join(30)
+        if retention is not None:
+            retention.stop()
+        store.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        echo("stopped")
+
+
+def _serve_http(
+    sock: socket.socket,
+    settings: Settings,
+    store: Store,
+    metrics: Metrics,
+    echo: Callable[[str], None],
+) -> None:
+    import uvicorn
+
+    app = app_from_settings(store, settings, metrics)
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    echo(f"listening on http://{shown}:{port} (OTLP/HTTP /v1/traces /v1/logs, API /api/v1)")
+    echo(f"auth: {settings.describe_auth()}")
+    # uvicorn installs its own SIGTERM/SIGINT handlers while serving and, once shut
+    # down gracefully, re-raises the signal to the handler installed before it:
+    # ours (see run), which only records that we are stopping.
+    asyncio.run(server.serve(sockets=[sock]))
+
+
+def _describe_store(url: str) -> str:
+    """The store URL without a password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.rsplit("@", 1)
+        user = (parts.username or "") + ":***"
+        parts = parts._replace(netloc=f"{user}@{netloc[-1]}")
+    return urlunsplit(parts)

@@ -1,0 +1,287 @@
+"""OTLP/HTTP ingest: ``POST /v1/traces`` and ``POST /v1/logs`` as plain ASGI.
+
+This is the hot path of the backend, so it skips the web framework: one ASGI
+callable reads the body with a size cap, gunzips it with a second cap (a small
+gzip bomb cannot inflate past it), decodes it (:mod:`crosstrace.server.otlp`),
+hands the records to the store and answers 200 only once the store has committed
+them. Every failure has its own status and a clear message:
+
+=====  ==============================================================
+400    body is not OTLP (protobuf or JSON), bad gzip, bad Content-Length
+401    ingest token required and missing or wrong
+404    any other path; 405 for another method
+413    body larger than the limit, compressed or decompressed
+415    Content-Type not protobuf/JSON, Content-Encoding not gzip/identity
+503    the store failed to commit (``Retry-After``); the client retries
+=====  ==============================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+
+from crosstrace.server.auth import AUTH_HEADER, TokenSet, bearer_token
+from crosstrace.server.metrics import Metrics
+from crosstrace.server.otlp import (
+    SIGNAL_LOGS,
+    SIGNAL_TRACES,
+    DecodeResult,
+    OtlpDecodeError,
+    decode,
+    encode_response,
+    encode_status,
+)
+from crosstrace.server.store.base import Store
+
+__all__ = [
+    "CONTENT_TYPE_JSON",
+    "CONTENT_TYPE_PROTOBUF",
+    "INGEST_PATHS",
+    "RETRY_AFTER_SECONDS",
+    "IngestApp",
+    "gunzip_capped",
+]
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+CONTENT_TYPE_PROTOBUF: Final = "application/x-protobuf"
+CONTENT_TYPE_JSON: Final = "application/json"
+_PROTOBUF_TYPES: Final = frozenset({CONTENT_TYPE_PROTOBUF, "application/protobuf"})
+#: Path -> signal.
+INGEST_PATHS: Final = {"/v1/traces": SIGNAL_TRACES, "/v1/logs": SIGNAL_LOGS}
+#: Seconds a client is asked to wait after a 503.
+RETRY_AFTER_SECONDS: Final = 5
+#: Bodies larger than this are decompressed and decoded off the event loop.
+_OFFLOAD_BYTES: Final = 64 * 1024
+#: google.rpc.Code values used in error bodies.
+_RPC_INVALID_ARGUMENT: Final = 3
+_RPC_UNAUTHENTICATED: Final = 16
+_RPC_RESOURCE_EXHAUSTED: Final = 8
+_RPC_UNAVAILABLE: Final = 14
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, rpc_code: int = _RPC_INVALID_ARGUMENT) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.rpc_code = rpc_code
+
+
+class _TooLarge(_HTTPError):
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message, _RPC_RESOURCE_EXHAUSTED)
+
+
+def gunzip_capped(data: bytes, limit: int) -> bytes:
+    """Decompress gzip *data* (one or more members) to at most *limit* bytes.
+
+    Raises ``ValueError`` for corrupt or truncated data and ``OverflowError``
+    when the output would exceed *limit*; never allocates more than about
+    *limit* bytes however well the input compresses.
+    """
+    out = bytearray()
+    while data:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        pending = data
+        while True:
+            try:
+                out += inflater.decompress(pending, limit - len(out) + 1)
+            except zlib.error as exc:
+                raise ValueError(f"body is not valid gzip: {exc}") from None
+            if len(out) > limit:
+                raise OverflowError(f"decompressed body exceeds {limit} bytes")
+            pending = inflater.unconsumed_tail
+            if not pending:
+                break
+        if not inflater.eof:
+            raise ValueError("body is not valid gzip: truncated")
+        data = inflater.unused_data
+    return bytes(out)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class IngestApp:
+    """The ASGI app answering the two OTLP/HTTP ingest paths."""
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        tokens: TokenSet | None = None,
+        max_body_size: int = 16 * 1024**2,
+        max_decompressed_size: int = 64 * 1024**2,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.tokens = tokens or TokenSet()
+        self.max_body_size = max_body_size
+        self.max_decompressed_size = max_decompressed_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        signal = INGEST_PATHS.get(scope["path"])
+        if signal is None:
+            await _respond(send, 404, b"not found\n", "text/plain")
+            return
+        as_json = False
+        status = 500
+        try:
+            as_json, body = await self._read(scope, receive, signal)
+            status, payload = await self._handle(signal, body, as_json)
+            await _respond(send, status, payload, _media(as_json))
+        except _HTTPError as exc:
+            status = exc.status
+            extra: list[tuple[bytes, bytes]] = []
+            if status == 401:
+                extra.append((b"www-authenticate", b"Bearer"))
+            elif status == 405:
+                extra.append((b"allow", b"POST"))
+            elif status == 503:
+                extra.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+            payload = encode_status(exc.rpc_code, exc.message, as_json=as_json)
+            await _respond(send, status, payload, _media(as_json), extra)
+        except _Disconnected:
+            status = 499
+        finally:
+            self.metrics.count_request("http", signal, str(status))
+
+    async def _read(self, scope: Scope, receive: Receive, signal: str) -> tuple[bool, bytes]:
+        """Check method, auth and headers, then read and decompress the body."""
+        if scope["method"] != "POST":
+            raise _HTTPError(405, f"use POST to send {signal}")
+        if self.tokens and not self.tokens.check(
+            bearer_token(_header(scope, AUTH_HEADER.encode()))
+        ):
+            raise _HTTPError(401, "a valid ingest token is required", _RPC_UNAUTHENTICATED)
+        media = (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+        if media in _PROTOBUF_TYPES:
+            as_json = False
+        elif media == CONTENT_TYPE_JSON:
+            as_json = True
+        else:
+            raise _HTTPError(
+                415,
+                f"unsupported Content-Type {media or '(none)'!r}: "
+                f"use {CONTENT_TYPE_PROTOBUF} or {CONTENT_TYPE_JSON}",
+            )
+        encoding = (_header(scope, b"content-encoding") or "identity").strip().lower()
+        if encoding not in ("gzip", "identity"):
+            raise _HTTPError(
+                415, f"unsupported Content-Encoding {encoding!r}: use gzip or identity"
+            )
+        length_header = _header(scope, b"content-length")
+        if length_header is not None:
+            try:
+                length = int(length_header)
+            except ValueError:
+                raise _HTTPError(400, "Content-Length is not a number") from None
+            if length > self.max_body_size:
+                raise _TooLarge(f"body of {length} bytes exceeds the {self.max_body_size} limit")
+        body = await self._read_body(receive)
+        if encoding == "gzip":
+            try:
+                if len(body) > _OFFLOAD_BYTES:
+                    body = await asyncio.to_thread(gunzip_capped, body, self.max_decompressed_size)
+                else:
+                    body = gunzip_capped(body, self.max_decompressed_size)
+            except OverflowError as exc:
+                raise _TooLarge(str(exc)) from None
+            except ValueError as exc:
+                raise _HTTPError(400, str(exc)) from None
+        elif len(body) > self.max_decompressed_size:
+            raise _TooLarge(f"body exceeds the {self.max_decompressed_size} bytes limit")
+        return as_json, body
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_size:
+                raise _TooLarge(f"body exceeds the {self.max_body_size} bytes limit")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _handle(self, signal: str, body: bytes, as_json: bool) -> tuple[int, bytes]:
+        try:
+            if len(body) > _OFFLOAD_BYTES:
+                result = await asyncio.to_thread(decode, signal, body, as_json=as_json)
+            else:
+                result = decode(signal, body, as_json=as_json)
+        except OtlpDecodeError as exc:
+            raise _HTTPError(400, str(exc)) from None
+        records = result.spans if signal == SIGNAL_TRACES else result.logs
+        self.metrics.add_records(signal, "received", len(records) + result.rejected)
+        self.metrics.add_records(signal, "rejected", result.rejected)
+        if records:
+            await self._commit(signal, result)
+        return 200, encode_response(signal, result, as_json=as_json)
+
+    async def _commit(self, signal: str, result: DecodeResult) -> None:
+        """Hand the records to the store and wait for the commit (503 if it fails)."""
+        metrics = self.metrics
+        metrics.write_started()
+        started = time.perf_counter()
+        try:
+            if signal == SIGNAL_TRACES:
+                await asyncio.wrap_future(self.store.submit_spans(result.spans))
+                written = len(result.spans)
+            else:
+                written = await asyncio.wrap_future(self.store.submit_logs(result.logs))
+        except Exception as exc:  # any store failure is the server's, not the client's
+            log.warning("store failed to commit %s batch: %s", signal, exc)
+            raise _HTTPError(
+                503, "the store is unavailable, retry later", _RPC_UNAVAILABLE
+            ) from None
+        finally:
+            metrics.write_finished(time.perf_counter() - started)
+        metrics.add_records(signal, "written", written)
+
+
+class _Disconnected(Exception):
+    pass
+
+
+def _media(as_json: bool) -> str:
+    return CONTENT_TYPE_JSON if as_json else CONTENT_TYPE_PROTOBUF
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

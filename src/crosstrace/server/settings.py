@@ -1,0 +1,342 @@
+"""``crosstrace serve`` settings: command-line flags, environment, config file.
+
+Every setting can come from three places; the first that sets it wins:
+
+1. a command-line flag (``--port 4318``),
+2. an environment variable (``CROSSTRACE_PORT=4318``),
+3. the ``[serve]`` table of a TOML config file (``--config FILE`` or
+   ``$CROSSTRACE_CONFIG``; ``port = 4318``),
+
+then the built-in default. All three sources go through the same parsers, so a bad
+value is reported the same way wherever it came from, naming its source.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from crosstrace.server.auth import TokenSet, is_loopback
+from crosstrace.server.config import ENV_DB, default_db_url
+
+__all__ = [
+    "DEFAULT_EXCHANGE",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "DEFAULT_QUEUE",
+    "DEFAULT_ROUTING_KEY",
+    "ENV_CONFIG",
+    "SETTINGS",
+    "Settings",
+    "SettingsError",
+    "parse_duration",
+    "parse_size",
+    "resolve",
+]
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 4318
+DEFAULT_EXCHANGE: Final = "crosstrace"
+DEFAULT_QUEUE: Final = "crosstrace.otlp"
+DEFAULT_ROUTING_KEY: Final = "otlp"
+#: Environment variable naming the config file.
+ENV_CONFIG: Final = "CROSSTRACE_CONFIG"
+#: Table of the config file that holds these settings.
+CONFIG_TABLE: Final = "serve"
+
+_UNITS_NS: Final = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60 * 1_000_000_000,
+    "h": 3600 * 1_000_000_000,
+    "d": 86400 * 1_000_000_000,
+    "w": 7 * 86400 * 1_000_000_000,
+}
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d|w)\s*")
+_SIZE_UNITS: Final = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
+_OFF: Final = frozenset({"0", "off", "none", "no", ""})
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; ``name`` is the flag it belongs to."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.message = message
+
+
+def parse_duration(text: str) -> int:
+    """``250ms``, ``2s``, ``15m``, ``1h``, ``7d`` -> nanoseconds. Raises ``ValueError``."""
+    match = _DURATION_RE.fullmatch(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 250ms, 2s, 15m, 1h or 7d")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS_NS[unit])
+
+
+def parse_size(text: str) -> int:
+    """``10GB``, ``512MiB``, ``1048576`` -> bytes. Raises ``ValueError``."""
+    match = _SIZE_RE.fullmatch(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size like 512MB, 10GB or 1GiB")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[(unit or "").lower()])
+
+
+def _optional(parser: Callable[[str], int]) -> Callable[[str], int | None]:
+    def parse(text: str) -> int | None:
+        if text.strip().lower() in _OFF:
+            return None
+        return parser(text)
+
+    return parse
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 0-65535")
+    return port
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{value} must be at least 1")
+    return value
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
+def _tokens(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def _optional_text(text: str) -> str | None:
+    return text.strip() or None
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    name: str  # attribute of Settings, flag spelled with dashes
+    env: str
+    parse: Callable[[str], Any]
+    default: Callable[[], Any]
+
+
+#: Every setting: attribute name, environment variable, parser, default.
+SETTINGS: Final[tuple[_Spec, ...]] = (
+    _Spec("host", "CROSSTRACE_HOST", _text, lambda: DEFAULT_HOST),
+    _Spec("port", "CROSSTRACE_PORT", _port, lambda: DEFAULT_PORT),
+    _Spec("db", ENV_DB, _text, default_db_url),
+    _Spec("consume", "CROSSTRACE_CONSUME", _optional_text, lambda: None),
+    _Spec("no_http", "CROSSTRACE_NO_HTTP", _bool, lambda: False),
+    _Spec(
+        "retention", "CROSSTRACE_RETENTION", _optional(parse_duration), lambda: 7 * _UNITS_NS["d"]
+    ),
+    _Spec("max_db_size", "CROSSTRACE_MAX_DB_SIZE", _optional(parse_size), lambda: None),
+    _Spec("ingest_tokens", "CROSSTRACE_INGEST_TOKEN", _tokens, tuple),
+    _Spec("api_tokens", "CROSSTRACE_API_TOKEN", _tokens, tuple),
+    _Spec("no_auth", "CROSSTRACE_NO_AUTH", _bool, lambda: False),
+    _Spec("amqp_exchange", "CROSSTRACE_AMQP_EXCHANGE", _text, lambda: DEFAULT_EXCHANGE),
+    _Spec("amqp_queue", "CROSSTRACE_AMQP_QUEUE", _text, lambda: DEFAULT_QUEUE),
+    _Spec("amqp_routing_key", "CROSSTRACE_AMQP_ROUTING_KEY", _text, lambda: DEFAULT_ROUTING_KEY),
+    _Spec("prefetch", "CROSSTRACE_PREFETCH", _positive_int, lambda: 32),
+    _Spec("max_body_size", "CROSSTRACE_MAX_BODY_SIZE", parse_size, lambda: 16 * 1024**2),
+    _Spec(
+        "max_decompressed_size",
+        "CROSSTRACE_MAX_DECOMPRESSED_SIZE",
+        parse_size,
+        lambda: 64 * 1024**2,
+    ),
+)
+_BY_NAME: Final = {spec.name: spec for spec in SETTINGS}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Resolved settings of one ``serve`` process."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    db: str = ""
+    consume: str | None = None
+    no_http: bool = False
+    retention: int | None = 7 * _UNITS_NS["d"]  # ns; None keeps data forever
+    max_db_size: int | None = None  # bytes
+    ingest_tokens: tuple[str, ...] = ()
+    api_tokens: tuple[str, ...] = ()
+    no_auth: bool = False
+    amqp_exchange: str = DEFAULT_EXCHANGE
+    amqp_queue: str = DEFAULT_QUEUE
+    amqp_routing_key: str = DEFAULT_ROUTING_KEY
+    prefetch: int = 32
+    max_body_size: int = 16 * 1024**2
+    max_decompressed_size: int = 64 * 1024**2
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def ingest_tokenset(self) -> TokenSet:
+        return TokenSet(() if self.no_auth else self.ingest_tokens)
+
+    @property
+    def api_tokenset(self) -> TokenSet:
+        return TokenSet(() if self.no_auth else self.api_tokens)
+
+    def describe_auth(self) -> str:
+        if self.no_auth:
+            return "off (--no-auth, loopback only)"
+        parts = []
+        for what, tokens in (("ingest", self.ingest_tokens), ("api", self.api_tokens)):
+            parts.append(f"{what}: {len(tokens)} token(s)" if tokens else f"{what}: open")
+        return ", ".join(parts)
+
+
+def _file_values(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise SettingsError("config", f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError("config", f"config file {path} is not valid TOML: {exc}") from None
+    table = doc.get(CONFIG_TABLE, {})
+    if not isinstance(table, dict):
+        raise SettingsError("config", f"[{CONFIG_TABLE}] in {path} must be a table")
+    unknown = sorted(set(table) - set(_BY_NAME))
+    if unknown:
+        raise SettingsError(
+            "config", f"unknown setting(s) in [{CONFIG_TABLE}] of {path}: {', '.join(unknown)}"
+        )
+    return table
+
+
+def _as_text(name: str, value: Any, where: str) -> str:
+    """A config-file value in the string form the parsers take."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    if isinstance(value, list) and name in ("ingest_tokens", "api_tokens"):
+        if not all(isinstance(v, str) and "," not in v for v in value):
+            raise SettingsError(name, f"{name} in {where} must be a list of strings")
+        return ",".join(value)
+    raise SettingsError(name, f"{name} in {where} has an unsupported type")
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    config: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Merge *flags* (``None`` = not given) over *env* over the *config* file.
+
+    Flag values may already be parsed (ints, bools, tuples) or strings.
+    Raises :class:`SettingsError` for a bad value or an unsafe combination.
+    """
+    env = os.environ if env is None else env
+    config_path = config or env.get(ENV_CONFIG) or None
+    file_values = _file_values(Path(config_path)) if config_path else {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for spec in SETTINGS:
+        flag = flags.get(spec.name)
+        if isinstance(flag, tuple | list) and not flag:
+            flag = None
+        try:
+            if flag is not None:
+                source = "--" + spec.name.replace("_", "-")
+                if isinstance(flag, str):
+                    value = spec.parse(flag)
+                elif isinstance(flag, list | tuple):
+                    value = spec.parse(",".join(flag))
+                else:
+                    value = flag
+            elif spec.env in env:
+                source = f"${spec.env}"
+                value = spec.parse(env[spec.env])
+            elif spec.name in file_values:
+                source = f"{config_path} [{CONFIG_TABLE}] {spec.name}"
+                value = spec.parse(_as_text(spec.name, file_values[spec.name], str(config_path)))
+            else:
+                source = "default"
+                value = spec.default()
+        except ValueError as exc:
+            if isinstance(exc, SettingsError):
+                raise
+            raise SettingsError(spec.name, f"bad value from {source}: {exc}") from None
+        values[spec.name] = value
+        sources[spec.name] = source
+    settings = Settings(**values, sources=sources)
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    """Refuse combinations that would expose data or do nothing."""
+    try:
+        TokenSet(settings.ingest_tokens)
+        TokenSet(settings.api_tokens)
+    except ValueError as exc:
+        raise SettingsError("ingest_tokens", f"bad token: {exc}") from None
+    if settings.no_http and not settings.consume:
+        raise SettingsError("no_http", "--no-http needs --consume (there would be nothing to do)")
+    if settings.no_auth and (settings.ingest_tokens or settings.api_tokens):
+        raise SettingsError("no_auth", "--no-auth conflicts with configured tokens")
+    if settings.no_http or is_loopback(settings.host):
+        return
+    if settings.no_auth:
+        raise SettingsError(
+            "no_auth",
+            f"refusing to serve on non-loopback address {settings.host} with --no-auth; "
+            "configure --ingest-token and --api-token",
+        )
+    missing = [
+        flag
+        for flag, tokens in (
+            ("--ingest-token", settings.ingest_tokens),
+            ("--api-token", settings.api_tokens),
+        )
+        if not tokens
+    ]
+    if missing:
+        raise SettingsError(
+            "host",
+            f"refusing to serve on non-loopback address {settings.host} without tokens: "
+            f"configure {' and '.join(missing)} (or the CROSSTRACE_INGEST_TOKEN / "
+            "CROSSTRACE_API_TOKEN environment variables, or the config file)",
+        )
