@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -91,7 +91,8 @@ class RpcServer:
     """Consumes ``topic`` and dispatches each message to a method of ``endpoint``.
 
     A method's return value is sent back to callers that asked for a reply; an
-    exception is sent back as ``{"failure": {"type", "message"}}``. A handler
+    exception is sent back as ``{"failure": {"type", "message"}}``. Only the
+    names in ``methods`` (when given) can be called. A handler
     that returns :data:`NO_REPLY` sends nothing (used to model a stuck worker).
     """
 
@@ -104,12 +105,14 @@ class RpcServer:
         topic: str,
         endpoint: object,
         *,
+        methods: Iterable[str] | None = None,
         max_workers: int = 8,
         publish: Publisher = _plain_publish,
         wrap_callback: CallbackWrapper = _no_wrap,
         name: str | None = None,
     ) -> None:
         self.url = url
+        self.methods = frozenset(methods) if methods is not None else None
         self.exchange_name = exchange
         self.topic = topic
         self.endpoint = endpoint
@@ -189,7 +192,12 @@ class RpcServer:
             method = body.get("method")
             args = body.get("args") or {}
             fn = getattr(self.endpoint, str(method), None)
-            if not isinstance(method, str) or method.startswith("_") or not callable(fn):
+            if (
+                not isinstance(method, str)
+                or method.startswith("_")
+                or (self.methods is not None and method not in self.methods)
+                or not callable(fn)
+            ):
                 raise ValueError(f"unknown RPC method {method!r}")
             result = fn(**args)
             if result is RpcServer.NO_REPLY:
