@@ -62,7 +62,7 @@ class Driver:
         if session is None:
             session = requests.Session()
             self._local.session = session
-        return session  # type: ignore[no-any-return]
+        return session
 
     def run(
         self,
