@@ -112,6 +112,7 @@ _PG_V1 = [
     " data BYTEA NOT NULL) PARTITION BY RANGE (day)",
     # Chunks are already compressed: do not let TOAST try again.
     "ALTER TABLE chunks ALTER COLUMN data SET STORAGE EXTERNAL",
+    "CREATE TABLE chunks_default PARTITION OF chunks DEFAULT",
     "CREATE INDEX chunks_trace ON chunks (trace_id)",
     "CREATE TABLE trace_keys (trace_id BYTEA NOT NULL, key INTEGER NOT NULL,"
     " PRIMARY KEY (trace_id, key))",
