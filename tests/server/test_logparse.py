@@ -100,6 +100,18 @@ def test_two_id_context() -> None:
     assert r.severity_number == 17
 
 
+def test_two_id_context_with_system_scope() -> None:
+    """Current oslo.log writes six identity fields, system_scope fourth."""
+    records, _ = parse(
+        f"2024-01-02 03:04:05.678 42 INFO nova.api [{GID} {LID} u1 p1 d1 all ud1 pd1] x\n"
+    )
+    [r] = records
+    assert (r.user_id, r.project_id, r.domain_id) == ("u1", "p1", "d1")
+    assert r.attributes["openstack.system_scope"] == "all"
+    assert r.attributes["openstack.user_domain_id"] == "ud1"
+    assert r.attributes["openstack.project_domain_id"] == "pd1"
+
+
 def test_two_id_context_with_absent_fields() -> None:
     """`None` and `-` stand for absent fields in the two-id form."""
     records, _ = parse(f"2024-01-02 03:04:05.678 42 INFO nova.api [None {LID} - p1 - - -] hi\n")
@@ -201,6 +213,23 @@ def test_same_context_same_time_without_traceback_stays_separate() -> None:
     )
     records, _ = parse(text)
     assert [r.body for r in records] == ["first", "second"]
+
+
+def test_record_after_an_unprefixed_traceback_stays_separate() -> None:
+    """After a traceback written the standard-library way (unprefixed lines), the next
+    line with the same time and context is a new record, not part of the traceback."""
+    ctx = f"[{GID} {LID} - p1 - - - -]"
+    text = (
+        f"2026-11-22 02:19:31.904 7 ERROR app {ctx} attach failed\n"
+        "Traceback (most recent call last):\n"
+        '  File "t.py", line 1, in f\n'
+        "RuntimeError: disk full\n"
+        f"2026-11-22 02:19:31.904 7 INFO app {ctx} cleaned up\n"
+    )
+    records, _ = parse(text)
+    assert [r.body.split("\n")[0] for r in records] == ["attach failed", "cleaned up"]
+    assert records[0].body.count("\n") == 3
+    assert records[0].attributes["exception.message"] == "disk full"
 
 
 def test_line_without_context_from_another_logger_is_a_record() -> None:

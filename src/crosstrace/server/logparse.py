@@ -4,8 +4,10 @@ Three line shapes are understood, in one file or mixed:
 
 * oslo.log text: ``YYYY-MM-DD HH:MM:SS.mmm [PID] LEVEL logger [CONTEXT] message``,
   where CONTEXT is ``-``, the two-id form ``req-<global> req-<local> user project
-  domain user_domain project_domain`` (``None``/``-`` for absent fields) or the older
-  one-id form ``req-<local> user project``. DevStack's context format has no PID.
+  domain user_domain project_domain`` (``None``/``-`` for absent fields; current
+  oslo.log adds ``system_scope`` after ``domain``, recognised by the field count) or
+  the older one-id form ``req-<local> user project``. DevStack's context format has
+  no PID.
 * journald output as ``journalctl`` prints it: ``Mon DD HH:MM:SS[.us] host
   ident[pid]: payload``, where the payload is an oslo.log line with or without its own
   timestamp, or plain text (systemd, sudo).
@@ -81,6 +83,7 @@ ATTR_EXCEPTION_STACKTRACE = "exception.stacktrace"
 ATTR_THREAD_NAME = "thread.name"
 ATTR_USER_DOMAIN_ID = "openstack.user_domain_id"
 ATTR_PROJECT_DOMAIN_ID = "openstack.project_domain_id"
+ATTR_SYSTEM_SCOPE = "openstack.system_scope"
 RES_SERVICE_NAME = "service.name"
 RES_HOST_NAME = "host.name"
 RES_PROCESS_PID = "process.pid"
@@ -207,6 +210,7 @@ class _Pending:
         "line_no",
         "logger",
         "pid",
+        "prefixed_traceback",
         "project_id",
         "request_id",
         "resource",
@@ -231,6 +235,8 @@ class _Pending:
         self.ident: str | None = None
         self.context: str | None = None
         self.in_traceback = False
+        # A traceback whose lines repeat the record's context prefix has begun.
+        self.prefixed_traceback = False
         self.request_id: str | None = None
         self.global_request_id: str | None = None
         self.user_id: str | None = None
@@ -409,6 +415,7 @@ class LogParser:
             self.stats.skip(line_no, SKIP_BAD_TIME)
             return pending
         if pending is not None and self._continues(pending, parts, same_stamp=True):
+            pending.prefixed_traceback |= parts.context is not None
             return self._continue(line_no, line, parts.message, pending)
         self.stats.formats["oslo"] += 1
         return self._start_oslo(line_no, line, parts)
@@ -449,6 +456,7 @@ class LogParser:
                 and pending is not None
                 and self._continues(pending, parts, same_stamp=full_stamp)
             ):
+                pending.prefixed_traceback |= parts.context is not None
                 return self._continue(line_no, line, parts.message, pending)
             record = self._start_oslo(line_no, line, parts)
         else:
@@ -491,7 +499,7 @@ class LogParser:
         if parts.context is None:
             return True
         return parts.context == pending.context and (
-            pending.in_traceback or parts.message.startswith(TRACEBACK_HEADER)
+            pending.prefixed_traceback or parts.message.startswith(TRACEBACK_HEADER)
         )
 
     def _start_oslo(self, line_no: int, line: str, parts: _OsloLine) -> _Pending:
@@ -505,7 +513,7 @@ class LogParser:
             self._apply_context(record, parts.context)
         self._add(record, line, parts.message)
         if parts.message.startswith(TRACEBACK_HEADER):
-            record.in_traceback = True
+            record.in_traceback = record.prefixed_traceback = True
         return record
 
     def _apply_context(self, record: _Pending, context: str) -> None:
@@ -519,7 +527,13 @@ class LogParser:
         else:
             local, identity = fields[0], fields[1:]
         record.request_id = self._request_id(local)
-        values = [None if v in ("-", "None", "") else v for v in identity[:5]]
+        values = [None if v in ("-", "None", "") else v for v in identity[:6]]
+        if len(values) == 6:
+            # oslo.log's current user_identity: user project domain system_scope
+            # user_domain project_domain (older releases have no system_scope).
+            system_scope = values.pop(3)
+            if system_scope is not None:
+                record.attributes[ATTR_SYSTEM_SCOPE] = system_scope
         values += [None] * (5 - len(values))
         record.user_id, record.project_id, record.domain_id = values[0], values[1], values[2]
         if values[3] is not None:
