@@ -202,9 +202,7 @@ class SQLiteStore(SQLStore):
             frac = max(0.05, (used - max_bytes) / used)
             cutoff = lo + max(1, int((hi - lo) * frac))
             removed += self._delete_before(cutoff)
-        self._writer.submit(
-            "raw", lambda conn: conn.execute("PRAGMA incremental_vacuum").fetchall(), 1
-        ).result()
+        self._writer.submit("raw", _incremental_vacuum, 1).result()
         self.checkpoint()
         return removed
 
@@ -216,3 +214,14 @@ class SQLiteStore(SQLStore):
         if row[0] is None:
             return None
         return int(row[0]), int(row[1])
+
+
+def _incremental_vacuum(conn: sqlite3.Connection) -> None:
+    """Return every free page to the file system.
+
+    The sqlite3 module steps a statement without result columns only once, and one
+    step of ``PRAGMA incremental_vacuum`` frees one page: so step it once per page.
+    """
+    free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    if free:
+        conn.executemany("PRAGMA incremental_vacuum", [()] * free)
