@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from crosstrace.config import configure
 from crosstrace.context import RequestContext, get_current
+from crosstrace.tracer import SpanKind, StatusCode, current_span, span
 
 __all__ = [
     "RequestContext",
+    "SpanKind",
+    "StatusCode",
+    "configure",
+    "current_span",
     "get_current",
+    "span",
 ]
 
 __version__ = "0.1.0"

@@ -1,0 +1,237 @@
+"""Sampling decisions: trace-id ratio, rate limit, and the overhead budget.
+
+Three layers decide what a trace costs:
+
+1. **Head sampling by trace id** (:func:`ratio_threshold`, :func:`ratio_sampled`).
+   A trace is *sampled* when the low 56 bits of its trace id are below
+   ``ratio * 2**56``. The low 56 bits are the seven right-most bytes that W3C
+   Trace Context level 2 requires to be random, so every service computes the
+   same decision for the same trace without talking to the others, and a
+   service with a smaller ratio keeps a subset of what a larger one keeps.
+2. **Rate limit** (:class:`TokenBucket`): at most ``rate`` sampled traces per
+   second per process (with a burst of one second's worth).
+3. **Overhead budget** (:class:`OverheadController`): the operator sets the CPU
+   fraction tracing may use (``0.01`` = 1 % of the process's CPU time). The
+   tracer measures its own cost: the request-thread time spent creating, ending
+   and finishing spans (timed exactly on 1 in 16 traces, chosen by trace id, and
+   scaled up) plus the CPU time of the export thread (``time.thread_time``).
+   Once per window (1 s) the controller compares that with the process CPU time
+   (``time.process_time``) over the same window and adjusts two knobs:
+
+   * the **effective sample ratio** (at most the configured ratio), which
+     scales the export cost; and
+   * when recording alone already exceeds the budget, the **record fraction**:
+     the share of traces recorded at all. Traces that are not recorded cost
+     almost nothing, but their errors and slow requests cannot be kept by the
+     tail rule. The record fraction is chosen by the high bits of the trace id,
+     so services agree on it too.
+
+None of this runs on the hot path except a comparison of two integers per
+local root span; the controller's arithmetic runs once per window.
+"""
+
+from __future__ import annotations
+
+import time
+
+__all__ = [
+    "RANDOM_BITS",
+    "RECORD_BITS",
+    "OverheadController",
+    "TokenBucket",
+    "ratio_sampled",
+    "ratio_threshold",
+    "record_threshold",
+    "recorded",
+    "timed",
+]
+
+#: Bits of the trace id the ratio decision compares (the low 56).
+RANDOM_BITS = 56
+_RANDOM_MASK = (1 << RANDOM_BITS) - 1
+#: Bits of the trace id the record-fraction decision compares (the high 48).
+RECORD_BITS = 48
+_RECORD_SHIFT = 128 - RECORD_BITS
+_RECORD_MASK = (1 << RECORD_BITS) - 1
+#: One trace in ``2**TIMED_BITS`` has its tracing cost timed exactly.
+TIMED_BITS = 4
+TIMED_FACTOR = 1 << TIMED_BITS
+_TIMED_SHIFT = RANDOM_BITS
+_TIMED_MASK = TIMED_FACTOR - 1
+
+
+def ratio_threshold(ratio: float) -> int:
+    """The integer a trace id's low 56 bits are compared with for *ratio*."""
+    if ratio <= 0.0:
+        return 0
+    if ratio >= 1.0:
+        return 1 << RANDOM_BITS
+    return int(ratio * (1 << RANDOM_BITS))
+
+
+def ratio_sampled(trace_id: int, threshold: int) -> bool:
+    """Whether *trace_id* is sampled at *threshold* (see :func:`ratio_threshold`)."""
+    return (trace_id & _RANDOM_MASK) < threshold
+
+
+def record_threshold(fraction: float) -> int:
+    """The threshold for the record fraction (compared with the high 48 bits)."""
+    if fraction <= 0.0:
+        return 0
+    if fraction >= 1.0:
+        return 1 << RECORD_BITS
+    return int(fraction * (1 << RECORD_BITS))
+
+
+def recorded(trace_id: int, threshold: int) -> bool:
+    """Whether *trace_id* falls in the recorded fraction."""
+    return ((trace_id >> _RECORD_SHIFT) & _RECORD_MASK) < threshold
+
+
+def timed(trace_id: int) -> bool:
+    """Whether the tracing cost of this trace is timed (1 in 16, by trace id)."""
+    return ((trace_id >> _TIMED_SHIFT) & _TIMED_MASK) == 0
+
+
+class TokenBucket:
+    """A per-process rate limit: *rate* tokens per second, burst of *rate*.
+
+    No lock: concurrent callers may race on the refill and, rarely, let one
+    extra trace through; the limit is a cost control, not an accounting rule.
+    A rate of 0 or less means unlimited.
+    """
+
+    __slots__ = ("_last", "_tokens", "rate")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = float(rate)
+        self._tokens = float(rate)
+        self._last = time.monotonic()
+
+    def take(self) -> bool:
+        """Take one token; ``False`` when the bucket is empty."""
+        rate = self.rate
+        if rate <= 0.0:
+            return True
+        now = time.monotonic()
+        tokens = min(rate, self._tokens + (now - self._last) * rate)
+        self._last = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens
+        return False
+
+
+class OverheadController:
+    """Keeps the tracer's measured CPU cost under a fraction of the process's.
+
+    Feed it costs with :meth:`add_record_cost` (request-thread nanoseconds,
+    already scaled) and :meth:`set_export_cpu` (the export thread's total CPU
+    nanoseconds); call :meth:`tick` regularly (the tracer does, once per
+    window, from whichever thread ends a trace after the window elapsed). Read
+    :attr:`ratio_factor` and :attr:`record_fraction`.
+    """
+
+    __slots__ = (
+        "_export_cpu_last",
+        "_export_cpu_now",
+        "_proc_last",
+        "_record_ns",
+        "budget",
+        "last_fraction",
+        "next_tick_ns",
+        "ratio_factor",
+        "record_fraction",
+        "window_ns",
+    )
+
+    #: Smallest adjustment step per window (avoids oscillating to zero).
+    MIN_STEP = 0.25
+    #: Largest increase per window.
+    MAX_STEP = 2.0
+    #: Smallest non-zero ratio factor the controller goes down to.
+    FLOOR = 1e-6
+
+    def __init__(self, budget: float, window_s: float = 1.0) -> None:
+        if budget < 0.0 or budget > 1.0:
+            raise ValueError("overhead budget must be a fraction between 0 and 1")
+        self.budget = budget
+        self.window_ns = int(window_s * 1e9)
+        self.ratio_factor = 1.0
+        self.record_fraction = 1.0
+        self.last_fraction = 0.0
+        self._record_ns = 0
+        self._export_cpu_now = 0
+        self._export_cpu_last = 0
+        self._proc_last = time.process_time_ns()
+        self.next_tick_ns = time.monotonic_ns() + self.window_ns
+
+    def add_record_cost(self, ns: int) -> None:
+        """Add request-thread tracing cost (nanoseconds, already extrapolated)."""
+        self._record_ns += ns
+
+    def set_export_cpu(self, total_ns: int) -> None:
+        """The export thread's cumulative CPU time (nanoseconds)."""
+        self._export_cpu_now = total_ns
+
+    def reset_window(self) -> None:
+        """Start a fresh measurement window (after a fork or a reconfiguration)."""
+        self._record_ns = 0
+        self._export_cpu_last = self._export_cpu_now
+        self._proc_last = time.process_time_ns()
+        self.next_tick_ns = time.monotonic_ns() + self.window_ns
+
+    def tick(self, now_ns: int | None = None) -> bool:
+        """Close the window if it elapsed and adjust the knobs; True if it did."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        if now < self.next_tick_ns:
+            return False
+        self.next_tick_ns = now + self.window_ns
+        proc = time.process_time_ns()
+        proc_ns = proc - self._proc_last
+        self._proc_last = proc
+        record_ns = self._record_ns
+        self._record_ns = 0
+        export_now = self._export_cpu_now
+        export_ns = max(0, export_now - self._export_cpu_last)
+        self._export_cpu_last = export_now
+        if self.budget <= 0.0 or proc_ns <= 0:
+            self.ratio_factor = 1.0
+            self.record_fraction = 1.0
+            return True
+        self.adjust(record_ns, export_ns, proc_ns)
+        return True
+
+    def adjust(self, record_ns: int, export_ns: int, proc_ns: int) -> None:
+        """One control step from a window's measured costs.
+
+        Recording cost scales with the record fraction, export cost with the
+        share of traces kept (mostly the effective ratio). The knobs move by a
+        bounded factor per window so the loop converges without oscillating.
+        """
+        allowed = self.budget * proc_ns
+        spent = record_ns + export_ns
+        self.last_fraction = spent / proc_ns
+        if spent <= 0:
+            self._raise(self.MAX_STEP)
+            return
+        if spent <= allowed:
+            self._raise(min(self.MAX_STEP, allowed / spent))
+            return
+        if record_ns >= allowed:
+            # Recording alone is over budget: stop exporting by ratio and
+            # record fewer traces.
+            self.ratio_factor = max(self.FLOOR, self.ratio_factor * self.MIN_STEP)
+            step = max(self.MIN_STEP, 0.9 * allowed / record_ns)
+            self.record_fraction = max(0.0, self.record_fraction * step)
+            return
+        room = allowed - record_ns
+        step = max(self.MIN_STEP, room / export_ns) if export_ns > 0 else self.MIN_STEP
+        self.ratio_factor = max(self.FLOOR, min(1.0, self.ratio_factor * step))
+
+    def _raise(self, step: float) -> None:
+        if self.record_fraction < 1.0:
+            self.record_fraction = min(1.0, max(0.01, self.record_fraction) * step)
+        else:
+            self.ratio_factor = min(1.0, max(self.FLOOR, self.ratio_factor) * step)
