@@ -90,6 +90,9 @@ JSON_KEYS = (
     "span_id",
 )
 _JSON_CONTEXT_KEYS = JSON_KEYS[9:]
+_IDENTITY_FIELDS = frozenset(
+    ("user_id", "project_id", "domain_id", "user_domain_id", "project_domain_id")
+)
 
 # Marks the handler setup() installed, so a second call replaces it.
 _SETUP_MARK = "_crosstrace_setup"
@@ -104,8 +107,9 @@ def _apply(record: logging.LogRecord) -> None:
     d = record.__dict__
     if "request_id" in d:
         if "user_identity" not in d:  # request_id came from ``extra=``
+            # oslo.log defaults the text fields to "" in this case.
             for key in RECORD_FIELDS:
-                d.setdefault(key, None if key.endswith("_id") and key != "request_id" else "")
+                d.setdefault(key, None if key in _IDENTITY_FIELDS else "")
         return
     ctx = d.get("context")
     if not isinstance(ctx, RequestContext):
