@@ -29,6 +29,7 @@ from crosstrace.server.ingest import IngestApp, Receive, Scope, Send
 from crosstrace.server.metrics import Metrics
 from crosstrace.server.settings import Settings
 from crosstrace.server.store.base import Store, open_store
+from crosstrace.server.store.retention import RetentionThread
 
 __all__ = [
     "INGEST_PREFIX",
@@ -43,9 +44,8 @@ log = logging.getLogger(__name__)
 
 #: Paths under this prefix go to the ingest handler.
 INGEST_PREFIX: Final = "/v1/"
-#: How often retention runs (the first run is shortly after start).
+#: How often retention runs (the first run is at start).
 RETENTION_INTERVAL_SECONDS: Final = 600.0
-_FIRST_RETENTION_DELAY: Final = 30.0
 
 
 @dataclass
@@ -99,39 +99,6 @@ def app_from_settings(store: Store, settings: Settings, metrics: Metrics) -> Ser
     )
 
 
-class RetentionThread(threading.Thread):
-    """Applies retention by age (and size) every few minutes until stopped."""
-
-    def __init__(
-        self,
-        store: Store,
-        max_age_ns: int | None,
-        max_bytes: int | None,
-        interval: float = RETENTION_INTERVAL_SECONDS,
-    ) -> None:
-        super().__init__(name="crosstrace-retention", daemon=True)
-        self.store = store
-        self.max_age_ns = max_age_ns
-        self.max_bytes = max_bytes
-        self.interval = interval
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        delay = min(_FIRST_RETENTION_DELAY, self.interval)
-        while not self.stopped.wait(delay):
-            delay = self.interval
-            try:
-                removed = self.store.apply_retention(self.max_age_ns, self.max_bytes)
-            except Exception as exc:
-                log.warning("retention failed: %s", exc)
-                continue
-            if removed:
-                log.info("retention removed %d traces", removed)
-
-    def stop(self) -> None:
-        self.stopped.set()
-
-
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on *host*:*port* (port 0 picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -181,7 +148,9 @@ def run(settings: Settings, echo: Callable[[str], None] = print) -> None:
     try:
         echo(f"store: {_describe_store(settings.db)}")
         if settings.retention or settings.max_db_size:
-            retention = RetentionThread(store, settings.retention, settings.max_db_size)
+            retention = RetentionThread(
+                store, settings.retention, settings.max_db_size, RETENTION_INTERVAL_SECONDS
+            )
             retention.start()
         if settings.consume:
             from crosstrace.server.consume import Consumer
