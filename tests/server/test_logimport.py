@@ -389,6 +389,27 @@ def test_cli_imports_and_reports(tmp_path: Path) -> None:
         s.close()
 
 
+def test_store_failure_is_reported_and_stops_the_import(tmp_path: Path) -> None:
+    """A store that fails (here: closed) makes the file's result an error, not a crash."""
+    s = open_store("sqlite:///" + str(tmp_path / "closed.sqlite3"))
+    s.close()
+    result = import_file(s, need(C_API))
+    assert result.store_failed
+    assert result.error is not None
+    assert result.error.startswith("store write failed")
+    assert result.stored == 0
+
+
+def test_cli_bad_store_url(tmp_path: Path) -> None:
+    """An unusable --db is a one-line error, not a traceback."""
+    path = tmp_path / "x.log"
+    path.write_text("2024-07-01 12:00:00.000 1 INFO a [-] m\n")
+    res = CliRunner().invoke(main, ["logs", "import", "--db", "mysql://nope", str(path)])
+    assert res.exit_code == 1
+    assert "cannot open the store" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
 def test_cli_options(tmp_path: Path) -> None:
     """--service names the service, --tz reads naive times in that zone; a bad zone is a
     usage error."""

@@ -234,7 +234,7 @@ def _write(
         while in_flight:
             settle(*in_flight.popleft())
     except Exception as exc:  # the store's own errors: any type, reported as such
-        log.warning("store write failed while importing %s: %s", result.path, exc)
+        log.debug("store write failed while importing %s: %s", result.path, exc)
         result.error = f"store write failed: {exc}"
         result.store_failed = True
         for future, _ in in_flight:  # let what was handed over finish before returning
@@ -332,7 +332,10 @@ def run_import(
 
     err = Console(stderr=True, highlight=False)
     results: list[FileImportResult] = []
-    store = open_store(db_url)
+    try:
+        store = open_store(db_url)
+    except Exception as exc:  # bad URL, driver missing, server down: all reported alike
+        raise click.ClickException(f"cannot open the store: {exc}") from exc
     try:
         for path in paths:
             on_progress: ProgressCallback | None = None
