@@ -35,7 +35,7 @@ from crosstrace.demo import faults as F
 from crosstrace.demo.faults import FaultInjector, FaultKind
 from crosstrace.demo.groundtruth import GroundTruth
 from crosstrace.demo.identity import IDENTITIES
-from crosstrace.demo.instrument import LogRouter, ServiceKit
+from crosstrace.demo.instrument import LogRouter, ServiceKit, file_handler
 from crosstrace.demo.rpc import MessagingTimeout, RemoteError, RpcClient, RpcServer
 from crosstrace.demo.servers import HttpServer, serve_asgi, serve_wsgi
 
@@ -210,6 +210,13 @@ def _identity_headers_from(ctx: Any) -> dict[str, str]:
     return headers
 
 
+def _rpc_attrs(service: str, host: str | None = None) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"rpc.system": "oslo.messaging", "rpc.service": service}
+    if host:
+        attrs["server.address"] = host
+    return attrs
+
+
 def _nova_error(status: int, message: str) -> dict[str, Any]:
     key = {400: "badRequest", 403: "forbidden", 404: "itemNotFound", 504: "computeFault"}.get(
         status, "computeFault"
@@ -254,7 +261,7 @@ class ImageService(_Service):
             ctx = self.seen()
             image_id = str(request.path_params["image_id"])
             try:
-                with self.kit.span(F.OP_GET_IMAGE, **{"image.id": image_id}):
+                with self.kit.span(F.OP_GET_IMAGE, {"image.id": image_id}):
                     if self.fault(ctx) is FaultKind.IMAGE_500:
                         raise StoreUnavailable("Image store backend is unavailable.")
                     name = IMAGES.get(image_id)
@@ -304,7 +311,7 @@ class NetworkService(_Service):
                 )
             project = (ctx.project_id if ctx else None) or "-"
             try:
-                with self.kit.span(F.OP_CREATE_PORT, **{"network.id": network_id}):
+                with self.kit.span(F.OP_CREATE_PORT, {"network.id": network_id}):
                     used = self.used.get(project, 0)
                     limit = PORT_QUOTA
                     if self.fault(ctx) is FaultKind.NETWORK_QUOTA:
@@ -443,7 +450,7 @@ class VolumeService(_Service):
             return _wsgi_json(start_response, 400, {"badRequest": {"message": "invalid body"}})
         project = (ctx.project_id if ctx else None) or "-"
         with (
-            self.kit.span(F.OP_VOLUME_QUERY, **{"volume.project_id": project}),
+            self.kit.span(F.OP_VOLUME_QUERY, {"volume.project_id": project}),
             self.engine.connect() as conn,
         ):
             if self.fault(ctx) is FaultKind.VOLUME_DB_TIMEOUT:
@@ -457,7 +464,7 @@ class VolumeService(_Service):
         volume_id = str(uuid.uuid4())
         try:
             with (
-                self.kit.span(F.OP_VOLUME_INSERT, **{"volume.name": name}),
+                self.kit.span(F.OP_VOLUME_INSERT, {"volume.name": name}),
                 self.engine.begin() as conn,
             ):
                 conn.execute(
@@ -498,7 +505,7 @@ class SchedulerService(_Service):
 
     def select_destinations(self, request_spec: dict[str, Any]) -> dict[str, Any]:
         ctx = self.seen()
-        with self.kit.span(F.OP_SELECT_DESTINATIONS, **{"scheduler.hosts": len(COMPUTE_HOSTS)}):
+        with self.kit.span(F.OP_SELECT_DESTINATIONS, {"scheduler.hosts": len(COMPUTE_HOSTS)}):
             if self.fault(ctx) is FaultKind.SLOW_SCHEDULER:
                 # Injected: the placement query behind the filters is slow.
                 self.log.info("Waiting for host candidates from placement")
@@ -545,7 +552,7 @@ class ComputeService(_Service):
     def build_and_run_instance(self, instance: dict[str, Any]) -> Any:
         ctx = self.seen()
         instance_uuid = str(instance.get("uuid"))
-        with self.kit.span(F.OP_BUILD, **{"compute.host": self.host, "instance.id": instance_uuid}):
+        with self.kit.span(F.OP_BUILD, {"compute.host": self.host, "instance.id": instance_uuid}):
             if self.fault(ctx) is FaultKind.RPC_NO_REPLY:
                 # Injected: the worker is stuck (e.g. on a hung hypervisor call) and
                 # never answers; the caller's RPC call times out.
@@ -693,19 +700,21 @@ class ComputeApiService(_Service):
             return 500, _nova_error(500, f"Error fetching image {image_id}: {message}")
         # 2. pick a host, 3. build there
         try:
-            dest = self.rpc.call(
-                self._scheduler_topic,
-                "select_destinations",
-                timeout=self.timings.scheduler_timeout,
-                request_spec={"instance_uuid": instance_uuid, "flavor": flavor},
-            )
+            with self.kit.span(F.OP_RPC_CALL_SCHEDULE, _rpc_attrs("scheduler"), client=True):
+                dest = self.rpc.call(
+                    self._scheduler_topic,
+                    "select_destinations",
+                    timeout=self.timings.scheduler_timeout,
+                    request_spec={"instance_uuid": instance_uuid, "flavor": flavor},
+                )
             host = str(dest["host"])
-            result = self.rpc.call(
-                self._topic + host,
-                "build_and_run_instance",
-                timeout=self.timings.build_timeout,
-                instance={"uuid": instance_uuid, "name": name, "image": image_id},
-            )
+            with self.kit.span(F.OP_RPC_CALL_BUILD, _rpc_attrs("compute", host), client=True):
+                result = self.rpc.call(
+                    self._topic + host,
+                    "build_and_run_instance",
+                    timeout=self.timings.build_timeout,
+                    instance={"uuid": instance_uuid, "name": name, "image": image_id},
+                )
         except MessagingTimeout as exc:
             self.log.error("[instance: %s] %s", instance_uuid, exc)
             return 504, _nova_error(504, str(exc))
@@ -762,6 +771,7 @@ class Cloud:
         self._stop = threading.Event()
         self._router = LogRouter()
         self._router_loggers: list[logging.Logger] = []
+        self._saved_level: int | None = None
         self.volume: VolumeService | None = None
         self.compute_api: ComputeApiService | None = None
 
@@ -793,10 +803,17 @@ class Cloud:
     def _start(self) -> None:
         cfg = self.config
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("crosstrace", "sqlalchemy.engine"):
+        self._router.fallback = file_handler(self.log_dir / "demo.log")
+        self._router.fallback.setLevel(logging.INFO)
+        # Library records (crosstrace's integrations log each callee's request id
+        # at debug, like keystoneauth) go to the file of the service that logged them.
+        for name in ("crosstrace", "sqlalchemy", "uvicorn", "kombu", "amqp"):
             logger = logging.getLogger(name)
             logger.addHandler(self._router)
             self._router_loggers.append(logger)
+        integrations = logging.getLogger("crosstrace.integrations")
+        self._saved_level = integrations.level
+        integrations.setLevel(logging.DEBUG)
         ns = cfg.namespace
         exchange = f"{ns}rpc"
 
@@ -865,6 +882,12 @@ class Cloud:
         for logger in self._router_loggers:
             logger.removeHandler(self._router)
         self._router_loggers.clear()
+        if self._router.fallback is not None:
+            self._router.fallback.close()
+            self._router.fallback = None
+        if self._saved_level is not None:
+            logging.getLogger("crosstrace.integrations").setLevel(self._saved_level)
+            self._saved_level = None
         for kit in _unique(self.kits.values()):
             kit.close()
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 __all__ = [
     "CATALOGUE",
     "DEFAULT_RATES",
+    "ERRORS_SEEN",
+    "SERVICES_REACHED",
     "FaultInjector",
     "FaultKind",
     "FaultSpec",
@@ -79,6 +81,9 @@ OP_VOLUME_QUERY = "volume.db.find_capacity"
 OP_VOLUME_INSERT = "volume.db.insert"
 OP_SELECT_DESTINATIONS = "select_destinations"
 OP_BUILD = "build_and_run_instance"
+#: The compute API's client span around its RPC calls (publish and wait).
+OP_RPC_CALL_SCHEDULE = "rpc.call select_destinations"
+OP_RPC_CALL_BUILD = "rpc.call build_and_run_instance"
 
 CATALOGUE: Mapping[FaultKind, FaultSpec] = {
     FaultKind.NONE: FaultSpec(
@@ -179,6 +184,34 @@ CATALOGUE: Mapping[FaultKind, FaultSpec] = {
         "'Failed to create volume: ...' message at ERROR and pass it on, so the "
         "first ERROR line in the logs names the compute worker, not the volume DB.",
     ),
+}
+
+_ALL = (SVC_COMPUTE_API, SVC_IMAGE, SVC_SCHEDULER, SVC_COMPUTE, SVC_NETWORK, SVC_VOLUME)
+
+#: The services a boot request with each fault reaches (so its trace spans them).
+SERVICES_REACHED: Mapping[FaultKind, frozenset[str]] = {
+    FaultKind.NONE: frozenset(_ALL),
+    FaultKind.IMAGE_NOT_FOUND: frozenset({SVC_COMPUTE_API, SVC_IMAGE}),
+    FaultKind.IMAGE_500: frozenset({SVC_COMPUTE_API, SVC_IMAGE}),
+    FaultKind.NETWORK_QUOTA: frozenset(_ALL) - {SVC_VOLUME},
+    FaultKind.VOLUME_DB_TIMEOUT: frozenset(_ALL),
+    FaultKind.RPC_NO_REPLY: frozenset({SVC_COMPUTE_API, SVC_IMAGE, SVC_SCHEDULER, SVC_COMPUTE}),
+    FaultKind.SLOW_SCHEDULER: frozenset(_ALL),
+    FaultKind.VOLUME_DUPLICATE: frozenset(_ALL),
+}
+
+#: Error spans (service, span name) that the stored trace of a request with each
+#: fault must contain. A stuck worker raises nothing itself: its failure shows
+#: only as the caller's RPC timeout.
+ERRORS_SEEN: Mapping[FaultKind, tuple[tuple[str, str], ...]] = {
+    FaultKind.NONE: (),
+    FaultKind.SLOW_SCHEDULER: (),
+    FaultKind.IMAGE_NOT_FOUND: ((SVC_IMAGE, OP_GET_IMAGE),),
+    FaultKind.IMAGE_500: ((SVC_IMAGE, OP_GET_IMAGE),),
+    FaultKind.NETWORK_QUOTA: ((SVC_NETWORK, OP_CREATE_PORT), (SVC_COMPUTE, OP_BUILD)),
+    FaultKind.VOLUME_DB_TIMEOUT: ((SVC_COMPUTE, OP_BUILD),),
+    FaultKind.RPC_NO_REPLY: ((SVC_COMPUTE_API, OP_RPC_CALL_BUILD),),
+    FaultKind.VOLUME_DUPLICATE: ((SVC_VOLUME, OP_VOLUME_INSERT), (SVC_COMPUTE, OP_BUILD)),
 }
 
 #: Probability of each fault per boot request; the rest are clean. The same

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from crosstrace import asgi as ct_asgi
 from crosstrace import wsgi as ct_wsgi
 from crosstrace.integrations import kombu as ct_kombu
 
-__all__ = ["LogRouter", "ServiceKit", "current_service"]
+__all__ = ["LogRouter", "ServiceKit", "Tracing", "current_service", "file_handler"]
 
 #: Which demo service the current thread or task is working for (log routing).
 _service_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -46,12 +46,25 @@ class LogRouter(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.handlers: dict[str, logging.Handler] = {}
+        #: Where records logged outside any service go (the demo's own log).
+        self.fallback: logging.Handler | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         service = _service_var.get()
         handler = self.handlers.get(service) if service else None
+        if handler is None:
+            handler = self.fallback
         if handler is not None and record.levelno >= handler.level:
             handler.handle(record)
+
+
+def file_handler(path: Path) -> logging.Handler:
+    """A log file in oslo.log's format, with the request context on every line."""
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.addFilter(ctlog.ContextFilter())
+    handler.setFormatter(ctlog.ContextFormatter())
+    return handler
 
 
 class ServiceKit:
@@ -69,10 +82,7 @@ class ServiceKit:
         self.log = logging.getLogger(logger_name)
         self.log.setLevel(level)
         self.log_path = log_dir / f"{name}.log"
-        handler = logging.FileHandler(self.log_path, mode="w", encoding="utf-8")
-        handler.setLevel(level)
-        handler.addFilter(ctlog.ContextFilter())
-        handler.setFormatter(ctlog.ContextFormatter())
+        handler = file_handler(self.log_path)
         self._handler = handler
         self._logger_handlers: list[tuple[logging.Logger, logging.Handler]] = [(self.log, handler)]
         self.log.addHandler(handler)
@@ -155,8 +165,10 @@ class ServiceKit:
     # -- spans and ids ------------------------------------------------------
 
     @contextlib.contextmanager
-    def span(self, name: str, **attributes: Any) -> Iterator[Any]:
-        """A span around one step of this service's work."""
+    def span(
+        self, name: str, attributes: Mapping[str, Any] | None = None, client: bool = False
+    ) -> Iterator[Any]:
+        """A span around one step of this service's work (``client``: a call out)."""
         yield None
 
     def trace_id(self) -> str | None:
@@ -165,3 +177,23 @@ class ServiceKit:
 
     def context(self) -> crosstrace.RequestContext | None:
         return crosstrace.get_current()
+
+
+class Tracing:
+    """Tracing for the whole demo process: exporters to the backend, one
+    :class:`ServiceKit` per service, flush and shutdown."""
+
+    def __init__(self, endpoint: str, slow_threshold_s: float = 1.0) -> None:
+        self.endpoint = endpoint
+        self.slow_threshold_s = slow_threshold_s
+
+    def kit(self, name: str, logger_name: str, log_dir: Path, router: LogRouter) -> ServiceKit:
+        """The instrumentation of the service called ``name``."""
+        return ServiceKit(name, logger_name, log_dir, router)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Export everything queued so far; ``False`` if it did not finish in time."""
+        return True
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Flush and stop the exporters."""

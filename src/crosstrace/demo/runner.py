@@ -1,0 +1,389 @@
+"""``crosstrace demo``: start the backend and the cloud, drive boots, check, summarise.
+
+Steps: start ``crosstrace serve`` (a child process, SQLite in the data
+directory), point the services' tracing at it, start the cloud, drive the boot
+requests with a progress bar, write the ground truth, flush the exporters and
+poll the query API until every boot request's trace is there with every
+service it reached, then print a summary: counts per fault kind as the client
+saw them and as the backend stored them, and where to look next. Without
+``--once`` a trickle of boots continues until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from crosstrace.demo import faults as F
+from crosstrace.demo.backend import Backend, BackendClient, start_backend
+from crosstrace.demo.cloud import Cloud, CloudConfig, Timings
+from crosstrace.demo.driver import Driver
+from crosstrace.demo.faults import CATALOGUE, FaultInjector, FaultKind
+from crosstrace.demo.groundtruth import GroundTruth, RequestOutcome
+from crosstrace.demo.identity import IDENTITIES
+from crosstrace.demo.instrument import Tracing
+
+__all__ = ["DemoSettings", "RequestCheck", "Verification", "run"]
+
+log = logging.getLogger(__name__)
+
+GROUND_TRUTH_FILE = "groundtruth.json"
+
+
+@dataclass(slots=True)
+class DemoSettings:
+    """What ``crosstrace demo`` was asked to do."""
+
+    data_dir: Path
+    requests: int = 200
+    seed: int = 1
+    once: bool = False
+    port: int = 4318
+    broker_url: str = "memory://"
+    volume_db_url: str | None = None
+    concurrency: int = 8
+    timings: Timings = field(default_factory=Timings)
+    #: Seconds between two trickle requests after the summary.
+    trickle_interval: float = 3.0
+    #: How long to wait for the backend to hold every trace.
+    verify_timeout: float = 60.0
+
+
+@dataclass(slots=True)
+class RequestCheck:
+    """What the backend holds for one boot request."""
+
+    outcome: RequestOutcome
+    trace_ids: list[str] = field(default_factory=list)
+    services: set[str] = field(default_factory=set)
+    error_count: int = 0
+    span_count: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """One trace, spanning every service the request reached."""
+        return len(self.trace_ids) == 1 and F.SERVICES_REACHED[self.outcome.fault] <= self.services
+
+    @property
+    def has_error(self) -> bool:
+        return self.error_count > 0
+
+
+@dataclass(slots=True)
+class Verification:
+    """The backend's view of the run, next to the client's."""
+
+    checks: list[RequestCheck]
+    error_traces_found: int
+    seconds: float
+
+    @property
+    def incomplete(self) -> list[RequestCheck]:
+        return [c for c in self.checks if not c.complete]
+
+
+class Demo:
+    """One demo run: backend, cloud, driver and ground truth."""
+
+    def __init__(self, settings: DemoSettings, console: Console) -> None:
+        self.settings = settings
+        self.console = console
+        self.data_dir = settings.data_dir
+        self.injector = FaultInjector(settings.seed, identities=len(IDENTITIES))
+        self.ground_truth = GroundTruth(
+            settings.seed,
+            {str(k): v for k, v in self.injector.rates.items()},
+            settings.timings.slow_threshold,
+        )
+        self.backend: Backend | None = None
+        self.client: BackendClient | None = None
+        self.tracing: Tracing | None = None
+        self.cloud: Cloud | None = None
+        self.driver: Driver | None = None
+        self.started_ns = 0
+        self.drive_seconds = 0.0
+
+    @property
+    def ground_truth_path(self) -> Path:
+        return self.data_dir / GROUND_TRUTH_FILE
+
+    # -- start / stop ---------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.console.status("starting crosstrace serve and the cloud..."):
+            self.backend = start_backend(self.data_dir, s.port)
+            self.client = BackendClient(self.backend.url)
+            self.tracing = Tracing(self.backend.url, slow_threshold_s=s.timings.slow_threshold)
+            self.cloud = Cloud(
+                CloudConfig(
+                    injector=self.injector,
+                    ground_truth=self.ground_truth,
+                    data_dir=self.data_dir,
+                    broker_url=s.broker_url,
+                    volume_db_url=s.volume_db_url,
+                    timings=s.timings,
+                ),
+                kit_factory=self.tracing.kit,
+            )
+            self.cloud.start()
+        self.driver = Driver(
+            self.cloud.compute_url,
+            self.injector,
+            self.ground_truth,
+            concurrency=s.concurrency,
+            timeout=s.timings.build_timeout + s.timings.scheduler_timeout + 30,
+        )
+        volume_db = s.volume_db_url or f"sqlite:///{self.data_dir / 'volume.sqlite3'}"
+        self.console.print(f"[bold]backend[/]   {self.backend.url}  (store in {self.data_dir})")
+        self.console.print(f"[bold]cloud[/]     compute API {self.cloud.compute_url}")
+        self.console.print(f"[bold]RPC[/]       {_safe_url(s.broker_url)}")
+        self.console.print(f"[bold]volume DB[/] {_safe_url(volume_db)}")
+
+    def stop(self) -> None:
+        """Stop the cloud, flush tracing, stop the backend (each step best effort)."""
+        if self.cloud is not None:
+            self.cloud.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()
+        if self.backend is not None:
+            self.backend.stop()
+
+    # -- the run --------------------------------------------------------------
+
+    def drive(self) -> list[RequestOutcome]:
+        """Send the planned boot requests with a progress bar."""
+        if self.driver is None:
+            raise RuntimeError("start() first")
+        n = self.settings.requests
+        plan = self.injector.plan(n)
+        failed = 0
+        self.started_ns = time.time_ns()
+        start = time.perf_counter()
+        with Progress(
+            TextColumn("[bold]booting servers"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            console=self.console,
+        ) as progress:
+            task = progress.add_task("boot", total=n, failed=0)
+
+            def done(outcome: RequestOutcome) -> None:
+                nonlocal failed
+                if not outcome.ok:
+                    failed += 1
+                progress.update(task, advance=1, failed=failed)
+
+            outcomes = self.driver.run(plan, on_done=done)
+        self.drive_seconds = time.perf_counter() - start
+        self.ground_truth.write(self.ground_truth_path)
+        return outcomes
+
+    def verify(self) -> Verification:
+        """Flush the exporters, then poll the backend until every trace is complete."""
+        if self.client is None or self.tracing is None:
+            raise RuntimeError("start() first")
+        start = time.perf_counter()
+        self.tracing.flush()
+        checks = [RequestCheck(o) for o in self.ground_truth.outcomes()]
+        pending = list(checks)
+        deadline = time.monotonic() + self.settings.verify_timeout
+        with self.console.status("waiting for the backend to hold every trace..."):
+            while pending:
+                for check in pending:
+                    self._load(check)
+                pending = [c for c in pending if not c.complete]
+                if not pending or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+                self.tracing.flush()
+            # One more read of every trace: late error segments may have landed.
+            for check in checks:
+                self._load(check)
+        since = _dt.datetime.fromtimestamp(self.started_ns / 1e9 - 1, _dt.UTC).isoformat()
+        errors = sum(1 for _ in self.client.search(error="true", start=since))
+        return Verification(checks, errors, time.perf_counter() - start)
+
+    def _load(self, check: RequestCheck) -> None:
+        if self.client is None:
+            return
+        try:
+            found = self.client.request(check.outcome.global_request_id)
+        except Exception as exc:
+            log.debug("backend lookup failed: %s", exc)
+            return
+        traces = found.get("traces", [])
+        check.trace_ids = [t["trace_id"] for t in traces]
+        check.services = {svc for t in traces for svc in t["services"]}
+        check.error_count = sum(int(t["error_count"]) for t in traces)
+        check.span_count = sum(int(t["span_count"]) for t in traces)
+
+    # -- summary --------------------------------------------------------------
+
+    def summary(self, result: Verification) -> None:
+        """Print what happened, what the backend holds, and where to look."""
+        outcomes = [c.outcome for c in result.checks]
+        n = len(outcomes)
+        failed = [o for o in outcomes if not o.ok]
+        slow_threshold = self.settings.timings.slow_threshold
+        slow = [o for o in outcomes if o.latency_s is not None and o.latency_s > slow_threshold]
+        latencies = sorted(o.latency_s for o in outcomes if o.latency_s is not None)
+        console = self.console
+        console.print()
+        console.print(
+            f"[bold]{n} boot requests[/] in {self.drive_seconds:.1f}s "
+            f"(seed {self.settings.seed}): [green]{n - len(failed)} succeeded[/], "
+            f"[red]{len(failed)} failed[/], [yellow]{len(slow)} slow[/] "
+            f"(> {slow_threshold:g}s); latency p50 "
+            f"{_ms(statistics.median(latencies) if latencies else 0)}, max "
+            f"{_ms(latencies[-1] if latencies else 0)}"
+        )
+        table = Table(title="Boot requests by injected fault: client view and stored traces")
+        table.add_column("fault")
+        table.add_column("n", justify="right")
+        table.add_column("client got", justify="right")
+        table.add_column("failed", justify="right")
+        table.add_column("error traces", justify="right")
+        table.add_column("true root cause")
+        by_kind: dict[FaultKind, list[RequestCheck]] = {}
+        for check in result.checks:
+            by_kind.setdefault(check.outcome.fault, []).append(check)
+        for kind, spec in CATALOGUE.items():
+            checks = by_kind.get(kind, [])
+            statuses = Counter(c.outcome.status for c in checks)
+            status_text = " ".join(
+                f"{count}x{status if status is not None else '-'}"
+                for status, count in statuses.most_common()
+            )
+            root = spec.root_cause
+            cause = "-"
+            if root is not None:
+                cause = f"{root.service}: {root.error_type or 'slow'}"
+            table.add_row(
+                str(kind),
+                str(len(checks)),
+                status_text or "-",
+                str(sum(1 for c in checks if not c.outcome.ok)),
+                str(sum(1 for c in checks if c.has_error)),
+                cause,
+            )
+        console.print(table)
+        backend_errors = sum(1 for c in result.checks if c.has_error)
+        console.print(
+            f"backend: {sum(1 for c in result.checks if c.complete)}/{n} traces complete "
+            f"(every service reached), {backend_errors} with errors; the error search "
+            f"(/api/v1/traces?error=true) finds {result.error_traces_found} since the run began."
+        )
+        for check in result.incomplete[:5]:
+            missing = sorted(F.SERVICES_REACHED[check.outcome.fault] - check.services)
+            console.print(
+                f"[red]incomplete[/] {check.outcome.global_request_id} "
+                f"({check.outcome.fault}): {len(check.trace_ids)} trace(s), missing {missing}"
+            )
+        self._where_to_look(result)
+
+    def _where_to_look(self, result: Verification) -> None:
+        if self.backend is None:
+            return
+        url = self.backend.url
+        example = next(
+            (
+                c.outcome
+                for c in result.checks
+                if c.outcome.fault is FaultKind.VOLUME_DUPLICATE and c.has_error
+            ),
+            next((c.outcome for c in result.checks if not c.outcome.ok), None),
+        )
+        console = self.console
+        console.print()
+        console.print("[bold]Where to look[/]")
+        console.print(f"  failed traces     {url}/api/v1/traces?error=true")
+        console.print(f"  slow traces       {url}/api/v1/traces?min_duration=1s")
+        if example is not None:
+            gid = example.global_request_id
+            console.print(f"  one failed boot   {url}/api/v1/requests/{gid}   ({example.fault})")
+            tids = self.ground_truth.trace_ids(gid)
+            if tids:
+                console.print(f"  its trace         {url}/api/v1/traces/{tids[0]}")
+        console.print(f"  services, edges   {url}/api/v1/services   {url}/api/v1/dependencies")
+        console.print(f"  API reference     {url}/docs")
+        console.print(f"  service logs      {self.data_dir / 'logs'}")
+        console.print(
+            f"  import the logs   crosstrace logs import --db "
+            f"sqlite:///{self.data_dir / 'crosstrace.sqlite3'} {self.data_dir / 'logs'}/*.log"
+        )
+        console.print(f"  ground truth      {self.ground_truth_path}")
+
+    def trickle(self) -> None:
+        """One boot every few seconds until Ctrl-C (KeyboardInterrupt)."""
+        if self.driver is None:
+            raise RuntimeError("start() first")
+        self.console.print()
+        self.console.print(
+            f"Sending one boot request every {self.settings.trickle_interval:g}s; "
+            "press Ctrl-C to stop."
+        )
+        while True:
+            time.sleep(self.settings.trickle_interval)
+            planned = self.injector.next_request()
+            outcome = self.driver.boot(planned)
+            self.console.print(
+                f"  boot #{planned.index}: {outcome.status} "
+                f"{'ok' if outcome.ok else outcome.error or ''} "
+                f"[dim]({planned.fault}, {outcome.global_request_id})[/]",
+                highlight=False,
+            )
+            self.ground_truth.write(self.ground_truth_path)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def _safe_url(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+    return urlunsplit(parts)
+
+
+def run(settings: DemoSettings, console: Console | None = None) -> int:
+    """Run the demo; returns the exit status (0: every trace stored and complete)."""
+    console = console or Console()
+    demo = Demo(settings, console)
+    status = 1
+    try:
+        demo.start()
+        demo.drive()
+        result = demo.verify()
+        demo.ground_truth.write(demo.ground_truth_path)
+        demo.summary(result)
+        status = 0 if not result.incomplete else 1
+        if not settings.once:
+            demo.trickle()
+    except KeyboardInterrupt:
+        console.print("\nstopping...")
+    finally:
+        demo.stop()
+    return status
