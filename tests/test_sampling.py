@@ -1,0 +1,132 @@
+"""Sampling: trace-id ratio, record fraction, rate limit, overhead controller."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from crosstrace import sampling
+from crosstrace.sampling import (
+    OverheadController,
+    TokenBucket,
+    ratio_sampled,
+    ratio_threshold,
+    record_threshold,
+    recorded,
+)
+
+
+def test_ratio_uses_the_low_56_bits_of_the_trace_id() -> None:
+    threshold = ratio_threshold(0.5)
+    low_half = (0xFFFF << 112) | ((1 << 55) - 1)  # high bits set, low 56 just under half
+    high_half = 1 << 55
+    assert ratio_sampled(low_half, threshold)
+    assert not ratio_sampled(high_half, threshold)
+
+
+def test_ratio_zero_and_one_are_absolute() -> None:
+    rng = random.Random(1)
+    ids = [rng.getrandbits(128) for _ in range(1000)]
+    assert not any(ratio_sampled(t, ratio_threshold(0.0)) for t in ids)
+    assert all(ratio_sampled(t, ratio_threshold(1.0)) for t in ids)
+
+
+def test_ratio_decision_is_deterministic_per_trace_id() -> None:
+    rng = random.Random(2)
+    ids = [rng.getrandbits(128) for _ in range(1000)]
+    first = [ratio_sampled(t, ratio_threshold(0.3)) for t in ids]
+    second = [ratio_sampled(t, ratio_threshold(0.3)) for t in ids]
+    assert first == second
+
+
+def test_smaller_ratio_keeps_a_subset() -> None:
+    rng = random.Random(3)
+    ids = [rng.getrandbits(128) for _ in range(5000)]
+    small = {t for t in ids if ratio_sampled(t, ratio_threshold(0.1))}
+    large = {t for t in ids if ratio_sampled(t, ratio_threshold(0.4))}
+    assert small <= large
+    assert small != large
+
+
+def test_ratio_matches_its_setting_statistically() -> None:
+    rng = random.Random(4)
+    n = 20000
+    kept = sum(ratio_sampled(rng.getrandbits(128), ratio_threshold(0.25)) for _ in range(n))
+    assert 0.23 < kept / n < 0.27
+
+
+def test_record_fraction_uses_independent_high_bits() -> None:
+    rng = random.Random(5)
+    ids = [rng.getrandbits(128) for _ in range(20000)]
+    rec = [t for t in ids if recorded(t, record_threshold(0.5))]
+    assert 0.47 < len(rec) / len(ids) < 0.53
+    # Independent of the ratio decision: about half of the recorded are sampled at 0.5.
+    both = sum(ratio_sampled(t, ratio_threshold(0.5)) for t in rec)
+    assert 0.45 < both / len(rec) < 0.55
+
+
+def test_token_bucket_limits_to_its_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(sampling.time, "monotonic", lambda: now[0])
+    bucket = TokenBucket(5)
+    assert sum(bucket.take() for _ in range(20)) == 5  # burst of one second
+    now[0] += 1.0
+    assert sum(bucket.take() for _ in range(20)) == 5
+    now[0] += 0.2
+    assert sum(bucket.take() for _ in range(20)) == 1
+
+
+def test_token_bucket_zero_rate_is_unlimited() -> None:
+    bucket = TokenBucket(0)
+    assert all(bucket.take() for _ in range(1000))
+
+
+def test_controller_lowers_the_ratio_when_export_is_over_budget() -> None:
+    ctl = OverheadController(0.01)
+    # 1 s of process CPU, 2 ms recording, 18 ms exporting: 2 % against 1 %.
+    ctl.adjust(record_ns=2_000_000, export_ns=18_000_000, proc_ns=1_000_000_000)
+    assert ctl.record_fraction == 1.0
+    # Room for export is 8 ms of 18 ms.
+    assert ctl.ratio_factor == pytest.approx(8 / 18)
+
+
+def test_controller_lowers_the_record_fraction_when_recording_alone_is_over() -> None:
+    ctl = OverheadController(0.01)
+    ctl.adjust(record_ns=20_000_000, export_ns=1_000_000, proc_ns=1_000_000_000)
+    assert ctl.record_fraction == pytest.approx(0.45)
+    assert ctl.ratio_factor < 1.0
+
+
+def test_controller_raises_knobs_again_when_under_budget() -> None:
+    ctl = OverheadController(0.01)
+    ctl.ratio_factor = 0.1
+    ctl.adjust(record_ns=1_000_000, export_ns=1_000_000, proc_ns=1_000_000_000)
+    assert ctl.ratio_factor == pytest.approx(0.2)  # at most doubled per window
+    ctl.record_fraction = 0.5
+    ctl.adjust(record_ns=1_000_000, export_ns=1_000_000, proc_ns=1_000_000_000)
+    assert ctl.record_fraction == pytest.approx(1.0)
+
+
+def test_controller_converges_on_a_simulated_load() -> None:
+    """With cost proportional to the knobs, the loop settles at the budget."""
+    ctl = OverheadController(0.02)
+    proc = 1_000_000_000
+    full_record, full_export = 5_000_000, 200_000_000  # 0.5 % + 20 % at ratio 1
+    for _ in range(30):
+        rec = full_record * ctl.record_fraction
+        exp = full_export * ctl.ratio_factor
+        ctl.adjust(int(rec), int(exp), proc)
+    spent = full_record * ctl.record_fraction + full_export * ctl.ratio_factor
+    assert spent / proc == pytest.approx(0.02, rel=0.25)
+
+
+def test_controller_tick_waits_for_the_window() -> None:
+    ctl = OverheadController(0.01, window_s=10.0)
+    assert not ctl.tick(now_ns=ctl.next_tick_ns - 1)
+    assert ctl.tick(now_ns=ctl.next_tick_ns)
+
+
+def test_controller_rejects_a_bad_budget() -> None:
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        OverheadController(1.5)
