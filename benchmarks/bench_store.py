@@ -1,0 +1,290 @@
+"""Store benchmark: write N realistic spans into SQLite and PostgreSQL, then time
+the queries an operator runs.
+
+    python benchmarks/bench_store.py --spans 1000000
+    python benchmarks/bench_store.py --spans 100000 --backends sqlite --no-http
+
+Reports, per backend: ingest rate with direct store writes (per-service batches
+of 512 spans, 4 in flight), ingest rate over HTTP with OTLP protobuf through
+``crosstrace serve`` (4 client threads with keep-alive connections, the bodies
+encoded before the clock starts), bytes per span on disk including indexes
+(SQLite: the file after a WAL checkpoint; PostgreSQL: pg_total_relation_size of
+every table of the schema), and p50 / p95 of: fetch a trace by id, search error
+traces in a one-hour window, search by an indexed attribute, search by a
+non-indexed attribute in a one-hour window, search by service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import loadgen  # noqa: E402
+
+from crosstrace.server.model import TraceQuery  # noqa: E402
+from crosstrace.server.store.base import Store  # noqa: E402
+from crosstrace.server.store.postgres import PostgresStore  # noqa: E402
+from crosstrace.server.store.sqlite import SQLiteStore  # noqa: E402
+
+HOUR = 3600 * 10**9
+PG_URL = os.environ.get("CROSSTRACE_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def timed(fn: Callable[[], Any], n: int) -> tuple[float, float]:
+    """p50 and p95 in ms of *n* calls."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(out), pct(out, 0.95)
+
+
+def write_direct(store: Store, batches: list[list[Any]], inflight: int = 4) -> float:
+    pending: list[Future[None]] = []
+    t0 = time.perf_counter()
+    for b in batches:
+        pending.append(store.submit_spans(b))
+        if len(pending) >= inflight:
+            pending.pop(0).result()
+    for f in pending:
+        f.result()
+    return time.perf_counter() - t0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_http(db_url: str, bodies: list[bytes], clients: int = 4) -> tuple[float, int]:
+    """Post every body to a fresh ``crosstrace serve``; return (seconds, failures)."""
+    exe = shutil.which("crosstrace", path=str(Path(sys.executable).parent)) or "crosstrace"
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "serve", "--db", db_url, "--port", str(port), "--no-auth"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                c.request("GET", "/healthz")
+                if c.getresponse().status == 200:
+                    c.close()
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("crosstrace serve did not start")
+            time.sleep(0.1)
+        failures = [0] * clients
+        nxt = iter(range(len(bodies)))
+        lock = threading.Lock()
+
+        def client(k: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            while True:
+                with lock:
+                    i = next(nxt, None)
+                if i is None:
+                    break
+                conn.request(
+                    "POST",
+                    "/v1/traces",
+                    body=bodies[i],
+                    headers={"Content-Type": "application/x-protobuf"},
+                )
+                r = conn.getresponse()
+                r.read()
+                if r.status != 200:
+                    failures[k] += 1
+            conn.close()
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        return elapsed, sum(failures)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_queries(store: Store, traces: list[list[Any]], n: int, t_end: int) -> dict[str, Any]:
+    rng = random.Random(7)
+    ids = [t[0].trace_id for t in rng.sample(traces, min(n, len(traces)))]
+    it = iter(ids * 2)
+    res: dict[str, Any] = {}
+    res["fetch_trace"] = timed(lambda: store.get_trace(next(it)), len(ids))
+    assert store.get_trace(ids[0]), "trace not found"
+
+    def window() -> tuple[int, int]:
+        w = t_end - rng.randint(1, 23) * HOUR
+        return w, w + HOUR
+
+    def err_search() -> None:
+        s, e = window()
+        page = store.search_traces(TraceQuery(error=True, start_ns=s, end_ns=e, limit=20))
+        assert page.traces
+
+    res["error_1h"] = timed(err_search, n)
+    users = sorted({t[0].attributes["openstack.user_id"] for t in traces})
+
+    def attr_indexed() -> None:
+        store.search_traces(TraceQuery(attributes={"openstack.user_id": rng.choice(users)}))
+
+    res["attr_indexed"] = timed(attr_indexed, n)
+
+    def attr_scan() -> None:
+        s, e = window()
+        q = TraceQuery(attributes={"db.collection.name": "quotas"}, start_ns=s, end_ns=e)
+        store.search_traces(q)
+
+    res["attr_scan_1h"] = timed(attr_scan, max(10, n // 5))
+
+    def by_service() -> None:
+        store.search_traces(TraceQuery(service=rng.choice(loadgen.SERVICES)))
+
+    res["service"] = timed(by_service, n)
+    return res
+
+
+def pg_fresh_schema() -> tuple[str, Callable[[], None]]:
+    import psycopg
+
+    schema = "bench_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(PG_URL, autocommit=True) as c:
+        c.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_URL else "?"
+
+    def drop() -> None:
+        with psycopg.connect(PG_URL, autocommit=True) as c:
+            c.execute(f"DROP SCHEMA {schema} CASCADE")
+
+    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}", drop
+
+
+def open_backend(name: str, tmp: Path) -> tuple[str, Callable[[], Store], Callable[[], None]]:
+    if name == "sqlite":
+        path = tmp / f"bench-{uuid.uuid4().hex[:6]}.sqlite3"
+        return f"sqlite:///{path}", lambda: SQLiteStore(path), lambda: None
+    url, drop = pg_fresh_schema()
+    return url, lambda: PostgresStore(url), drop
+
+
+def disk_bytes(store: Store) -> int:
+    if isinstance(store, SQLiteStore):
+        store.checkpoint()
+        return os.path.getsize(store.path)
+    if isinstance(store, PostgresStore):
+        with store._reader() as conn:
+            conn.execute("ANALYZE")
+    return store.stats()["db_bytes"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spans", type=int, default=1_000_000)
+    ap.add_argument("--backends", default="sqlite,postgresql")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--no-http", action="store_true")
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--tmp", default=None, help="directory for SQLite files")
+    args = ap.parse_args()
+
+    t_end = time.time_ns()
+    t0 = time.perf_counter()
+    traces = list(loadgen.generate(args.spans, seed=1, start_ns=t_end))
+    batches = list(loadgen.service_batches(iter(traces), args.batch))
+    n_spans = sum(len(b) for b in batches)
+    print(f"# {platform.node()} python {platform.python_version()} {os.cpu_count()} cpus")
+    print(
+        f"generated {n_spans} spans / {len(traces)} traces / {len(batches)} batches"
+        f" in {time.perf_counter() - t0:.1f} s"
+    )
+    http_ok = (
+        not args.no_http
+        and Path(__file__).resolve().parents[1].joinpath("src/crosstrace/server/app.py").exists()
+    )
+    bodies: list[bytes] = []
+    if http_ok:
+        t0 = time.perf_counter()
+        bodies = [loadgen.to_otlp(b) for b in batches]
+        print(
+            f"encoded {len(bodies)} OTLP bodies ({sum(map(len, bodies)) / n_spans:.0f} B/span)"
+            f" in {time.perf_counter() - t0:.1f} s"
+        )
+    tmp = Path(args.tmp or tempfile.mkdtemp(prefix="crosstrace-bench-"))
+    for backend in args.backends.split(","):
+        url, opener, drop = open_backend(backend, tmp)
+        try:
+            store = opener()
+            secs = write_direct(store, batches)
+            size = disk_bytes(store)
+            print(
+                f"\n[{backend}] direct store writes: {n_spans / secs:,.0f} spans/s ({secs:.1f} s)"
+            )
+            print(f"[{backend}] on disk: {size / n_spans:.1f} bytes/span ({size / 2**20:.1f} MiB)")
+            res = run_queries(store, traces, args.queries, t_end)
+            for k, (p50, p95) in res.items():
+                print(f"[{backend}] {k}: p50 {p50:.2f} ms, p95 {p95:.2f} ms")
+            store.close()
+        finally:
+            drop()
+        if http_ok:
+            url, opener, drop = open_backend(backend, tmp)
+            try:
+                secs, failed = write_http(url, bodies)
+                store = opener()
+                st = store.stats()
+                got = sum(
+                    1
+                    for t in traces[:: max(1, len(traces) // 100)]
+                    if store.get_trace(t[0].trace_id)
+                )
+                store.close()
+                print(
+                    f"[{backend}] HTTP OTLP protobuf ingest: {n_spans / secs:,.0f} spans/s"
+                    f" ({secs:.1f} s, {failed} non-200, {st['traces']} traces stored,"
+                    f" sampled traces found {got})"
+                )
+            finally:
+                drop()
+
+
+if __name__ == "__main__":
+    main()

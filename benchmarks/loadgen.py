@@ -1,0 +1,388 @@
+"""Realistic, seeded trace load for the store and ingest benchmarks.
+
+Traces look like an OpenStack cloud's: a request enters one of the API services
+and fans out over HTTP and RPC to ~8 services (CLIENT span in the caller, SERVER
+or CONSUMER span in the callee, INTERNAL and DB spans under them); 5-50 spans per
+trace; 3 % of traces fail (an error in a leaf, propagated to its ancestors, with
+an exception event); every span has 8-12 attributes (openstack.* ids, http.*,
+db.*, rpc.*, ...). The same spans come as ``SpanRecord`` lists or as OTLP
+protobuf ``ExportTraceServiceRequest`` bytes, batched per service the way each
+service's exporter would send them.
+
+    python benchmarks/loadgen.py --spans 10000   # prints a summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from crosstrace.server.model import STATUS_ERROR, STATUS_OK, STATUS_UNSET, SpanRecord
+
+SERVICES = [
+    "nova-api",
+    "nova-conductor",
+    "nova-scheduler",
+    "nova-compute",
+    "glance-api",
+    "neutron-server",
+    "cinder-api",
+    "keystone",
+]
+ENTRY = ["nova-api", "glance-api", "neutron-server", "cinder-api"]
+CALLS = {
+    "nova-api": ["keystone", "nova-conductor", "glance-api", "neutron-server", "cinder-api"],
+    "nova-conductor": ["nova-scheduler", "nova-compute"],
+    "nova-scheduler": [],
+    "nova-compute": ["glance-api", "neutron-server", "cinder-api"],
+    "glance-api": ["keystone"],
+    "neutron-server": ["keystone"],
+    "cinder-api": ["keystone"],
+    "keystone": [],
+}
+RPC = {"nova-conductor", "nova-scheduler", "nova-compute"}
+ROUTES = {
+    "nova-api": [
+        "/v2.1/servers",
+        "/v2.1/servers/{id}",
+        "/v2.1/servers/{id}/action",
+        "/v2.1/flavors",
+    ],
+    "glance-api": ["/v2/images", "/v2/images/{id}", "/v2/images/{id}/file"],
+    "neutron-server": ["/v2.0/ports", "/v2.0/networks", "/v2.0/ports/{id}"],
+    "cinder-api": ["/v3/{project}/volumes", "/v3/{project}/volumes/{id}"],
+    "keystone": ["/v3/auth/tokens"],
+}
+RPC_METHODS = {
+    "nova-conductor": ["build_instances", "schedule_and_build_instances"],
+    "nova-scheduler": ["select_destinations"],
+    "nova-compute": ["build_and_run_instance", "terminate_instance", "reboot_instance"],
+}
+TABLES = ["instances", "ports", "volumes", "images", "quotas", "block_device_mapping"]
+KIND_INTERNAL, KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = 1, 2, 3, 4, 5
+MS = 10**6
+
+
+class _Trace:
+    def __init__(self, rng: random.Random, start_ns: int, projects: list[str], users: list[str]):
+        self.rng = rng
+        self.trace_id = rng.randbytes(16)
+        self.spans: list[SpanRecord] = []
+        self.global_id = "req-" + str(uuid.UUID(bytes=rng.randbytes(16), version=4))
+        self.project = rng.choice(projects)
+        self.user = rng.choice(users)
+        self.local_ids: dict[str, str] = {}
+        self.start_ns = start_ns
+
+    def local_id(self, service: str) -> str:
+        rid = self.local_ids.get(service)
+        if rid is None:
+            rid = self.local_ids[service] = "req-" + str(
+                uuid.UUID(bytes=self.rng.randbytes(16), version=4)
+            )
+        return rid
+
+    def base_attrs(self, service: str) -> dict[str, Any]:
+        return {
+            "openstack.request_id": self.local_id(service),
+            "openstack.global_request_id": self.global_id,
+            "openstack.project_id": self.project,
+            "openstack.domain_id": "default",
+            "openstack.user_id": self.user,
+        }
+
+
+RESOURCES = {
+    s: {"service.name": s, "host.name": f"ctl-{i % 3}", "process.pid": 1000 + i}
+    for i, s in enumerate(SERVICES)
+}
+
+
+def _span(
+    t: _Trace,
+    service: str,
+    name: str,
+    kind: int,
+    parent: bytes | None,
+    start: int,
+    dur: int,
+    attrs: dict[str, Any],
+) -> SpanRecord:
+    s = SpanRecord(
+        trace_id=t.trace_id,
+        span_id=t.rng.randbytes(8),
+        parent_span_id=parent,
+        name=name,
+        kind=kind,
+        start_ns=start,
+        end_ns=start + dur,
+        service=service,
+        status_code=STATUS_UNSET,
+        attributes=attrs,
+        resource=RESOURCES[service],
+        scope="crosstrace",
+    )
+    t.spans.append(s)
+    return s
+
+
+def _server(t: _Trace, service: str, parent: bytes | None, start: int, budget: int) -> SpanRecord:
+    """A request handled by *service*, with DB work and calls to other services."""
+    rng = t.rng
+    dur = rng.randint(5, 200) * MS
+    attrs = t.base_attrs(service)
+    if service in RPC:
+        method = rng.choice(RPC_METHODS[service])
+        name, kind = method, KIND_CONSUMER if parent else KIND_SERVER
+        attrs.update(
+            {
+                "rpc.system": "oslo_messaging",
+                "rpc.service": service.replace("-", "_"),
+                "rpc.method": method,
+                "messaging.system": "rabbitmq",
+                "messaging.destination.name": service.split("-")[1],
+                "server.address": f"{service}.ctl",
+            }
+        )
+    else:
+        route = rng.choice(ROUTES[service])
+        method = "GET" if rng.random() < 0.6 else rng.choice(["POST", "PUT", "DELETE"])
+        name, kind = f"{method} {route}", KIND_SERVER
+        path = route.replace("{id}", str(uuid.UUID(bytes=rng.randbytes(16)))).replace(
+            "{project}", t.project
+        )
+        attrs.update(
+            {
+                "http.request.method": method,
+                "http.route": route,
+                "url.path": path,
+                "http.response.status_code": 200,
+                "server.address": f"{service}.ctl",
+                "user_agent.original": "python-novaclient/18.4.0 keystoneauth1/5.6.0",
+            }
+        )
+    span = _span(t, service, name, kind, parent, start, dur, attrs)
+    left = budget - 1
+    at = start + MS
+    while left > 0:
+        callees = CALLS[service]
+        if callees and rng.random() < 0.45 and left >= 2:
+            callee = rng.choice(callees)
+            sub = min(left - 1, rng.randint(1, max(1, left // 2)))
+            cattrs = t.base_attrs(service)
+            if callee in RPC:
+                cattrs.update(
+                    {
+                        "rpc.system": "oslo_messaging",
+                        "rpc.method": rng.choice(RPC_METHODS[callee]),
+                        "messaging.system": "rabbitmq",
+                        "messaging.destination.name": callee.split("-")[1],
+                        "server.address": "rabbit.ctl",
+                    }
+                )
+                ckind, cname = KIND_PRODUCER, f"{callee.split('-')[1]} call"
+            else:
+                cattrs.update(
+                    {
+                        "http.request.method": "GET",
+                        "url.full": f"http://{callee}.ctl{rng.choice(ROUTES[callee])}",
+                        "server.address": f"{callee}.ctl",
+                        "http.response.status_code": 200,
+                        "peer.service": callee,
+                    }
+                )
+                ckind, cname = KIND_CLIENT, f"GET {callee}"
+            cdur = rng.randint(2, 80) * MS
+            client = _span(t, service, cname, ckind, span.span_id, at, cdur, cattrs)
+            _server(t, callee, client.span_id, at + MS // 2, sub)
+            left -= sub + 1
+            at += cdur
+        else:
+            table = rng.choice(TABLES)
+            op = rng.choice(["SELECT", "UPDATE", "INSERT"])
+            dattrs = t.base_attrs(service)
+            dattrs.update(
+                {
+                    "db.system": "mysql",
+                    "db.namespace": service.split("-")[0],
+                    "db.operation.name": op,
+                    "db.collection.name": table,
+                    "db.query.text": f"{op} {table}.id, {table}.uuid FROM {table} WHERE "
+                    f"{table}.project_id = %(project_id_1)s AND {table}.deleted = %(deleted_1)s",
+                    "server.address": "db.ctl",
+                }
+            )
+            for optional in rng.sample(["db.namespace", "db.collection.name"], rng.randint(0, 2)):
+                del dattrs[optional]
+            ddur = rng.randint(1, 8) * MS
+            _span(t, service, f"{op} {table}", KIND_CLIENT, span.span_id, at, ddur, dattrs)
+            left -= 1
+            at += ddur
+    span.end_ns = max(span.end_ns, at + MS)
+    return span
+
+
+def _fail(t: _Trace) -> None:
+    """Make a leaf fail and the error climb to the root."""
+    rng = t.rng
+    by_id = {s.span_id: s for s in t.spans}
+    leaf = rng.choice([s for s in t.spans if s.parent_span_id is not None] or t.spans)
+    leaf.events = [
+        {
+            "time_ns": leaf.end_ns - 1000,
+            "name": "exception",
+            "attributes": {
+                "exception.type": "oslo_db.exception.DBConnectionError",
+                "exception.message": "(pymysql.err.OperationalError) (2013, 'Lost connection')",
+                "exception.stacktrace": "Traceback (most recent call last):\n"
+                + '  File "/usr/lib/python3/dist-packages/oslo_db/api.py", line 142, in wrapper\n'
+                * 6,
+            },
+        }
+    ]
+    node: SpanRecord | None = leaf
+    while node is not None:
+        node.status_code = STATUS_ERROR
+        node.status_message = "DBConnectionError"
+        if "http.response.status_code" in node.attributes:
+            node.attributes["http.response.status_code"] = 500
+            node.attributes["error.type"] = "500"
+        node = by_id.get(node.parent_span_id) if node.parent_span_id else None
+
+
+def generate(
+    n_spans: int, seed: int = 1, start_ns: int | None = None, hours: float = 24.0
+) -> Iterator[list[SpanRecord]]:
+    """Yield traces (lists of spans) until *n_spans* spans were produced, their
+    start times spread evenly over *hours* ending at *start_ns* (default: now)."""
+    import time
+
+    rng = random.Random(seed)
+    end = start_ns if start_ns is not None else time.time_ns()
+    avg = 27.5
+    n_traces = max(1, int(n_spans / avg))
+    step = int(hours * 3600 * 10**9 / n_traces)
+    projects = [uuid.UUID(bytes=rng.randbytes(16)).hex for _ in range(50)]
+    users = [uuid.UUID(bytes=rng.randbytes(16)).hex for _ in range(200)]
+    produced = 0
+    i = 0
+    while produced < n_spans:
+        t = _Trace(rng, end - (n_traces - i) * step, projects, users)
+        size = min(rng.randint(5, 50), n_spans - produced)
+        _server(t, rng.choice(ENTRY), None, t.start_ns, size)
+        if rng.random() < 0.03:
+            _fail(t)
+        else:
+            for s in t.spans:
+                if s.kind == KIND_SERVER and s.parent_span_id is None:
+                    s.status_code = STATUS_OK
+        produced += len(t.spans)
+        i += 1
+        yield t.spans
+
+
+def service_batches(
+    traces: Iterator[list[SpanRecord]], batch_size: int = 512
+) -> Iterator[list[SpanRecord]]:
+    """Regroup spans into per-service batches, as each service's exporter sends them."""
+    buffers: dict[str, list[SpanRecord]] = {}
+    for spans in traces:
+        for s in spans:
+            buf = buffers.setdefault(s.service, [])
+            buf.append(s)
+            if len(buf) >= batch_size:
+                yield buf
+                buffers[s.service] = []
+    for buf in buffers.values():
+        if buf:
+            yield buf
+
+
+def _any_value(v: Any) -> Any:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    if isinstance(v, bool):
+        return AnyValue(bool_value=v)
+    if isinstance(v, int):
+        return AnyValue(int_value=v)
+    if isinstance(v, float):
+        return AnyValue(double_value=v)
+    if isinstance(v, bytes):
+        return AnyValue(bytes_value=v)
+    return AnyValue(string_value=str(v))
+
+
+def _kvs(attrs: dict[str, Any]) -> list[Any]:
+    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+    return [KeyValue(key=k, value=_any_value(v)) for k, v in attrs.items()]
+
+
+def to_otlp(spans: list[SpanRecord]) -> bytes:
+    """One ``ExportTraceServiceRequest`` (protobuf bytes) holding *spans*."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+    by_service: dict[str, list[SpanRecord]] = {}
+    for s in spans:
+        by_service.setdefault(s.service, []).append(s)
+    req = ExportTraceServiceRequest()
+    for service, group in by_service.items():
+        rs = ResourceSpans(
+            resource=Resource(attributes=_kvs(RESOURCES.get(service, group[0].resource)))
+        )
+        ss = ScopeSpans(scope=InstrumentationScope(name=group[0].scope))
+        for s in group:
+            ss.spans.append(
+                Span(
+                    trace_id=s.trace_id,
+                    span_id=s.span_id,
+                    parent_span_id=s.parent_span_id or b"",
+                    name=s.name,
+                    kind=s.kind,  # type: ignore[arg-type]
+                    start_time_unix_nano=s.start_ns,
+                    end_time_unix_nano=s.end_ns,
+                    attributes=_kvs(s.attributes),
+                    events=[
+                        Span.Event(
+                            time_unix_nano=e["time_ns"],
+                            name=e["name"],
+                            attributes=_kvs(e.get("attributes", {})),
+                        )
+                        for e in s.events
+                    ],
+                    status=Status(code=s.status_code, message=s.status_message),  # type: ignore[arg-type]
+                )
+            )
+        rs.scope_spans.append(ss)
+        req.resource_spans.append(rs)
+    return req.SerializeToString()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spans", type=int, default=10_000)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    traces = list(generate(args.spans, args.seed))
+    spans = [s for t in traces for s in t]
+    errors = sum(any(s.status_code == STATUS_ERROR for s in t) for t in traces)
+    n_attrs = [len(s.attributes) for s in spans]
+    services = {s.service for s in spans}
+    otlp = sum(len(to_otlp(b)) for b in service_batches(iter(traces)))
+    print(
+        f"{len(spans)} spans, {len(traces)} traces ({errors / len(traces):.1%} errors),"
+        f" {len(services)} services, attributes per span {min(n_attrs)}-{max(n_attrs)}"
+        f" (mean {sum(n_attrs) / len(n_attrs):.1f}), OTLP protobuf {otlp / len(spans):.0f} B/span"
+    )
+
+
+if __name__ == "__main__":
+    main()
