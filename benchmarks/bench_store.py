@@ -38,12 +38,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import loadgen  # noqa: E402
-
-from crosstrace.server.model import TraceQuery  # noqa: E402
-from crosstrace.server.store.base import Store  # noqa: E402
-from crosstrace.server.store.postgres import PostgresStore  # noqa: E402
-from crosstrace.server.store.sqlite import SQLiteStore  # noqa: E402
+import loadgen
+from crosstrace.server.model import TraceQuery
+from crosstrace.server.store.base import Store
+from crosstrace.server.store.postgres import PostgresStore
+from crosstrace.server.store.sqlite import SQLiteStore
 
 HOUR = 3600 * 10**9
 PG_URL = os.environ.get("CROSSTRACE_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")

@@ -207,7 +207,7 @@ def _server(t: _Trace, service: str, parent: bytes | None, start: int, budget: i
             dattrs.update(
                 {
                     "db.system": "mysql",
-                    "db.namespace": service.split("-")[0],
+                    "db.namespace": service.split("-", maxsplit=1)[0],
                     "db.operation.name": op,
                     "db.collection.name": table,
                     "db.query.text": f"{op} {table}.id, {table}.uuid FROM {table} WHERE "
