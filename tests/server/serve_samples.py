@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,15 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from crosstrace.server.app import create_app
 from crosstrace.server.auth import TokenSet
+from crosstrace.server.model import (
+    DependencyEdge,
+    LogQuery,
+    LogRecord,
+    SpanRecord,
+    TracePage,
+    TraceQuery,
+    TraceSummary,
+)
 from crosstrace.server.store.base import Store, open_store
 
 PB = {"content-type": "application/x-protobuf"}
@@ -163,3 +173,49 @@ def opened(url: str) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+class DelegatingStore(Store):
+    """Passes every call to a real store; tests override one method to inject a fault."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    def submit_spans(self, spans: Sequence[SpanRecord]) -> Future[None]:
+        return self.inner.submit_spans(spans)
+
+    def submit_logs(self, logs: Sequence[LogRecord]) -> Future[int]:
+        return self.inner.submit_logs(logs)
+
+    def search_traces(self, query: TraceQuery) -> TracePage:
+        return self.inner.search_traces(query)
+
+    def get_trace(self, trace_id: bytes) -> list[SpanRecord]:
+        return self.inner.get_trace(trace_id)
+
+    def get_trace_summary(self, trace_id: bytes) -> TraceSummary | None:
+        return self.inner.get_trace_summary(trace_id)
+
+    def traces_for_request(self, request_id: str, limit: int = 100) -> list[TraceSummary]:
+        return self.inner.traces_for_request(request_id, limit)
+
+    def search_logs(self, query: LogQuery) -> list[LogRecord]:
+        return self.inner.search_logs(query)
+
+    def services(self) -> list[str]:
+        return self.inner.services()
+
+    def operations(self, service: str) -> list[str]:
+        return self.inner.operations(service)
+
+    def dependencies(self, start_ns: int | None, end_ns: int | None) -> list[DependencyEdge]:
+        return self.inner.dependencies(start_ns, end_ns)
+
+    def apply_retention(self, max_age_ns: int | None, max_bytes: int | None = None) -> int:
+        return self.inner.apply_retention(max_age_ns, max_bytes)
+
+    def stats(self) -> dict[str, int]:
+        return self.inner.stats()
+
+    def close(self) -> None:
+        self.inner.close()

@@ -17,6 +17,7 @@ from serve_samples import (
     JSON,
     PB,
     PB_GZIP,
+    DelegatingStore,
     gz,
     log_request,
     opened,
@@ -27,15 +28,7 @@ from serve_samples import (
 )
 
 from crosstrace.server.ingest import gunzip_capped
-from crosstrace.server.model import (
-    DependencyEdge,
-    LogQuery,
-    LogRecord,
-    SpanRecord,
-    TracePage,
-    TraceQuery,
-    TraceSummary,
-)
+from crosstrace.server.model import LogQuery, LogRecord, SpanRecord
 from crosstrace.server.store.base import Store
 
 REALDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "realdata" / "otlp"
@@ -206,11 +199,8 @@ def test_malformed_protobuf_is_400_with_message(store: Store) -> None:
     assert b"not a valid OTLP protobuf" in r.content
 
 
-class _FailingStore(Store):
-    """Wraps the real SQLite store; its writes fail, as when the disk is full."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
+class _FailingStore(DelegatingStore):
+    """The real SQLite store, whose writes fail as when its disk is full."""
 
     def submit_spans(self, spans: Sequence[SpanRecord]) -> Future[None]:
         failed: Future[None] = Future()
@@ -219,39 +209,6 @@ class _FailingStore(Store):
 
     def submit_logs(self, logs: Sequence[LogRecord]) -> Future[int]:
         raise OSError("disk full")
-
-    def search_traces(self, query: TraceQuery) -> TracePage:
-        return self.inner.search_traces(query)
-
-    def get_trace(self, trace_id: bytes) -> list[SpanRecord]:
-        return self.inner.get_trace(trace_id)
-
-    def get_trace_summary(self, trace_id: bytes) -> TraceSummary | None:
-        return self.inner.get_trace_summary(trace_id)
-
-    def traces_for_request(self, request_id: str, limit: int = 100) -> list[TraceSummary]:
-        return self.inner.traces_for_request(request_id, limit)
-
-    def search_logs(self, query: LogQuery) -> list[LogRecord]:
-        return self.inner.search_logs(query)
-
-    def services(self) -> list[str]:
-        return self.inner.services()
-
-    def operations(self, service: str) -> list[str]:
-        return self.inner.operations(service)
-
-    def dependencies(self, start_ns: int | None, end_ns: int | None) -> list[DependencyEdge]:
-        return self.inner.dependencies(start_ns, end_ns)
-
-    def apply_retention(self, max_age_ns: int | None, max_bytes: int | None = None) -> int:
-        return self.inner.apply_retention(max_age_ns, max_bytes)
-
-    def stats(self) -> dict[str, int]:
-        return self.inner.stats()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def test_store_failure_is_503_with_retry_after(store: Store) -> None:
