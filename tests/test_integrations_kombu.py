@@ -44,7 +44,8 @@ def roundtrip(url: str, queue_name: str, send: Any, expected: int) -> list[dict[
                     conn.drain_events(timeout=0.5)
                 except TimeoutError:
                     pass
-        queue(channel).delete()
+            # Still consuming, so the auto-delete queue still exists.
+            queue(channel).delete()
     assert len(seen) == expected, "messages did not arrive before the deadline"
     return seen
 
