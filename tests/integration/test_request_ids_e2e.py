@@ -98,8 +98,7 @@ class Cloud:
                         conn.drain_events(timeout=0.2)
                     except TimeoutError:
                         pass
-                # Still consuming, so the auto-delete queue still exists.
-                q(conn.channel()).delete()
+            # The queue is auto-delete: cancelling the consumer removes it.
 
         thread = threading.Thread(target=run, name="worker", daemon=True)
         thread.start()
