@@ -17,7 +17,7 @@ Search notes:
 - Dependencies are counted at write time. A parent/child pair in one write is
   counted directly. A child whose parent is not in the same write looks the parent
   up in ``span_parents`` (CLIENT and PRODUCER spans, the ones whose children run
-  in another service) or, if the parent has not arrived yet, waits in
+  in another service, except database calls, which have none) or, if the parent has not arrived yet, waits in
   ``dep_pending`` until it does. Both lookups are pruned after
   :data:`PARENT_LOOKUP_TTL_S`.
 """
@@ -71,7 +71,6 @@ INDEXED_ATTRIBUTES = frozenset(
         "http.request.method",
         "http.response.status_code",
         "http.route",
-        "url.path",
         "db.system",
         "db.operation.name",
         "rpc.system",
@@ -80,7 +79,6 @@ INDEXED_ATTRIBUTES = frozenset(
         "messaging.destination.name",
         "exception.type",
         "error.type",
-        "server.address",
         "peer.service",
     }
 )
@@ -95,6 +93,8 @@ BUCKET_NS = 3600 * 10**9
 RETENTION_BATCH = 2_000
 _IN_CHUNK = 500  # values per IN (...) list
 _PARENT_KINDS = (3, 4)  # CLIENT, PRODUCER
+_SCALARS = frozenset({str, int, float, bool, bytes})
+_HASH_CACHE_SIZE = 200_000
 _RID_LOCAL = 1
 _RID_GLOBAL = 2
 
@@ -132,6 +132,7 @@ class SQLStore(Store):
         self._txn_names: list[str] = []
         self._txn_ops: list[tuple[int, int]] = []
         self._indexed_keys: dict[str, bool] = {}
+        self._hash_cache: dict[tuple[str, type, Any], int] = {}
         self._counter_lock = threading.Lock()
         self.spans_written = 0
         self.logs_written = 0
@@ -321,6 +322,10 @@ class SQLStore(Store):
         edges: dict[tuple[int, int, int], list[int]] = {}
         group_ids: dict[bytes, dict[bytes, int]] = {}
         is_indexed = self._is_indexed
+        indexed = self._indexed_keys
+        hashes = self._hash_cache
+        rid_texts: dict[str, int] = {}
+        pairs: set[tuple[str, type, Any]] = set()
         for tid, group in groups.items():
             svc_of: dict[bytes, int] = {}
             sids: list[int] = []
@@ -356,7 +361,7 @@ class SQLStore(Store):
                     orphans.append((tid, parent, sid, int(err), st // BUCKET_NS))
                     if not root_real and (root is None or st < root.start_ns):
                         root = s
-                if s.kind in _PARENT_KINDS:
+                if s.kind in _PARENT_KINDS and "db.system" not in s.attributes:
                     parents.append((tid, s.span_id, sid, now_s))
                 op = self._intern_op(conn, sid, intern(conn, s.name))
                 keys.add((tid, sid))
@@ -365,23 +370,39 @@ class SQLStore(Store):
                 if a:
                     r = a.get(ATTR_REQUEST_ID)
                     if type(r) is str:
-                        k = encode_rid(r)
-                        if k is not None:
-                            rids[k, tid] = rids.get((k, tid), 0) | _RID_LOCAL
+                        rid_texts[r] = rid_texts.get(r, 0) | _RID_LOCAL
                     r = a.get(ATTR_GLOBAL_REQUEST_ID)
                     if type(r) is str:
-                        k = encode_rid(r)
-                        if k is not None:
-                            rids[k, tid] = rids.get((k, tid), 0) | _RID_GLOBAL
+                        rid_texts[r] = rid_texts.get(r, 0) | _RID_GLOBAL
                     for key, value in a.items():
-                        if is_indexed(key):
-                            text = attr_text(value)
-                            if text is not None:
-                                attrs.add((attr_hash(key, text), tid))
+                        if value.__class__ in _SCALARS:
+                            ix = indexed.get(key)
+                            if ix is None:
+                                ix = is_indexed(key)
+                            if ix:
+                                pairs.add((key, value.__class__, value))
                     if project is None and type(a.get(ATTR_PROJECT_ID)) is str:
                         project = a[ATTR_PROJECT_ID]
                     if domain is None and type(a.get(ATTR_DOMAIN_ID)) is str:
                         domain = a[ATTR_DOMAIN_ID]
+            # Each distinct value once per trace; hashes cached across writes.
+            for text, kind in rid_texts.items():
+                k = encode_rid(text)
+                if k is not None:
+                    rids[k, tid] = kind
+            rid_texts.clear()
+            for pair in pairs:
+                h = hashes.get(pair)
+                if h is None:
+                    txt = attr_text(pair[2])
+                    if txt is None:
+                        continue
+                    h = attr_hash(pair[0], txt)
+                    if len(hashes) >= _HASH_CACHE_SIZE:
+                        hashes.clear()
+                    hashes[pair] = h
+                attrs.add((h, tid))
+            pairs.clear()
             if root is None:  # every span's parent is in this group: a cycle
                 root = min(group, key=lambda s: s.start_ns)
             if root.attributes:
