@@ -17,8 +17,8 @@ Search notes:
 - Dependencies are counted at write time. A parent/child pair in one write is
   counted directly. A child whose parent is not in the same write looks the parent
   up in ``span_parents`` (CLIENT and PRODUCER spans, the ones whose children run
-  in another service, except database calls, which have none) or, if the parent has not arrived yet, waits in
-  ``dep_pending`` until it does. Both lookups are pruned after
+  in another service, except database calls, which have none) or, if the parent
+  has not arrived yet, waits in ``dep_pending`` until it does. Both lookups are pruned after
   :data:`PARENT_LOOKUP_TTL_S`.
 """
 
