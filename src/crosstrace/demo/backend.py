@@ -115,6 +115,8 @@ def start_backend(
                         ready.set()
         finally:
             out.close()
+            if stream is not None:
+                stream.close()
             ready.set()
 
     threading.Thread(target=pump, name="serve-output", daemon=True).start()

@@ -12,12 +12,15 @@ saw them and as the backend stored them, and where to look next. Without
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
+import os
 import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -43,6 +46,7 @@ __all__ = ["DemoSettings", "RequestCheck", "Verification", "run"]
 log = logging.getLogger(__name__)
 
 GROUND_TRUTH_FILE = "groundtruth.json"
+SUMMARY_FILE = "summary.json"
 
 
 @dataclass(slots=True)
@@ -266,6 +270,7 @@ class Demo:
         by_kind: dict[FaultKind, list[RequestCheck]] = {}
         for check in result.checks:
             by_kind.setdefault(check.outcome.fault, []).append(check)
+        rows: dict[str, dict[str, Any]] = {}
         for kind, spec in CATALOGUE.items():
             checks = by_kind.get(kind, [])
             statuses = Counter(c.outcome.status for c in checks)
@@ -277,15 +282,24 @@ class Demo:
             cause = "-"
             if root is not None:
                 cause = f"{root.service}: {root.error_type or 'slow'}"
+            row = {
+                "requests": len(checks),
+                "statuses": {str(k): v for k, v in statuses.items()},
+                "failed": sum(1 for c in checks if not c.outcome.ok),
+                "error_traces": sum(1 for c in checks if c.has_error),
+                "complete_traces": sum(1 for c in checks if c.complete),
+            }
+            rows[str(kind)] = row
             table.add_row(
                 str(kind),
-                str(len(checks)),
+                str(row["requests"]),
                 status_text or "-",
-                str(sum(1 for c in checks if not c.outcome.ok)),
-                str(sum(1 for c in checks if c.has_error)),
+                str(row["failed"]),
+                str(row["error_traces"]),
                 cause,
             )
         console.print(table)
+        self._write_summary(result, rows)
         backend_errors = sum(1 for c in result.checks if c.has_error)
         console.print(
             f"backend: {sum(1 for c in result.checks if c.complete)}/{n} traces complete "
@@ -299,6 +313,30 @@ class Demo:
                 f"({check.outcome.fault}): {len(check.trace_ids)} trace(s), missing {missing}"
             )
         self._where_to_look(result)
+
+    def _write_summary(self, result: Verification, rows: dict[str, dict[str, Any]]) -> None:
+        """The summary's figures as JSON (``summary.json``), for scripts."""
+        outcomes = [c.outcome for c in result.checks]
+        threshold = self.settings.timings.slow_threshold
+        doc = {
+            "seed": self.settings.seed,
+            "requests": len(outcomes),
+            "succeeded": sum(1 for o in outcomes if o.ok),
+            "failed": sum(1 for o in outcomes if not o.ok),
+            "slow": sum(1 for o in outcomes if (o.latency_s or 0) > threshold),
+            "slow_threshold_s": threshold,
+            "drive_seconds": round(self.drive_seconds, 3),
+            "complete_traces": sum(1 for c in result.checks if c.complete),
+            "error_traces": sum(1 for c in result.checks if c.has_error),
+            "error_traces_found_by_search": result.error_traces_found,
+            "by_fault": rows,
+            "backend_url": self.backend.url if self.backend else None,
+            "ground_truth": str(self.ground_truth_path),
+        }
+        path = self.data_dir / SUMMARY_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
 
     def _where_to_look(self, result: Verification) -> None:
         if self.backend is None:
