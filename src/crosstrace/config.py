@@ -529,6 +529,7 @@ def shutdown(timeout_s: float = 5.0) -> None:
         _state.settings = None
         _state.explicit = {}
         _state.watch_stop.set()
+        _state.watcher = None
     if exporter is not None:
         exporter.shutdown(timeout_s)
 
