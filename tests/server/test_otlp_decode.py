@@ -405,3 +405,18 @@ def test_status_body_is_a_google_rpc_status() -> None:
     status = status_cls.FromString(encode_status(3, text, as_json=False))
     assert (status.code, status.message) == (3, text)
     assert json.loads(encode_status(3, "m", as_json=True)) == {"code": 3, "message": "m"}
+
+
+def test_long_names_are_cut_and_long_ids_reject_the_record() -> None:
+    """Names and ids feed database indexes, which have a row size limit."""
+    from crosstrace.server.otlp import MAX_ID_LENGTH, MAX_NAME_BYTES
+
+    long_name = "é" * MAX_NAME_BYTES  # 2 bytes each
+    long_id = [{"key": "openstack.project_id", "value": {"stringValue": "p" * 300}}]
+    result = decode_traces_json(
+        _traces_doc(_json_span(name=long_name), _json_span(spanId="22" * 8, attributes=long_id))
+    )
+    (span,) = result.spans
+    assert span.name == "é" * (MAX_NAME_BYTES // 2)
+    assert result.rejected == 1
+    assert f"longer than {MAX_ID_LENGTH}" in result.error_message

@@ -53,6 +53,8 @@ from crosstrace.server.model import (
 )
 
 __all__ = [
+    "MAX_ID_LENGTH",
+    "MAX_NAME_BYTES",
     "MAX_VALUE_DEPTH",
     "SIGNAL_LOGS",
     "SIGNAL_TRACES",
@@ -74,6 +76,13 @@ SIGNAL_LOGS: Final = "logs"
 UNKNOWN_SERVICE: Final = "unknown_service"
 #: Deepest nesting of array / kvlist attribute values accepted.
 MAX_VALUE_DEPTH: Final = 16
+#: Longest span / service name kept, in UTF-8 bytes; longer names are cut. Names
+#: are indexed by the stores, and PostgreSQL refuses index rows beyond ~2.7 kB.
+MAX_NAME_BYTES: Final = 1024
+#: Longest project / domain / user id accepted; a record with a longer one is
+#: rejected (these ids are indexed columns, and real ones are 32-64 characters).
+MAX_ID_LENGTH: Final = 255
+_ID_ATTRS: Final = (ATTR_PROJECT_ID, ATTR_DOMAIN_ID, ATTR_USER_ID)
 #: How many distinct rejection reasons are quoted in the partial-success message.
 _MAX_REASONS = 3
 
@@ -83,6 +92,7 @@ _ZERO_TRACE_ID: Final = bytes(16)
 _ZERO_SPAN_ID: Final = bytes(8)
 _HEX_RE = re.compile(r"[0-9a-fA-F]*", re.ASCII)
 _INT_RE = re.compile(r"-?[0-9]+", re.ASCII)
+_URLSAFE_B64_RE = re.compile(r"[A-Za-z0-9_-]*={0,2}", re.ASCII)
 _MAX_KIND = 5
 _MAX_STATUS = 2
 _MAX_SEVERITY = 24
@@ -162,6 +172,25 @@ def _bounded(value: int, top: int) -> int:
     return value if 0 <= value <= top else 0
 
 
+def _cap_name(name: str) -> str:
+    """*name* cut to at most MAX_NAME_BYTES of UTF-8 (on a character boundary)."""
+    if len(name) * 4 <= MAX_NAME_BYTES:
+        return name
+    raw = name.encode("utf-8")
+    if len(raw) <= MAX_NAME_BYTES:
+        return name
+    return raw[:MAX_NAME_BYTES].decode("utf-8", "ignore")
+
+
+def _check_ids(*sources: dict[str, Any]) -> None:
+    """Reject a record whose project / domain / user id is too long to index."""
+    for attrs in sources:
+        for key in _ID_ATTRS:
+            value = attrs.get(key)
+            if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
+                raise _Rejected(f"{key} longer than {MAX_ID_LENGTH} characters")
+
+
 # --------------------------------------------------------------------- protobuf side
 
 
@@ -209,7 +238,8 @@ def _pb_resource(resource: Any) -> tuple[dict[str, Any], str]:
     service = attrs.get("service.name")
     if not isinstance(service, str) or not service:
         service = UNKNOWN_SERVICE
-    return attrs, service
+    _check_ids(attrs)
+    return attrs, _cap_name(service)
 
 
 def _parse_pb(message: Any, body: bytes) -> None:
@@ -256,6 +286,8 @@ def decode_traces_protobuf(body: bytes) -> DecodeResult:
                     name: str = sp.name
                     if not name.isascii() or "\x00" in name:
                         name = _clean_str(name)
+                    if len(name) > MAX_NAME_BYTES // 4:
+                        name = _cap_name(name)
                     kind = sp.kind
                     if sp.HasField("status"):
                         status = sp.status
@@ -266,6 +298,8 @@ def decode_traces_protobuf(body: bytes) -> DecodeResult:
                     else:
                         code = 0
                         message = ""
+                    attrs = _pb_attrs(sp.attributes)
+                    _check_ids(attrs)
                     events = sp.events
                     links = sp.links
                     trace_state = sp.trace_state
@@ -280,7 +314,7 @@ def decode_traces_protobuf(body: bytes) -> DecodeResult:
                         service,
                         code,
                         message,
-                        _pb_attrs(sp.attributes),
+                        attrs,
                         [_pb_event(ev) for ev in events] if events else [],
                         [_pb_link(ln) for ln in links] if links else [],
                         resource,
@@ -349,6 +383,7 @@ def _make_log(
             value = resource.get(key)
         return value if isinstance(value, str) and value else None
 
+    _check_ids(attributes)
     request_id = ident(ATTR_REQUEST_ID)
     global_request_id = ident(ATTR_GLOBAL_REQUEST_ID)
     return LogRecord(
@@ -511,6 +546,9 @@ def _json_value(value: Any, depth: int = 0) -> Any:
         try:
             decoded = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):
+            # proto3 JSON also accepts the URL-safe alphabet, padding optional.
+            if not _URLSAFE_B64_RE.fullmatch(raw):
+                raise OtlpDecodeError("bytesValue: not base64") from None
             try:
                 decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
             except (binascii.Error, ValueError):
@@ -557,7 +595,8 @@ def _json_resource(obj: dict[str, Any]) -> tuple[dict[str, Any], str]:
     service = attrs.get("service.name")
     if not isinstance(service, str) or not service:
         service = UNKNOWN_SERVICE
-    return attrs, service
+    _check_ids(attrs)
+    return attrs, _cap_name(service)
 
 
 def _load_json(body: bytes) -> dict[str, Any]:
@@ -618,20 +657,22 @@ def _json_span(sp: Any, service: str, resource: dict[str, Any], scope: str) -> S
     end = _json_int(
         _get(sp, "endTimeUnixNano", "end_time_unix_nano"), "endTimeUnixNano", unsigned=True
     )
+    attributes = _json_attrs(sp.get("attributes"))
+    _check_ids(attributes)
     kind = _json_enum(sp.get("kind"), _SPAN_KIND_NAMES, "kind")
     code = _json_enum(status.get("code"), _STATUS_NAMES, "status.code")
     return SpanRecord(
         trace_id=trace_id,
         span_id=span_id,
         parent_span_id=parent if parent and parent != _ZERO_SPAN_ID else None,
-        name=_json_str(sp.get("name"), "name"),
+        name=_cap_name(_json_str(sp.get("name"), "name")),
         kind=_bounded(kind, _MAX_KIND),
         start_ns=_check_time(start, "start time"),
         end_ns=_check_time(end, "end time"),
         service=service,
         status_code=_bounded(code, _MAX_STATUS),
         status_message=_json_str(status.get("message"), "status.message"),
-        attributes=_json_attrs(sp.get("attributes")),
+        attributes=attributes,
         events=events,
         links=links,
         resource=resource,
