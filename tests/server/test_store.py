@@ -690,3 +690,51 @@ def test_open_store_by_url(tmp_path: Path) -> None:
         open_store("sqlite://:memory:")
     with pytest.raises(ValueError, match="unsupported"):
         open_store("mysql://x")
+
+
+def test_chunks_use_a_trained_zstd_dictionary(
+    opener: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once enough chunks were written a dictionary is trained and stored; chunks
+    written before and after it, and after re-opening, read back exactly."""
+    from crosstrace.server.store import sqlcommon
+
+    monkeypatch.setattr(sqlcommon, "DICT_SAMPLES", 150)
+    s = opener()
+    written = {}
+    for n in range(1, 301):
+        spans = [
+            span(
+                n,
+                k,
+                None if k == 1 else 1,
+                f"svc{k % 3}",
+                f"op{k}",
+                NOW + n * MS + k,
+                attrs={
+                    "openstack.project_id": f"p{n % 7}",
+                    "url.path": f"/v2/x/{n}/{k}",
+                    "http.request.method": "GET",
+                    "n": n * k,
+                },
+            )
+            for k in range(1, 6)
+        ]
+        s.write_spans(spans)
+        written[n] = spans
+    with s._reader() as conn:  # type: ignore[attr-defined]
+        formats = {bytes(r[0])[:1] for r in conn.execute("SELECT data FROM chunks").fetchall()}
+        dicts = conn.execute("SELECT count(*) FROM zdicts").fetchone()[0]
+    assert dicts == 1
+    assert formats == {b"\x01", b"\x02"}
+    for n in (1, 150, 151, 300):
+        assert s.get_trace(tid(n)) == written[n]
+    s.close()
+    s = opener()
+    try:
+        for n in (1, 300):
+            assert s.get_trace(tid(n)) == written[n]
+        s.write_spans([span(999, 1, None, "svc", "op", NOW)])
+        assert s.get_trace(tid(999))[0].name == "op"
+    finally:
+        s.close()

@@ -32,6 +32,8 @@ from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from typing import Any
 
+import zstandard
+
 from crosstrace.server.model import (
     ATTR_DOMAIN_ID,
     ATTR_GLOBAL_REQUEST_ID,
@@ -48,8 +50,10 @@ from crosstrace.server.model import (
 )
 from crosstrace.server.store.base import Store
 from crosstrace.server.store.codec import (
+    ZSTD_LEVEL,
     attr_hash,
     attr_text,
+    compress_chunk,
     decode_chunk,
     decode_cursor,
     decode_rid,
@@ -61,7 +65,13 @@ from crosstrace.server.store.codec import (
 )
 from crosstrace.server.store.writer import GroupWriter, Job
 
-__all__ = ["ATTR_SCAN_BUDGET", "INDEXED_ATTRIBUTES", "PARENT_LOOKUP_TTL_S", "SQLStore"]
+__all__ = [
+    "ATTR_SCAN_BUDGET",
+    "DICT_SAMPLES",
+    "INDEXED_ATTRIBUTES",
+    "PARENT_LOOKUP_TTL_S",
+    "SQLStore",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +99,10 @@ ATTR_SCAN_BUDGET = 2_000
 PARENT_LOOKUP_TTL_S = 3600
 #: Dependency counts are kept per hour.
 BUCKET_NS = 3600 * 10**9
+#: The zstd dictionary is trained once this many chunks (or bytes) were written.
+DICT_SAMPLES = 1_000
+DICT_SAMPLE_BYTES = 8 * 2**20
+DICT_SIZE = 64 * 1024
 #: Traces removed per retention transaction.
 RETENTION_BATCH = 2_000
 _IN_CHUNK = 500  # values per IN (...) list
@@ -133,11 +147,18 @@ class SQLStore(Store):
         self._txn_ops: list[tuple[int, int]] = []
         self._indexed_keys: dict[str, bool] = {}
         self._hash_cache: dict[tuple[str, type, Any], int] = {}
+        self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
+        self._zdict: tuple[int, zstandard.ZstdCompressor] | None = None
+        self._samples: list[bytes] = []
+        self._sample_bytes = 0
+        self._train_failures = 0
+        self._txn_dict: int | None = None
         self._counter_lock = threading.Lock()
         self.spans_written = 0
         self.logs_written = 0
         self._retention: Any = None
         self._writer = GroupWriter(f"crosstrace-{self.dialect}-writer", self._run_group)
+        self._call(self._load_dictionary)
 
     # ------------------------------------------------------------------ hooks
     def _writer_conn(self) -> Any:
@@ -252,6 +273,52 @@ class SQLStore(Store):
                 self._indexed_keys[key] = hit
         return hit
 
+    # ------------------------------------------------------ zstd dictionary
+    def _load_dictionary(self, conn: Any) -> None:
+        """Compress new chunks with the newest dictionary in the database, if any."""
+        rows = self._q(conn, "SELECT id, data FROM zdicts ORDER BY id DESC LIMIT 1")
+        if rows:
+            did, data = int(rows[0][0]), bytes(rows[0][1])
+            d = zstandard.ZstdCompressionDict(data)
+            self._dicts[did] = d
+            self._zdict = (did, zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=d))
+
+    def _dictionary(self, conn: Any, did: int) -> zstandard.ZstdCompressionDict:
+        d = self._dicts.get(did)
+        if d is None:
+            rows = self._q(conn, "SELECT data FROM zdicts WHERE id = ?", (did,))
+            if not rows:
+                raise ValueError(f"span chunk needs zstd dictionary {did}, which is missing")
+            d = self._dicts[did] = zstandard.ZstdCompressionDict(bytes(rows[0][0]))
+        return d
+
+    def _sample(self, conn: Any, raw: bytes) -> None:
+        """Keep chunk payloads until there are enough to train the dictionary."""
+        self._samples.append(raw)
+        self._sample_bytes += len(raw)
+        if len(self._samples) < DICT_SAMPLES and self._sample_bytes < DICT_SAMPLE_BYTES:
+            return
+        samples, self._samples, self._sample_bytes = self._samples, [], 0
+        try:
+            d = zstandard.train_dictionary(DICT_SIZE, list[Any](samples))
+        except zstandard.ZstdError as exc:
+            self._train_failures += 1
+            log.info("zstd dictionary training failed (%s); chunks stay plain zstd", exc)
+            if self._train_failures >= 3:
+                self._samples = []
+                self._sample_bytes = -(2**62)  # stop trying
+            return
+        data = d.as_bytes()
+        self._x(
+            conn,
+            "INSERT INTO zdicts (data, created_ns) VALUES (?, ?)",
+            (data, time.time_ns()),
+        )
+        did = int(self._q(conn, "SELECT max(id) FROM zdicts")[0][0])
+        self._dicts[did] = d
+        self._zdict = (did, zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=d))
+        self._txn_dict = did
+
     # ------------------------------------------------------------------ write
     def submit_spans(self, spans: Sequence[SpanRecord]) -> Future[None]:
         return self._writer.submit("spans", list(spans), len(spans))
@@ -267,6 +334,7 @@ class SQLStore(Store):
         conn = self._writer_conn()
         self._txn_names.clear()
         self._txn_ops.clear()
+        self._txn_dict = None
         self._begin(conn)
         try:
             spans: list[SpanRecord] = []
@@ -288,12 +356,7 @@ class SQLStore(Store):
             try:
                 self._rollback(conn)
             finally:
-                # Ids handed out in the rolled-back transaction may be reused.
-                for name in self._txn_names:
-                    nid = self._name_ids.pop(name, None)
-                    self._names.pop(nid, None)  # type: ignore[arg-type]
-                for key in self._txn_ops:
-                    self._op_ids.pop(key, None)
+                self._forget_rolled_back()
             raise
         with self._counter_lock:
             self.spans_written += len(spans)
@@ -301,6 +364,18 @@ class SQLStore(Store):
                 r for r, j in zip(results, jobs, strict=True) if j.kind == "logs"
             )
         return results
+
+    def _forget_rolled_back(self) -> None:
+        """Ids handed out in a rolled-back transaction may be reused: forget them."""
+        for name in self._txn_names:
+            nid = self._name_ids.pop(name, None)
+            if nid is not None:
+                self._names.pop(nid, None)
+        for key in self._txn_ops:
+            self._op_ids.pop(key, None)
+        if self._txn_dict is not None:
+            self._zdict = None
+            self._dicts.pop(self._txn_dict, None)
 
     def _write_spans(self, conn: Any, spans: list[SpanRecord]) -> None:
         groups: dict[bytes, list[SpanRecord]] = {}
@@ -426,9 +501,10 @@ class SQLStore(Store):
                     domain,
                 )
             )
-            chunk_rows.append(
-                (tid, int(start or 0), encode_chunk(group, lambda n: intern(conn, n)))
-            )
+            raw = encode_chunk(group, lambda n: intern(conn, n))
+            if self._zdict is None:
+                self._sample(conn, raw)
+            chunk_rows.append((tid, int(start or 0), compress_chunk(raw, self._zdict)))
         self._resolve_dependencies(conn, group_ids, orphans, edges, now_s)
         self._insert_chunks(conn, chunk_rows)
         lo, hi = self._least, self._greatest
@@ -646,7 +722,12 @@ class SQLStore(Store):
             spans: list[SpanRecord] = []
             seen: set[bytes] = set()
             for (data,) in rows:
-                for s in decode_chunk(trace_id, bytes(data), lambda n: self._name(conn, n)):
+                for s in decode_chunk(
+                    trace_id,
+                    bytes(data),
+                    lambda n: self._name(conn, n),
+                    lambda d: self._dictionary(conn, d),
+                ):
                     # A batch delivered twice (e.g. redelivered by the broker) is
                     # shown once.
                     if s.span_id not in seen:
@@ -791,7 +872,12 @@ class SQLStore(Store):
     def _trace_has_attrs(self, conn: Any, trace_id: bytes, want: dict[str, str]) -> bool:
         found: set[str] = set()
         for (data,) in self._q(conn, "SELECT data FROM chunks WHERE trace_id = ?", (trace_id,)):
-            for s in decode_chunk(trace_id, bytes(data), lambda n: self._name(conn, n)):
+            for s in decode_chunk(
+                trace_id,
+                bytes(data),
+                lambda n: self._name(conn, n),
+                lambda d: self._dictionary(conn, d),
+            ):
                 for key, text in want.items():
                     if key in s.attributes and attr_text(s.attributes[key]) == text:
                         found.add(key)
