@@ -145,7 +145,8 @@ def test_filter_adds_every_field_and_keeps_the_record() -> None:
         assert ContextFilter().filter(record) is True
     assert record.request_id == LID  # type: ignore[attr-defined]
     assert record.global_request_id is None  # type: ignore[attr-defined]
-    assert record.project_id == "p"  # type: ignore[attr-defined]
+    assert record.crosstrace_context.project_id == "p"  # type: ignore[attr-defined]
+    assert record.user_identity == "- p - - - -"  # type: ignore[attr-defined]
     assert record.instance == ""  # type: ignore[attr-defined]
     assert record.trace_id == ""  # type: ignore[attr-defined]
     assert record.span_id == ""  # type: ignore[attr-defined]
@@ -154,6 +155,8 @@ def test_filter_adds_every_field_and_keeps_the_record() -> None:
     ContextFilter().filter(empty)
     assert empty.request_id == ""  # type: ignore[attr-defined]
     assert empty.user_identity == ""  # type: ignore[attr-defined]
+    assert empty.global_request_id == ""  # type: ignore[attr-defined]
+    assert empty.crosstrace_context is None  # type: ignore[attr-defined]
 
 
 def test_fields_set_in_the_logging_thread_survive_formatting_elsewhere() -> None:

@@ -45,13 +45,6 @@ _ENV_IS_ADMIN_PROJECT = "HTTP_X_IS_ADMIN_PROJECT"
 _MAX_IDENTITY_LEN = 255
 
 
-def _identity(value: object) -> str | None:
-    """An identity header value if it is a non-empty string of sane length."""
-    if type(value) is str and 0 < len(value) <= _MAX_IDENTITY_LEN:
-        return value
-    return None
-
-
 _FIELDS = (
     "request_id",
     "global_request_id",
@@ -122,11 +115,19 @@ class RequestContext:
         )
         grid = get(ENV_GLOBAL_REQUEST_ID)
         ctx.global_request_id = grid if grid is not None and is_valid_request_id(grid) else None
-        ctx.user_id = _identity(get("HTTP_X_USER_ID"))
-        ctx.project_id = _identity(get("HTTP_X_PROJECT_ID"))
-        ctx.domain_id = _identity(get("HTTP_X_DOMAIN_ID"))
-        ctx.user_domain_id = _identity(get("HTTP_X_USER_DOMAIN_ID"))
-        ctx.project_domain_id = _identity(get("HTTP_X_PROJECT_DOMAIN_ID"))
+        # Identity values: non-empty strings of sane length (inlined: hot path).
+        v = get("HTTP_X_USER_ID")
+        ctx.user_id = v if v.__class__ is str and 0 < len(v) <= _MAX_IDENTITY_LEN else None
+        v = get("HTTP_X_PROJECT_ID")
+        ctx.project_id = v if v.__class__ is str and 0 < len(v) <= _MAX_IDENTITY_LEN else None
+        v = get("HTTP_X_DOMAIN_ID")
+        ctx.domain_id = v if v.__class__ is str and 0 < len(v) <= _MAX_IDENTITY_LEN else None
+        v = get("HTTP_X_USER_DOMAIN_ID")
+        ctx.user_domain_id = v if v.__class__ is str and 0 < len(v) <= _MAX_IDENTITY_LEN else None
+        v = get("HTTP_X_PROJECT_DOMAIN_ID")
+        ctx.project_domain_id = (
+            v if v.__class__ is str and 0 < len(v) <= _MAX_IDENTITY_LEN else None
+        )
         roles = get(_ENV_ROLES)
         if isinstance(roles, str) and roles:
             ctx.roles = tuple(r.strip() for r in roles.split(",") if r.strip())

@@ -28,7 +28,10 @@ from typing import IO, Any, Literal
 
 from crosstrace.context import RequestContext, get_current
 
+_get_current = get_current
+
 __all__ = [
+    "CONTEXT_ATTR",
     "CONTEXT_FORMAT",
     "DATE_FORMAT",
     "DEFAULT_FORMAT",
@@ -54,20 +57,17 @@ DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 #: oslo.log's ``instance_uuid_format`` default.
 INSTANCE_UUID_FORMAT = "[instance: %(uuid)s] "
 
-#: Attributes :class:`ContextFilter` puts on each record.
+#: Attributes :class:`ContextFilter` puts on each record (besides the context).
 RECORD_FIELDS = (
     "global_request_id",
     "request_id",
     "user_identity",
     "instance",
-    "user_id",
-    "project_id",
-    "domain_id",
-    "user_domain_id",
-    "project_domain_id",
     "trace_id",
     "span_id",
 )
+#: Record attribute holding the :class:`RequestContext` the fields came from.
+CONTEXT_ATTR = "crosstrace_context"
 #: The keys of every :class:`JSONFormatter` line, in order.
 JSON_KEYS = (
     "timestamp",
@@ -89,69 +89,62 @@ JSON_KEYS = (
     "trace_id",
     "span_id",
 )
-_JSON_CONTEXT_KEYS = JSON_KEYS[9:]
-_IDENTITY_FIELDS = frozenset(
-    ("user_id", "project_id", "domain_id", "user_domain_id", "project_domain_id")
-)
+_IDENTITY_FIELDS = ("user_id", "project_id", "domain_id", "user_domain_id", "project_domain_id")
 
 # Marks the handler setup() installed, so a second call replaces it.
 _SETUP_MARK = "_crosstrace_setup"
 
 
-def _apply(record: logging.LogRecord) -> None:
-    """Put the request context (current, or ``extra={"context": ctx}``) on *record*.
-
-    Values already on the record (from ``extra=`` or an earlier filter, possibly in
-    another thread) are kept.
-    """
-    d = record.__dict__
-    if "request_id" in d:
-        if "user_identity" not in d:  # request_id came from ``extra=``
-            # oslo.log defaults the text fields to "" in this case.
-            for key in RECORD_FIELDS:
-                d.setdefault(key, None if key in _IDENTITY_FIELDS else "")
-        return
-    ctx = d.get("context")
-    if not isinstance(ctx, RequestContext):
-        ctx = get_current()
-    if ctx is None:
-        d["global_request_id"] = ""
-        d["request_id"] = ""
-        d["user_identity"] = ""
-        d["user_id"] = d["project_id"] = d["domain_id"] = None
-        d["user_domain_id"] = d["project_domain_id"] = None
-    else:
-        # oslo.log copies the context's None straight onto the record, so a line
-        # without a global id reads "[None req-...]"; keep that exactly.
-        d["global_request_id"] = ctx.global_request_id
-        d["request_id"] = ctx.request_id
-        d["user_identity"] = ctx.user_identity
-        d["user_id"] = ctx.user_id
-        d["project_id"] = ctx.project_id
-        d["domain_id"] = ctx.domain_id
-        d["user_domain_id"] = ctx.user_domain_id
-        d["project_domain_id"] = ctx.project_domain_id
-    if "instance" not in d:
-        d["instance"] = ""
-    # Filled in by the tracer when a span is current.
-    if "trace_id" not in d:
-        d["trace_id"] = ""
-        d["span_id"] = ""
+# The fields of a record logged outside any request.
+_NO_CONTEXT: dict[str, Any] = {
+    "global_request_id": "",
+    "request_id": "",
+    "user_identity": "",
+    CONTEXT_ATTR: None,
+}
 
 
 class ContextFilter(logging.Filter):
     """Add the request context's ids and identity to every record; never drops one.
 
     Attach it to handlers (``handler.addFilter(ContextFilter())``) so records from
-    every logger passing through get the fields. Adds :data:`RECORD_FIELDS`:
-    empty strings (``None`` for the user/project ids) when no request is current;
-    ``trace_id``/``span_id`` are ``""`` until a tracer sets them.
+    every logger passing through get the fields, third-party ones included. Adds
+    :data:`RECORD_FIELDS` (``""`` when no request is current; ``trace_id`` and
+    ``span_id`` stay ``""`` until a tracer sets them) and the context object itself
+    as ``crosstrace_context``. The context is the current one, or an oslo-style
+    ``extra={"context": ctx}``. Fields already on the record (from ``extra=``, or
+    from this filter in the thread that made the record) are kept.
     """
 
     def filter(self, record: logging.LogRecord) -> Literal[True]:
-        """Add the fields; always keep the record."""
-        _apply(record)
+        """Add the fields; always keep the record. Runs once per record: kept lean."""
+        d = record.__dict__
+        if "request_id" in d:
+            if "user_identity" not in d:  # request_id came from ``extra=``
+                # oslo.log defaults the text fields to "" in this case.
+                for key in RECORD_FIELDS:
+                    d.setdefault(key, "")
+            return True
+        ctx = d.get("context")
+        if ctx is None or not isinstance(ctx, RequestContext):
+            ctx = _get_current()
+        if ctx is None:
+            d.update(_NO_CONTEXT)
+        else:
+            # oslo.log copies the context's None straight onto the record, so a
+            # line without a global id reads "[None req-...]"; keep that exactly.
+            d["global_request_id"] = ctx.global_request_id
+            d["request_id"] = ctx.request_id
+            d["user_identity"] = ctx.user_identity
+            d[CONTEXT_ATTR] = ctx
+        if "instance" not in d:
+            d["instance"] = ""
+        if "trace_id" not in d:
+            d["trace_id"] = d["span_id"] = ""
         return True
+
+
+_apply = ContextFilter().filter
 
 
 def _instance_text(value: Any) -> str:
@@ -269,9 +262,15 @@ class JSONFormatter(logging.Formatter):
             "hostname": self.hostname,
             "service": self.service,
         }
-        for key in _JSON_CONTEXT_KEYS:
-            value = d.get(key)
+        ctx = d.get(CONTEXT_ATTR)
+        out["global_request_id"] = d.get("global_request_id") or None
+        out["request_id"] = d.get("request_id") or None
+        for key in _IDENTITY_FIELDS:
+            # From the context the record was made under, else from ``extra=``.
+            value = getattr(ctx, key) if ctx is not None else d.get(key)
             out[key] = value if value else None
+        out["trace_id"] = d.get("trace_id") or None
+        out["span_id"] = d.get("span_id") or None
         return _json.dumps(out, ensure_ascii=False, default=str)
 
 
