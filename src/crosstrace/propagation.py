@@ -11,8 +11,8 @@ Inbound values are untrusted: an invalid request id is dropped, counted (see
 
 from __future__ import annotations
 
+import itertools
 import logging
-import threading
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -44,28 +44,35 @@ STAT_INVALID_HTTP = "invalid_http_request_id"
 STAT_INVALID_MESSAGE = "invalid_message_request_id"
 
 
-class _Counters:
-    """Exact counters without a lock.
+class _Counter:
+    """An exact counter without a lock, and bounded in size.
 
-    Each thread adds to its own slot (only that thread writes it, and single
-    dict operations are atomic), and :meth:`snapshot` sums a copy.
+    ``next()`` on an :func:`itertools.count` is a single C call, atomic under
+    the GIL; its ``repr`` (``count(N)``) is the only way to read it without
+    advancing it.
     """
 
-    __slots__ = ("_slots",)
+    __slots__ = ("_count", "add")
 
     def __init__(self) -> None:
-        self._slots: dict[tuple[int, str], int] = {}
+        self._count = itertools.count()
+        self.add = self._count.__next__
+
+    def value(self) -> int:
+        return int(repr(self._count)[6:-1])
+
+
+class _Counters:
+    __slots__ = ("_by_name",)
+
+    def __init__(self) -> None:
+        self._by_name = {STAT_INVALID_HTTP: _Counter(), STAT_INVALID_MESSAGE: _Counter()}
 
     def add(self, name: str) -> None:
-        key = (threading.get_ident(), name)
-        slots = self._slots
-        slots[key] = slots.get(key, 0) + 1
+        self._by_name[name].add()
 
     def snapshot(self) -> dict[str, int]:
-        out = {STAT_INVALID_HTTP: 0, STAT_INVALID_MESSAGE: 0}
-        for (_, name), value in self._slots.copy().items():
-            out[name] = out.get(name, 0) + value
-        return out
+        return {name: counter.value() for name, counter in self._by_name.items()}
 
 
 _counters = _Counters()
