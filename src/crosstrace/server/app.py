@@ -217,12 +217,11 @@ def _serve_http(
 
 
 def _describe_store(url: str) -> str:
-    """The store URL without a password."""
+    """The store URL without its password (file URLs are shown as given)."""
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.rsplit("@", 1)
-        user = (parts.username or "") + ":***"
-        parts = parts._replace(netloc=f"{user}@{netloc[-1]}")
-    return urlunsplit(parts)
+    if not parts.password:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
