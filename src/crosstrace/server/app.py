@@ -20,7 +20,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from crosstrace.server.api import create_api
@@ -56,7 +56,6 @@ class ServerApp:
     metrics: Metrics
     ingest: IngestApp
     api: Any  # FastAPI
-    extra_mounts: dict[str, Any] = field(default_factory=dict)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(INGEST_PREFIX):
