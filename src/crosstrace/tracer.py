@@ -68,6 +68,7 @@ import os
 import socket
 import traceback
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from random import getrandbits
 from time import monotonic_ns, perf_counter_ns, time_ns
@@ -266,7 +267,7 @@ class _Segment:
         self.failed = False
         self.closed = False
         self.kept = False
-        self.timed = tracer.controller is not None and timed(trace_id)
+        self.timed = tracer.controller is not None and (tracer._time_all or timed(trace_id))
         self.cost_ns = 0
         self.spans: list[Span] = []
         self.osprofiler: tuple[str, str] | None = None
@@ -439,7 +440,6 @@ class Span:
         parent_remote: bool = False,
         start_ns: int = 0,
     ) -> None:
-        t0 = perf_counter_ns() if segment.timed else 0
         self.name = name
         self.kind = kind
         self.attributes: dict[str, Any] = dict(attributes) if attributes else {}
@@ -459,8 +459,6 @@ class Span:
         if kind in _REQUEST_KINDS:
             _request_attributes(self.attributes)
         self.start_ns = start_ns or time_ns()
-        if t0:
-            segment.cost_ns += perf_counter_ns() - t0
 
     # -- identity -----------------------------------------------------------
     @property
@@ -538,10 +536,18 @@ class Span:
     # -- lifecycle ----------------------------------------------------------
     def end(self, end_ns: int = 0) -> None:
         """End the span (idempotent). Ending the local root settles the segment."""
+        seg = self.segment
+        if seg.timed:
+            t0 = perf_counter_ns()
+            self._end(end_ns)
+            seg.cost_ns += perf_counter_ns() - t0
+        else:
+            self._end(end_ns)
+
+    def _end(self, end_ns: int) -> None:
         if self.end_ns:
             return
         seg = self.segment
-        t0 = perf_counter_ns() if seg.timed else 0
         self.end_ns = end_ns or time_ns()
         if self.status_code == _ERROR:
             seg.failed = True
@@ -550,8 +556,6 @@ class Span:
                 seg.tracer._export_late(self)
             return
         seg.spans.append(self)
-        if t0:
-            seg.cost_ns += perf_counter_ns() - t0
         # The local root is the one span of a segment whose parent is remote
         # or absent; every other span has a local parent.
         if self.parent_id == 0 or self.parent_remote:
@@ -562,6 +566,8 @@ class Span:
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: Any) -> None:
+        seg = self.segment
+        t0 = perf_counter_ns() if seg.timed else 0
         try:
             if ev is not None and isinstance(ev, Exception):
                 self.record_exception(ev, {"exception.escaped": True})
@@ -570,7 +576,7 @@ class Span:
                     self.status_message = f"{type(ev).__name__}: {ev}"
                 except Exception:
                     self.status_message = type(ev).__name__
-            self.end()
+            self._end(0)
         except Exception:  # tracing must never break the service
             log.debug("span end failed", exc_info=True)
         token = self._token
@@ -580,6 +586,8 @@ class Span:
                 _current.reset(token)
             except ValueError:  # ended in another context (e.g. another task)
                 pass
+        if t0:
+            seg.cost_ns += perf_counter_ns() - t0
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate *fn*: each call runs in a new span with this name and kind."""
@@ -596,6 +604,15 @@ _get_current_span = _current.get
 
 #: The configured tracer, or ``None`` (everything is a no-op).
 _tracer: Tracer | None = None
+_tracers: weakref.WeakSet[Tracer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for t in list(_tracers):
+        t._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Tracer:
@@ -636,6 +653,10 @@ class Tracer:
         self.trigger_keys: tuple[str, ...] = ()
         self.osprofiler_keys: tuple[str, ...] = ()
         self.redactor = Redactor(redact_keys)
+        # Time every segment (calibration only) instead of 1 in TIMED_FACTOR.
+        self._time_all = False
+        # Measured cost x this = estimated full cost (see _calibrate).
+        self.cost_factor = 1.0
         # Counters (plain ints: single bytecode updates under the GIL).
         self.segments_kept = 0
         self.segments_dropped = 0
@@ -648,7 +669,7 @@ class Tracer:
             trigger_keys=trigger_keys,
             osprofiler_keys=osprofiler_keys,
         )
-        os.register_at_fork(after_in_child=self._after_fork)
+        _tracers.add(self)
 
     def update(
         self,
@@ -669,6 +690,8 @@ class Tracer:
             if overhead_budget > 0.0:
                 if self.controller is None:
                     self.controller = OverheadController(overhead_budget)
+                    if not self._time_all:
+                        self.cost_factor = self._calibrate()
                 else:
                     self.controller.budget = overhead_budget
             else:
@@ -682,6 +705,36 @@ class Tracer:
         if redact_keys is not None:
             self.redactor = Redactor(redact_keys)
         self._apply_knobs()
+
+    def _calibrate(self, rounds: int = 100) -> float:
+        """How much of the real per-span cost the timing points capture.
+
+        The timing points cover the tracer's own functions; call overhead, the
+        ``with`` protocol and allocation are outside them. Runs a few hundred
+        spans through a private tracer, compares the wall time of the loop with
+        what the timing points measured, and returns the ratio (1 to 4).
+        """
+        try:
+            cal = Tracer(str(self.resource["service.name"]), overhead_budget=0.0)
+            cal._time_all = True
+            ctl = cal.controller = OverheadController(1.0)
+            attrs = {"calibrate.a": 1, "calibrate.b": "x", "calibrate.c": True}
+            t0 = perf_counter_ns()
+            for _ in range(rounds):
+                root = cal.start_root("calibrate", _SERVER, attrs)
+                root.__enter__()
+                for _ in range(3):
+                    with span("calibrate.child", _INTERNAL, attrs):
+                        pass
+                root.__exit__(None, None, None)
+            external = perf_counter_ns() - t0
+            internal = ctl._record_ns / TIMED_FACTOR
+            if internal <= 0:
+                return 1.0
+            return min(4.0, max(1.0, external / internal))
+        except Exception:
+            log.debug("cost calibration failed", exc_info=True)
+            return 1.0
 
     def _apply_knobs(self) -> None:
         ctl = self.controller
@@ -717,6 +770,7 @@ class Tracer:
         start_ns: int = 0,
     ) -> Span | NonRecordingSpan:
         """Start a local root span: decide sampling, then record or not."""
+        t0 = perf_counter_ns() if self.controller is not None else 0
         parent = remote.parent if remote is not None else None
         forced = remote is not None and remote.forced
         if parent is not None:
@@ -734,9 +788,14 @@ class Tracer:
             flags |= FLAG_SAMPLED
         elif not recorded(trace_id, self.record_threshold):
             self.traces_unrecorded += 1
-            return NonRecordingSpan(
+            nr = NonRecordingSpan(
                 SpanContext(trace_id, getrandbits(64) or 1, flags, trace_state, False), remote
             )
+            ctl = self.controller
+            if t0 and ctl is not None and (self._time_all or timed(trace_id)):
+                cost = (perf_counter_ns() - t0) * TIMED_FACTOR * self.cost_factor
+                ctl.add_record_cost(int(cost))
+            return nr
         seg = _Segment(self, trace_id, flags, trace_state, sampled, forced)
         attrs = dict(attributes) if attributes else {}
         if kind not in _REQUEST_KINDS:
@@ -747,7 +806,10 @@ class Tracer:
                 attrs[ATTR_OSPROFILER_PARENT_ID] = remote.osprofiler_parent_id
             if remote.osprofiler_key is not None:
                 seg.osprofiler = (remote.osprofiler_base_id, remote.osprofiler_key)
-        return Span(name, kind, attrs, seg, parent_id, parent is not None, start_ns)
+        root = Span(name, kind, attrs, seg, parent_id, parent is not None, start_ns)
+        if seg.timed:
+            seg.cost_ns += perf_counter_ns() - t0
+        return root
 
     def _finish(self, seg: _Segment, root: Span) -> None:
         """The local root ended: keep (redact, queue) or drop the segment."""
@@ -775,7 +837,8 @@ class Tracer:
         ctl = self.controller
         if ctl is not None:
             if t0:
-                ctl.add_record_cost((seg.cost_ns + perf_counter_ns() - t0) * TIMED_FACTOR)
+                cost = (seg.cost_ns + perf_counter_ns() - t0) * TIMED_FACTOR * self.cost_factor
+                ctl.add_record_cost(int(cost))
             if monotonic_ns() >= ctl.next_tick_ns:
                 self._tick()
 
@@ -873,6 +936,11 @@ def span(
         return cur
     seg: _Segment = cur.segment  # type: ignore[union-attr]
     try:
+        if seg.timed:
+            t0 = perf_counter_ns()
+            child = Span(name, kind, attributes, seg, cur.span_id)
+            seg.cost_ns += perf_counter_ns() - t0
+            return child
         return Span(name, kind, attributes, seg, cur.span_id)
     except Exception:
         log.debug("span start failed", exc_info=True)
