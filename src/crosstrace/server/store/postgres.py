@@ -28,7 +28,8 @@ from typing import Any
 import psycopg
 
 from crosstrace.server.store.migrations import migrate
-from crosstrace.server.store.sqlcommon import SQLStore, _chunks, _marks
+from crosstrace.server.store.sqlcommon import SQLStore
+from crosstrace.server.store.sqlwrite import _chunks, _marks
 
 __all__ = ["PostgresStore"]
 

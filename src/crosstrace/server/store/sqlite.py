@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from crosstrace.server.store.migrations import migrate
-from crosstrace.server.store.sqlcommon import SQLStore, _chunks, _marks
+from crosstrace.server.store.sqlcommon import SQLStore
+from crosstrace.server.store.sqlwrite import _chunks, _marks
 from crosstrace.server.store.writer import Job
 
 __all__ = ["SQLiteStore"]
