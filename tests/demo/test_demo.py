@@ -173,21 +173,26 @@ def _run_demo(data_dir: Path, *args: str) -> Result:
 def demo_run_factory() -> Iterator[Any]:
     """Runs the demo, then restarts ``crosstrace serve`` over the store it left."""
     backends = []
+    runs: list[DemoRun] = []
 
     def make(data_dir: Path, *args: str) -> DemoRun:
         result = _run_demo(data_dir, *args)
         assert result.exit_code == 0, result.output
         backend = start_backend(data_dir, port=0)
         backends.append(backend)
-        return DemoRun(
+        run = DemoRun(
             data_dir,
             result,
             BackendClient(backend.url),
             json.loads((data_dir / "groundtruth.json").read_text()),
             json.loads((data_dir / "summary.json").read_text()),
         )
+        runs.append(run)
+        return run
 
     yield make
+    for run in runs:
+        run.client.close()
     for backend in backends:
         backend.stop()
 
@@ -201,15 +206,17 @@ def sqlite_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
     result = _run_demo(data_dir, "--requests", "40", "--seed", "4")
     assert result.exit_code == 0, result.output
     backend = start_backend(data_dir, port=0)
+    run = DemoRun(
+        data_dir,
+        result,
+        BackendClient(backend.url),
+        json.loads((data_dir / "groundtruth.json").read_text()),
+        json.loads((data_dir / "summary.json").read_text()),
+    )
     try:
-        yield DemoRun(
-            data_dir,
-            result,
-            BackendClient(backend.url),
-            json.loads((data_dir / "groundtruth.json").read_text()),
-            json.loads((data_dir / "summary.json").read_text()),
-        )
+        yield run
     finally:
+        run.client.close()
         backend.stop()
 
 

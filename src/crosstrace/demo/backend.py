@@ -132,12 +132,15 @@ def start_backend(
         )
     backend = Backend(process, found["url"], log_path)
     client = BackendClient(backend.url)
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BackendError(f"crosstrace serve exited; see {log_path}:\n{_tail(log_path)}")
-        if client.healthy():
-            return backend
-        time.sleep(0.1)
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise BackendError(f"crosstrace serve exited; see {log_path}:\n{_tail(log_path)}")
+            if client.healthy():
+                return backend
+            time.sleep(0.1)
+    finally:
+        client.close()
     backend.stop()
     raise BackendError(f"crosstrace serve did not become healthy in {timeout}s")
 
@@ -161,6 +164,10 @@ class BackendClient:
         response = self._session.get(self.url + path, params=params, timeout=self.timeout)
         response.raise_for_status()
         return response.json()
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self._session.close()
 
     def healthy(self) -> bool:
         try:

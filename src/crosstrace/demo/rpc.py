@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from crosstrace.tracer import StatusCode, current_span
+
 __all__ = [
     "MessagingTimeout",
     "RemoteError",
@@ -204,6 +206,11 @@ class RpcServer:
                 return
             reply = {"result": result}
         except Exception as exc:
+            # The failure goes back to the caller; the current (consumer) span
+            # records it too.
+            span = current_span()
+            span.record_exception(exc)
+            span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
             reply = {"failure": {"type": type(exc).__name__, "message": str(exc)}}
         if not reply_to:
             return

@@ -166,6 +166,8 @@ class Demo:
             self.cloud.stop()
         if self.tracing is not None:
             self.tracing.shutdown()
+        if self.client is not None:
+            self.client.close()
         if self.backend is not None:
             self.backend.stop()
 
