@@ -319,9 +319,9 @@ def test_paste_deploy_pipeline(tmp_path: Path) -> None:
             compat_headers = x-image-request-id
 
             [app:app]
-            paste.app_factory = test_wsgi:app_factory
+            paste.app_factory = APP_MODULE:app_factory
             """
-        )
+        ).replace("APP_MODULE", __name__)
     )
     main = loadapp(f"config:{ini}")
     assert isinstance(main, RequestIdMiddleware)
