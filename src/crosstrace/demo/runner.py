@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -262,13 +263,17 @@ class Demo:
             f"{_ms(statistics.median(latencies) if latencies else 0)}, max "
             f"{_ms(latencies[-1] if latencies else 0)}"
         )
-        table = Table(title="Boot requests by injected fault: client view and stored traces")
-        table.add_column("fault")
+        table = Table(
+            title="Boot requests by injected fault",
+            caption="client: statuses the client got; stored: traces with errors in crosstrace",
+            box=box.SIMPLE_HEAD,
+        )
+        table.add_column("fault", no_wrap=True)
         table.add_column("n", justify="right")
-        table.add_column("client got", justify="right")
+        table.add_column("client", justify="right")
         table.add_column("failed", justify="right")
-        table.add_column("error traces", justify="right")
-        table.add_column("true root cause")
+        table.add_column("stored", justify="right")
+        table.add_column("root cause")
         by_kind: dict[FaultKind, list[RequestCheck]] = {}
         for check in result.checks:
             by_kind.setdefault(check.outcome.fault, []).append(check)
@@ -276,7 +281,7 @@ class Demo:
         for kind, spec in CATALOGUE.items():
             checks = by_kind.get(kind, [])
             statuses = Counter(c.outcome.status for c in checks)
-            status_text = " ".join(
+            status_text = ",".join(
                 f"{count}x{status if status is not None else '-'}"
                 for status, count in statuses.most_common()
             )
@@ -359,17 +364,16 @@ class Demo:
         console.print(f"  slow traces       {url}/api/v1/traces?min_duration=1s")
         if example is not None:
             gid = example.global_request_id
-            console.print(f"  one failed boot   {url}/api/v1/requests/{gid}   ({example.fault})")
+            console.print(f"  one failed boot   ({example.fault}, traces and logs)")
+            console.print(f"                    {url}/api/v1/requests/{gid}")
             tids = self.ground_truth.trace_ids(gid)
             if tids:
                 console.print(f"  its trace         {url}/api/v1/traces/{tids[0]}")
-        console.print(f"  services, edges   {url}/api/v1/services   {url}/api/v1/dependencies")
+            console.print(f"  its logs          {url}/api/v1/logs?request_id={gid}")
+        console.print(f"  services          {url}/api/v1/services")
+        console.print(f"  call graph        {url}/api/v1/dependencies")
         console.print(f"  API reference     {url}/docs")
         console.print(f"  service logs      {self.data_dir / 'logs'}")
-        console.print(
-            f"  import the logs   crosstrace logs import --db "
-            f"sqlite:///{self.data_dir / 'crosstrace.sqlite3'} {self.data_dir / 'logs'}/*.log"
-        )
         console.print(f"  ground truth      {self.ground_truth_path}")
 
     def trickle(self) -> None:
@@ -402,10 +406,10 @@ def _safe_url(url: str) -> str:
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    if parts.password:
-        host = parts.netloc.rsplit("@", 1)[-1]
-        parts = parts._replace(netloc=f"{parts.username}:***@{host}")
-    return urlunsplit(parts)
+    if not parts.password:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def run(settings: DemoSettings, console: Console | None = None) -> int:
