@@ -526,3 +526,33 @@ def test_crosstrace_package_reexports_the_span_api() -> None:
     assert crosstrace.span is span
     assert crosstrace.current_span is current_span
     assert crosstrace.SpanKind is SpanKind
+
+
+# -- overhead budget ---------------------------------------------------------------------------
+
+
+def test_budget_feeds_measured_cost_to_the_controller(sink: Sink) -> None:
+    t = install(sink, overhead_budget=0.01)
+    assert t.controller is not None
+    assert 1.0 <= t.cost_factor <= 4.0
+    t._time_all = True  # time every trace instead of 1 in 16
+    t.controller.next_tick_ns = 1 << 62  # no window closes during the test
+    with span("root", attributes={"a": 1}), span("child"):
+        pass
+    assert t.controller._record_ns > 0
+
+
+def test_controller_decision_changes_which_traces_are_sampled(sink: Sink) -> None:
+    t = install(sink, overhead_budget=0.01)
+    assert t.controller is not None
+    t.controller.next_tick_ns = 1 << 62
+    # 1 % of 1 s allowed; 1 ms recording leaves 9 ms for 30 ms of export: ratio 0.3.
+    t.controller.adjust(record_ns=1_000_000, export_ns=30_000_000, proc_ns=1_000_000_000)
+    t._apply_knobs()
+    assert t.effective_ratio == pytest.approx(0.3)
+    low = 1  # low 56 bits far below 0.3 * 2**56: sampled
+    high = (1 << 56) - 1  # at the top: not sampled, dropped at ratio 0.3
+    for trace_id in (low, high):
+        remote = tr.RemoteContext(tr.SpanContext(trace_id, 7, 0, None, True))
+        start_span("req", SpanKind.SERVER, parent=remote).end()
+    assert [s.trace_id for s in sink.spans] == [low]
