@@ -97,6 +97,9 @@ def start_backend(
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        # Its own session: a terminal's Ctrl-C reaches the demo only, which then
+        # flushes its exporters into the backend before stopping it.
+        start_new_session=True,
     )
     found: dict[str, str] = {}
     ready = threading.Event()

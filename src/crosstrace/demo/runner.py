@@ -361,7 +361,8 @@ class Demo:
         console.print()
         console.print("[bold]Where to look[/]")
         console.print(f"  failed traces     {url}/api/v1/traces?error=true")
-        console.print(f"  slow traces       {url}/api/v1/traces?min_duration=1s")
+        threshold = self.settings.timings.slow_threshold
+        console.print(f"  slow traces       {url}/api/v1/traces?min_duration={threshold:g}s")
         if example is not None:
             gid = example.global_request_id
             console.print(f"  one failed boot   ({example.fault}, traces and logs)")
