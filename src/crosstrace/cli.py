@@ -214,7 +214,7 @@ def demo(
     """
     from crosstrace.demo.backend import BackendError
     from crosstrace.demo.cloud import Timings
-    from crosstrace.demo.runner import DemoSettings, run
+    from crosstrace.demo.runner import DemoError, DemoSettings, run
     from crosstrace.server.config import default_data_dir
 
     settings = DemoSettings(
@@ -232,4 +232,6 @@ def demo(
         status = run(settings)
     except BackendError as exc:
         raise click.ClickException(f"{exc}\n(try --port 0 if the port is taken)") from None
+    except DemoError as exc:
+        raise click.ClickException(str(exc)) from None
     raise SystemExit(status)

@@ -432,3 +432,31 @@ def test_demo_reports_a_taken_port(tmp_path: Path) -> None:
     assert "crosstrace serve did not start" in result.output
     assert "--port 0" in result.output
     assert "Traceback" not in result.output
+
+
+def test_demo_reports_an_unreachable_volume_database(tmp_path: Path) -> None:
+    """A volume DB that cannot be reached is a clear error naming it, not a traceback."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = CliRunner().invoke(
+        main,
+        [
+            "demo",
+            "--once",
+            "--requests",
+            "1",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path),
+            "--volume-db",
+            f"postgresql://127.0.0.1:{port}/nowhere",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "the cloud could not start" in result.output
+    assert f"postgresql://127.0.0.1:{port}/nowhere" in result.output
+    assert "Traceback" not in result.output

@@ -42,12 +42,16 @@ from crosstrace.demo.groundtruth import GroundTruth, RequestOutcome
 from crosstrace.demo.identity import IDENTITIES
 from crosstrace.demo.instrument import Tracing
 
-__all__ = ["DemoSettings", "RequestCheck", "Verification", "run"]
+__all__ = ["DemoError", "DemoSettings", "RequestCheck", "Verification", "run"]
 
 log = logging.getLogger(__name__)
 
 GROUND_TRUTH_FILE = "groundtruth.json"
 SUMMARY_FILE = "summary.json"
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run (a part failed to start): a message for the user."""
 
 
 @dataclass(slots=True)
@@ -136,7 +140,7 @@ class Demo:
             self.backend = start_backend(self.data_dir, s.port)
             self.client = BackendClient(self.backend.url)
             self.tracing = Tracing(self.backend.url, slow_threshold_s=s.timings.slow_threshold)
-            self.cloud = Cloud(
+            cloud = Cloud(
                 CloudConfig(
                     injector=self.injector,
                     ground_truth=self.ground_truth,
@@ -147,7 +151,15 @@ class Demo:
                 ),
                 kit_factory=self.tracing.kit,
             )
-            self.cloud.start()
+            try:
+                cloud.start()
+            except Exception as exc:
+                raise DemoError(
+                    f"the cloud could not start: {type(exc).__name__}: {exc}\n"
+                    f"(RPC broker {_safe_url(s.broker_url)}, volume DB "
+                    f"{_safe_url(s.volume_db_url or 'SQLite in the data dir')})"
+                ) from exc
+            self.cloud = cloud
         self.driver = Driver(
             self.cloud.compute_url,
             self.injector,
