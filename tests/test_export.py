@@ -20,7 +20,7 @@ import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from crosstrace import export
+from crosstrace import export, propagation
 from crosstrace import tracer as tr
 from crosstrace.context import RequestContext, use_context
 from crosstrace.export import (
@@ -194,7 +194,7 @@ def test_spans_arrive_at_a_real_receiver_field_by_field(
     _, exporter = traced
     ctx = RequestContext(project_id="proj-1", user_id="user-1")
     with use_context(ctx):
-        server = tr.start_server_span(
+        server = propagation.start_server_span(
             "GET /v2/servers",
             {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
             attributes={"http.request.method": "GET"},

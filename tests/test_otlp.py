@@ -13,7 +13,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from crosstrace import otlp
 from crosstrace import tracer as tr
 from crosstrace.export import LogData
-from crosstrace.tracer import Span, SpanKind, StatusCode, Tracer, span, start_server_span
+from crosstrace.propagation import start_server_span
+from crosstrace.tracer import Span, SpanKind, StatusCode, Tracer, span
 
 
 class Sink:

@@ -14,6 +14,7 @@ import pytest
 import crosstrace
 from crosstrace import tracer as tr
 from crosstrace.context import RequestContext, use_context, wrap
+from crosstrace.propagation import extract_context, inject_context, start_server_span
 from crosstrace.tracecontext import format_traceparent, parse_traceparent
 from crosstrace.tracer import (
     INVALID_SPAN,
@@ -25,10 +26,7 @@ from crosstrace.tracer import (
     activate,
     current_span,
     deactivate,
-    extract_context,
-    inject_context,
     span,
-    start_server_span,
     start_span,
 )
 from crosstrace.trust import make_osprofiler_headers, make_trigger

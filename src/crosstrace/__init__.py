@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from crosstrace.config import configure
 from crosstrace.context import RequestContext, get_current
-from crosstrace.tracer import SpanKind, StatusCode, current_span, span
+from crosstrace.tracer import SpanKind, StatusCode, Tracer, current_span, get_tracer, span
 
 __all__ = [
     "RequestContext",
     "SpanKind",
     "StatusCode",
+    "Tracer",
     "configure",
     "current_span",
     "get_current",
+    "get_tracer",
     "span",
 ]
 

@@ -380,6 +380,8 @@ class _State:
         self.explicit: dict[str, Any] = {}
         self.settings: Settings | None = None
         self.tracer: Tracer | None = None
+        # The tracer shutdown() retired: its service tracers join the next one.
+        self.retired: Tracer | None = None
         self.exporter: BatchExporter | None = None
         self.file_mtime: float | None = None
         self.watcher: threading.Thread | None = None
@@ -486,6 +488,10 @@ def _apply(s: Settings) -> Tracer:
             new.sink = exporter
         previous = _state.exporter
         _state.exporter = exporter
+        before = tracer if tracer is not None else _state.retired
+        if before is not None:
+            before._hand_over(new)  # get_tracer(name) objects follow the new settings
+            _state.retired = None
         _state.tracer = tracer = new
         export.set_active(exporter)
         _tracer_mod._set_tracer(new)
@@ -525,6 +531,8 @@ def shutdown(timeout_s: float = 5.0) -> None:
         _tracer_mod._set_tracer(None)
         exporter, _state.exporter = _state.exporter, None
         export.set_active(None)
+        if _state.tracer is not None:
+            _state.retired = _state.tracer
         _state.tracer = None
         _state.settings = None
         _state.explicit = {}

@@ -29,6 +29,7 @@ from typing import Any
 import crosstrace
 import crosstrace.logging as ctlog
 from crosstrace import asgi as ct_asgi
+from crosstrace import propagation as ct_propagation
 from crosstrace import tracer as ct_tracer
 from crosstrace import wsgi as ct_wsgi
 from crosstrace.export import BatchExporter, LogData, OtlpHttpTransport
@@ -193,7 +194,7 @@ class ServiceKit:
         if tracer is None:
             return ct_tracer.INVALID_SPAN
         try:
-            remote = ct_tracer.extract_context(getter)
+            remote = ct_propagation.extract_context(getter)
             return tracer.start_root(name, kind, attrs, remote)
         except Exception:
             log.debug("server span start failed", exc_info=True)
@@ -324,7 +325,7 @@ class ServiceKit:
     def rpc_publish(self, producer: Any, body: Any, **kwargs: Any) -> None:
         """Publish an RPC message carrying the current request context and trace."""
         headers = dict(kwargs.pop("headers", None) or {})
-        ct_tracer.inject_context(headers)
+        ct_propagation.inject_context(headers)
         ct_kombu.publish(producer, body, headers=headers, **kwargs)
 
     # -- clients ------------------------------------------------------------
@@ -399,7 +400,7 @@ class _TracedSession(ct_requests.Session):
         with crosstrace.span(
             f"{request.method} {_route(parts.path)}", kind=SpanKind.CLIENT, attributes=attrs
         ) as span:
-            ct_tracer.inject_context(request.headers)
+            ct_propagation.inject_context(request.headers)
             response = super().send(request, **kwargs)
             _finish_http(span, response.status_code, client=True)
             return response
@@ -424,7 +425,7 @@ def _traced_httpx_client(timeout: float) -> Any:
                 f"{request.method} {_route(url.path)}", kind=SpanKind.CLIENT, attributes=attrs
             ) as span:
                 carrier: dict[str, str] = {}
-                ct_tracer.inject_context(carrier)
+                ct_propagation.inject_context(carrier)
                 request.headers.update(carrier)
                 response = super().send(request, **kwargs)
                 _finish_http(span, response.status_code, client=True)
