@@ -8,6 +8,16 @@ current while the application runs (streamed bodies included), and returns the
 local id in ``x-openstack-request-id`` and each compat header unless the
 application set it. ``lifespan`` and ``websocket`` scopes pass through untouched.
 
+With tracing configured (or a ``tracer=`` given) it also opens the request's
+SERVER span, as :mod:`crosstrace.wsgi` does: the caller's trace continues from
+``traceparent``/``tracestate`` (signed trigger and OSProfiler headers
+honoured), the name is ``"METHOD /route/{template}"`` when Starlette (or
+FastAPI) matched a route, else ``"METHOD /normalised/{id}/path"``; attributes
+``http.request.method``, ``url.path``, ``http.route`` (when known),
+``http.response.status_code`` and the ``openstack.*`` ids; a 5xx or an escaping
+exception sets error status. The span is current while the application runs,
+streamed bodies included.
+
 Starlette / FastAPI::
 
     app.add_middleware(RequestIdMiddleware, compat_headers=("x-compute-request-id",))
@@ -18,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from crosstrace import tracer as _tracer_mod
 from crosstrace.context import (
     ENV_GLOBAL_REQUEST_ID,
     ENV_REQUEST_ID,
@@ -25,8 +36,31 @@ from crosstrace.context import (
     reset_current,
     set_current,
 )
+from crosstrace.httpnames import (
+    ATTR_METHOD,
+    ATTR_METHOD_ORIGINAL,
+    ATTR_ROUTE,
+    ATTR_STATUS_CODE,
+    ATTR_URL_PATH,
+    ENV_ROUTE,
+    PathNormalizer,
+    known_method,
+    normalize_path,
+)
 from crosstrace.ids import MAX_REQUEST_ID_LENGTH
-from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, record_invalid
+from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, extract_context, record_invalid
+from crosstrace.spans import (
+    _SERVER,
+    INVALID_SPAN,
+    NonRecordingSpan,
+    Span,
+    StatusCode,
+    _current,
+    record_failure,
+)
+from crosstrace.tracecontext import TRACEPARENT_HEADER, TRACESTATE_HEADER
+from crosstrace.tracer import Tracer, _maybe_tick
+from crosstrace.trust import OSPROFILER_HMAC_HEADER, OSPROFILER_INFO_HEADER, TRIGGER_HEADER
 from crosstrace.wsgi import parse_header_list
 
 __all__ = ["ASGIApp", "RequestIdMiddleware"]
@@ -54,20 +88,60 @@ _IDENTITY_HEADERS = {
 }
 
 
+# Trace headers read from the scope (lowercase bytes, as ASGI gives them).
+_TRACE_HEADERS = frozenset(
+    h.lower().encode("ascii")
+    for h in (
+        TRACEPARENT_HEADER,
+        TRACESTATE_HEADER,
+        TRIGGER_HEADER,
+        OSPROFILER_INFO_HEADER,
+        OSPROFILER_HMAC_HEADER,
+    )
+)
+# Longest trace header value looked at (traceparent is 55, tracestate <= 512 x 32).
+_MAX_TRACE_HEADER = 8192
+
+
+def _route_template(scope: Scope) -> str | None:
+    """The path template of the route Starlette/FastAPI matched, if any."""
+    route = scope.get(ENV_ROUTE)
+    if isinstance(route, str):
+        return route
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str) and path:
+        root = scope.get("app_root_path") or ""
+        return f"{root}{path}" if isinstance(root, str) else path
+    return None
+
+
 class RequestIdMiddleware:
-    """Give each ASGI http request a local id and adopt a valid inbound global id.
+    """Give each ASGI http request a local id and adopt a valid inbound global id;
+    open the request's SERVER span when tracing is on.
 
     :param app: the ASGI application to wrap.
     :param compat_headers: extra response headers that carry the local id too,
         as names or a space/comma separated string.
+    :param tracer: the tracer of this service (default: the configured one,
+        looked up per request; with neither, no span).
+    :param path_normalizer: turns the path into the span name's path part when
+        no route template is known (default: ids become ``{id}``).
     """
 
-    __slots__ = ("_resp_headers", "app", "compat_headers")
+    __slots__ = ("_resp_headers", "app", "compat_headers", "path_normalizer", "tracer")
 
-    def __init__(self, app: ASGIApp, compat_headers: str | Iterable[str] | None = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        compat_headers: str | Iterable[str] | None = (),
+        tracer: Tracer | None = None,
+        path_normalizer: PathNormalizer | None = None,
+    ) -> None:
         if not callable(app):
             raise ValueError("app must be an ASGI application (a callable)")
         self.app = app
+        self.tracer = tracer
+        self.path_normalizer: PathNormalizer = path_normalizer or normalize_path
         self.compat_headers = tuple(
             h for h in parse_header_list(compat_headers) if h != HEADER_REQUEST_ID_LOWER
         )
@@ -82,6 +156,8 @@ class RequestIdMiddleware:
             return
         environ: dict[str, Any] = {}
         raw: bytes | None = None
+        tracer = self.tracer or _tracer_mod._tracer
+        trace_headers: dict[str, str] | None = {} if tracer is not None else None
         for raw_name, value in scope.get("headers") or ():
             name = bytes(raw_name).lower()
             if name == _INBOUND:
@@ -90,6 +166,15 @@ class RequestIdMiddleware:
                 key = _IDENTITY_HEADERS.get(name)
                 if key is not None and len(value) <= 255:
                     environ[key] = bytes(value).decode("latin-1")
+                elif (
+                    trace_headers is not None
+                    and name in _TRACE_HEADERS
+                    and len(value) <= _MAX_TRACE_HEADER
+                ):
+                    text = bytes(value).decode("latin-1")
+                    k = name.decode("ascii")
+                    # Repeated tracestate headers are one list (RFC 9110 field lines).
+                    trace_headers[k] = f"{trace_headers[k]},{text}" if k in trace_headers else text
         # Reuse ids an earlier middleware of this kind left in the scope.
         for key in (ENV_REQUEST_ID, ENV_GLOBAL_REQUEST_ID):
             if key in scope:
@@ -124,7 +209,52 @@ class RequestIdMiddleware:
             await send(message)
 
         token = set_current(context)
+        if tracer is None or trace_headers is None:
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                reset_current(token)
+            return
         try:
-            await self.app(scope, receive, send_with_id)
+            span = self._start_span(scope, tracer, trace_headers)
+        except Exception:  # tracing must never break the request
+            span = INVALID_SPAN
+
+        async def send_traced(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                code = message.get("status")
+                if type(code) is int:
+                    span.set_attribute(ATTR_STATUS_CODE, code)
+                    if code >= 500:
+                        span.set_status(StatusCode.ERROR, f"HTTP {code}")
+            await send_with_id(message)
+
+        span_token = _current.set(span)
+        try:
+            await self.app(scope, receive, send_traced)
+        except Exception as exc:
+            record_failure(span, exc)
+            raise
         finally:
+            _current.reset(span_token)
             reset_current(token)
+            if span._recording:
+                route = _route_template(scope)
+                if route is not None:
+                    span.update_name(f"{span.attributes[ATTR_METHOD]} {route}")  # type: ignore[union-attr]
+                    span.set_attribute(ATTR_ROUTE, route)
+                span.end()
+            else:
+                _maybe_tick(tracer)
+
+    def _start_span(
+        self, scope: Scope, tracer: Tracer, trace_headers: dict[str, str]
+    ) -> Span | NonRecordingSpan:
+        raw_method = scope.get("method") or "GET"
+        method = known_method(raw_method)
+        path = scope.get("path") or "/"
+        attrs: dict[str, Any] = {ATTR_METHOD: method, ATTR_URL_PATH: path}
+        if method != raw_method:
+            attrs[ATTR_METHOD_ORIGINAL] = str(raw_method)[:32]
+        remote = extract_context(lambda name: trace_headers.get(name.lower()), tracer)
+        return tracer.start_root(f"{method} {self.path_normalizer(path)}", _SERVER, attrs, remote)

@@ -51,6 +51,7 @@ __all__ = [
     "activate",
     "current_span",
     "deactivate",
+    "record_failure",
     "use_span",
 ]
 
@@ -542,3 +543,18 @@ def use_span(
             pass
         if end_on_exit:
             s.end()
+
+
+def record_failure(s: Span | NonRecordingSpan, exc: BaseException) -> None:
+    """Record *exc* escaping *s* (an ``exception`` event) and set error status."""
+    if not s._recording:
+        return
+    try:
+        s.record_exception(exc, {"exception.escaped": True})
+        try:
+            message = f"{type(exc).__name__}: {exc}"
+        except Exception:
+            message = type(exc).__name__
+        s.set_status(StatusCode.ERROR, message)
+    except Exception:  # tracing must never break the service
+        log.debug("recording an exception failed", exc_info=True)

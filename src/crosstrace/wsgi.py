@@ -12,6 +12,17 @@ For every request it:
 * returns the local id in ``x-openstack-request-id`` and each compat header,
   unless the application set that header itself.
 
+When tracing is configured (or a ``tracer=`` is given) the same middleware also
+opens the request's SERVER span: it continues the caller's trace from
+``traceparent``/``tracestate`` (a signed trigger or OSProfiler's signed headers
+force recording), is named ``"METHOD /normalised/{id}/path"`` (or the route
+template the application puts in ``environ["crosstrace.route"]``), carries
+``http.request.method``, ``url.path``, ``http.response.status_code`` and the
+request context's ``openstack.*`` ids, and is the current span while the
+application runs and while a streamed body is produced. A 5xx response sets
+error status, an exception escaping the application is recorded. Unconfigured,
+only the request-id work is done.
+
 PasteDeploy::
 
     [filter:request_id]
@@ -26,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Protocol
 
+from crosstrace import tracer as _tracer_mod
 from crosstrace.context import (
     ENV_GLOBAL_REQUEST_ID,
     ENV_REQUEST_ID,
@@ -33,12 +45,35 @@ from crosstrace.context import (
     reset_current,
     set_current,
 )
-from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, record_invalid
+from crosstrace.httpnames import (
+    ATTR_METHOD,
+    ATTR_METHOD_ORIGINAL,
+    ATTR_ROUTE,
+    ATTR_STATUS_CODE,
+    ATTR_URL_PATH,
+    ENV_ROUTE,
+    PathNormalizer,
+    known_method,
+    normalize_path,
+    status_code,
+)
+from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, extract_context, record_invalid
+from crosstrace.spans import (
+    _SERVER,
+    INVALID_SPAN,
+    NonRecordingSpan,
+    Span,
+    StatusCode,
+    _current,
+    record_failure,
+)
+from crosstrace.tracer import Tracer, _maybe_tick
 
 __all__ = [
     "ENV_GLOBAL_REQUEST_ID",
     "ENV_REQUEST_ID",
     "ENV_REQUEST_ID_HEADER",
+    "ENV_ROUTE",
     "HTTP_RESP_HEADER_REQUEST_ID",
     "RequestIdMiddleware",
     "filter_factory",
@@ -130,22 +165,105 @@ class _ContextBody:
                 reset_current(token)
 
 
+class _TracedBody(_ContextBody):
+    """A streamed body produced under the request context *and* the server
+    span, which ends when the server closes the body."""
+
+    __slots__ = ("_span", "_tracer")
+
+    def __init__(
+        self,
+        body: Iterable[bytes],
+        context: RequestContext,
+        span: Span | NonRecordingSpan,
+        tracer: Tracer,
+    ) -> None:
+        self._span = span
+        self._tracer = tracer
+        span_token = _current.set(span)
+        try:
+            super().__init__(body, context)
+        except Exception as exc:
+            record_failure(span, exc)
+            _end(span, tracer)
+            raise
+        finally:
+            _current.reset(span_token)
+
+    def __next__(self) -> bytes:
+        span_token = _current.set(self._span)
+        try:
+            return super().__next__()
+        except StopIteration:
+            raise
+        except Exception as exc:
+            record_failure(self._span, exc)
+            raise
+        finally:
+            _current.reset(span_token)
+
+    def close(self) -> None:
+        span_token = _current.set(self._span)
+        try:
+            super().close()
+        except Exception as exc:
+            record_failure(self._span, exc)
+            raise
+        finally:
+            _current.reset(span_token)
+            _end(self._span, self._tracer)
+
+
+def _end(span: Span | NonRecordingSpan, tracer: Tracer) -> None:
+    if span._recording:
+        span.end()
+    else:
+        _maybe_tick(tracer)
+
+
+# The trace headers as WSGI environ keys (the rest are derived on demand).
+_ENV_HEADERS = {
+    "traceparent": "HTTP_TRACEPARENT",
+    "tracestate": "HTTP_TRACESTATE",
+}
+
+
+def _environ_getter(environ: Mapping[str, Any]) -> Callable[[str], str | None]:
+    def get(name: str) -> str | None:
+        key = _ENV_HEADERS.get(name) or "HTTP_" + name.upper().replace("-", "_")
+        value = environ.get(key)
+        return value if isinstance(value, str) else None
+
+    return get
+
+
 class RequestIdMiddleware:
-    """Give each request a local id and adopt a valid inbound global id.
+    """Give each request a local id and adopt a valid inbound global id; open
+    the request's SERVER span when tracing is on.
 
     :param app: the WSGI application to wrap.
     :param compat_headers: extra response headers that carry the local id too
         (e.g. ``x-compute-request-id``), as names or a space/comma separated string.
+    :param tracer: the tracer of this service (e.g. ``crosstrace.get_tracer("nova-api")``);
+        default: the configured one, looked up per request. With neither, no span.
+    :param path_normalizer: turns ``PATH_INFO`` into the span name's path part
+        (default :func:`crosstrace.httpnames.normalize_path`: ids become ``{id}``).
     """
 
-    __slots__ = ("_resp_headers", "app", "compat_headers")
+    __slots__ = ("_resp_headers", "app", "compat_headers", "path_normalizer", "tracer")
 
     def __init__(
-        self, app: WSGIApplication, compat_headers: str | Iterable[str] | None = ()
+        self,
+        app: WSGIApplication,
+        compat_headers: str | Iterable[str] | None = (),
+        tracer: Tracer | None = None,
+        path_normalizer: PathNormalizer | None = None,
     ) -> None:
         if not callable(app):
             raise ValueError("app must be a WSGI application (a callable)")
         self.app = app
+        self.tracer = tracer
+        self.path_normalizer: PathNormalizer = path_normalizer or normalize_path
         self.compat_headers = tuple(
             h for h in parse_header_list(compat_headers) if h != HTTP_RESP_HEADER_REQUEST_ID
         )
@@ -190,17 +308,65 @@ class RequestIdMiddleware:
                 return start_response(status, headers)
             return start_response(status, headers, exc_info)
 
+        tracer = self.tracer or _tracer_mod._tracer
         token = set_current(context)
+        if tracer is None:
+            try:
+                body = self.app(environ, _start_response)
+            finally:
+                reset_current(token)
+            if type(body) is list or type(body) is tuple:
+                return body
+            file_wrapper = environ.get("wsgi.file_wrapper")
+            if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
+                return body
+            return _ContextBody(body, context)
         try:
-            body = self.app(environ, _start_response)
-        finally:
+            span = self._start_span(environ, tracer)
+        except Exception:  # tracing must never break the request
+            span = INVALID_SPAN
+        span_token = _current.set(span)
+
+        def _traced_start_response(
+            status: str,
+            headers: list[tuple[str, str]],
+            exc_info: _ExcInfo | None = None,
+        ) -> Callable[[bytes], object]:
+            code = status_code(status)
+            span.set_attribute(ATTR_STATUS_CODE, code)
+            if code >= 500:
+                span.set_status(StatusCode.ERROR, f"HTTP {code}")
+            return _start_response(status, headers, exc_info)
+
+        try:
+            body = self.app(environ, _traced_start_response)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                record_failure(span, exc)
+            _current.reset(span_token)
             reset_current(token)
+            _end(span, tracer)
+            raise
+        _current.reset(span_token)
+        reset_current(token)
+        route = environ.get(ENV_ROUTE)
+        if route is not None and span._recording and isinstance(route, str):
+            span.update_name(f"{span.attributes[ATTR_METHOD]} {route}")  # type: ignore[union-attr]
+            span.set_attribute(ATTR_ROUTE, route)
         if type(body) is list or type(body) is tuple:
+            _end(span, tracer)
             return body
-        file_wrapper = environ.get("wsgi.file_wrapper")
-        if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
-            return body
-        return _ContextBody(body, context)
+        return _TracedBody(body, context, span, tracer)
+
+    def _start_span(self, environ: dict[str, Any], tracer: Tracer) -> Span | NonRecordingSpan:
+        raw_method = environ.get("REQUEST_METHOD") or "GET"
+        method = known_method(raw_method)
+        path = environ.get("PATH_INFO") or "/"
+        attrs: dict[str, Any] = {ATTR_METHOD: method, ATTR_URL_PATH: path}
+        if method != raw_method:
+            attrs[ATTR_METHOD_ORIGINAL] = str(raw_method)[:32]
+        remote = extract_context(_environ_getter(environ), tracer)
+        return tracer.start_root(f"{method} {self.path_normalizer(path)}", _SERVER, attrs, remote)
 
 
 def filter_factory(
@@ -208,14 +374,20 @@ def filter_factory(
 ) -> Callable[[WSGIApplication], RequestIdMiddleware]:
     """PasteDeploy ``paste.filter_factory``.
 
-    ``compat_headers`` (space or comma separated) is read from the filter
-    section, falling back to ``[DEFAULT]``.
+    ``compat_headers`` (space or comma separated) and ``service_name`` (the
+    ``service.name`` of this pipeline's spans, when several services share a
+    process) are read from the filter section, falling back to ``[DEFAULT]``.
     """
     conf = dict(global_conf)
     conf.update(local_conf)
     compat = parse_header_list(conf.get("compat_headers"))
 
+    service = conf.get("service_name")
+
     def _filter(app: WSGIApplication) -> RequestIdMiddleware:
-        return RequestIdMiddleware(app, compat_headers=compat)
+        # A named service gets its own tracer (resolved when the pipeline is
+        # built, so configure() must run first); else the configured default.
+        tracer = _tracer_mod.get_tracer(str(service)) if service else None
+        return RequestIdMiddleware(app, compat_headers=compat, tracer=tracer)
 
     return _filter
