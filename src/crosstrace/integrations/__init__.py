@@ -1,20 +1,114 @@
-"""Client integrations that carry the request context to other services.
+"""Client integrations that carry the request context and the trace to other services.
 
 Each module imports its third-party library and is imported only by users of
-that library: ``crosstrace.integrations.requests``, ``.httpx`` (HTTP), and
-``.kombu`` (RPC over AMQP). The shared helpers here use the standard library only.
+that library: ``crosstrace.integrations.requests``, ``.httpx`` (HTTP),
+``.kombu`` (RPC over AMQP) and ``.sqlalchemy`` (DB spans). The shared helpers
+here use the standard library only.
+
+Every client span (HTTP CLIENT, kombu PRODUCER, SQL CLIENT) follows one rule: it
+is a child of the current span, in that span's tracer; with no current span it
+starts a local root with the integration's ``tracer=`` (default: the configured
+tracer), and with neither it is not opened at all (only the request id travels).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from crosstrace import tracer as _tracer_mod
+from crosstrace.httpnames import (
+    ATTR_METHOD,
+    ATTR_METHOD_ORIGINAL,
+    ATTR_SERVER_ADDRESS,
+    ATTR_SERVER_PORT,
+    ATTR_STATUS_CODE,
+    ATTR_URL_FULL,
+    known_method,
+    normalize_path,
+)
 from crosstrace.ids import is_valid_request_id
+from crosstrace.spans import (
+    INVALID_SPAN,
+    NonRecordingSpan,
+    Span,
+    SpanKind,
+    StatusCode,
+    _get_current_span,
+)
+from crosstrace.tracer import Tracer, start_span
 
-__all__ = ["COMPAT_RESPONSE_HEADERS", "log_response_request_id", "safe_url"]
+__all__ = [
+    "COMPAT_RESPONSE_HEADERS",
+    "finish_http_client_span",
+    "log_response_request_id",
+    "safe_url",
+    "start_client_span",
+    "start_http_client_span",
+    "tracing_active",
+]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def tracing_active(tracer: Tracer | None) -> bool:
+    """Whether a client span would be opened now (a current span, or a tracer)."""
+    return _get_current_span() is not None or tracer is not None or _tracer_mod._tracer is not None
+
+
+def start_client_span(
+    name: str, kind: int, attributes: Mapping[str, Any], tracer: Tracer | None
+) -> Span | NonRecordingSpan:
+    """A client-side span by the rule above (never raises)."""
+    try:
+        return start_span(name, kind, attributes, tracer=tracer)
+    except Exception:
+        return INVALID_SPAN
+
+
+def _url_without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(
+        (parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, parts.fragment)
+    )
+
+
+def start_http_client_span(method: str, url: str, tracer: Tracer | None) -> Span | NonRecordingSpan:
+    """Open the CLIENT span of an outbound HTTP call.
+
+    Named ``"METHOD /normalised/{id}/path"``; attributes ``http.request.method``,
+    ``url.full`` (without user info; secret query values are masked when the
+    segment is kept), ``server.address`` and ``server.port``.
+    """
+    try:
+        parts = urlsplit(url)
+        name_method = known_method(method)
+        attrs: dict[str, Any] = {
+            ATTR_METHOD: name_method,
+            ATTR_URL_FULL: _url_without_userinfo(url),
+            ATTR_SERVER_ADDRESS: parts.hostname or "",
+        }
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+        if port:
+            attrs[ATTR_SERVER_PORT] = port
+        if name_method != method:
+            attrs[ATTR_METHOD_ORIGINAL] = method[:32]
+        name = f"{name_method} {normalize_path(parts.path)}"
+    except ValueError:
+        name, attrs = known_method(method), {ATTR_METHOD: known_method(method)}
+    return start_client_span(name, SpanKind.CLIENT, attrs, tracer)
+
+
+def finish_http_client_span(span: Span | NonRecordingSpan, status: int) -> None:
+    """Record the response status; a 5xx sets error status."""
+    span.set_attribute(ATTR_STATUS_CODE, status)
+    if status >= 500:
+        span.set_status(StatusCode.ERROR, f"HTTP {status}")
+
 
 #: Response headers that may carry the callee's local id, in keystoneauth's order.
 COMPAT_RESPONSE_HEADERS = ("x-openstack-request-id", "x-compute-request-id")

@@ -1,16 +1,19 @@
-"""``httpx`` integration, sync and async: send the global request id on every call.
+"""``httpx`` integration, sync and async: send the global request id and the trace.
 
 ::
 
     from crosstrace.integrations.httpx import AsyncClient, Client
 
-    with Client() as client:
+    with Client() as client:                 # or Client(tracer=get_tracer("nova"))
         client.get("http://volume-api:8776/v3/volumes")
 
 While a request context is current, each request sent by the client carries
 ``X-OpenStack-Request-ID: <context.global_id>`` (a value set explicitly is kept),
-and the callee's local id is logged at debug level. Streaming (``client.stream``)
-goes through the same path.
+and the callee's local id is logged at debug level. With tracing on, each
+request is a CLIENT span (see :mod:`crosstrace.integrations` for which tracer)
+whose ``traceparent``/``tracestate`` go out with it; a 5xx or an exception sets
+error status. Streaming (``client.stream``) goes through the same path; the
+span ends when the response headers arrive.
 """
 
 from __future__ import annotations
@@ -21,8 +24,15 @@ from typing import Any
 import httpx
 
 from crosstrace.context import get_current
-from crosstrace.integrations import log_response_request_id
-from crosstrace.propagation import HEADER_REQUEST_ID
+from crosstrace.integrations import (
+    finish_http_client_span,
+    log_response_request_id,
+    start_http_client_span,
+    tracing_active,
+)
+from crosstrace.propagation import HEADER_REQUEST_ID, inject_headers
+from crosstrace.spans import _current, record_failure
+from crosstrace.tracer import Tracer
 
 __all__ = ["AsyncClient", "Client", "add_request_id"]
 
@@ -41,22 +51,72 @@ def _log_response(request: httpx.Request, response: httpx.Response) -> None:
 
 
 class Client(httpx.Client):
-    """An :class:`httpx.Client` that propagates the request id."""
+    """An :class:`httpx.Client` that propagates the request id and the trace.
+
+    :param tracer: the tracer for calls made outside any span (default: the
+        configured one). Other arguments are :class:`httpx.Client`'s.
+    """
+
+    def __init__(self, *args: Any, tracer: Tracer | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tracer = tracer
 
     def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
-        """Add the header, send, and log the callee's request id at debug."""
-        add_request_id(request)
-        response = super().send(request, **kwargs)
+        """Add the headers, send in a CLIENT span, log the callee's request id at debug."""
+        if not tracing_active(self.tracer):
+            add_request_id(request)
+            response = super().send(request, **kwargs)
+            _log_response(request, response)
+            return response
+        span = start_http_client_span(request.method, str(request.url), self.tracer)
+        token = _current.set(span)
+        try:
+            inject_headers(request.headers)
+            response = super().send(request, **kwargs)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                record_failure(span, exc)
+            span.end()
+            raise
+        finally:
+            _current.reset(token)
+        finish_http_client_span(span, response.status_code)
+        span.end()
         _log_response(request, response)
         return response
 
 
 class AsyncClient(httpx.AsyncClient):
-    """An :class:`httpx.AsyncClient` that propagates the request id."""
+    """An :class:`httpx.AsyncClient` that propagates the request id and the trace.
+
+    :param tracer: the tracer for calls made outside any span (default: the
+        configured one). Other arguments are :class:`httpx.AsyncClient`'s.
+    """
+
+    def __init__(self, *args: Any, tracer: Tracer | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tracer = tracer
 
     async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
-        """Add the header, send, and log the callee's request id at debug."""
-        add_request_id(request)
-        response = await super().send(request, **kwargs)
+        """Add the headers, send in a CLIENT span, log the callee's request id at debug."""
+        if not tracing_active(self.tracer):
+            add_request_id(request)
+            response = await super().send(request, **kwargs)
+            _log_response(request, response)
+            return response
+        span = start_http_client_span(request.method, str(request.url), self.tracer)
+        token = _current.set(span)
+        try:
+            inject_headers(request.headers)
+            response = await super().send(request, **kwargs)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                record_failure(span, exc)
+            span.end()
+            raise
+        finally:
+            _current.reset(token)
+        finish_http_client_span(span, response.status_code)
+        span.end()
         _log_response(request, response)
         return response

@@ -1,15 +1,19 @@
-"""``requests`` integration: send the global request id on every call.
+"""``requests`` integration: send the global request id and the trace on every call.
 
 ::
 
     from crosstrace.integrations.requests import Session
 
-    session = Session()
-    session.get("http://image-api:9292/v2/images")  # carries X-OpenStack-Request-ID
+    session = Session()                                  # or Session(tracer=get_tracer("nova"))
+    session.get("http://image-api:9292/v2/images")       # carries X-OpenStack-Request-ID
 
 While a request context is current, each request made through the session
 carries ``X-OpenStack-Request-ID: <context.global_id>`` (a value the caller set
-explicitly is kept), and the callee's local id is logged at debug level.
+explicitly is kept), and the callee's local id is logged at debug level. With
+tracing on, each call is a CLIENT span (see :mod:`crosstrace.integrations` for
+which tracer) whose ``traceparent``/``tracestate`` go out with the request;
+``http.response.status_code`` is recorded, and a 5xx or an exception (refused
+connection, timeout) sets error status.
 """
 
 from __future__ import annotations
@@ -20,8 +24,15 @@ from typing import Any
 import requests
 
 from crosstrace.context import get_current
-from crosstrace.integrations import log_response_request_id
-from crosstrace.propagation import HEADER_REQUEST_ID
+from crosstrace.integrations import (
+    finish_http_client_span,
+    log_response_request_id,
+    start_http_client_span,
+    tracing_active,
+)
+from crosstrace.propagation import HEADER_REQUEST_ID, inject_headers
+from crosstrace.spans import _current, record_failure
+from crosstrace.tracer import Tracer
 
 __all__ = ["Session", "add_request_id"]
 
@@ -36,15 +47,41 @@ def add_request_id(request: requests.PreparedRequest) -> None:
 
 
 class Session(requests.Session):
-    """A :class:`requests.Session` that propagates the request id.
+    """A :class:`requests.Session` that propagates the request id and the trace.
 
     Works for every verb helper, ``request()`` and ``send()`` with a prepared
-    request, redirects included.
+    request, redirects included (each redirect is a CLIENT span of its own).
+
+    :param tracer: the tracer for calls made outside any span (default: the
+        configured one).
     """
 
+    def __init__(self, tracer: Tracer | None = None) -> None:
+        super().__init__()
+        self.tracer = tracer
+
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        """Add the header, send, and log the callee's request id at debug."""
-        add_request_id(request)
-        response = super().send(request, **kwargs)
-        log_response_request_id(log, request.method or "", request.url or "", response.headers.get)
+        """Add the headers, send in a CLIENT span, log the callee's request id at debug."""
+        method = request.method or ""
+        url = request.url or ""
+        if not tracing_active(self.tracer):
+            add_request_id(request)
+            response = super().send(request, **kwargs)
+            log_response_request_id(log, method, url, response.headers.get)
+            return response
+        span = start_http_client_span(method, url, self.tracer)
+        token = _current.set(span)
+        try:
+            inject_headers(request.headers)
+            response = super().send(request, **kwargs)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                record_failure(span, exc)
+            span.end()
+            raise
+        finally:
+            _current.reset(token)
+        finish_http_client_span(span, response.status_code)
+        span.end()
+        log_response_request_id(log, method, url, response.headers.get)
         return response
