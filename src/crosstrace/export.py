@@ -103,12 +103,14 @@ class RetryableExportError(ExportError):
 
 
 class LogData:
-    """A log record to export (the logging handler of the integrations fills it)."""
+    """A log record to export (:class:`crosstrace.logging.ExportHandler` fills it)."""
 
     __slots__ = (
         "attributes",
         "body",
         "observed_ns",
+        "resource",
+        "scope",
         "severity_number",
         "severity_text",
         "span_id",
@@ -128,8 +130,14 @@ class LogData:
         span_id: int = 0,
         trace_flags: int = 0,
         observed_ns: int = 0,
+        resource: Mapping[str, Any] | None = None,
+        scope: str | None = None,
     ) -> None:
         self.body = body
+        #: The service's resource (``None``: the exporter's).
+        self.resource = resource
+        #: The instrumentation scope (the logger name; ``None``: ``crosstrace``).
+        self.scope = scope
         self.severity_number = severity_number
         self.severity_text = severity_text
         self.attributes: dict[str, Any] = dict(attributes) if attributes else {}

@@ -14,6 +14,13 @@
 
 All three work from :func:`logging.config.dictConfig`; :func:`setup` covers the
 common case in one call.
+
+With tracing on, the filter also adds the current span's ``trace_id`` and
+``span_id`` (hex; ``""`` when no span is current), and attaches each record at
+ERROR or above to the current span as a ``log`` event (message, logger, level,
+and the exception if there is one); the event marks nothing else (the span's
+status stays what the code set). :class:`ExportHandler` ships records through
+the tracer's exporter to an OTLP ``/v1/logs`` endpoint.
 """
 
 from __future__ import annotations
@@ -23,10 +30,25 @@ import json as _json
 import logging
 import socket
 import sys
+import traceback
 from collections.abc import Mapping
 from typing import IO, Any, Literal
 
+from crosstrace import tracer as _tracer_mod
 from crosstrace.context import RequestContext, get_current
+from crosstrace.export import LogData
+from crosstrace.spans import (
+    ATTR_DOMAIN_ID,
+    ATTR_GLOBAL_REQUEST_ID,
+    ATTR_PROJECT_ID,
+    ATTR_REQUEST_ID,
+    ATTR_USER_ID,
+    MAX_STACKTRACE,
+    Span,
+    _exception_type,
+    _get_current_span,
+)
+from crosstrace.tracer import Tracer
 
 _get_current = get_current
 
@@ -36,9 +58,11 @@ __all__ = [
     "DATE_FORMAT",
     "DEFAULT_FORMAT",
     "JSON_KEYS",
+    "LOG_EVENT",
     "RECORD_FIELDS",
     "ContextFilter",
     "ContextFormatter",
+    "ExportHandler",
     "JSONFormatter",
     "setup",
 ]
@@ -95,6 +119,58 @@ _IDENTITY_FIELDS = ("user_id", "project_id", "domain_id", "user_domain_id", "pro
 _SETUP_MARK = "_crosstrace_setup"
 
 
+#: Name of the span event an ERROR record becomes.
+LOG_EVENT = "log"
+_ERROR = logging.ERROR
+
+
+def _record_exception_attributes(record: logging.LogRecord, attrs: dict[str, Any]) -> None:
+    exc_info = record.exc_info
+    if not exc_info or exc_info[1] is None:
+        return
+    exc = exc_info[1]
+    attrs["exception.type"] = _exception_type(exc)
+    try:
+        attrs["exception.message"] = str(exc)
+    except Exception:
+        attrs["exception.message"] = "<unprintable>"
+    try:
+        stack = "".join(traceback.format_exception(exc_info[0], exc, exc_info[2]))
+    except Exception:
+        stack = ""
+    attrs["exception.stacktrace"] = stack[-MAX_STACKTRACE:]
+
+
+def _attach_to_span(span: Span, record: logging.LogRecord) -> None:
+    """Add an ERROR+ record to *span* as a ``log`` event (never raises)."""
+    try:
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = str(record.msg)
+        attrs: dict[str, Any] = {
+            "log.message": message,
+            "log.logger": record.name,
+            "log.level": record.levelname,
+        }
+        _record_exception_attributes(record, attrs)
+        span.add_event(LOG_EVENT, attrs, int(record.created * 1e9))
+    except Exception:  # noqa: S110 - logging here, inside a log filter, could recurse
+        pass
+
+
+def _trace_fields(record: logging.LogRecord, d: dict[str, Any]) -> None:
+    """``trace_id``/``span_id`` of the current span; ERROR+ records become events."""
+    cur = _get_current_span()
+    if cur is None or not cur.trace_id:
+        d["trace_id"] = d["span_id"] = ""
+        return
+    d["trace_id"] = f"{cur.trace_id:032x}"
+    d["span_id"] = f"{cur.span_id:016x}"
+    if record.levelno >= _ERROR and cur._recording:
+        _attach_to_span(cur, record)  # type: ignore[arg-type]
+
+
 # The fields of a record logged outside any request.
 _NO_CONTEXT: dict[str, Any] = {
     "global_request_id": "",
@@ -110,8 +186,10 @@ class ContextFilter(logging.Filter):
     Attach it to handlers (``handler.addFilter(ContextFilter())``) so records from
     every logger passing through get the fields, third-party ones included. Adds
     :data:`RECORD_FIELDS` (``""`` when no request is current; ``trace_id`` and
-    ``span_id`` stay ``""`` until a tracer sets them) and the context object itself
-    as ``crosstrace_context``. The context is the current one, or an oslo-style
+    ``span_id`` are the current span's, ``""`` when there is none) and the
+    context object itself as ``crosstrace_context``. A record at ERROR or above
+    logged while a recorded span is current is added to it as a ``log`` event
+    (once, however many handlers filter it). The context is the current one, or an oslo-style
     ``extra={"context": ctx}``. Fields already on the record (from ``extra=``, or
     from this filter in the thread that made the record) are kept.
     """
@@ -121,6 +199,8 @@ class ContextFilter(logging.Filter):
         d = record.__dict__
         if "request_id" in d:
             if "user_identity" not in d:  # request_id came from ``extra=``
+                if "trace_id" not in d:
+                    _trace_fields(record, d)
                 # oslo.log defaults the text fields to "" in this case.
                 for key in RECORD_FIELDS:
                     d.setdefault(key, "")
@@ -140,7 +220,7 @@ class ContextFilter(logging.Filter):
         if "instance" not in d:
             d["instance"] = ""
         if "trace_id" not in d:
-            d["trace_id"] = d["span_id"] = ""
+            _trace_fields(record, d)
         return True
 
 
@@ -313,3 +393,108 @@ def setup(
     root.addHandler(handler)
     root.setLevel(level)
     return handler
+
+
+# The exporter's own logger: its records are never exported (no feedback loop).
+_EXPORT_LOGGER = "crosstrace.export"
+
+
+def _severity(levelno: int) -> int:
+    """OTLP ``SeverityNumber`` for a :mod:`logging` level."""
+    if levelno >= logging.CRITICAL:
+        return 21
+    if levelno >= logging.ERROR:
+        return 17
+    if levelno >= logging.WARNING:
+        return 13
+    if levelno >= logging.INFO:
+        return 9
+    if levelno >= logging.DEBUG:
+        return 5
+    return 1
+
+
+class ExportHandler(logging.Handler):
+    """Send log records through a tracer's exporter to an OTLP ``/v1/logs`` endpoint.
+
+    Each record becomes an OTLP log record under the service's resource
+    (``service.name`` ...), with the logger name as instrumentation scope, the
+    current span's ``trace_id``/``span_id``, and attributes
+    ``openstack.request_id``, ``openstack.global_request_id``,
+    ``openstack.user_id``, ``openstack.project_id``, ``openstack.domain_id``,
+    ``code.function.name``, ``code.line.number``, ``thread.name`` and
+    ``exception.*``; secret-looking attributes are masked by the tracer's
+    redactor (the message text is sent as logged). It never blocks and never
+    raises: records go into the exporter's bounded queue (full = dropped and
+    counted in the exporter's ``logs_dropped``); records that cannot be
+    exported (no tracer configured yet, a broken record) are counted in
+    :attr:`dropped`.
+
+    :param tracer: the service's tracer (e.g. ``crosstrace.get_tracer("nova-api")``).
+        Default: the tracer of the current span, else the configured one.
+    :param level: the lowest level exported (default INFO).
+    """
+
+    def __init__(self, tracer: Tracer | None = None, level: int | str = logging.INFO) -> None:
+        super().__init__(level)
+        self.tracer = tracer
+        #: Records not exported because there was no tracer or they were broken.
+        self.dropped = 0
+        self.addFilter(ContextFilter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue *record* for export (never raises)."""
+        try:
+            if record.name.startswith(_EXPORT_LOGGER):
+                return
+            cur = _get_current_span()
+            tracer = self.tracer
+            if tracer is None:
+                if cur is not None and cur._recording:
+                    tracer = cur.segment.tracer  # type: ignore[union-attr]
+                else:
+                    tracer = _tracer_mod._tracer
+            sink = tracer.sink if tracer is not None else None
+            if sink is None or tracer is None:
+                self.dropped += 1
+                return
+            d = record.__dict__
+            attrs: dict[str, Any] = {
+                "code.function.name": record.funcName,
+                "code.line.number": record.lineno,
+                "thread.name": record.threadName,
+            }
+            ctx = d.get(CONTEXT_ATTR)
+            if isinstance(ctx, RequestContext):
+                attrs[ATTR_REQUEST_ID] = ctx.request_id
+                for key, value in (
+                    (ATTR_GLOBAL_REQUEST_ID, ctx.global_request_id),
+                    (ATTR_USER_ID, ctx.user_id),
+                    (ATTR_PROJECT_ID, ctx.project_id),
+                    (ATTR_DOMAIN_ID, ctx.domain_id),
+                ):
+                    if value:
+                        attrs[key] = value
+            _record_exception_attributes(record, attrs)
+            tracer.redactor.redact_attributes(attrs)
+            body = self.format(record) if self.formatter is not None else record.getMessage()
+            trace_id = span_id = flags = 0
+            if cur is not None and cur.trace_id:
+                trace_id, span_id = cur.trace_id, cur.span_id
+                flags = cur.context.trace_flags & 0xFF
+            sink.export_log(
+                LogData(
+                    body,
+                    _severity(record.levelno),
+                    record.levelname,
+                    attrs,
+                    int(record.created * 1e9),
+                    trace_id,
+                    span_id,
+                    flags,
+                    resource=tracer.resource,
+                    scope=record.name,
+                )
+            )
+        except Exception:  # a log handler must never break the service
+            self.dropped += 1

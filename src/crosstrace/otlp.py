@@ -152,8 +152,8 @@ def _pb_span(s: Span) -> PbSpan:
     return pb
 
 
-def _group(items: Iterable[Any], resource_of: Any) -> list[tuple[dict[str, Any], list[Any]]]:
-    groups: dict[int, tuple[dict[str, Any], list[Any]]] = {}
+def _group(items: Iterable[Any], resource_of: Any) -> list[tuple[Mapping[str, Any], list[Any]]]:
+    groups: dict[int, tuple[Mapping[str, Any], list[Any]]] = {}
     for item in items:
         res = resource_of(item)
         entry = groups.get(id(res))
@@ -195,16 +195,38 @@ def _pb_log(rec: LogData) -> LogRecord:
     return pb
 
 
+def _log_groups(
+    records: Sequence[LogData], resource: Mapping[str, Any]
+) -> list[tuple[Mapping[str, Any], list[tuple[str | None, list[LogData]]]]]:
+    """Records grouped by resource (theirs, else *resource*), then by scope."""
+    out = []
+    for res, group in _group(records, lambda r: r.resource or resource):
+        scopes: dict[str | None, list[LogData]] = {}
+        for r in group:
+            scopes.setdefault(r.scope, []).append(r)
+        out.append((res, list(scopes.items())))
+    return out
+
+
+def _pb_scope(name: str | None) -> InstrumentationScope:
+    return _SCOPE if name is None else InstrumentationScope(name=name[:MAX_VALUE_LENGTH])
+
+
 def logs_to_request(
     records: Sequence[LogData], resource: Mapping[str, Any]
 ) -> ExportLogsServiceRequest:
-    """An ``ExportLogsServiceRequest`` for *records* under *resource*."""
+    """An ``ExportLogsServiceRequest`` for *records*, grouped by resource (a
+    record's own, else *resource*) and by scope (its logger name)."""
     return ExportLogsServiceRequest(
         resource_logs=[
             ResourceLogs(
-                resource=_resource(resource),
-                scope_logs=[ScopeLogs(scope=_SCOPE, log_records=[_pb_log(r) for r in records])],
+                resource=_resource(res),
+                scope_logs=[
+                    ScopeLogs(scope=_pb_scope(scope), log_records=[_pb_log(r) for r in group])
+                    for scope, group in scopes
+                ],
             )
+            for res, scopes in _log_groups(records, resource)
         ]
     )
 
@@ -335,10 +357,15 @@ def logs_to_json(records: Sequence[LogData], resource: Mapping[str, Any]) -> dic
     return {
         "resourceLogs": [
             {
-                "resource": {"attributes": _json_attrs(resource)},
+                "resource": {"attributes": _json_attrs(res)},
                 "scopeLogs": [
-                    {"scope": _JSON_SCOPE, "logRecords": [_json_log(r) for r in records]}
+                    {
+                        "scope": _JSON_SCOPE if scope is None else {"name": scope},
+                        "logRecords": [_json_log(r) for r in group],
+                    }
+                    for scope, group in scopes
                 ],
             }
+            for res, scopes in _log_groups(records, resource)
         ]
     }
