@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crosstrace.config import configure
+from crosstrace.config import configure, force_flush
 from crosstrace.context import RequestContext, get_current
 from crosstrace.tracer import SpanKind, StatusCode, Tracer, current_span, get_tracer, span
 
@@ -13,6 +13,7 @@ __all__ = [
     "Tracer",
     "configure",
     "current_span",
+    "force_flush",
     "get_current",
     "get_tracer",
     "span",

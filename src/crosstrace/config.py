@@ -80,6 +80,7 @@ __all__ = [
     "Settings",
     "configure",
     "current_settings",
+    "force_flush",
     "reload",
     "shutdown",
 ]
@@ -523,6 +524,13 @@ def reload() -> bool:
         log.info("crosstrace: settings reloaded")
         _apply(s)
         return True
+
+
+def force_flush(timeout_s: float = 5.0) -> bool:
+    """Export everything the configured exporter holds; ``True`` if done in time
+    (also when nothing is configured)."""
+    exporter = _state.exporter
+    return exporter.force_flush(timeout_s) if exporter is not None else True
 
 
 def shutdown(timeout_s: float = 5.0) -> None:
