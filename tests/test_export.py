@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -607,3 +608,51 @@ def test_file_transport_unwritable_path_fails_without_raising(tmp_path: Path) ->
         assert exporter.stats()["batches_failed"] == 1
     finally:
         exporter.shutdown(1.0)
+
+
+class CountingTransport(Transport):
+    """Counts the spans it is given; slow enough that the queue fills up."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def encode(self, signal: str, items: Sequence[Any], resource: Any) -> bytes:
+        self.received += len(items)
+        time.sleep(0.001)
+        return b""
+
+    def send(self, signal: str, payload: bytes) -> None:
+        pass
+
+
+def test_every_span_is_counted_when_threads_race_a_full_queue() -> None:
+    """Racing producers may overshoot the bound, but no span is evicted uncounted:
+    exported + dropped == offered, and what was queued is what the transport got."""
+    transport = CountingTransport()
+    exporter = BatchExporter(transport, queue_size=16, batch_size=8, max_delay_s=0.01)
+    segment = make_spans(3)
+    threads, per_thread = 8, 2000
+    barrier = threading.Barrier(threads)
+
+    def produce() -> None:
+        barrier.wait()
+        for _ in range(per_thread):
+            exporter.export_spans(segment)
+
+    workers = [threading.Thread(target=produce) for _ in range(threads)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races happen
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert exporter.force_flush(10.0)
+    exporter.shutdown(5.0)
+    st = exporter.stats()
+    offered = threads * per_thread * 3
+    assert st["spans_dropped"] > 0
+    assert st["spans_queued"] + st["spans_dropped"] == offered
+    assert st["spans_exported"] == st["spans_queued"] == transport.received

@@ -1,0 +1,59 @@
+"""Exporting kept spans and log records: the batching exporter and its transports.
+
+* :mod:`crosstrace.export.batch`: :class:`BatchExporter` (bounded lock-free
+  queues, one background thread, retries, drop counting, fork safety, flush on
+  exit) and :class:`LogData`.
+* :mod:`crosstrace.export.transports`: :class:`OtlpHttpTransport` (OTLP/HTTP
+  protobuf + gzip), :class:`AmqpTransport` (RabbitMQ through kombu) and
+  :class:`FileTransport` (OTLP/JSON lines).
+
+:func:`stats` returns the configured exporter's self-metrics.
+"""
+
+from __future__ import annotations
+
+from crosstrace.export.batch import BatchExporter, LogData, active, set_active, stats
+from crosstrace.export.transports import (
+    AMQP_CONTENT_ENCODING,
+    AMQP_SIGNAL_HEADER,
+    CONTENT_TYPE_PROTOBUF,
+    DEFAULT_AMQP_EXCHANGE,
+    DEFAULT_AMQP_QUEUE,
+    DEFAULT_AMQP_ROUTING_KEY,
+    MAX_RETRY_AFTER_S,
+    RETRYABLE_STATUSES,
+    SIGNAL_LOGS,
+    SIGNAL_TRACES,
+    AmqpTransport,
+    ExportError,
+    FileTransport,
+    OtlpHttpTransport,
+    RetryableExportError,
+    Transport,
+    _retry_after,
+)
+
+__all__ = [
+    "AMQP_CONTENT_ENCODING",
+    "AMQP_SIGNAL_HEADER",
+    "CONTENT_TYPE_PROTOBUF",
+    "DEFAULT_AMQP_EXCHANGE",
+    "DEFAULT_AMQP_QUEUE",
+    "DEFAULT_AMQP_ROUTING_KEY",
+    "MAX_RETRY_AFTER_S",
+    "RETRYABLE_STATUSES",
+    "SIGNAL_LOGS",
+    "SIGNAL_TRACES",
+    "AmqpTransport",
+    "BatchExporter",
+    "ExportError",
+    "FileTransport",
+    "LogData",
+    "OtlpHttpTransport",
+    "RetryableExportError",
+    "Transport",
+    "_retry_after",
+    "active",
+    "set_active",
+    "stats",
+]
