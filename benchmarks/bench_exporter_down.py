@@ -24,8 +24,9 @@ case for the exporter. Reported per phase: requests, latency p50 / p99 (ms),
 RSS when measuring starts and its peak while measuring (sampled every 50 ms;
 ``tracemalloc`` is not used: it slows every allocation tenfold and would be
 what is measured), the exporter's counters (queued, exported, dropped,
-failed), and exceptions raised into the service (must be 0). Rounds alternate the phases; medians over
-rounds are printed, with each tracing phase's p50/p99 ratio to ``off``.
+failed), and exceptions raised into the service (must be 0). Rounds alternate
+the phases; medians over rounds are printed, with each tracing phase's p50/p99
+ratio to ``off``.
 """
 
 from __future__ import annotations
