@@ -30,6 +30,7 @@ Parts:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import statistics
@@ -237,11 +238,28 @@ def calibrate_work(target_s: float) -> int:
         n *= 2
 
 
-def busy(n: int) -> int:
+def busy_python(n: int) -> int:
+    """Interpreted work: integer arithmetic in a Python loop."""
     acc = 0
     for i in range(n):
         acc = (acc + i * i) % 1000003
     return acc
+
+
+_BLOCK = b"x" * 256
+
+
+def busy_c(n: int) -> int:
+    """Work done in C (SHA-256 of n/8 blocks of 256 bytes): far less sensitive to
+    the interpreter's memory layout, so a smaller effect can be measured."""
+    h = hashlib.sha256()
+    update = h.update
+    for _ in range(n // 8):
+        update(_BLOCK)
+    return len(h.digest())
+
+
+busy = busy_python
 
 
 def request(work: int) -> None:
@@ -267,12 +285,14 @@ def block(work: int, seconds: float, exporter: BatchExporter | None) -> float:
     return (time.process_time() - c0) / count
 
 
-def bench_budget(budget: float, blocks: int, block_s: float, settle_s: float) -> dict[str, float]:
+def bench_budget(
+    budget: float, blocks: int, block_s: float, settle_s: float, record_nothing: bool = False
+) -> dict[str, float]:
     work = calibrate_work(0.002)
     t = crosstrace.configure(
         service_name="bench",
         transport=EncodeThenDiscard(),
-        sample_ratio=1.0,
+        sample_ratio=0.0 if record_nothing else 1.0,
         overhead_budget=budget,
         slow_threshold=0,
         export_delay=0.05,
@@ -280,6 +300,8 @@ def bench_budget(budget: float, blocks: int, block_s: float, settle_s: float) ->
         batch_size=512,
     )
     exporter = crosstrace.export.active()
+    if record_nothing:
+        t.record_threshold = 0  # an installed tracer that records nothing at all
     settle_end = time.monotonic() + settle_s
     while time.monotonic() < settle_end:
         request(work)
@@ -287,21 +309,27 @@ def bench_budget(budget: float, blocks: int, block_s: float, settle_s: float) ->
     traced: list[float] = []
     ratios: list[float] = []
     fractions: list[float] = []
-    for _ in range(blocks):
-        tr._set_tracer(None)
-        base.append(block(work, block_s, None))
-        tr._set_tracer(t)
-        if t.controller is not None:
-            t.controller.reset_window()
-        traced.append(block(work, block_s, exporter))
-        ratios.append(t.effective_ratio)
-        fractions.append(t.record_fraction)
+    for i in range(blocks):
+        # ABBA order: a drift in the machine's load during a pair hits both halves.
+        for traced_turn in (False, True) if i % 2 == 0 else (True, False):
+            if traced_turn:
+                tr._set_tracer(t)
+                if t.controller is not None:
+                    t.controller.reset_window()
+                traced.append(block(work, block_s, exporter))
+                ratios.append(t.effective_ratio)
+                fractions.append(t.record_fraction)
+            else:
+                tr._set_tracer(None)
+                base.append(block(work, block_s, None))
     stats = exporter.stats() if exporter is not None else {}
     config.shutdown()
     overheads = [(tt - bb) / tt for tt, bb in zip(traced, base, strict=True)]
     return {
         "budget": budget,
         "overhead": statistics.median(overheads),
+        "overhead_mean": statistics.mean(overheads),
+        "overhead_2se": 2 * statistics.stdev(overheads) / len(overheads) ** 0.5,
         "overhead_p25": statistics.quantiles(overheads, n=4)[0],
         "overhead_p75": statistics.quantiles(overheads, n=4)[2],
         "cpu_per_request_us": statistics.median(base) * 1e6,
@@ -320,7 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budgets", default="0.01,0.02,0.05", help="overhead budgets for the budget part"
     )
+    parser.add_argument(
+        "--work",
+        choices=("python", "c"),
+        default="python",
+        help="budget part: request work in a Python loop or in C (SHA-256)",
+    )
     args = parser.parse_args(argv)
+    global busy
+    busy = busy_python if args.work == "python" else busy_c
     parts = set(args.parts.split(","))
     repeats, n = (5, 20000) if args.quick else (9, 50000)
     blocks, block_s, settle_s = (8, 0.5, 4.0) if args.quick else (20, 1.0, 8.0)
@@ -348,18 +384,29 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"  crosstrace unconfigured (no tracer) {u['unconf']:6.0f}")
     if "budget" in parts:
-        print("\n[budget] steady load, ~2 ms CPU per request, 6 spans per request")
+        print(
+            f"\n[budget] steady load, ~2 ms CPU per request ({args.work} work), "
+            "6 spans per request, ABBA blocks"
+        )
         ref = bench_budget(0.0, max(4, blocks // 2), block_s, 1.0)
         print(
             f"  no budget: overhead {ref['overhead']:.2%}"
-            f"  (IQR {ref['overhead_p25']:.2%}..{ref['overhead_p75']:.2%}),"
+            f"  (IQR {ref['overhead_p25']:.2%}..{ref['overhead_p75']:.2%},"
+            f" mean {ref['overhead_mean']:.2%} +- {ref['overhead_2se']:.2%}),"
             f" {ref['cpu_per_request_us']:.0f} us CPU/request untraced"
+        )
+        null = bench_budget(0.0, blocks, block_s, 1.0, record_nothing=True)
+        print(
+            f"  tracer recording nothing (ratio 0, record fraction 0): overhead"
+            f" {null['overhead']:.2%} (IQR {null['overhead_p25']:.2%}..{null['overhead_p75']:.2%},"
+            f" mean {null['overhead_mean']:.2%} +- {null['overhead_2se']:.2%})"
         )
         for b in (float(x) for x in args.budgets.split(",")):
             res = bench_budget(b, blocks, block_s, settle_s)
             print(
                 f"  budget {b:.2%}: measured {res['overhead']:.2%}"
-                f" (IQR {res['overhead_p25']:.2%}..{res['overhead_p75']:.2%}),"
+                f" (IQR {res['overhead_p25']:.2%}..{res['overhead_p75']:.2%},"
+                f" mean {res['overhead_mean']:.2%} +- {res['overhead_2se']:.2%}),"
                 f" measured/setting {res['overhead'] / b:.2f},"
                 f" effective ratio {res['ratio']:.3f},"
                 f" record fraction {res['record_fraction']:.2f}"
