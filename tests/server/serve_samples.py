@@ -27,6 +27,7 @@ from crosstrace.server.model import (
     TraceQuery,
     TraceSummary,
 )
+from crosstrace.server.spanbatch import SpanBatch
 from crosstrace.server.store.base import Store, open_store
 
 PB = {"content-type": "application/x-protobuf"}
@@ -181,8 +182,8 @@ class DelegatingStore(Store):
     def __init__(self, inner: Store) -> None:
         self.inner = inner
 
-    def submit_spans(self, spans: Sequence[SpanRecord]) -> Future[None]:
-        return self.inner.submit_spans(spans)
+    def submit_batch(self, batch: SpanBatch) -> Future[None]:
+        return self.inner.submit_batch(batch)
 
     def submit_logs(self, logs: Sequence[LogRecord]) -> Future[int]:
         return self.inner.submit_logs(logs)

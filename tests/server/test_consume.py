@@ -25,6 +25,7 @@ from serve_samples import DelegatingStore, log_request, opened, simple_batch, sq
 from crosstrace.server.consume import HEADER_SIGNAL, Consumer
 from crosstrace.server.metrics import Metrics
 from crosstrace.server.model import LogQuery, SpanRecord
+from crosstrace.server.spanbatch import SpanBatch
 from crosstrace.server.store.base import Store
 
 
@@ -151,13 +152,13 @@ class _FlakyStore(DelegatingStore):
         super().__init__(inner)
         self.failures = failures
 
-    def submit_spans(self, spans: Sequence[SpanRecord]) -> Future[None]:
+    def submit_batch(self, batch: SpanBatch) -> Future[None]:
         if self.failures > 0:
             self.failures -= 1
             failed: Future[None] = Future()
             failed.set_exception(OSError("database is locked"))
             return failed
-        return self.inner.submit_spans(spans)
+        return self.inner.submit_batch(batch)
 
 
 def test_store_failure_requeues_and_the_retry_is_stored(store: Store, memory_url: str) -> None:

@@ -28,7 +28,8 @@ from serve_samples import (
 )
 
 from crosstrace.server.ingest import gunzip_capped
-from crosstrace.server.model import LogQuery, LogRecord, SpanRecord
+from crosstrace.server.model import LogQuery, LogRecord
+from crosstrace.server.spanbatch import SpanBatch
 from crosstrace.server.store.base import Store
 
 REALDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "realdata" / "otlp"
@@ -202,7 +203,7 @@ def test_malformed_protobuf_is_400_with_message(store: Store) -> None:
 class _FailingStore(DelegatingStore):
     """The real SQLite store, whose writes fail as when its disk is full."""
 
-    def submit_spans(self, spans: Sequence[SpanRecord]) -> Future[None]:
+    def submit_batch(self, batch: SpanBatch) -> Future[None]:
         failed: Future[None] = Future()
         failed.set_exception(OSError("disk full"))
         return failed

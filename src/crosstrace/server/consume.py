@@ -231,7 +231,7 @@ class Consumer(threading.Thread):
         except (OtlpDecodeError, ValueError, OverflowError) as exc:
             self._reject(message, signal, str(exc))
             return
-        records = result.spans if signal == SIGNAL_TRACES else result.logs
+        records = result.span_batch() if signal == SIGNAL_TRACES else result.logs
         self.metrics.add_records(signal, "received", len(records) + result.rejected)
         self.metrics.add_records(signal, "rejected", result.rejected)
         if result.rejected:
@@ -245,7 +245,7 @@ class Consumer(threading.Thread):
         started = time.perf_counter()
         try:
             if signal == SIGNAL_TRACES:
-                future: Future[Any] = self.store.submit_spans(result.spans)
+                future: Future[Any] = self.store.submit_batch(result.span_batch())
             else:
                 future = self.store.submit_logs(result.logs)
         except Exception as exc:

@@ -229,13 +229,13 @@ class IngestApp:
     async def _handle(self, signal: str, body: bytes, as_json: bool) -> tuple[int, bytes]:
         try:
             if len(body) > _OFFLOAD_BYTES:
-                result = await asyncio.to_thread(decode, signal, body, as_json=as_json)
+                result = await asyncio.to_thread(_decode, signal, body, as_json)
             else:
-                result = decode(signal, body, as_json=as_json)
+                result = _decode(signal, body, as_json)
         except OtlpDecodeError as exc:
             raise _HTTPError(400, str(exc)) from None
-        records = result.spans if signal == SIGNAL_TRACES else result.logs
-        self.metrics.add_records(signal, "received", len(records) + result.rejected)
+        records = result.span_count if signal == SIGNAL_TRACES else len(result.logs)
+        self.metrics.add_records(signal, "received", records + result.rejected)
         self.metrics.add_records(signal, "rejected", result.rejected)
         if records:
             await self._commit(signal, result)
@@ -248,8 +248,9 @@ class IngestApp:
         started = time.perf_counter()
         try:
             if signal == SIGNAL_TRACES:
-                await asyncio.wrap_future(self.store.submit_spans(result.spans))
-                written = len(result.spans)
+                batch = result.span_batch()
+                await asyncio.wrap_future(self.store.submit_batch(batch))
+                written = len(batch)
             else:
                 written = await asyncio.wrap_future(self.store.submit_logs(result.logs))
         except Exception as exc:  # any store failure is the server's, not the client's
@@ -264,6 +265,14 @@ class IngestApp:
 
 class _Disconnected(Exception):
     pass
+
+
+def _decode(signal: str, body: bytes, as_json: bool) -> DecodeResult:
+    """Decode *body*; trace records decoded from JSON become a batch here too."""
+    result = decode(signal, body, as_json=as_json)
+    if signal == SIGNAL_TRACES:
+        result.span_batch()
+    return result
 
 
 def _media(as_json: bool) -> str:

@@ -27,8 +27,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Final
 
 from google.protobuf.message import DecodeError
@@ -37,7 +36,6 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceResponse,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
@@ -50,6 +48,22 @@ from crosstrace.server.model import (
     ATTR_USER_ID,
     LogRecord,
     SpanRecord,
+)
+from crosstrace.server.spanbatch import (
+    MAX_ID_LENGTH,
+    MAX_NAME_BYTES,
+    MAX_VALUE_DEPTH,
+    UNKNOWN_SERVICE,
+    BatchDecodeError,
+    Rejected,
+    SpanBatch,
+    cap_name,
+    clean_float,
+    clean_str,
+    from_records,
+    pb_attrs,
+    pb_value,
+    scan_traces,
 )
 
 __all__ = [
@@ -72,16 +86,6 @@ __all__ = [
 
 SIGNAL_TRACES: Final = "traces"
 SIGNAL_LOGS: Final = "logs"
-#: ``service.name`` used when a resource carries none (the OTel SDK default).
-UNKNOWN_SERVICE: Final = "unknown_service"
-#: Deepest nesting of array / kvlist attribute values accepted.
-MAX_VALUE_DEPTH: Final = 16
-#: Longest span / service name kept, in UTF-8 bytes; longer names are cut. Names
-#: are indexed by the stores, and PostgreSQL refuses index rows beyond ~2.7 kB.
-MAX_NAME_BYTES: Final = 1024
-#: Longest project / domain / user id accepted; a record with a longer one is
-#: rejected (these ids are indexed columns, and real ones are 32-64 characters).
-MAX_ID_LENGTH: Final = 255
 _ID_ATTRS: Final = (ATTR_PROJECT_ID, ATTR_DOMAIN_ID, ATTR_USER_ID)
 #: How many distinct rejection reasons are quoted in the partial-success message.
 _MAX_REASONS = 3
@@ -114,18 +118,45 @@ class OtlpDecodeError(ValueError):
     status_code = 400
 
 
-class _Rejected(Exception):
-    """One record is invalid; it is counted and skipped."""
+_Rejected = Rejected
 
 
-@dataclass(slots=True)
 class DecodeResult:
-    """Records decoded from one request, and the ones refused."""
+    """Records decoded from one request, and the ones refused.
 
-    spans: list[SpanRecord] = field(default_factory=list)
-    logs: list[LogRecord] = field(default_factory=list)
-    rejected: int = 0
-    reasons: list[str] = field(default_factory=list)
+    Protobuf trace requests decode into :attr:`batch` (the store's form); the
+    :attr:`spans` records are then made from it only when asked for. OTLP/JSON
+    fills :attr:`spans`, and :meth:`span_batch` converts them.
+    """
+
+    __slots__ = ("_spans", "batch", "logs", "reasons", "rejected")
+
+    def __init__(self) -> None:
+        self._spans: list[SpanRecord] | None = []
+        self.batch: SpanBatch | None = None
+        self.logs: list[LogRecord] = []
+        self.rejected = 0
+        self.reasons: list[str] = []
+
+    @property
+    def spans(self) -> list[SpanRecord]:
+        """The span records (made from :attr:`batch` on first use)."""
+        if self._spans is None:
+            self._spans = self.batch.records() if self.batch is not None else []
+        return self._spans
+
+    @property
+    def span_count(self) -> int:
+        """Spans accepted, without making records."""
+        if self.batch is not None:
+            return len(self.batch)
+        return len(self._spans or ())
+
+    def span_batch(self) -> SpanBatch:
+        """The accepted spans as a :class:`SpanBatch`, ready for the store."""
+        if self.batch is None:
+            self.batch = from_records(self.spans, self.reject)
+        return self.batch
 
     def reject(self, reason: str) -> None:
         self.rejected += 1
@@ -142,26 +173,6 @@ class DecodeResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def _clean_str(s: str) -> str:
-    """Make *s* storable: no NUL, no lone surrogate."""
-    if "\x00" in s:
-        s = s.replace("\x00", "\ufffd")
-    if not s.isascii():
-        try:
-            s.encode("utf-8")
-        except UnicodeEncodeError:
-            s = s.encode("utf-8", "replace").decode("utf-8")
-    return s
-
-
-def _clean_float(d: float) -> float | str:
-    if math.isfinite(d):
-        return d
-    if d != d:  # noqa: PLR0124 - NaN test
-        return "NaN"
-    return "Infinity" if d > 0 else "-Infinity"
-
-
 def _check_time(ns: int, what: str) -> int:
     if ns > _INT64_MAX:
         raise _Rejected(f"{what} beyond int64")
@@ -170,16 +181,6 @@ def _check_time(ns: int, what: str) -> int:
 
 def _bounded(value: int, top: int) -> int:
     return value if 0 <= value <= top else 0
-
-
-def _cap_name(name: str) -> str:
-    """*name* cut to at most MAX_NAME_BYTES of UTF-8 (on a character boundary)."""
-    if len(name) * 4 <= MAX_NAME_BYTES:
-        return name
-    raw = name.encode("utf-8")
-    if len(raw) <= MAX_NAME_BYTES:
-        return name
-    return raw[:MAX_NAME_BYTES].decode("utf-8", "ignore")
 
 
 def _check_ids(*sources: dict[str, Any]) -> None:
@@ -194,52 +195,24 @@ def _check_ids(*sources: dict[str, Any]) -> None:
 # --------------------------------------------------------------------- protobuf side
 
 
-def _pb_value(v: Any, depth: int = 0) -> Any:
-    kind = v.WhichOneof("value")
-    if kind == "string_value":
-        s: str = v.string_value
-        return s if s.isascii() and "\x00" not in s else _clean_str(s)
-    if kind == "int_value" or kind == "bool_value":  # noqa: PLR1714 - hot path
-        return getattr(v, kind)
-    if kind == "double_value":
-        return _clean_float(v.double_value)
-    if kind is None:
-        return None
-    if depth >= MAX_VALUE_DEPTH:
-        raise _Rejected(f"attribute value nested deeper than {MAX_VALUE_DEPTH}")
-    if kind == "array_value":
-        return [_pb_value(x, depth + 1) for x in v.array_value.values]
-    if kind == "kvlist_value":
-        return {_clean_str(kv.key): _pb_value(kv.value, depth + 1) for kv in v.kvlist_value.values}
-    if kind == "bytes_value":
-        return base64.b64encode(v.bytes_value).decode("ascii")
-    return None  # string_value_strindex: only meaningful inside profiles
-
-
-def _pb_attrs(kvs: Iterable[Any]) -> dict[str, Any]:
-    # Hot path: most values are plain strings; read that field first (an unset
-    # string reads as "") and fall back to the oneof dispatch for the rest.
-    out: dict[str, Any] = {}
-    for kv in kvs:
-        key: str = kv.key
-        if "\x00" in key:
-            key = _clean_str(key)
-        v = kv.value
-        s: str = v.string_value
-        if s and s.isascii() and "\x00" not in s:
-            out[key] = s
-        else:
-            out[key] = _pb_value(v)
-    return out
-
-
 def _pb_resource(resource: Any) -> tuple[dict[str, Any], str]:
-    attrs = _pb_attrs(resource.attributes)
+    attrs = pb_attrs(resource.attributes)
     service = attrs.get("service.name")
     if not isinstance(service, str) or not service:
         service = UNKNOWN_SERVICE
     _check_ids(attrs)
-    return attrs, _cap_name(service)
+    return attrs, cap_name(service)
+
+
+def decode_traces_protobuf(body: bytes) -> DecodeResult:
+    """Decode a protobuf ``ExportTraceServiceRequest`` into a :class:`SpanBatch`."""
+    result = DecodeResult()
+    try:
+        result.batch = scan_traces(body, result.reject)
+    except BatchDecodeError as exc:
+        raise OtlpDecodeError(str(exc)) from None
+    result._spans = None
+    return result
 
 
 def _parse_pb(message: Any, body: bytes) -> None:
@@ -247,105 +220,6 @@ def _parse_pb(message: Any, body: bytes) -> None:
         message.ParseFromString(body)
     except (DecodeError, RecursionError, ValueError) as exc:
         raise OtlpDecodeError(f"body is not a valid OTLP protobuf message: {exc}") from None
-
-
-def decode_traces_protobuf(body: bytes) -> DecodeResult:
-    """Decode a protobuf ``ExportTraceServiceRequest``."""
-    request = ExportTraceServiceRequest()
-    _parse_pb(request, body)
-    result = DecodeResult()
-    spans = result.spans
-    append = spans.append
-    for rs in request.resource_spans:
-        try:
-            resource, service = _pb_resource(rs.resource)
-        except _Rejected as exc:
-            for ss in rs.scope_spans:
-                for _ in ss.spans:
-                    result.reject(str(exc))
-            continue
-        for ss in rs.scope_spans:
-            scope = _clean_str(ss.scope.name)
-            for sp in ss.spans:
-                try:
-                    trace_id = sp.trace_id
-                    span_id = sp.span_id
-                    if len(trace_id) != 16 or trace_id == _ZERO_TRACE_ID:
-                        raise _Rejected("invalid trace id")
-                    if len(span_id) != 8 or span_id == _ZERO_SPAN_ID:
-                        raise _Rejected("invalid span id")
-                    parent = sp.parent_span_id
-                    if not parent or parent == _ZERO_SPAN_ID:
-                        parent = None
-                    elif len(parent) != 8:
-                        raise _Rejected("invalid parent span id")
-                    start = sp.start_time_unix_nano
-                    end = sp.end_time_unix_nano
-                    if start > _INT64_MAX or end > _INT64_MAX:
-                        raise _Rejected("timestamp beyond int64")
-                    name: str = sp.name
-                    if not name.isascii() or "\x00" in name:
-                        name = _clean_str(name)
-                    if len(name) > MAX_NAME_BYTES // 4:
-                        name = _cap_name(name)
-                    kind = sp.kind
-                    if sp.HasField("status"):
-                        status = sp.status
-                        code = status.code
-                        if not 0 <= code <= _MAX_STATUS:
-                            code = 0
-                        message = _clean_str(status.message) if status.message else ""
-                    else:
-                        code = 0
-                        message = ""
-                    attrs = _pb_attrs(sp.attributes)
-                    _check_ids(attrs)
-                    events = sp.events
-                    links = sp.links
-                    trace_state = sp.trace_state
-                    record = SpanRecord(
-                        trace_id,
-                        span_id,
-                        parent,
-                        name,
-                        kind if 0 <= kind <= _MAX_KIND else 0,
-                        start,
-                        end,
-                        service,
-                        code,
-                        message,
-                        attrs,
-                        [_pb_event(ev) for ev in events] if events else [],
-                        [_pb_link(ln) for ln in links] if links else [],
-                        resource,
-                        scope,
-                        _clean_str(trace_state) if trace_state else "",
-                    )
-                except _Rejected as exc:
-                    result.reject(str(exc))
-                    continue
-                append(record)
-    return result
-
-
-def _pb_event(event: Any) -> dict[str, Any]:
-    return {
-        "time_ns": _check_time(event.time_unix_nano, "event time"),
-        "name": _clean_str(event.name),
-        "attributes": _pb_attrs(event.attributes),
-    }
-
-
-def _pb_link(link: Any) -> dict[str, Any]:
-    trace_id = link.trace_id
-    span_id = link.span_id
-    if len(trace_id) != 16 or len(span_id) != 8:
-        raise _Rejected("invalid link id")
-    return {
-        "trace_id": trace_id.hex(),
-        "span_id": span_id.hex(),
-        "attributes": _pb_attrs(link.attributes),
-    }
 
 
 def _body_text(value: Any) -> str:
@@ -419,7 +293,7 @@ def decode_logs_protobuf(body: bytes) -> DecodeResult:
                     result.reject(str(exc))
             continue
         for sl in rl.scope_logs:
-            scope = _clean_str(sl.scope.name)
+            scope = clean_str(sl.scope.name)
             for lr in sl.log_records:
                 try:
                     result.logs.append(
@@ -427,12 +301,12 @@ def decode_logs_protobuf(body: bytes) -> DecodeResult:
                             time_ns=lr.time_unix_nano,
                             observed_ns=lr.observed_time_unix_nano,
                             severity_number=lr.severity_number,
-                            severity_text=_clean_str(lr.severity_text),
-                            body=_pb_value(lr.body) if lr.HasField("body") else None,
+                            severity_text=clean_str(lr.severity_text),
+                            body=pb_value(lr.body) if lr.HasField("body") else None,
                             service=service,
                             trace_id=lr.trace_id,
                             span_id=lr.span_id,
-                            attributes=_pb_attrs(lr.attributes),
+                            attributes=pb_attrs(lr.attributes),
                             resource=resource,
                             scope=scope,
                         )
@@ -479,7 +353,7 @@ def _json_str(value: Any, where: str) -> str:
         return ""
     if not isinstance(value, str):
         raise OtlpDecodeError(f"{where}: expected a string")
-    return _clean_str(value)
+    return clean_str(value)
 
 
 def _json_int(value: Any, where: str, *, unsigned: bool = False) -> int:
@@ -567,14 +441,14 @@ def _json_value(value: Any, depth: int = 0) -> Any:
 
 def _json_double(value: Any) -> float | str:
     if type(value) is int:
-        return float(value) if abs(value) < 2**1023 else _clean_float(math.inf)
+        return float(value) if abs(value) < 2**1023 else clean_float(math.inf)
     if type(value) is float:
-        return _clean_float(value)
+        return clean_float(value)
     if isinstance(value, str):
         if value in ("NaN", "Infinity", "-Infinity"):
             return value
         try:
-            return _clean_float(float(value))
+            return clean_float(float(value))
         except ValueError:
             pass
     raise OtlpDecodeError("doubleValue: expected a number")
@@ -596,7 +470,7 @@ def _json_resource(obj: dict[str, Any]) -> tuple[dict[str, Any], str]:
     if not isinstance(service, str) or not service:
         service = UNKNOWN_SERVICE
     _check_ids(attrs)
-    return attrs, _cap_name(service)
+    return attrs, cap_name(service)
 
 
 def _load_json(body: bytes) -> dict[str, Any]:
@@ -665,7 +539,7 @@ def _json_span(sp: Any, service: str, resource: dict[str, Any], scope: str) -> S
         trace_id=trace_id,
         span_id=span_id,
         parent_span_id=parent if parent and parent != _ZERO_SPAN_ID else None,
-        name=_cap_name(_json_str(sp.get("name"), "name")),
+        name=cap_name(_json_str(sp.get("name"), "name")),
         kind=_bounded(kind, _MAX_KIND),
         start_ns=_check_time(start, "start time"),
         end_ns=_check_time(end, "end time"),

@@ -1,9 +1,11 @@
 """The store interface. SQLite and PostgreSQL implement it, and one test suite
 runs against both.
 
-Writes are handed to the store with ``submit_spans`` / ``submit_logs``, which
-return a future that completes once the data is committed (the ingest endpoint
-answers 200 only after that; an asyncio caller awaits ``asyncio.wrap_future``).
+Writes are handed to the store with ``submit_batch`` (spans as ingest decodes
+them, see ``spanbatch.py``), ``submit_spans`` (records, converted to a batch) or
+``submit_logs``, which return a future that completes once the data is committed
+(the ingest endpoint answers 200 only after that; an asyncio caller awaits
+``asyncio.wrap_future``).
 Implementations batch several callers into one transaction. ``write_spans`` and
 ``write_logs`` are the blocking forms.
 """
@@ -23,6 +25,7 @@ from crosstrace.server.model import (
     TraceQuery,
     TraceSummary,
 )
+from crosstrace.server.spanbatch import SpanBatch, from_records
 
 __all__ = ["Store", "open_store"]
 
@@ -31,9 +34,21 @@ class Store(abc.ABC):
     """A trace and log store."""
 
     @abc.abstractmethod
+    def submit_batch(self, batch: SpanBatch) -> Future[None]:
+        """Queue *batch* for storage and the trace summaries' update; the future
+        completes when it is committed, or fails. A trace's spans that were stored
+        before from an identical batch (a redelivery) are not stored again."""
+
     def submit_spans(self, spans: Sequence[SpanRecord]) -> Future[None]:
-        """Queue *spans* (any traces, any order) for storage and the trace summaries'
-        update; the future completes when they are committed, or fails."""
+        """Queue *spans* (any traces, any order), as :meth:`submit_batch` does; a
+        record that cannot be stored (invalid ids) fails the future."""
+        try:
+            batch = from_records(spans)
+        except ValueError as exc:
+            failed: Future[None] = Future()
+            failed.set_exception(exc)
+            return failed
+        return self.submit_batch(batch)
 
     @abc.abstractmethod
     def submit_logs(self, logs: Sequence[LogRecord]) -> Future[int]:

@@ -1,12 +1,12 @@
 """Compact encodings shared by the SQLite and PostgreSQL stores.
 
-Spans are not stored one row each: every (trace, write) group of spans becomes one
-*chunk*, a msgpack array of compact span tuples (binary ids, interned service and
-operation names as integers, start times relative to the chunk, the attributes,
-events and links as msgpack maps that keep their types) compressed with zstd,
-using a dictionary trained on the store's first chunks once it has one (chunks
-are small, ~1-20 spans, so a dictionary halves them). Fetching a trace reads its
-few chunks by trace id.
+Spans are not stored one row each: every (trace, batch) group of spans becomes one
+*chunk*: the spans' OTLP protobuf bytes as they arrived, with their resource and
+scope and the interned service id (``spanbatch.encode_payload``), compressed with
+zstd, using a dictionary trained on the store's first chunks once it has one
+(chunks are small, ~1-20 spans, so a dictionary halves them). Fetching a trace
+reads its few chunks by trace id. Chunks written by crosstrace before the protobuf
+form (a msgpack array of compact span tuples) are still read.
 
 Also here: the 16-byte key form of request ids, the 64-bit hash used by the
 attribute index, and the opaque search cursor.
@@ -27,10 +27,13 @@ import zstandard
 
 from crosstrace.ids import REQUEST_ID_PREFIX, REQUEST_ID_RE
 from crosstrace.server.model import SpanRecord
+from crosstrace.server.spanbatch import decode_payload
 
 __all__ = [
     "CHUNK_FORMAT",
     "CHUNK_FORMAT_DICT",
+    "CHUNK_FORMAT_PB",
+    "CHUNK_FORMAT_PB_DICT",
     "attr_hash",
     "attr_text",
     "compress_chunk",
@@ -41,13 +44,19 @@ __all__ = [
     "encode_cursor",
     "encode_rid",
     "pack_blob",
+    "pack_rids",
+    "rid_term",
     "unpack_blob",
+    "unpack_rids",
 ]
 
-#: First byte of a chunk compressed without a dictionary...
+#: First byte of a chunk of span tuples compressed without a dictionary (older)...
 CHUNK_FORMAT = 1
 #: ... and with one of the store's trained zstd dictionaries (id in the next 4 bytes).
 CHUNK_FORMAT_DICT = 2
+#: The same two for chunks of protobuf spans (``spanbatch.encode_payload``).
+CHUNK_FORMAT_PB = 3
+CHUNK_FORMAT_PB_DICT = 4
 #: zstd level: 3 is zstd's default, close to level 1 in speed and smaller.
 ZSTD_LEVEL = 3
 #: Longest request id or attribute value that is indexed (longer ones are skipped).
@@ -150,9 +159,9 @@ def compress_chunk(raw: bytes, zdict: tuple[int, zstandard.ZstdCompressor] | Non
     """Frame an :func:`encode_chunk` payload: format byte, then zstd, with the
     store's trained dictionary (its id in 4 bytes) when it has one."""
     if zdict is None:
-        return bytes((CHUNK_FORMAT,)) + _compressor().compress(raw)
+        return bytes((CHUNK_FORMAT_PB,)) + _compressor().compress(raw)
     dict_id, compressor = zdict
-    return bytes((CHUNK_FORMAT_DICT,)) + dict_id.to_bytes(4, "big") + compressor.compress(raw)
+    return bytes((CHUNK_FORMAT_PB_DICT,)) + dict_id.to_bytes(4, "big") + compressor.compress(raw)
 
 
 def _dict_decompressor(zdict: zstandard.ZstdCompressionDict) -> zstandard.ZstdDecompressor:
@@ -174,15 +183,21 @@ def decode_chunk(
     name: Callable[[int], str],
     zdict: Callable[[int], zstandard.ZstdCompressionDict] | None = None,
 ) -> list[SpanRecord]:
-    """Decode a chunk framed by :func:`compress_chunk`; *name* maps ids back to
-    names, *zdict* dictionary ids to dictionaries."""
-    if data[:1] == bytes((CHUNK_FORMAT,)):
+    """Decode a chunk framed by :func:`compress_chunk` (or an older one); *name*
+    maps ids back to names, *zdict* dictionary ids to dictionaries. An empty chunk
+    (index entries carried over from an older schema) holds no spans."""
+    if not data:
+        return []
+    fmt = data[0]
+    if fmt in (CHUNK_FORMAT, CHUNK_FORMAT_PB):
         raw = _decompressor().decompress(data[1:])
-    elif data[:1] == bytes((CHUNK_FORMAT_DICT,)) and zdict is not None and len(data) > 5:
+    elif fmt in (CHUNK_FORMAT_DICT, CHUNK_FORMAT_PB_DICT) and zdict is not None and len(data) > 5:
         d = zdict(int.from_bytes(data[1:5], "big"))
         raw = _dict_decompressor(d).decompress(data[5:])
     else:
         raise ValueError(f"unknown span chunk format {data[:1]!r}")
+    if fmt >= CHUNK_FORMAT_PB:
+        return decode_payload(trace_id, raw, name)
     base, resources, rows = msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True)
     out = []
     for (
@@ -246,6 +261,32 @@ def decode_rid(key: bytes) -> str:
         return REQUEST_ID_PREFIX + str(uuid.UUID(bytes=key))
     raw = key[1:-1] if len(key) == 17 and key.endswith(b"\x00") else key[1:]
     return raw.decode("utf-8", "surrogatepass")
+
+
+def rid_term(key: bytes) -> int:
+    """Signed 64-bit search term of a request id key (:func:`encode_rid`) in the
+    PostgreSQL attribute array: the first 8 bytes of its MD5, which SQL computes
+    too (the schema migration does)."""
+    digest = hashlib.md5(key, usedforsecurity=False).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def pack_rids(rids: dict[bytes, int]) -> bytes:
+    """Request id keys with their kind bits, packed: kind, 2-byte length, key, ..."""
+    return b"".join(
+        bytes((kind,)) + len(key).to_bytes(2, "big") + key for key, kind in rids.items()
+    )
+
+
+def unpack_rids(data: bytes) -> list[tuple[bytes, int]]:
+    """Inverse of :func:`pack_rids`: (key, kind) pairs."""
+    out = []
+    i = 0
+    while i + 3 <= len(data):
+        kind, n = data[i], int.from_bytes(data[i + 1 : i + 3], "big")
+        out.append((data[i + 3 : i + 3 + n], kind))
+        i += 3 + n
+    return out
 
 
 def attr_text(value: Any) -> str | None:

@@ -4,7 +4,12 @@ Same schema and queries as the SQLite store (``sqlcommon``), with these
 differences:
 
 - Rows are bulk-inserted with one ``INSERT ... SELECT * FROM unnest(arrays)``
-  statement per table and write group, from one writer thread per process.
+  statement per table and batch, from one writer thread per process, each batch
+  under a savepoint (a bad batch fails alone).
+- A chunk row carries its index entries as arrays (service and operation keys,
+  attribute hashes and request-id terms under a GIN index, packed request ids)
+  instead of one row per trace and key in three more tables: PostgreSQL pays
+  ~28 bytes of tuple header and line pointer per row, plus the B-tree entries.
 - Trace summaries are merged by ``INSERT ... ON CONFLICT DO UPDATE``, so several
   ``serve`` processes can write the same trace concurrently.
 - Span chunks are partitioned by day (``chunks_p<day>``; days outside ten years
@@ -27,9 +32,11 @@ from typing import Any
 
 import psycopg
 
+from crosstrace.server.store.codec import pack_rids, rid_term, unpack_rids
 from crosstrace.server.store.migrations import migrate
 from crosstrace.server.store.sqlcommon import SQLStore
-from crosstrace.server.store.sqlwrite import _chunks, _marks
+from crosstrace.server.store.sqlwrite import ChunkRow, _chunks, _marks
+from crosstrace.server.store.writer import Job
 
 __all__ = ["PostgresStore"]
 
@@ -144,18 +151,43 @@ class PostgresStore(SQLStore):
         )
         return int(cur.rowcount)
 
-    def _insert_chunks(self, conn: Any, rows: list[tuple[bytes, int, bytes]]) -> None:
+    def _insert_chunks(self, conn: Any, rows: list[ChunkRow]) -> None:
+        """Chunks with their index entries as arrays (see ``migrations.py``); the
+        arrays of a chunk row are few, so they are inserted row by row of one
+        prepared statement rather than as arrays of arrays."""
         if not rows:
             return
-        days = [s // DAY_NS for _t, s, _d in rows]
+        days = [r.start_ns // DAY_NS for r in rows]
         self._ensure_partitions(set(days))
-        self._insert(
-            conn,
-            "chunks",
-            ("trace_id", "day", "data"),
-            ("bytea", "integer", "bytea"),
-            [(t, day, d) for (t, _s, d), day in zip(rows, days, strict=True)],
-        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO chunks (trace_id, day, digest, keys, attrs, rids, data)"
+                " VALUES (%s, %s, %s, %s::integer[], %s::bigint[], %s, %s)",
+                [
+                    (
+                        r.trace_id,
+                        day,
+                        r.digest,
+                        sorted(r.keys),
+                        sorted(r.attrs | {rid_term(k) for k in r.rids}),
+                        pack_rids(r.rids) if r.rids else None,
+                        r.data,
+                    )
+                    for r, day in zip(rows, days, strict=True)
+                ],
+            )
+
+    def _prepare_group(self, jobs: list[Job]) -> None:
+        """Create the day partitions the group's chunks need before its
+        transaction reads ``chunks``: creating a partition locks the default
+        partition, which that transaction would hold."""
+        days = set()
+        for job in jobs:
+            if job.kind == "spans":
+                for g in job.payload.groups.values():
+                    days.add(min(f[5] for f in g.facts) // DAY_NS)
+        if days:
+            self._ensure_partitions(days)
 
     def _ensure_partitions(self, days: set[int]) -> None:
         """Create the day partitions that do not exist yet (own connection and
@@ -181,6 +213,39 @@ class PostgresStore(SQLStore):
                     log.warning("could not create chunk partition %d: %s", day, exc)
                     continue
                 self._days.add(day)
+
+    # index entries on chunk rows (see the module docstring) -----------------
+    _index_tables = ()
+
+    def _has_keys_sql(self, n: int) -> str:
+        return (
+            "EXISTS (SELECT 1 FROM chunks c WHERE c.trace_id = t.trace_id"
+            f" AND c.keys && ARRAY[{_marks(n)}]::integer[])"
+        )
+
+    def _has_attr_sql(self) -> str:
+        return "t.trace_id IN (SELECT c.trace_id FROM chunks c WHERE c.attrs @> ARRAY[?::bigint])"
+
+    def _rid_sql(self, key: bytes) -> tuple[str, Any]:
+        return "SELECT c.trace_id FROM chunks c WHERE c.attrs @> ARRAY[?::bigint]", rid_term(key)
+
+    def _trace_sets(
+        self, conn: Any, tids: list[bytes]
+    ) -> tuple[dict[bytes, set[int]], dict[bytes, dict[bytes, int]]]:
+        services: dict[bytes, set[int]] = {t: set() for t in tids}
+        rids: dict[bytes, dict[bytes, int]] = {t: {} for t in tids}
+        for tid_, keys, packed in self._q(
+            conn,
+            f"SELECT trace_id, keys, rids FROM chunks WHERE trace_id IN ({_marks(len(tids))})",
+            tids,
+        ):
+            tid = bytes(tid_)
+            services[tid].update(k for k in keys or () if k > 0)
+            if packed:
+                mine = rids[tid]
+                for key, kind in unpack_rids(bytes(packed)):
+                    mine[key] = mine.get(key, 0) | kind
+        return services, rids
 
     def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
         for part in _chunks(trace_ids):

@@ -72,6 +72,45 @@ _TRACE_COLS = (
 class SQLStore(SQLWriter):
     """The dialect-independent half of both stores (see the module docstring)."""
 
+    #: Tables with one row per trace and key, deleted with their traces (SQLite;
+    #: PostgreSQL keeps these entries on the chunk rows).
+    _index_tables: tuple[str, ...] = ("trace_keys", "request_ids", "attr_index")
+
+    # ---------------------------------------------------------- index hooks
+    def _has_keys_sql(self, n: int) -> str:
+        """Condition: trace ``t`` has one of *n* keys (service / -operation ids)."""
+        return (
+            "EXISTS (SELECT 1 FROM trace_keys k WHERE k.trace_id = t.trace_id"
+            f" AND k.key IN ({_marks(n)}))"
+        )
+
+    def _has_attr_sql(self) -> str:
+        """Condition: trace ``t`` has the attribute hash given as the parameter."""
+        return "EXISTS (SELECT 1 FROM attr_index a WHERE a.h = ? AND a.trace_id = t.trace_id)"
+
+    def _rid_sql(self, key: bytes) -> tuple[str, Any]:
+        """Subquery of the trace ids carrying request id *key*, and its parameter."""
+        return "SELECT trace_id FROM request_ids WHERE rid = ?", key
+
+    def _trace_sets(
+        self, conn: Any, tids: list[bytes]
+    ) -> tuple[dict[bytes, set[int]], dict[bytes, dict[bytes, int]]]:
+        """Service ids and request ids (key -> kind bits) of each trace."""
+        services: dict[bytes, set[int]] = {t: set() for t in tids}
+        rids: dict[bytes, dict[bytes, int]] = {t: {} for t in tids}
+        marks = _marks(len(tids))
+        for tid, key in self._q(
+            conn,
+            f"SELECT trace_id, key FROM trace_keys WHERE trace_id IN ({marks}) AND key > 0",
+            tids,
+        ):
+            services[bytes(tid)].add(int(key))
+        for tid, rid, kind in self._q(
+            conn, f"SELECT trace_id, rid, kind FROM request_ids WHERE trace_id IN ({marks})", tids
+        ):
+            rids[bytes(tid)][bytes(rid)] = int(kind)
+        return services, rids
+
     # ------------------------------------------------------------------- read
     def get_trace(self, trace_id: bytes) -> list[SpanRecord]:
         with self._reader() as conn:
@@ -105,13 +144,13 @@ class SQLStore(SQLWriter):
         key = encode_rid(request_id)
         if key is None:
             return []
+        sub, param = self._rid_sql(key)
         with self._reader() as conn:
             rows = self._q(
                 conn,
-                f"SELECT {_TRACE_COLS} FROM traces t WHERE t.trace_id IN"
-                " (SELECT trace_id FROM request_ids WHERE rid = ?)"
+                f"SELECT {_TRACE_COLS} FROM traces t WHERE t.trace_id IN ({sub})"
                 " ORDER BY t.start_ns DESC, t.trace_id DESC LIMIT ?",
-                (key, int(limit)),
+                (param, int(limit)),
             )
             return self._summaries(conn, rows)
 
@@ -119,24 +158,17 @@ class SQLStore(SQLWriter):
         if not rows:
             return []
         tids = [bytes(r[0]) for r in rows]
-        services: dict[bytes, list[str]] = {t: [] for t in tids}
+        service_ids, rid_kinds = self._trace_sets(conn, tids)
+        services = {t: [self._name(conn, k) for k in ks] for t, ks in service_ids.items()}
         locals_: dict[bytes, list[str]] = {t: [] for t in tids}
         globals_: dict[bytes, list[str]] = {t: [] for t in tids}
-        marks = _marks(len(tids))
-        for tid, key in self._q(
-            conn,
-            f"SELECT trace_id, key FROM trace_keys WHERE trace_id IN ({marks}) AND key > 0",
-            tids,
-        ):
-            services[bytes(tid)].append(self._name(conn, key))
-        for tid, rid, kind in self._q(
-            conn, f"SELECT trace_id, rid, kind FROM request_ids WHERE trace_id IN ({marks})", tids
-        ):
-            text = decode_rid(bytes(rid))
-            if kind & _RID_LOCAL:
-                locals_[bytes(tid)].append(text)
-            if kind & _RID_GLOBAL:
-                globals_[bytes(tid)].append(text)
+        for tid, kinds in rid_kinds.items():
+            for rid, kind in kinds.items():
+                text = decode_rid(rid)
+                if kind & _RID_LOCAL:
+                    locals_[tid].append(text)
+                if kind & _RID_GLOBAL:
+                    globals_[tid].append(text)
         out = []
         for tid_, start, end, rsvc, rop, count, errors, project, domain in rows:
             tid = bytes(tid_)
@@ -281,9 +313,7 @@ class SQLStore(SQLWriter):
             svc = self._lookup_name(conn, q.service)
             if svc is None:
                 return None, [], {}
-            where.append(
-                "EXISTS (SELECT 1 FROM trace_keys k WHERE k.trace_id = t.trace_id AND k.key = ?)"
-            )
+            where.append(self._has_keys_sql(1))
             params.append(svc)
         if q.operation is not None:
             op_name = self._lookup_name(conn, q.operation)
@@ -299,23 +329,19 @@ class SQLStore(SQLWriter):
                 rows = self._q(conn, "SELECT id FROM operations WHERE name_id = ?", (op_name,))
             if not rows:
                 return None, [], {}
-            where.append(
-                "EXISTS (SELECT 1 FROM trace_keys k WHERE k.trace_id = t.trace_id"
-                f" AND k.key IN ({_marks(len(rows))}))"
-            )
+            where.append(self._has_keys_sql(len(rows)))
             params.extend(-int(r[0]) for r in rows)
         if q.request_id is not None:
             key = encode_rid(q.request_id)
             if key is None:
                 return None, [], {}
-            where.append("t.trace_id IN (SELECT trace_id FROM request_ids WHERE rid = ?)")
-            params.append(key)
+            sub, param = self._rid_sql(key)
+            where.append(f"t.trace_id IN ({sub})")
+            params.append(param)
         scan: dict[str, str] = {}
         for akey, value in sorted(q.attributes.items()):
             if self._is_indexed(akey):
-                where.append(
-                    "EXISTS (SELECT 1 FROM attr_index a WHERE a.h = ? AND a.trace_id = t.trace_id)"
-                )
+                where.append(self._has_attr_sql())
                 params.append(attr_hash(akey, value))
             else:
                 scan[akey] = value
@@ -463,7 +489,7 @@ class SQLStore(SQLWriter):
         self._delete_chunks(conn, tids, cutoff_ns)
         for part in _chunks(tids):
             m = _marks(len(part))
-            for table in ("trace_keys", "request_ids", "attr_index", "span_parents", "dep_pending"):
+            for table in (*self._index_tables, "span_parents", "dep_pending"):
                 self._x(conn, f"DELETE FROM {table} WHERE trace_id IN ({m})", part)
             self._x(conn, f"DELETE FROM traces WHERE trace_id IN ({m})", part)
         return len(tids)

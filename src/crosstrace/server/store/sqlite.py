@@ -24,7 +24,7 @@ from typing import Any
 
 from crosstrace.server.store.migrations import migrate
 from crosstrace.server.store.sqlcommon import SQLStore
-from crosstrace.server.store.sqlwrite import _chunks, _marks
+from crosstrace.server.store.sqlwrite import ChunkRow, _chunks, _marks
 from crosstrace.server.store.writer import Job
 
 __all__ = ["SQLiteStore"]
@@ -126,9 +126,23 @@ class SQLiteStore(SQLStore):
         cur = conn.executemany(sql, rows)
         return int(cur.rowcount)
 
-    def _insert_chunks(self, conn: Any, rows: list[tuple[bytes, int, bytes]]) -> None:
+    def _insert_chunks(self, conn: Any, rows: list[ChunkRow]) -> None:
         conn.executemany(
-            "INSERT INTO chunks (trace_id, data) VALUES (?, ?)", [(t, d) for t, _s, d in rows]
+            "INSERT INTO chunks (trace_id, digest, data) VALUES (?, ?, ?)",
+            [(r.trace_id, r.digest, r.data) for r in rows],
+        )
+        conn.executemany(
+            "INSERT INTO trace_keys (trace_id, key) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(r.trace_id, k) for r in rows for k in r.keys],
+        )
+        conn.executemany(
+            "INSERT INTO attr_index (h, trace_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(h, r.trace_id) for r in rows for h in r.attrs],
+        )
+        conn.executemany(
+            "INSERT INTO request_ids (rid, trace_id, kind) VALUES (?, ?, ?)"
+            " ON CONFLICT (rid, trace_id) DO UPDATE SET kind = request_ids.kind | excluded.kind",
+            [(k, r.trace_id, kind) for r in rows for k, kind in r.rids.items()],
         )
 
     def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:

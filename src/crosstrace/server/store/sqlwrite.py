@@ -18,18 +18,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, NamedTuple
 
 import zstandard
 
-from crosstrace.server.model import (
-    ATTR_DOMAIN_ID,
-    ATTR_GLOBAL_REQUEST_ID,
-    ATTR_PROJECT_ID,
-    ATTR_REQUEST_ID,
-    STATUS_ERROR,
-    LogRecord,
-    SpanRecord,
+from crosstrace.server.model import LogRecord
+from crosstrace.server.spanbatch import (
+    FLAG_RAW_BYTES,
+    INDEXED_ATTRIBUTES,
+    SpanBatch,
+    encode_payload,
+    is_indexed,
+    raw_value,
 )
 from crosstrace.server.store.base import Store
 from crosstrace.server.store.codec import (
@@ -37,11 +37,10 @@ from crosstrace.server.store.codec import (
     attr_hash,
     attr_text,
     compress_chunk,
-    encode_chunk,
     encode_rid,
     pack_blob,
 )
-from crosstrace.server.store.writer import GroupWriter, Job
+from crosstrace.server.store.writer import GroupWriter, Job, JobFailed
 
 __all__ = [
     "BUCKET_NS",
@@ -53,24 +52,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Attribute keys searchable through the index (plus every ``openstack.*`` key).
-INDEXED_ATTRIBUTES = frozenset(
-    {
-        "http.request.method",
-        "http.response.status_code",
-        "http.route",
-        "db.system",
-        "db.operation.name",
-        "rpc.system",
-        "rpc.service",
-        "rpc.method",
-        "messaging.destination.name",
-        "exception.type",
-        "error.type",
-        "peer.service",
-    }
-)
-_NOT_INDEXED = frozenset({ATTR_REQUEST_ID, ATTR_GLOBAL_REQUEST_ID})  # own table
 #: How long the cross-write parent lookups are kept (seconds).
 PARENT_LOOKUP_TTL_S = 3600
 #: Dependency counts are kept per hour.
@@ -80,9 +61,10 @@ DICT_SAMPLES = 1_000
 DICT_SAMPLE_BYTES = 8 * 2**20
 DICT_SIZE = 64 * 1024
 _IN_CHUNK = 500  # values per IN (...) list
-_PARENT_KINDS = (3, 4)  # CLIENT, PRODUCER
-_SCALARS = frozenset({str, int, float, bool, bytes})
 _HASH_CACHE_SIZE = 200_000
+_TAG_BYTES = b"\x3a"  # AnyValue.bytes_value
+#: Bytes per waiting child in ``dep_pending.data``: parent id, service id, error, hour.
+_PENDING_SIZE = 21
 _RID_LOCAL = 1
 _RID_GLOBAL = 2
 
@@ -101,6 +83,18 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
+class ChunkRow(NamedTuple):
+    """One chunk and what the indexes need from it."""
+
+    trace_id: bytes
+    start_ns: int
+    digest: int
+    data: bytes
+    keys: set[int]  # service ids, and -operation ids
+    attrs: set[int]  # attribute hashes
+    rids: dict[bytes, int]  # request id key -> 1 local | 2 global
+
+
 class SQLWriter(Store):
     """Connection hooks, helpers and the write path of both stores."""
 
@@ -115,8 +109,8 @@ class SQLWriter(Store):
         self._op_ids: dict[tuple[int, int], int] = {}
         self._txn_names: list[str] = []
         self._txn_ops: list[tuple[int, int]] = []
-        self._indexed_keys: dict[str, bool] = {}
-        self._hash_cache: dict[tuple[str, type, Any], int] = {}
+        self._op_cache: dict[tuple[int, str], int] = {}
+        self._hash_cache: dict[tuple[str, bytes], int] = {}
         self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
         self._zdict: tuple[int, zstandard.ZstdCompressor] | None = None
         self._samples: list[bytes] = []
@@ -148,6 +142,10 @@ class SQLWriter(Store):
     def _rollback(self, conn: Any) -> None:
         raise NotImplementedError
 
+    def _prepare_group(self, jobs: list[Job]) -> None:
+        """Work before the group's transaction begins (e.g. DDL on connections of
+        its own, which must not wait for locks the transaction holds)."""
+
     def _sql(self, sql: str) -> str:
         """Dialect placeholders from ``?``."""
         return sql
@@ -164,8 +162,8 @@ class SQLWriter(Store):
         """Insert many rows (``types`` are PostgreSQL types); return rows inserted."""
         raise NotImplementedError
 
-    def _insert_chunks(self, conn: Any, rows: list[tuple[bytes, int, bytes]]) -> None:
-        """Store (trace_id, start_ns, data) chunks."""
+    def _insert_chunks(self, conn: Any, rows: list[ChunkRow]) -> None:
+        """Store chunks and their index entries."""
         raise NotImplementedError
 
     def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
@@ -234,14 +232,7 @@ class SQLWriter(Store):
         return int(rows[0][0]) if rows else None
 
     def _is_indexed(self, key: str) -> bool:
-        hit = self._indexed_keys.get(key)
-        if hit is None:
-            hit = (key in INDEXED_ATTRIBUTES or key.startswith("openstack.")) and (
-                key not in _NOT_INDEXED
-            )
-            if len(self._indexed_keys) < 10_000:
-                self._indexed_keys[key] = hit
-        return hit
+        return is_indexed(key)
 
     # ------------------------------------------------------ zstd dictionary
     def _load_dictionary(self, conn: Any) -> None:
@@ -290,8 +281,8 @@ class SQLWriter(Store):
         self._txn_dict = did
 
     # ------------------------------------------------------------------ write
-    def submit_spans(self, spans: Sequence[SpanRecord]) -> Future[None]:
-        return self._writer.submit("spans", list(spans), len(spans))
+    def submit_batch(self, batch: SpanBatch) -> Future[None]:
+        return self._writer.submit("spans", batch, len(batch))
 
     def submit_logs(self, logs: Sequence[LogRecord]) -> Future[int]:
         return self._writer.submit("logs", list(logs), len(logs))
@@ -301,101 +292,143 @@ class SQLWriter(Store):
         return self._writer.submit("call", fn, 1).result()
 
     def _run_group(self, jobs: list[Job]) -> list[Any]:
+        """All *jobs* in one transaction, each under a savepoint of its own: a job
+        that fails is rolled back alone and reported as :class:`JobFailed`."""
+        self._prepare_group(jobs)
         conn = self._writer_conn()
         self._txn_names.clear()
         self._txn_ops.clear()
         self._txn_dict = None
         self._begin(conn)
+        results: list[Any] = []
+        spans = logs = 0
         try:
-            spans: list[SpanRecord] = []
             for job in jobs:
-                if job.kind == "spans":
-                    spans.extend(job.payload)
-            if spans:
-                self._write_spans(conn, spans)
-            results: list[Any] = []
-            for job in jobs:
-                if job.kind == "logs":
-                    results.append(self._write_logs(conn, job.payload))
-                elif job.kind == "call":
-                    results.append(job.payload(conn))
-                else:
-                    results.append(None)
+                marks = (len(self._txn_names), len(self._txn_ops), self._txn_dict)
+                self._x(conn, "SAVEPOINT job")
+                try:
+                    if job.kind == "spans":
+                        result: Any = None
+                        spans += self._write_batch(conn, job.payload)
+                    elif job.kind == "logs":
+                        result = self._write_logs(conn, job.payload)
+                        logs += result
+                    else:
+                        result = job.payload(conn)
+                except Exception as exc:
+                    self._x(conn, "ROLLBACK TO SAVEPOINT job")
+                    self._x(conn, "RELEASE SAVEPOINT job")
+                    self._forget_rolled_back(*marks)
+                    log.warning("store write failed: %s", exc)
+                    results.append(JobFailed(exc))
+                    continue
+                self._x(conn, "RELEASE SAVEPOINT job")
+                results.append(result)
             self._commit(conn)
         except BaseException:
             try:
                 self._rollback(conn)
             finally:
-                self._forget_rolled_back()
+                self._forget_rolled_back(0, 0, None)
             raise
         with self._counter_lock:
-            self.spans_written += len(spans)
-            self.logs_written += sum(
-                r for r, j in zip(results, jobs, strict=True) if j.kind == "logs"
-            )
+            self.spans_written += spans
+            self.logs_written += logs
         return results
 
-    def _forget_rolled_back(self) -> None:
-        """Ids handed out in a rolled-back transaction may be reused: forget them."""
-        for name in self._txn_names:
+    def _forget_rolled_back(self, names: int, ops: int, zdict: int | None) -> None:
+        """Ids handed out after these marks were rolled back and may be reused:
+        forget them."""
+        for name in self._txn_names[names:]:
             nid = self._name_ids.pop(name, None)
             if nid is not None:
                 self._names.pop(nid, None)
-        for key in self._txn_ops:
+        del self._txn_names[names:]
+        for key in self._txn_ops[ops:]:
             self._op_ids.pop(key, None)
-        if self._txn_dict is not None:
+        if len(self._txn_ops) > ops:
+            self._op_cache.clear()
+        del self._txn_ops[ops:]
+        if self._txn_dict is not None and self._txn_dict != zdict:
             self._zdict = None
             self._dicts.pop(self._txn_dict, None)
+            self._txn_dict = zdict
 
-    def _write_spans(self, conn: Any, spans: list[SpanRecord]) -> None:
-        groups: dict[bytes, list[SpanRecord]] = {}
-        for s in spans:
-            g = groups.get(s.trace_id)
-            if g is None:
-                groups[s.trace_id] = [s]
-            else:
-                g.append(s)
-        now_s = int(time.time())
+    def _stored_digests(self, conn: Any, tids: list[bytes]) -> set[tuple[bytes, int]]:
+        """(trace id, digest) of the chunks already stored for *tids*."""
+        out: set[tuple[bytes, int]] = set()
+        for part in _chunks(tids):
+            for tid, digest in self._q(
+                conn,
+                "SELECT trace_id, digest FROM chunks"
+                f" WHERE trace_id IN ({_marks(len(part))}) AND digest IS NOT NULL",
+                part,
+            ):
+                out.add((bytes(tid), int(digest)))
+        return out
+
+    def _attr_hash(self, key: str, raw: bytes, flags: int) -> int | None:
+        pair = (key, raw)
+        h = self._hash_cache.get(pair)
+        if h is not None:
+            return h
+        text = attr_text(raw_value(raw, raw_bytes=bool(flags & FLAG_RAW_BYTES)))
+        if text is None:
+            return None
+        h = attr_hash(key, text)
+        if raw[:1] != _TAG_BYTES:  # bytes read differently per batch kind
+            if len(self._hash_cache) >= _HASH_CACHE_SIZE:
+                self._hash_cache.clear()
+            self._hash_cache[pair] = h
+        return h
+
+    def _write_batch(self, conn: Any, batch: SpanBatch) -> int:
+        """Store one batch: a chunk, a summary merge and index entries per trace.
+        Returns the spans stored (a group stored before is skipped)."""
+        if not batch.groups:
+            return 0
         intern = self._intern
-        chunk_rows: list[tuple[bytes, int, bytes]] = []
+        seg_svc = [intern(conn, seg.service) for seg in batch.segments]
+        groups = list(batch.groups.values())
+        seen = self._stored_digests(conn, [g.trace_id for g in groups])
+        now_s = int(time.time())
+        ops = self._op_cache
+        flags = batch.flags
+        zdict = self._zdict
+        stored = 0
+        chunk_rows: list[ChunkRow] = []
         trace_rows = []
-        keys: set[tuple[bytes, int]] = set()
-        rids: dict[tuple[bytes, bytes], int] = {}
-        attrs: set[tuple[int, bytes]] = set()
-        parents: list[tuple[bytes, bytes, int, int]] = []
-        orphans: list[tuple[bytes, bytes, int, int, int]] = []
+        parents: list[tuple[bytes, int, bytes]] = []
+        orphans: dict[bytes, list[tuple[bytes, int, int, int]]] = {}
         edges: dict[tuple[int, int, int], list[int]] = {}
-        group_ids: dict[bytes, dict[bytes, int]] = {}
-        is_indexed = self._is_indexed
-        indexed = self._indexed_keys
-        hashes = self._hash_cache
-        rid_texts: dict[str, int] = {}
-        pairs: set[tuple[str, type, Any]] = set()
-        for tid, group in groups.items():
-            svc_of: dict[bytes, int] = {}
-            sids: list[int] = []
-            for s in group:
-                sid = intern(conn, s.service)
-                svc_of[s.span_id] = sid
-                sids.append(sid)
-            group_ids[tid] = svc_of
-            start = end = None
+        group_svcs: dict[bytes, dict[bytes, int]] = {}
+        for g in groups:
+            tid = g.trace_id
+            digest = g.digest()
+            if (tid, digest) in seen:
+                continue
+            seen.add((tid, digest))
+            facts = g.facts
+            stored += len(facts)
+            svc_of = {f[0]: seg_svc[f[2]] for f in facts}
+            group_svcs[tid] = svc_of
+            start = end = facts[0][5]
             errors = 0
-            root: SpanRecord | None = None
+            root: tuple[Any, ...] | None = None
             root_real = 0
             project = domain = None
-            for s, sid in zip(group, sids, strict=True):
-                st, en = s.start_ns, s.end_ns
-                if start is None or st < start:
-                    start = st
-                if end is None or en > end:
-                    end = en
-                err = s.status_code == STATUS_ERROR
+            keys: set[int] = set()
+            callers: list[bytes] = []
+            waiting: list[tuple[bytes, int, int, int]] = []
+            for f in facts:
+                span_id, parent, seg, name, pkind, st, en, err = f[:8]
+                sid = seg_svc[seg]
+                start = min(start, st)
+                end = max(end, en)
                 errors += err
-                parent = s.parent_span_id
                 if parent is None:
-                    if not root_real or (root is not None and st < root.start_ns):
-                        root, root_real = s, 1
+                    if not root_real or (root is not None and st < root[5]):
+                        root, root_real = f, 1
                 elif parent in svc_of:
                     psid = svc_of[parent]
                     if psid != sid:
@@ -403,80 +436,89 @@ class SQLWriter(Store):
                         e[0] += 1
                         e[1] += err
                 else:
-                    orphans.append((tid, parent, sid, int(err), st // BUCKET_NS))
-                    if not root_real and (root is None or st < root.start_ns):
-                        root = s
-                if s.kind in _PARENT_KINDS and "db.system" not in s.attributes:
-                    parents.append((tid, s.span_id, sid, now_s))
-                op = self._intern_op(conn, sid, intern(conn, s.name))
-                keys.add((tid, sid))
-                keys.add((tid, -op))
-                a = s.attributes
-                if a:
-                    r = a.get(ATTR_REQUEST_ID)
-                    if type(r) is str:
-                        rid_texts[r] = rid_texts.get(r, 0) | _RID_LOCAL
-                    r = a.get(ATTR_GLOBAL_REQUEST_ID)
-                    if type(r) is str:
-                        rid_texts[r] = rid_texts.get(r, 0) | _RID_GLOBAL
-                    for key, value in a.items():
-                        if value.__class__ in _SCALARS:
-                            ix = indexed.get(key)
-                            if ix is None:
-                                ix = is_indexed(key)
-                            if ix:
-                                pairs.add((key, value.__class__, value))
-                    if project is None and type(a.get(ATTR_PROJECT_ID)) is str:
-                        project = a[ATTR_PROJECT_ID]
-                    if domain is None and type(a.get(ATTR_DOMAIN_ID)) is str:
-                        domain = a[ATTR_DOMAIN_ID]
-            # Each distinct value once per trace; hashes cached across writes.
-            for text, kind in rid_texts.items():
-                k = encode_rid(text)
-                if k is not None:
-                    rids[k, tid] = kind
-            rid_texts.clear()
-            for pair in pairs:
-                h = hashes.get(pair)
-                if h is None:
-                    txt = attr_text(pair[2])
-                    if txt is None:
-                        continue
-                    h = attr_hash(pair[0], txt)
-                    if len(hashes) >= _HASH_CACHE_SIZE:
-                        hashes.clear()
-                    hashes[pair] = h
-                attrs.add((h, tid))
-            pairs.clear()
+                    waiting.append((parent, sid, int(err), st // BUCKET_NS))
+                    if not root_real and (root is None or st < root[5]):
+                        root = f
+                if pkind:
+                    callers.append(span_id + sid.to_bytes(4, "big"))
+                op = ops.get((sid, name))
+                if op is None:
+                    op = ops[sid, name] = self._intern_op(conn, sid, intern(conn, name))
+                keys.add(sid)
+                keys.add(-op)
+                if project is None and f[8] is not None:
+                    project = f[8]
+                if domain is None and f[9] is not None:
+                    domain = f[9]
             if root is None:  # every span's parent is in this group: a cycle
-                root = min(group, key=lambda s: s.start_ns)
-            if root.attributes:
-                rp = root.attributes.get(ATTR_PROJECT_ID)
-                project = rp if type(rp) is str else project
-                rd = root.attributes.get(ATTR_DOMAIN_ID)
-                domain = rd if type(rd) is str else domain
-            rsid = svc_of[root.span_id] if root.span_id in svc_of else intern(conn, root.service)
+                root = min(facts, key=lambda f: f[5])
+            if root[8] is not None:
+                project = root[8]
+            if root[9] is not None:
+                domain = root[9]
+            if waiting:
+                orphans[tid] = waiting
+            if callers:
+                parents.append((tid, now_s, b"".join(callers)))
             trace_rows.append(
                 (
                     tid,
                     start,
                     end,
-                    rsid,
-                    intern(conn, root.name),
+                    seg_svc[root[2]],
+                    intern(conn, root[3]),
                     root_real,
-                    root.start_ns,
-                    len(group),
+                    root[5],
+                    len(facts),
                     errors,
                     project,
                     domain,
                 )
             )
-            raw = encode_chunk(group, lambda n: intern(conn, n))
-            if self._zdict is None:
+            hashes: set[int] = set()
+            for key, raw in g.pairs:
+                h = self._attr_hash(key, raw, flags)
+                if h is not None:
+                    hashes.add(h)
+            rids: dict[bytes, int] = {}
+            for text, kind in g.rids.items():
+                k = encode_rid(text)
+                if k is not None:
+                    rids[k] = rids.get(k, 0) | kind
+            raw = encode_payload(g, batch, seg_svc)
+            if zdict is None:
                 self._sample(conn, raw)
-            chunk_rows.append((tid, int(start or 0), compress_chunk(raw, self._zdict)))
-        self._resolve_dependencies(conn, group_ids, orphans, edges, now_s)
+                zdict = self._zdict
+            chunk_rows.append(
+                ChunkRow(tid, start, digest, compress_chunk(raw, zdict), keys, hashes, rids)
+            )
+        if not chunk_rows:
+            return 0
+        self._resolve_dependencies(conn, group_svcs, orphans, edges, now_s)
         self._insert_chunks(conn, chunk_rows)
+        self._merge_summaries(conn, trace_rows)
+        if parents:
+            self._insert(
+                conn,
+                "span_parents",
+                ("trace_id", "t", "data"),
+                ("bytea", "bigint", "bytea"),
+                parents,
+            )
+        if edges:
+            self._insert(
+                conn,
+                "dep_edges",
+                ("bucket", "caller", "callee", "calls", "errors"),
+                ("bigint", "integer", "integer", "bigint", "bigint"),
+                [(b, c, d, n, e) for (b, c, d), (n, e) in edges.items()],
+                "ON CONFLICT (bucket, caller, callee) DO UPDATE SET"
+                " calls = dep_edges.calls + excluded.calls,"
+                " errors = dep_edges.errors + excluded.errors",
+            )
+        return stored
+
+    def _merge_summaries(self, conn: Any, trace_rows: list[tuple[Any, ...]]) -> None:
         lo, hi = self._least, self._greatest
         better = (
             "(excluded.root_real > traces.root_real OR (excluded.root_real = traces.root_real"
@@ -526,62 +568,20 @@ class SQLWriter(Store):
             " project_id = COALESCE(traces.project_id, excluded.project_id),"
             " domain_id = COALESCE(traces.domain_id, excluded.domain_id)",
         )
-        self._insert(
-            conn,
-            "trace_keys",
-            ("trace_id", "key"),
-            ("bytea", "integer"),
-            list(keys),
-            "ON CONFLICT (trace_id, key) DO NOTHING",
-        )
-        if rids:
-            self._insert(
-                conn,
-                "request_ids",
-                ("rid", "trace_id", "kind"),
-                ("bytea", "bytea", "smallint"),
-                [(k, t, v) for (k, t), v in rids.items()],
-                "ON CONFLICT (rid, trace_id) DO UPDATE SET kind = request_ids.kind | excluded.kind",
-            )
-        if attrs:
-            self._insert(
-                conn,
-                "attr_index",
-                ("h", "trace_id"),
-                ("bigint", "bytea"),
-                list(attrs),
-                "ON CONFLICT (h, trace_id) DO NOTHING",
-            )
-        if parents:
-            self._insert(
-                conn,
-                "span_parents",
-                ("trace_id", "span_id", "service_id", "t"),
-                ("bytea", "bytea", "integer", "bigint"),
-                parents,
-                "ON CONFLICT (trace_id, span_id) DO NOTHING",
-            )
-        if edges:
-            self._insert(
-                conn,
-                "dep_edges",
-                ("bucket", "caller", "callee", "calls", "errors"),
-                ("bigint", "integer", "integer", "bigint", "bigint"),
-                [(b, c, d, n, e) for (b, c, d), (n, e) in edges.items()],
-                "ON CONFLICT (bucket, caller, callee) DO UPDATE SET"
-                " calls = dep_edges.calls + excluded.calls,"
-                " errors = dep_edges.errors + excluded.errors",
-            )
 
     def _resolve_dependencies(
         self,
         conn: Any,
-        group_ids: dict[bytes, dict[bytes, int]],
-        orphans: list[tuple[bytes, bytes, int, int, int]],
+        group_svcs: dict[bytes, dict[bytes, int]],
+        orphans: dict[bytes, list[tuple[bytes, int, int, int]]],
         edges: dict[tuple[int, int, int], list[int]],
         now_s: int,
     ) -> None:
-        """Count edges whose parent and child came in different writes."""
+        """Count edges whose parent and child came in different writes.
+
+        ``span_parents`` rows pack (span id, service id) of the CLIENT / PRODUCER
+        spans of one trace and write; ``dep_pending`` rows pack (parent id, service
+        id, error, hour) of the children still waiting for their parent."""
 
         def add(bucket: int, caller: int, callee: int, err: int) -> None:
             if caller != callee:
@@ -589,52 +589,72 @@ class SQLWriter(Store):
                 e[0] += 1
                 e[1] += err
 
+        tids = list(group_svcs)
         # Children stored earlier, waiting for a parent that is in this write.
-        done: list[int] = []
-        tids = list(group_ids)
         for part in _chunks(tids):
-            for pid, tid, parent, svc, err, bucket in self._q(
+            for pid, tid_, data_ in self._q(
                 conn,
-                "SELECT id, trace_id, parent_id, service_id, error, bucket FROM dep_pending"
+                "SELECT id, trace_id, data FROM dep_pending"
                 f" WHERE trace_id IN ({_marks(len(part))})",
                 part,
             ):
-                psvc = group_ids[bytes(tid)].get(bytes(parent))
-                if psvc is not None:
-                    add(bucket, psvc, svc, err)
-                    done.append(pid)
-        for part in _chunks(done):
-            self._x(conn, f"DELETE FROM dep_pending WHERE id IN ({_marks(len(part))})", part)
-        # Children in this write whose parent was stored earlier (or not yet).
+                svc_of = group_svcs[bytes(tid_)]
+                data = bytes(data_)
+                left = []
+                for i in range(0, len(data), _PENDING_SIZE):
+                    parent = data[i : i + 8]
+                    psvc = svc_of.get(parent)
+                    if psvc is None:
+                        left.append(data[i : i + _PENDING_SIZE])
+                        continue
+                    svc = int.from_bytes(data[i + 8 : i + 12], "big")
+                    bucket = int.from_bytes(data[i + 13 : i + 21], "big", signed=True)
+                    add(bucket, psvc, svc, data[i + 12])
+                if not left:
+                    self._x(conn, "DELETE FROM dep_pending WHERE id = ?", (pid,))
+                elif len(left) * _PENDING_SIZE != len(data):
+                    self._x(
+                        conn, "UPDATE dep_pending SET data = ? WHERE id = ?", (b"".join(left), pid)
+                    )
         if not orphans:
             return
-        found: dict[tuple[bytes, bytes], int] = {}
-        for part in _chunks(orphans, 300):
-            params: list[Any] = []
-            for o in part:
-                params.extend((o[0], o[1]))
-            values = ", ".join(["(?, ?)"] * len(part))
-            for tid, sid, svc in self._q(
+        # Children in this write whose parent was stored earlier (or not yet).
+        known: dict[bytes, dict[bytes, int]] = {}
+        otids = list(orphans)
+        for part in _chunks(otids):
+            for tid_, data_ in self._q(
                 conn,
-                "SELECT trace_id, span_id, service_id FROM span_parents"
-                f" WHERE (trace_id, span_id) IN (VALUES {values})",
-                params,
+                f"SELECT trace_id, data FROM span_parents WHERE trace_id IN ({_marks(len(part))})",
+                part,
             ):
-                found[bytes(tid), bytes(sid)] = svc
-        waiting = []
-        for tid, parent, svc, err, bucket in orphans:
-            psvc = found.get((tid, parent))
-            if psvc is not None:
-                add(bucket, psvc, svc, err)
-            else:
-                waiting.append((tid, parent, svc, err, bucket, now_s))
-        if waiting:
+                data = bytes(data_)
+                m = known.setdefault(bytes(tid_), {})
+                for i in range(0, len(data), 12):
+                    m[data[i : i + 8]] = int.from_bytes(data[i + 8 : i + 12], "big")
+        rows = []
+        for tid, waiting in orphans.items():
+            m = known.get(tid, {})
+            left = []
+            for parent, svc, err, bucket in waiting:
+                psvc = m.get(parent)
+                if psvc is not None:
+                    add(bucket, psvc, svc, err)
+                else:
+                    left.append(
+                        parent
+                        + svc.to_bytes(4, "big")
+                        + bytes((err,))
+                        + bucket.to_bytes(8, "big", signed=True)
+                    )
+            if left:
+                rows.append((tid, now_s, b"".join(left)))
+        if rows:
             self._insert(
                 conn,
                 "dep_pending",
-                ("trace_id", "parent_id", "service_id", "error", "bucket", "t"),
-                ("bytea", "bytea", "integer", "smallint", "bigint", "bigint"),
-                waiting,
+                ("trace_id", "t", "data"),
+                ("bytea", "bigint", "bytea"),
+                rows,
             )
 
     def _write_logs(self, conn: Any, logs: list[LogRecord]) -> int:

@@ -2,8 +2,10 @@
 
 Callers hand jobs to :class:`GroupWriter` and get a future back. One thread takes
 every job waiting in the queue (up to a span budget), runs them in ONE transaction
-and completes their futures after COMMIT. If that transaction fails, each job is
-retried in a transaction of its own, so one bad batch fails alone.
+and completes their futures after COMMIT. The stores run each job under a
+savepoint and report a job that failed as a :class:`JobFailed` result, so one bad
+batch gets its error and the others commit. If the transaction itself fails, each
+job is retried in a transaction of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["GroupWriter", "Job"]
+__all__ = ["GroupWriter", "Job", "JobFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,15 @@ class Job:
     size: int
     future: Future[Any] = field(default_factory=Future)
     queued_at: float = field(default_factory=time.monotonic)
+
+
+class JobFailed:
+    """The result of a job that failed inside an otherwise committed group."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 def _settle(fut: Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
@@ -134,11 +145,13 @@ class GroupWriter:
         error: BaseException | None = None,
     ) -> None:
         now = time.monotonic()
+        failed = len(jobs) if error is not None else 0
+        if results is not None:
+            failed += sum(isinstance(r, JobFailed) for r in results)
         with self._lock:
             self._pending -= sum(j.size for j in jobs)
-            if error is not None:
-                self.failed_jobs += len(jobs)
-            else:
+            self.failed_jobs += failed
+            if error is None:
                 self.committed_groups += 1
                 self.last_commit_s = now - t0
                 self.last_latency_s = now - min(j.queued_at for j in jobs)
@@ -147,4 +160,7 @@ class GroupWriter:
                 _settle(job.future, exc=error or RuntimeError("store write failed"))
             return
         for job, result in zip(jobs, results, strict=True):
-            _settle(job.future, result)
+            if isinstance(result, JobFailed):
+                _settle(job.future, exc=result.error)
+            else:
+                _settle(job.future, result)
