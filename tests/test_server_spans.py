@@ -406,3 +406,20 @@ async def test_asgi_without_tracer_opens_no_span(sink: Sink) -> None:
     resp = await asgi_get(app, "/fail")
     assert resp.status_code == 502
     assert sink.spans == []
+
+
+def test_paste_filter_service_name_picks_the_service_tracer(sink: Sink, tracer: Tracer) -> None:
+    """``service_name`` in the filter section binds the pipeline to that service's tracer."""
+    from crosstrace.wsgi import filter_factory
+
+    def app(env: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return []
+
+    tr._set_tracer(tracer)
+    mw = filter_factory({}, service_name="nova-api")(app)
+    tr._set_tracer(None)  # resolved when the pipeline was built
+    call(mw, environ())
+    (s,) = sink.spans
+    assert s.segment.tracer.resource["service.name"] == "nova-api"
+    assert s.segment.tracer is tracer.for_service("nova-api")
