@@ -5,7 +5,8 @@ the queries an operator runs.
     python benchmarks/bench_store.py --spans 100000 --backends sqlite --no-http
 
 Reports, per backend: ingest rate with direct store writes (per-service batches
-of 512 spans, 4 in flight), ingest rate over HTTP with OTLP protobuf through
+of 512 spans decoded from their OTLP bodies before the clock starts, 4 in
+flight; the decode rate is printed once), ingest rate over HTTP with OTLP protobuf through
 ``crosstrace serve`` (4 client threads with keep-alive connections, the bodies
 encoded before the clock starts), bytes per span on disk including indexes
 (SQLite: the file after a WAL checkpoint; PostgreSQL: pg_total_relation_size of
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen
 from crosstrace.server.model import TraceQuery
+from crosstrace.server.spanbatch import SpanBatch, scan_traces
 from crosstrace.server.store.base import Store
 from crosstrace.server.store.postgres import PostgresStore
 from crosstrace.server.store.sqlite import SQLiteStore
@@ -63,11 +65,17 @@ def timed(fn: Callable[[], Any], n: int) -> tuple[float, float]:
     return statistics.median(out), pct(out, 0.95)
 
 
-def write_direct(store: Store, batches: list[list[Any]], inflight: int = 4) -> float:
+def load() -> str:
+    """The load average (1, 5, 15 min), to report beside each figure."""
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def write_direct(store: Store, batches: list[SpanBatch], inflight: int = 4) -> float:
     pending: list[Future[None]] = []
     t0 = time.perf_counter()
     for b in batches:
-        pending.append(store.submit_spans(b))
+        pending.append(store.submit_batch(b))
         if len(pending) >= inflight:
             pending.pop(0).result()
     for f in pending:
@@ -212,6 +220,15 @@ def disk_bytes(store: Store) -> int:
     if isinstance(store, PostgresStore):
         with store._reader() as conn:
             conn.execute("ANALYZE")
+            rows = conn.execute(
+                "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c"
+                " WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'"
+                " ORDER BY 2 DESC LIMIT 8"
+            ).fetchall()
+        print(
+            "  largest tables (with their indexes): "
+            + ", ".join(f"{n} {b >> 10} KiB" for n, b in rows)
+        )
     return store.stats()["db_bytes"]
 
 
@@ -235,27 +252,28 @@ def main() -> None:
         f"generated {n_spans} spans / {len(traces)} traces / {len(batches)} batches"
         f" in {time.perf_counter() - t0:.1f} s"
     )
-    http_ok = (
-        not args.no_http
-        and Path(__file__).resolve().parents[1].joinpath("src/crosstrace/server/app.py").exists()
+    http_ok = not args.no_http
+    t0 = time.perf_counter()
+    bodies = [loadgen.to_otlp(b) for b in batches]
+    print(
+        f"encoded {len(bodies)} OTLP bodies ({sum(map(len, bodies)) / n_spans:.0f} B/span)"
+        f" in {time.perf_counter() - t0:.1f} s"
     )
-    bodies: list[bytes] = []
-    if http_ok:
-        t0 = time.perf_counter()
-        bodies = [loadgen.to_otlp(b) for b in batches]
-        print(
-            f"encoded {len(bodies)} OTLP bodies ({sum(map(len, bodies)) / n_spans:.0f} B/span)"
-            f" in {time.perf_counter() - t0:.1f} s"
-        )
+    t0 = time.perf_counter()
+    decoded = [scan_traces(b, lambda reason: None) for b in bodies]
+    secs = time.perf_counter() - t0
+    print(f"decoded them into span batches: {n_spans / secs:,.0f} spans/s ({load()})")
     tmp = Path(args.tmp or tempfile.mkdtemp(prefix="crosstrace-bench-"))
     for backend in args.backends.split(","):
         url, opener, drop = open_backend(backend, tmp)
         try:
             store = opener()
-            secs = write_direct(store, batches)
+            print(f"\n[{backend}] before direct writes: {load()}")
+            secs = write_direct(store, decoded)
             size = disk_bytes(store)
             print(
-                f"\n[{backend}] direct store writes: {n_spans / secs:,.0f} spans/s ({secs:.1f} s)"
+                f"[{backend}] direct store writes: {n_spans / secs:,.0f} spans/s ({secs:.1f} s,"
+                f" {load()})"
             )
             print(f"[{backend}] on disk: {size / n_spans:.1f} bytes/span ({size / 2**20:.1f} MiB)")
             res = run_queries(store, traces, args.queries, t_end)
@@ -267,6 +285,7 @@ def main() -> None:
         if http_ok:
             url, opener, drop = open_backend(backend, tmp)
             try:
+                print(f"[{backend}] before HTTP: {load()}")
                 secs, failed = write_http(url, bodies)
                 store = opener()
                 st = store.stats()
@@ -279,7 +298,7 @@ def main() -> None:
                 print(
                     f"[{backend}] HTTP OTLP protobuf ingest: {n_spans / secs:,.0f} spans/s"
                     f" ({secs:.1f} s, {failed} non-200, {st['traces']} traces stored,"
-                    f" sampled traces found {got})"
+                    f" sampled traces found {got}, {load()})"
                 )
             finally:
                 drop()

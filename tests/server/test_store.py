@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from crosstrace.server.model import (
+    ATTR_REQUEST_ID,
     STATUS_ERROR,
     STATUS_OK,
     LogQuery,
@@ -22,6 +23,7 @@ from crosstrace.server.model import (
     SpanRecord,
     TraceQuery,
 )
+from crosstrace.server.spanbatch import from_records
 from crosstrace.server.store.base import Store, open_store
 from crosstrace.server.store.migrations import LATEST_VERSION, SchemaVersionError, migrate
 from crosstrace.server.store.postgres import PostgresStore
@@ -736,5 +738,133 @@ def test_chunks_use_a_trained_zstd_dictionary(
             assert s.get_trace(tid(n)) == written[n]
         s.write_spans([span(999, 1, None, "svc", "op", NOW)])
         assert s.get_trace(tid(999))[0].name == "op"
+    finally:
+        s.close()
+
+
+def test_batch_delivered_twice_is_stored_and_counted_once(store: Store) -> None:
+    """A batch stored again (a broker redelivery, a client retry), after the first
+    commit or in the same write group, adds no spans and no counts."""
+    first = [span(1, n, None if n == 1 else 1, "svc", f"op{n}", NOW + n) for n in range(1, 4)]
+    later = [span(1, 9, 1, "other", "late", NOW + 9, status=STATUS_ERROR)]
+    store.write_spans(first)
+    store.write_spans(first)
+    futures = [store.submit_spans(later), store.submit_spans(later)]
+    for f in futures:
+        f.result(30)
+    summary = store.get_trace_summary(tid(1))
+    assert summary is not None
+    assert (summary.span_count, summary.error_count) == (4, 1)
+    assert [s.span_id for s in store.get_trace(tid(1))] == [sid(n) for n in (1, 2, 3, 9)]
+    assert store.stats()["spans_written"] == 4
+
+
+def test_a_bad_batch_fails_alone_and_the_others_in_its_group_commit(store: Store) -> None:
+    """Batches committed together: the one the database refuses gets the error,
+    the others are stored."""
+    gate = threading.Event()
+    blocker = store._writer.submit("call", lambda conn: gate.wait(30), 1)  # type: ignore[attr-defined]
+    good1 = store.submit_spans([span(1, 1, None, "svc", "op", NOW)])
+    batch = from_records([span(2, 1, None, "svc", "op", NOW)])
+    batch.segments[0].service = "bad\ud800"  # a name the database driver cannot encode
+    bad = store.submit_batch(batch)
+    good2 = store.submit_spans([span(3, 1, None, "svc", "op", NOW)])
+    gate.set()
+    blocker.result(30)
+    good1.result(30)
+    good2.result(30)
+    with pytest.raises((UnicodeError, psycopg.Error)):
+        bad.result(30)
+    assert store.get_trace(tid(2)) == []
+    assert [len(store.get_trace(tid(n))) for n in (1, 3)] == [1, 1]
+    assert store.stats()["write_failures"] == 1
+    store.write_spans([span(4, 1, None, "svc2", "op2", NOW)])  # the writer goes on
+    assert store.services() == ["svc", "svc2"]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def v3_database(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Any, str, Callable[[], Store]]]:
+    """A raw connection to an empty database at schema version 3, its dialect
+    placeholder, and an opener for the store."""
+    if request.param == "sqlite":
+        path = tmp_path / "v3.sqlite3"
+        lite = sqlite3.connect(path, isolation_level=None)
+        migrate(lite, "sqlite", target=3)
+        yield lite, "?", lambda: SQLiteStore(path)
+        lite.close()
+        return
+    url = request.getfixturevalue("postgres_schema_url")
+    with psycopg.connect(url, autocommit=True) as pg:
+        migrate(pg, "postgresql", target=3)
+        yield pg, "%s", lambda: PostgresStore(url)
+
+
+def test_a_version_3_database_with_data_is_upgraded_and_still_read(
+    v3_database: tuple[Any, str, Callable[[], Store]],
+) -> None:
+    """Spans stored in the older chunk form, with their index rows, are found by
+    every search and read back after the upgrade; new spans join the same trace."""
+    import zstandard
+
+    from crosstrace.server.store.codec import encode_chunk, encode_rid
+
+    conn, ph, opener = v3_database
+
+    def run(sql: str, params: tuple[Any, ...] = ()) -> None:
+        conn.execute(sql.replace("?", ph), params)
+
+    names = {}
+    for name in ("nova-api", "GET /servers"):
+        run("INSERT INTO names (name) VALUES (?)", (name,))
+        names[name] = conn.execute(f"SELECT id FROM names WHERE name = {ph}", (name,)).fetchone()[0]
+    svc, op_name = names["nova-api"], names["GET /servers"]
+    run("INSERT INTO operations (service_id, name_id) VALUES (?, ?)", (svc, op_name))
+    op = conn.execute("SELECT id FROM operations").fetchone()[0]
+    old = span(
+        1,
+        1,
+        None,
+        "nova-api",
+        "GET /servers",
+        NOW,
+        attrs={"openstack.user_id": "u1", ATTR_REQUEST_ID: RID_A},
+    )
+    raw = encode_chunk([old], names.__getitem__)
+    chunk = b"\x01" + zstandard.ZstdCompressor().compress(raw)
+    if ph == "?":
+        run("INSERT INTO chunks (trace_id, data) VALUES (?, ?)", (tid(1), chunk))
+    else:  # into the default partition
+        run("INSERT INTO chunks (trace_id, day, data) VALUES (?, ?, ?)", (tid(1), 1, chunk))
+    run(
+        "INSERT INTO traces VALUES (?, ?, ?, ?, ?, 1, ?, 1, 0, 'p1', NULL)",
+        (tid(1), NOW, NOW + 10 * MS, svc, op_name, NOW),
+    )
+    for key in (svc, -op):
+        run("INSERT INTO trace_keys (trace_id, key) VALUES (?, ?)", (tid(1), key))
+    run("INSERT INTO request_ids VALUES (?, ?, 1)", (encode_rid(RID_A), tid(1)))
+    from crosstrace.server.store.codec import attr_hash
+
+    run("INSERT INTO attr_index VALUES (?, ?)", (attr_hash("openstack.user_id", "u1"), tid(1)))
+    s = opener()
+    try:
+        assert _version(s) == LATEST_VERSION
+        assert s.get_trace(tid(1)) == [old]
+        s.write_spans([span(1, 2, 1, "glance", "GET /images", NOW + MS)])
+        assert [x.span_id for x in s.get_trace(tid(1))] == [sid(1), sid(2)]
+        summary = s.get_trace_summary(tid(1))
+        assert summary is not None
+        assert (summary.span_count, summary.services) == (2, ["glance", "nova-api"])
+        assert summary.request_ids == [RID_A]
+        for q in (
+            TraceQuery(service="nova-api"),
+            TraceQuery(operation="GET /servers"),
+            TraceQuery(request_id=RID_A),
+            TraceQuery(attributes={"openstack.user_id": "u1"}),
+            TraceQuery(service="glance"),
+        ):
+            assert [t.trace_id for t in s.search_traces(q).traces] == [tid(1)], q
+        assert [t.trace_id for t in s.traces_for_request(RID_A)] == [tid(1)]
     finally:
         s.close()

@@ -8,9 +8,13 @@ twice by the upb parser, with two reduced schemas of the same wire format:
 - one with each ``Span`` left as ``bytes``: the stored form of every span, cut out
   of the request in C, never re-encoded;
 - one that reads only what the store's summary, indexes and checks need (ids,
-  parent, name, kind, times, status code, and the attributes as a
-  ``map<string, bytes>`` of raw ``AnyValue`` bytes, which the wire format allows:
-  a map entry and a ``KeyValue`` are the same message).
+  parent, name, kind, times, status code, and each attribute as the raw bytes of
+  its ``KeyValue``).
+
+What an attribute means to the store (indexed, a request or project id, a value
+nested too deeply, or nothing) is worked out once per distinct ``KeyValue``
+encoding and remembered, so the common attributes, which repeat from span to
+span, cost one dictionary lookup each.
 
 Both list the spans in wire order, so the two are zipped. The result is a
 :class:`SpanBatch`: one :class:`TraceGroup` per trace, with the spans' bytes per
@@ -126,6 +130,7 @@ _MAX_STATUS: Final = 2
 _PARENT_KINDS: Final = (3, 4)  # CLIENT, PRODUCER: their children run elsewhere
 #: First byte of an ``AnyValue`` whose value may nest (array, kvlist) or is bytes.
 _TAG_NESTING: Final = 0x2A
+_MISS: Final = object()
 _RID_LOCAL: Final = 1
 _RID_GLOBAL: Final = 2
 _INDEX_CACHE_MAX: Final = 10_000
@@ -204,8 +209,8 @@ def _build_schemas() -> dict[str, Any]:
             ("events", 11, F.TYPE_MESSAGE, rep, ".crosstrace.lean.Event"),
             ("links", 13, F.TYPE_MESSAGE, rep, ".crosstrace.lean.Link"),
             ("status", 15, F.TYPE_MESSAGE, opt, ".crosstrace.lean.Status"),
+            ("attrs", 9, F.TYPE_BYTES, rep, ""),
         ],
-        attrs_field=9,
     )
     message("Scope", [("spans", 2, F.TYPE_MESSAGE, rep, ".crosstrace.lean.Span")])
     message("Resource", [("scopes", 2, F.TYPE_MESSAGE, rep, ".crosstrace.lean.Scope")])
@@ -461,6 +466,86 @@ def _check_extras(sp: Any) -> None:
                 raise Rejected(f"attribute value nested deeper than {MAX_VALUE_DEPTH}")
 
 
+# What an attribute is to the store; see _classify.
+_LIFT_NONE: Final = 0
+_LIFT_PROJECT: Final = 1
+_LIFT_DOMAIN: Final = 2
+_LIFT_LOCAL: Final = 3
+_LIFT_GLOBAL: Final = 4
+_LIFT_DB: Final = 5
+_LIFTS: Final = {
+    ATTR_PROJECT_ID: _LIFT_PROJECT,
+    ATTR_DOMAIN_ID: _LIFT_DOMAIN,
+    ATTR_REQUEST_ID: _LIFT_LOCAL,
+    ATTR_GLOBAL_REQUEST_ID: _LIFT_GLOBAL,
+    "db.system": _LIFT_DB,
+}
+_KV_CACHE_MAX: Final = 50_000
+_kv_cache: dict[bytes, Any] = {}
+_plain_keys: dict[bytes, bool] = {}
+
+
+def _plain(kv: bytes) -> bool:
+    """Whether the ``KeyValue`` bytes *kv* are an attribute the store ignores: a
+    canonical encoding, a key neither indexed nor lifted, a scalar value."""
+    n = len(kv)
+    if n < 2 or kv[0] != 0x0A or kv[1] >= 0x80:
+        return False
+    p = 2 + kv[1]
+    key = kv[2:p]
+    plain = _plain_keys.get(key)
+    if plain is None:
+        try:
+            text = key.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        plain = not is_indexed(text) and text not in _LIFTS and "\x00" not in text
+        if len(_plain_keys) < _INDEX_CACHE_MAX:
+            _plain_keys[key] = plain
+    if not plain:
+        return False
+    if p == n:
+        return True
+    if kv[p] != 0x12:
+        return False
+    q = p + 1
+    while q < n and kv[q] >= 0x80:
+        q += 1
+    q += 1
+    return q >= n or kv[q] < _TAG_NESTING
+
+
+def _classify(kv: bytes) -> Any:
+    """What the ``KeyValue`` bytes *kv* are to the store: ``None`` (nothing), a
+    rejection reason (``str``), or ``((key, raw AnyValue) or None, lift, text)``."""
+    try:
+        m = KeyValue.FromString(kv)
+    except (DecodeError, RecursionError, ValueError):
+        return None  # not reached: the request was parsed whole before
+    key: str = m.key
+    if "\x00" in key:
+        return None
+    v = m.value
+    kind = v.WhichOneof("value")
+    if kind in ("array_value", "kvlist_value"):
+        try:
+            pb_value(v)
+        except Rejected as exc:
+            return str(exc)
+    lift = _LIFTS.get(key, _LIFT_NONE)
+    pair = None
+    if is_indexed(key):
+        pair = (key, v.SerializeToString())
+    if not lift and pair is None:
+        return None
+    text = None
+    if kind == "string_value":
+        text = clean_str(v.string_value)
+        if key in _ID_ATTRS and len(text) > MAX_ID_LENGTH:
+            return f"{key} longer than {MAX_ID_LENGTH} characters"
+    return (pair, lift, text)
+
+
 def scan_traces(
     body: bytes,
     reject: Callable[[str], None],
@@ -491,7 +576,7 @@ def scan_traces(
     groups = batch.groups
     count = 0
     seq = 0
-    indexed = _indexed_cache
+    kv_cache = _kv_cache
     for ri, (raw_rs, rs) in enumerate(zip(raw_req.rs, req.rs, strict=True)):
         service, bad = _resource(raw_rs.resource)
         if service_of is not None:
@@ -529,37 +614,40 @@ def scan_traces(
                     name = clean_str(name)
                 if len(name) > MAX_NAME_BYTES // 4:
                     name = cap_name(name)
-                attrs = sp.attrs
                 project = domain = None
                 pairs: list[tuple[str, bytes]] = []
                 rids: list[tuple[str, int]] = []
+                is_db = False
                 try:
-                    for key, raw in attrs.items():
-                        if raw and raw[0] >= _TAG_NESTING and _too_deep(raw):
-                            raise Rejected(f"attribute value nested deeper than {MAX_VALUE_DEPTH}")
-                        ix = indexed.get(key)
-                        if ix is None:
-                            if "\x00" in key:
+                    for kv in sp.attrs:
+                        r = kv_cache.get(kv, _MISS)
+                        if r is _MISS:
+                            if _plain(kv):
                                 continue
-                            ix = is_indexed(key)
-                        if ix:
-                            pairs.append((key, raw))
-                            if key in _ID_ATTRS:
-                                text = _text(raw)
-                                if text is not None:
-                                    if len(text) > MAX_ID_LENGTH:
-                                        raise Rejected(
-                                            f"{key} longer than {MAX_ID_LENGTH} characters"
-                                        )
-                                    if key == ATTR_PROJECT_ID:
-                                        project = text
-                                    elif key == ATTR_DOMAIN_ID:
-                                        domain = text
-                        elif key in (ATTR_REQUEST_ID, ATTR_GLOBAL_REQUEST_ID):
-                            text = _text(raw)
-                            if text:
+                            r = _classify(kv)
+                            if r is not None:
+                                if len(kv_cache) >= _KV_CACHE_MAX:
+                                    kv_cache.clear()
+                                kv_cache[kv] = r
+                        if r is None:
+                            continue
+                        if r.__class__ is str:
+                            raise Rejected(r)
+                        pair, lift, text = r
+                        if pair is not None:
+                            pairs.append(pair)
+                        if lift:
+                            if lift == _LIFT_DB:
+                                is_db = True
+                            elif text is None:
+                                pass
+                            elif lift == _LIFT_PROJECT:
+                                project = text
+                            elif lift == _LIFT_DOMAIN:
+                                domain = text
+                            elif text:
                                 rids.append(
-                                    (text, _RID_LOCAL if key == ATTR_REQUEST_ID else _RID_GLOBAL)
+                                    (text, _RID_LOCAL if lift == _LIFT_LOCAL else _RID_GLOBAL)
                                 )
                     if sp.events or sp.links:
                         _check_extras(sp)
@@ -582,7 +670,7 @@ def scan_traces(
                         parent,
                         seg,
                         name,
-                        kind in _PARENT_KINDS and "db.system" not in attrs,
+                        kind in _PARENT_KINDS and not is_db,
                         start,
                         end,
                         status == STATUS_ERROR,

@@ -179,12 +179,13 @@ _SQLITE_V4 = [
 # PostgreSQL v4 also moves the per-trace index rows (trace_keys, request_ids,
 # attr_index: ~40 rows of ~100 bytes per trace with their B-trees) into arrays on
 # the chunk rows, searched through one GIN index. Existing traces get one chunk
-# row without spans that carries their keys.
+# row without spans that carries their keys, in the default partition (day -1:
+# never a day partition's range; retention deletes these rows with their trace).
 _PG_V4 = [
     "ALTER TABLE chunks ADD COLUMN digest BIGINT, ADD COLUMN keys INTEGER[],"
     " ADD COLUMN attrs BIGINT[], ADD COLUMN rids BYTEA",
     "INSERT INTO chunks (trace_id, day, keys, attrs, rids, data)"
-    " SELECT t.trace_id, (t.start_ns / 86400000000000)::integer,"
+    " SELECT t.trace_id, -1,"
     " ARRAY(SELECT k.key FROM trace_keys k WHERE k.trace_id = t.trace_id),"
     " ARRAY(SELECT a.h FROM attr_index a WHERE a.trace_id = t.trace_id)"
     " || ARRAY(SELECT ('x' || left(md5(r.rid), 16))::bit(64)::bigint FROM request_ids r"

@@ -157,8 +157,7 @@ class PostgresStore(SQLStore):
         prepared statement rather than as arrays of arrays."""
         if not rows:
             return
-        days = [r.start_ns // DAY_NS for r in rows]
-        self._ensure_partitions(set(days))
+        days = [r.start_ns // DAY_NS for r in rows]  # partitions: see _prepare_group
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO chunks (trace_id, day, digest, keys, attrs, rids, data)"
@@ -209,9 +208,10 @@ class PostgresStore(SQLStore):
                     )
                 except psycopg.errors.DuplicateTable:
                     pass
-                except psycopg.Error as exc:  # e.g. created concurrently: re-checked below
+                except psycopg.Error as exc:
+                    # e.g. the default partition already holds rows of that day:
+                    # the day's chunks go there (retention deletes them by trace).
                     log.warning("could not create chunk partition %d: %s", day, exc)
-                    continue
                 self._days.add(day)
 
     # index entries on chunk rows (see the module docstring) -----------------
