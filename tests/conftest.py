@@ -12,6 +12,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from crosstrace import tracer as tr
+from tracing_support import Sink
+
 REQUIRE_SERVICES = os.environ.get("CROSSTRACE_REQUIRE_SERVICES", "") not in ("", "0")
 
 
@@ -77,3 +80,19 @@ def amqp_url() -> str:
 def amqp_queue_name() -> str:
     """A queue name unique to one test, so parallel runs do not share messages."""
     return "crosstrace-test-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def no_tracer() -> Iterator[None]:
+    """No process-wide tracer during the test; the previous one is put back after.
+    Modules that want it for every test use ``pytest.mark.usefixtures("no_tracer")``."""
+    previous = tr.get_tracer()
+    tr._set_tracer(None)
+    yield
+    tr._set_tracer(previous)
+
+
+@pytest.fixture
+def sink() -> Sink:
+    """An empty in-memory sink for a tracer under test."""
+    return Sink()

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -15,37 +15,19 @@ import kombu
 import pytest
 import requests
 
-from crosstrace import tracer as tr
 from crosstrace.context import RequestContext, use_context
-from crosstrace.export import LogData
 from crosstrace.integrations import httpx as ct_httpx
 from crosstrace.integrations import requests as ct_requests
 from crosstrace.integrations.kombu import Producer, consumer_callback, publish
 from crosstrace.spans import Span, SpanKind, StatusCode
 from crosstrace.tracer import Tracer, span
 from crosstrace.wsgi import RequestIdMiddleware
+from tracing_support import Sink, sink_tracer
 
 GID = "req-3f1e2d4c-5b6a-4789-8abc-def012345678"
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-        self.lock = threading.Lock()
-
-    def export_spans(self, spans: Sequence[Span]) -> None:
-        with self.lock:
-            self.spans.extend(spans)
-
-    def export_log(self, record: LogData) -> None:
-        pass
-
-    def cpu_ns(self) -> int:
-        return 0
-
-    def named(self, name: str, kind: int | None = None) -> Span:
-        (s,) = [s for s in self.spans if s.name == name and kind in (None, s.kind)]
-        return s
+pytestmark = pytest.mark.usefixtures("no_tracer")
 
 
 class _Quiet(WSGIRequestHandler):
@@ -53,22 +35,9 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
-@pytest.fixture(autouse=True)
-def _no_tracer() -> Iterator[None]:
-    previous = tr.get_tracer()
-    tr._set_tracer(None)
-    yield
-    tr._set_tracer(previous)
-
-
-@pytest.fixture
-def sink() -> Sink:
-    return Sink()
-
-
 @pytest.fixture
 def main(sink: Sink) -> Tracer:
-    return Tracer("main", sink=sink, overhead_budget=0.0, sample_ratio=1.0)
+    return sink_tracer(sink, "main", sample_ratio=1.0)
 
 
 class Callee:

@@ -2,56 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from crosstrace import tracer as tr
-from crosstrace.export import LogData
 from crosstrace.integrations.sqlalchemy import (
     instrument_engine,
     sanitize_statement,
     uninstrument_engine,
 )
-from crosstrace.spans import Span, SpanKind, StatusCode
+from crosstrace.spans import SpanKind, StatusCode
 from crosstrace.tracer import Tracer, span
+from tracing_support import Sink, sink_tracer
 
-
-class Sink:
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-
-    def export_spans(self, spans: Sequence[Span]) -> None:
-        self.spans.extend(spans)
-
-    def export_log(self, record: LogData) -> None:
-        pass
-
-    def cpu_ns(self) -> int:
-        return 0
-
-    def db(self) -> list[Span]:
-        return [s for s in self.spans if "db.system" in s.attributes]
-
-
-@pytest.fixture(autouse=True)
-def _no_tracer() -> Iterator[None]:
-    previous = tr.get_tracer()
-    tr._set_tracer(None)
-    yield
-    tr._set_tracer(previous)
-
-
-@pytest.fixture
-def sink() -> Sink:
-    return Sink()
+pytestmark = pytest.mark.usefixtures("no_tracer")
 
 
 @pytest.fixture
 def tracer(sink: Sink) -> Tracer:
-    return Tracer("volume", sink=sink, overhead_budget=0.0)
+    return sink_tracer(sink, "volume")
 
 
 @pytest.fixture

@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
 
 from crosstrace import otlp
-from crosstrace import tracer as tr
 from crosstrace.context import RequestContext, use_context
-from crosstrace.export import LogData
 from crosstrace.logging import ContextFilter, ExportHandler
-from crosstrace.spans import Span, SpanKind, StatusCode
+from crosstrace.spans import SpanKind, StatusCode
 from crosstrace.tracer import Tracer, span
+from tracing_support import Sink, sink_tracer
 
 GID = "req-3f1e2d4c-5b6a-4789-8abc-def012345678"
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-        self.logs: list[LogData] = []
-
-    def export_spans(self, spans: Sequence[Span]) -> None:
-        self.spans.extend(spans)
-
-    def export_log(self, record: LogData) -> None:
-        self.logs.append(record)
-
-    def cpu_ns(self) -> int:
-        return 0
+pytestmark = pytest.mark.usefixtures("no_tracer")
 
 
 class Capture(logging.Handler):
@@ -43,22 +30,9 @@ class Capture(logging.Handler):
         self.records.append(record)
 
 
-@pytest.fixture(autouse=True)
-def _no_tracer() -> Iterator[None]:
-    previous = tr.get_tracer()
-    tr._set_tracer(None)
-    yield
-    tr._set_tracer(previous)
-
-
-@pytest.fixture
-def sink() -> Sink:
-    return Sink()
-
-
 @pytest.fixture
 def tracer(sink: Sink) -> Tracer:
-    return Tracer("api", sink=sink, overhead_budget=0.0)
+    return sink_tracer(sink, "api")
 
 
 @pytest.fixture

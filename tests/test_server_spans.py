@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,11 +15,11 @@ from starlette.routing import Route
 
 from crosstrace import tracer as tr
 from crosstrace.asgi import RequestIdMiddleware as AsgiMiddleware
-from crosstrace.export import LogData
 from crosstrace.httpnames import ENV_ROUTE, normalize_path
-from crosstrace.spans import INVALID_SPAN, Span, SpanKind, StatusCode, current_span
+from crosstrace.spans import INVALID_SPAN, SpanKind, StatusCode, current_span
 from crosstrace.tracer import Tracer
 from crosstrace.wsgi import RequestIdMiddleware
+from tracing_support import Sink, sink_tracer
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -27,36 +27,12 @@ GID = "req-7c9e6679-7425-40de-944b-e07fc1f90ae7"
 IMAGE = "3f2a5a6e-7d0b-4c1e-9c4e-5f0f1d2c3b4a"
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-
-    def export_spans(self, spans: Sequence[Span]) -> None:
-        self.spans.extend(spans)
-
-    def export_log(self, record: LogData) -> None:
-        pass
-
-    def cpu_ns(self) -> int:
-        return 0
-
-
-@pytest.fixture(autouse=True)
-def _no_tracer() -> Iterator[None]:
-    previous = tr.get_tracer()
-    tr._set_tracer(None)
-    yield
-    tr._set_tracer(previous)
-
-
-@pytest.fixture
-def sink() -> Sink:
-    return Sink()
+pytestmark = pytest.mark.usefixtures("no_tracer")
 
 
 @pytest.fixture
 def tracer(sink: Sink) -> Tracer:
-    return Tracer("svc", sink=sink, overhead_budget=0.0, sample_ratio=1.0)
+    return sink_tracer(sink, "svc", sample_ratio=1.0)
 
 
 def environ(path: str = "/", method: str = "GET", **headers: str) -> dict[str, Any]:

@@ -10,26 +10,13 @@ import pytest
 import crosstrace
 from crosstrace import config, otlp
 from crosstrace import tracer as tr
-from crosstrace.export import LogData, Transport
+from crosstrace.export import Transport
 from crosstrace.propagation import start_server_span
 from crosstrace.tracer import INVALID_SPAN, Span, SpanKind, Tracer, span, start_span
+from tracing_support import Sink, sink_tracer
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-
-    def export_spans(self, spans: Sequence[Span]) -> None:
-        self.spans.extend(spans)
-
-    def export_log(self, record: LogData) -> None:
-        pass
-
-    def cpu_ns(self) -> int:
-        return 0
 
 
 class Discard(Transport):
@@ -41,17 +28,14 @@ class Discard(Transport):
 
 
 @pytest.fixture(autouse=True)
-def _no_tracer() -> Iterator[None]:
-    previous = tr.get_tracer()
-    tr._set_tracer(None)
+def _shutdown_after(no_tracer: None) -> Iterator[None]:
+    """Shut the configured exporter down before ``no_tracer`` restores the old tracer."""
     yield
     config.shutdown(1.0)
-    tr._set_tracer(previous)
 
 
 def main_tracer(sink: Sink, **kwargs: Any) -> Tracer:
-    kwargs.setdefault("overhead_budget", 0.0)
-    return Tracer("main", sink=sink, **kwargs)
+    return sink_tracer(sink, "main", **kwargs)
 
 
 def test_for_service_is_cached_and_has_its_own_service_name() -> None:
