@@ -14,8 +14,9 @@ tracer), and with neither it is not opened at all (only the request id travels).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, MutableMapping
+from types import TracebackType
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from crosstrace import tracer as _tracer_mod
@@ -30,18 +31,22 @@ from crosstrace.httpnames import (
     normalize_path,
 )
 from crosstrace.ids import is_valid_request_id
+from crosstrace.propagation import inject_headers
 from crosstrace.spans import (
     INVALID_SPAN,
     NonRecordingSpan,
     Span,
     SpanKind,
     StatusCode,
+    _current,
     _get_current_span,
+    record_failure,
 )
 from crosstrace.tracer import Tracer, start_span
 
 __all__ = [
     "COMPAT_RESPONSE_HEADERS",
+    "HttpClientCall",
     "finish_http_client_span",
     "log_response_request_id",
     "safe_url",
@@ -108,6 +113,64 @@ def finish_http_client_span(span: Span | NonRecordingSpan, status: int) -> None:
     span.set_attribute(ATTR_STATUS_CODE, status)
     if status >= 500:
         span.set_status(StatusCode.ERROR, f"HTTP {status}")
+
+
+class HttpClientCall:
+    """One traced outbound HTTP call: the CLIENT span around sending a request.
+
+    Shared by the ``requests`` and ``httpx`` (sync and async) integrations, used
+    only once :func:`tracing_active` said yes, so untraced calls pay nothing::
+
+        with HttpClientCall(method, url, request.headers, tracer) as call:
+            response = send(request)
+            call.status = response.status_code
+
+    Entering opens the span (:func:`start_http_client_span`), makes it current
+    and writes the request-id and trace headers into *headers*. Leaving restores
+    the previous current span; on success it records :attr:`status` (see
+    :func:`finish_http_client_span`), on an exception it records the failure
+    (``Exception`` only, not ``KeyboardInterrupt`` and the like). The span is
+    ended either way and the exception propagates.
+    """
+
+    __slots__ = ("_headers", "_token", "span", "status")
+
+    def __init__(
+        self, method: str, url: str, headers: MutableMapping[str, str], tracer: Tracer | None
+    ) -> None:
+        self.span = start_http_client_span(method, url, tracer)
+        self._headers = headers
+        #: The response status, set by the caller once the response arrived.
+        self.status: int | None = None
+
+    def __enter__(self) -> HttpClientCall:
+        self._token = _current.set(self.span)
+        try:
+            inject_headers(self._headers)
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        if exc is not None:
+            try:
+                if isinstance(exc, Exception):
+                    record_failure(self.span, exc)
+                self.span.end()
+            finally:
+                _current.reset(self._token)
+            return False
+        _current.reset(self._token)
+        if self.status is not None:
+            finish_http_client_span(self.span, self.status)
+        self.span.end()
+        return False
 
 
 #: Response headers that may carry the callee's local id, in keystoneauth's order.

@@ -24,14 +24,8 @@ from typing import Any
 import requests
 
 from crosstrace.context import get_current
-from crosstrace.integrations import (
-    finish_http_client_span,
-    log_response_request_id,
-    start_http_client_span,
-    tracing_active,
-)
-from crosstrace.propagation import HEADER_REQUEST_ID, inject_headers
-from crosstrace.spans import _current, record_failure
+from crosstrace.integrations import HttpClientCall, log_response_request_id, tracing_active
+from crosstrace.propagation import HEADER_REQUEST_ID
 from crosstrace.tracer import Tracer
 
 __all__ = ["Session", "add_request_id"]
@@ -69,19 +63,8 @@ class Session(requests.Session):
             response = super().send(request, **kwargs)
             log_response_request_id(log, method, url, response.headers.get)
             return response
-        span = start_http_client_span(method, url, self.tracer)
-        token = _current.set(span)
-        try:
-            inject_headers(request.headers)
+        with HttpClientCall(method, url, request.headers, self.tracer) as call:
             response = super().send(request, **kwargs)
-        except BaseException as exc:
-            if isinstance(exc, Exception):
-                record_failure(span, exc)
-            span.end()
-            raise
-        finally:
-            _current.reset(token)
-        finish_http_client_span(span, response.status_code)
-        span.end()
+            call.status = response.status_code
         log_response_request_id(log, method, url, response.headers.get)
         return response
