@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, MutableMapping
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from crosstrace import tracer as _tracer_mod
@@ -46,6 +46,7 @@ from crosstrace.tracer import Tracer, start_span
 
 __all__ = [
     "COMPAT_RESPONSE_HEADERS",
+    "ClientSpanScope",
     "HttpClientCall",
     "finish_http_client_span",
     "log_response_request_id",
@@ -115,41 +116,29 @@ def finish_http_client_span(span: Span | NonRecordingSpan, status: int) -> None:
         span.set_status(StatusCode.ERROR, f"HTTP {status}")
 
 
-class HttpClientCall:
-    """One traced outbound HTTP call: the CLIENT span around sending a request.
+class ClientSpanScope:
+    """The current-span scope of one outbound call's client-side span.
 
-    Shared by the ``requests`` and ``httpx`` (sync and async) integrations, used
-    only once :func:`tracing_active` said yes, so untraced calls pay nothing::
+    Shared by the HTTP (``requests``, ``httpx`` sync and async) and kombu
+    PRODUCER paths, used only once :func:`tracing_active` said yes, so untraced
+    calls pay nothing::
 
-        with HttpClientCall(method, url, request.headers, tracer) as call:
-            response = send(request)
-            call.status = response.status_code
+        with ClientSpanScope(start_client_span(name, kind, attrs, tracer)):
+            result = send(...)
 
-    Entering opens the span (:func:`start_http_client_span`), makes it current
-    and writes the request-id and trace headers into *headers*. Leaving restores
-    the previous current span; on success it records :attr:`status` (see
-    :func:`finish_http_client_span`), on an exception it records the failure
-    (``Exception`` only, not ``KeyboardInterrupt`` and the like). The span is
-    ended either way and the exception propagates.
+    Entering makes *span* current. Leaving restores the previous current span;
+    on an exception it records the failure (``Exception`` only, not
+    ``KeyboardInterrupt`` and the like) and lets it propagate. The span is ended
+    either way.
     """
 
-    __slots__ = ("_headers", "_token", "span", "status")
+    __slots__ = ("_token", "span")
 
-    def __init__(
-        self, method: str, url: str, headers: MutableMapping[str, str], tracer: Tracer | None
-    ) -> None:
-        self.span = start_http_client_span(method, url, tracer)
-        self._headers = headers
-        #: The response status, set by the caller once the response arrived.
-        self.status: int | None = None
+    def __init__(self, span: Span | NonRecordingSpan) -> None:
+        self.span = span
 
-    def __enter__(self) -> HttpClientCall:
+    def __enter__(self) -> Self:
         self._token = _current.set(self.span)
-        try:
-            inject_headers(self._headers)
-        except BaseException as exc:
-            self.__exit__(type(exc), exc, exc.__traceback__)
-            raise
         return self
 
     def __exit__(
@@ -167,10 +156,49 @@ class HttpClientCall:
                 _current.reset(self._token)
             return False
         _current.reset(self._token)
-        if self.status is not None:
-            finish_http_client_span(self.span, self.status)
+        self._succeeded()
         self.span.end()
         return False
+
+    def _succeeded(self) -> None:
+        """Record the outcome of a call that returned, before the span ends."""
+
+
+class HttpClientCall(ClientSpanScope):
+    """The CLIENT span around sending one HTTP request::
+
+        with HttpClientCall(method, url, request.headers, tracer) as call:
+            response = send(request)
+            call.status = response.status_code
+
+    Opens the span with :func:`start_http_client_span`; entering also writes the
+    request-id and trace headers into *headers* (in the span's scope), and a
+    call that returned records :attr:`status` (see
+    :func:`finish_http_client_span`).
+    """
+
+    __slots__ = ("_headers", "status")
+
+    def __init__(
+        self, method: str, url: str, headers: MutableMapping[str, str], tracer: Tracer | None
+    ) -> None:
+        super().__init__(start_http_client_span(method, url, tracer))
+        self._headers = headers
+        #: The response status, set by the caller once the response arrived.
+        self.status: int | None = None
+
+    def __enter__(self) -> Self:
+        super().__enter__()
+        try:
+            inject_headers(self._headers)
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def _succeeded(self) -> None:
+        if self.status is not None:
+            finish_http_client_span(self.span, self.status)
 
 
 #: Response headers that may carry the callee's local id, in keystoneauth's order.

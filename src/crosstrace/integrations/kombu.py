@@ -42,7 +42,7 @@ from kombu.messaging import Producer as _KombuProducer
 
 from crosstrace import tracer as _tracer_mod
 from crosstrace.context import RequestContext, reset_current, set_current
-from crosstrace.integrations import start_client_span, tracing_active
+from crosstrace.integrations import ClientSpanScope, start_client_span, tracing_active
 from crosstrace.propagation import extract, inject, start_server_span
 from crosstrace.spans import (
     INVALID_SPAN,
@@ -165,18 +165,9 @@ def _traced_publish(
     if extra:
         attrs.update(extra)
     span = start_client_span(f"publish {attrs[ATTR_DESTINATION]}", SpanKind.PRODUCER, attrs, tracer)
-    token = _current.set(span)
-    try:
+    with ClientSpanScope(span):
         a, kw = add_headers()
         result = send(body, *a, **kw)
-    except BaseException as exc:
-        if isinstance(exc, Exception):
-            record_failure(span, exc)
-        span.end()
-        raise
-    finally:
-        _current.reset(token)
-    span.end()
     return result
 
 
