@@ -235,3 +235,14 @@ def demo(
     except DemoError as exc:
         raise click.ClickException(str(exc)) from None
     raise SystemExit(status)
+
+
+def _add_query_commands() -> None:
+    """``traces``, ``trace`` and ``request``: read the query API (crosstrace.querycli)."""
+    from crosstrace.querycli import request, trace, traces
+
+    for command in (traces, trace, request):
+        main.add_command(command)
+
+
+_add_query_commands()
