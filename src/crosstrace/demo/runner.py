@@ -375,6 +375,7 @@ class Demo:
         console.print(f"  failed traces     {url}/api/v1/traces?error=true")
         threshold = self.settings.timings.slow_threshold
         console.print(f"  slow traces       {url}/api/v1/traces?min_duration={threshold:g}s")
+        tids: list[str] = []
         if example is not None:
             gid = example.global_request_id
             console.print(f"  one failed boot   ({example.fault}, traces and logs)")
@@ -383,11 +384,21 @@ class Demo:
             if tids:
                 console.print(f"  its trace         {url}/api/v1/traces/{tids[0]}")
             console.print(f"  its logs          {url}/api/v1/logs?request_id={gid}")
+        commands = cli_commands(
+            url,
+            example.global_request_id if example is not None else None,
+            tids[0] if tids else None,
+            min_duration=f"{threshold:g}s",
+        )
         console.print(f"  services          {url}/api/v1/services")
         console.print(f"  call graph        {url}/api/v1/dependencies")
         console.print(f"  API reference     {url}/docs")
         console.print(f"  service logs      {self.data_dir / 'logs'}")
         console.print(f"  ground truth      {self.ground_truth_path}")
+        console.print()
+        console.print("[bold]From the command line[/]")
+        for label, command in commands:
+            console.print(f"  {label:<17} {command}", highlight=False, markup=False, soft_wrap=True)
 
     def trickle(self) -> None:
         """One boot every few seconds until Ctrl-C (KeyboardInterrupt)."""
@@ -409,6 +420,29 @@ class Demo:
                 highlight=False,
             )
             self.ground_truth.write(self.ground_truth_path)
+
+
+def cli_commands(
+    url: str,
+    global_request_id: str | None,
+    trace_id: str | None,
+    *,
+    min_duration: str | None = None,
+) -> list[tuple[str, str]]:
+    """(label, command) pairs of the query commands for the summary.
+
+    ``--url`` is added when *url* is not where the commands look by default."""
+    from crosstrace.querycli import DEFAULT_URL
+
+    flag = "" if url.rstrip("/") == DEFAULT_URL else f" --url {url}"
+    commands = [("failed traces", f"crosstrace traces --error{flag}")]
+    if min_duration:
+        commands.append(("slow traces", f"crosstrace traces --min-duration {min_duration}{flag}"))
+    if global_request_id:
+        commands.append(("one failed boot", f"crosstrace request {global_request_id}{flag}"))
+    if trace_id:
+        commands.append(("its trace", f"crosstrace trace {trace_id}{flag}"))
+    return commands
 
 
 def _ms(seconds: float) -> str:
