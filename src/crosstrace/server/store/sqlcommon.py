@@ -284,24 +284,16 @@ class SQLStore(SQLWriter):
             where.append("t.error_count > 0")
         elif q.error is False:
             where.append("t.error_count = 0")
-        if q.start_ns is not None:
-            where.append("t.start_ns >= ?")
-            params.append(q.start_ns)
-        if q.end_ns is not None:
-            where.append("t.start_ns <= ?")
-            params.append(q.end_ns)
-        if q.min_duration_ns is not None:
-            where.append("t.end_ns - t.start_ns >= ?")
-            params.append(q.min_duration_ns)
-        if q.max_duration_ns is not None:
-            where.append("t.end_ns - t.start_ns <= ?")
-            params.append(q.max_duration_ns)
-        if q.project_id is not None:
-            where.append("t.project_id = ?")
-            params.append(q.project_id)
-        if q.domain_id is not None:
-            where.append("t.domain_id = ?")
-            params.append(q.domain_id)
+        _add_conditions(
+            where,
+            params,
+            (q.start_ns, "t.start_ns >= ?"),
+            (q.end_ns, "t.start_ns <= ?"),
+            (q.min_duration_ns, "t.end_ns - t.start_ns >= ?"),
+            (q.max_duration_ns, "t.end_ns - t.start_ns <= ?"),
+            (q.project_id, "t.project_id = ?"),
+            (q.domain_id, "t.domain_id = ?"),
+        )
         if q.allowed_projects is not None:
             allowed = sorted(q.allowed_projects)
             if not allowed:
@@ -353,22 +345,18 @@ class SQLStore(SQLWriter):
         if query.request_id is not None:
             where.append("(request_id = ? OR global_request_id = ?)")
             params.extend((query.request_id, query.request_id))
-        if query.trace_id is not None:
-            where.append("trace_id = ?")
-            params.append(query.trace_id)
-        if query.min_severity is not None:
-            where.append("severity >= ?")
-            params.append(query.min_severity)
+        _add_conditions(
+            where,
+            params,
+            (query.trace_id, "trace_id = ?"),
+            (query.min_severity, "severity >= ?"),
+            (query.start_ns, "time_ns >= ?"),
+            (query.end_ns, "time_ns <= ?"),
+        )
         if query.text:
             escaped = query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append(f"body {self._like} ? ESCAPE '\\'")
             params.append(f"%{escaped}%")
-        if query.start_ns is not None:
-            where.append("time_ns >= ?")
-            params.append(query.start_ns)
-        if query.end_ns is not None:
-            where.append("time_ns <= ?")
-            params.append(query.end_ns)
         if query.allowed_projects is not None:
             allowed = sorted(query.allowed_projects)
             if not allowed:
@@ -540,3 +528,11 @@ class SQLStore(SQLWriter):
             self._retention = None
         self._writer.close()
         self._close_connections()
+
+
+def _add_conditions(where: list[str], params: list[Any], *pairs: tuple[Any, str]) -> None:
+    """Append each ``(value, condition)`` whose value is set to the WHERE clause."""
+    for value, condition in pairs:
+        if value is not None:
+            where.append(condition)
+            params.append(value)
