@@ -14,25 +14,22 @@ import json
 import logging
 import queue
 import re
-import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import kombu
 import pytest
 import requests
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from crosstrace import asgi, wsgi
+from crosstrace.demo.servers import serve_asgi, serve_wsgi
 from crosstrace.ids import is_valid_request_id
 from crosstrace.integrations.kombu import Producer, consumer_callback
 from crosstrace.integrations.requests import Session
@@ -50,11 +47,6 @@ LINE_RE = re.compile(
     r"^\S+ \S+ \d+ (?P<level>[A-Z]+) (?P<logger>\S+) "
     r"\[(?P<global>\S+) (?P<local>\S+) [^\]]*\] (?P<message>.*)$"
 )
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @dataclass
@@ -117,30 +109,9 @@ class Cloud:
             return JSONResponse({"cast": True})
 
         app = asgi.RequestIdMiddleware(Starlette(routes=[Route("/cast", cast)]))
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(
-            uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
-        )
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="svc-b", daemon=True
-        )
-        thread.start()
-        deadline = time.monotonic() + DEADLINE
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            assert thread.is_alive(), "uvicorn exited"
-            time.sleep(0.01)
-
-        def stop() -> None:
-            server.should_exit = True
-            thread.join(DEADLINE)
-            sock.close()
-
-        self._stops.append(stop)
-        return f"http://127.0.0.1:{port}"
+        server = serve_asgi(app, "svc-b", start_timeout=DEADLINE)
+        self._stops.append(lambda: server.stop(DEADLINE))
+        return server.url
 
     # -- service A: WSGI under wsgiref ----------------------------------------
     def start_a(self, b_url: str) -> None:
@@ -154,17 +125,14 @@ class Cloud:
             body = {"b_local": resp.headers.get("x-openstack-request-id")}
             return [json.dumps(body).encode()]
 
-        server = make_server("127.0.0.1", 0, wsgi.RequestIdMiddleware(app), handler_class=_Quiet)
-        thread = threading.Thread(target=server.serve_forever, name="svc-a", daemon=True)
-        thread.start()
+        server = serve_wsgi(wsgi.RequestIdMiddleware(app), "svc-a")
 
         def stop() -> None:
-            server.shutdown()
-            server.server_close()
+            server.stop(DEADLINE)
             session.close()
 
         self._stops.append(stop)
-        self.a_url = f"http://127.0.0.1:{server.server_port}"
+        self.a_url = server.url
 
     def stop(self) -> None:
         for stop in reversed(self._stops):

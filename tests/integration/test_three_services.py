@@ -13,7 +13,6 @@ from __future__ import annotations
 import gzip
 import http.server
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -21,13 +20,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import kombu
 import pytest
 import requests
 import sqlalchemy as sa
-import uvicorn
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -38,6 +35,7 @@ from starlette.routing import Route
 
 import crosstrace
 from crosstrace import asgi, config, wsgi
+from crosstrace.demo.servers import serve_asgi, serve_wsgi
 from crosstrace.integrations.kombu import Producer, consumer_callback
 from crosstrace.integrations.requests import Session
 from crosstrace.integrations.sqlalchemy import instrument_engine, uninstrument_engine
@@ -140,11 +138,6 @@ def _resource(attributes: Any) -> str:
 
 
 # -- the three services -------------------------------------------------------------------
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @dataclass
@@ -281,28 +274,9 @@ class Cloud:
         app = asgi.RequestIdMiddleware(
             Starlette(routes=[Route("/build/{server_id}", build)]), tracer=tracer
         )
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(
-            uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
-        )
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="svc2", daemon=True
-        )
-        thread.start()
-        deadline = time.monotonic() + DEADLINE
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-
-        def stop() -> None:
-            server.should_exit = True
-            thread.join(DEADLINE)
-            sock.close()
-
-        self._stops.append(stop)
-        return f"http://127.0.0.1:{port}"
+        server = serve_asgi(app, "svc2", start_timeout=DEADLINE)
+        self._stops.append(lambda: server.stop(DEADLINE))
+        return server.url
 
     # service 1: WSGI under wsgiref, calls service 2 with the requests integration
     def _start_svc1(self, svc2_url: str, tracer: Tracer) -> str:
@@ -318,19 +292,14 @@ class Cloud:
             start_response(status, [("Content-Type", "application/json")])
             return [resp.content]
 
-        server = make_server(
-            "127.0.0.1", 0, wsgi.RequestIdMiddleware(app, tracer=tracer), handler_class=_Quiet
-        )
-        thread = threading.Thread(target=server.serve_forever, name="svc1", daemon=True)
-        thread.start()
+        server = serve_wsgi(wsgi.RequestIdMiddleware(app, tracer=tracer), "svc1")
 
         def stop() -> None:
-            server.shutdown()
-            server.server_close()
+            server.stop(DEADLINE)
             session.close()
 
         self._stops.append(stop)
-        return f"http://127.0.0.1:{server.server_port}"
+        return server.url
 
     # helpers
     def boot(self, fail: bool = False) -> requests.Response:
