@@ -10,18 +10,17 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from click.testing import CliRunner, Result
 
 from crosstrace.cli import main
 from crosstrace.demo.runner import cli_commands
+from crosstrace.demo.servers import serve_asgi
 from crosstrace.querycli import DEFAULT_URL, ENV_API_TOKEN, ENV_URL
 from crosstrace.server.app import create_app
 from crosstrace.server.auth import TokenSet
@@ -203,26 +202,11 @@ def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 def _start(store_url: str, api_tokens: tuple[str, ...] = ()) -> Iterator[str]:
     store = open_store(store_url)
     app = create_app(store, api_tokens=TokenSet(api_tokens))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="querycli-backend", daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + DEADLINE
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        assert thread.is_alive(), "uvicorn exited"
-        time.sleep(0.01)
+    server = serve_asgi(app, "querycli-backend", start_timeout=DEADLINE)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server.url
     finally:
-        server.should_exit = True
-        thread.join(DEADLINE)
-        sock.close()
+        server.stop(DEADLINE)
         store.close()
 
 
