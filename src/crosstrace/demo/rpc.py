@@ -68,6 +68,23 @@ def _close_all(conns: list[Any]) -> None:
             log.debug("closing an RPC connection failed", exc_info=True)
 
 
+def _consume(
+    conn: Any,
+    queue: Any,
+    callback: Callable[[Any, Any], None],
+    ready: threading.Event,
+    stop: threading.Event,
+) -> None:
+    """Consume JSON messages from *queue* into *callback* until *stop* is set."""
+    with _kombu().Consumer(conn, [queue], callbacks=[callback], accept=["json"]):
+        ready.set()
+        while not stop.is_set():
+            try:
+                conn.drain_events(timeout=_DRAIN_TIMEOUT)
+            except TimeoutError:
+                continue
+
+
 class MessagingTimeout(Exception):
     """No reply came to an RPC call within its timeout."""
 
@@ -157,13 +174,7 @@ class RpcServer:
                     durable=False,
                     auto_delete=True,
                 )
-                with kombu.Consumer(conn, [queue], callbacks=[self._on_message], accept=["json"]):
-                    self._ready.set()
-                    while not self._stop.is_set():
-                        try:
-                            conn.drain_events(timeout=_DRAIN_TIMEOUT)
-                        except TimeoutError:
-                            continue
+                _consume(conn, queue, self._on_message, self._ready, self._stop)
         except Exception as exc:
             self._error = exc
             self._ready.set()
@@ -282,13 +293,7 @@ class RpcClient:
                     exclusive=not self.url.startswith("memory://"),
                     auto_delete=True,
                 )
-                with kombu.Consumer(conn, [queue], callbacks=[self._on_reply], accept=["json"]):
-                    self._ready.set()
-                    while not self._stop.is_set():
-                        try:
-                            conn.drain_events(timeout=_DRAIN_TIMEOUT)
-                        except TimeoutError:
-                            continue
+                _consume(conn, queue, self._on_reply, self._ready, self._stop)
         except Exception as exc:
             self._error = exc
             self._ready.set()
