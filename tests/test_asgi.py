@@ -18,8 +18,8 @@ from starlette.routing import Route
 from crosstrace import get_current
 from crosstrace.asgi import RequestIdMiddleware
 from crosstrace.ids import is_valid_request_id
-from crosstrace.logging import ContextFilter, ContextFormatter
 from crosstrace.propagation import stats
+from tracing_support import capture_root_logs
 
 GID = "req-3f1e2d4c-5b6a-4789-8abc-def012345678"
 GID2 = "req-0a1b2c3d-4e5f-4a6b-9c7d-8e9f0a1b2c3d"
@@ -143,19 +143,8 @@ def call(app: Any, path: str = "/", headers: list[tuple[bytes, bytes]] | None = 
 
 @pytest.fixture
 def logs() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.addFilter(ContextFilter())
-    handler.setFormatter(ContextFormatter())
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
+    with capture_root_logs(logging.DEBUG) as stream:
         yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old)
 
 
 def test_valid_inbound_id_becomes_global_id() -> None:

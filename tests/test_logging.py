@@ -25,6 +25,7 @@ from crosstrace.logging import (
     JSONFormatter,
     setup,
 )
+from tracing_support import capture_root_logs
 
 GID = "req-3f1e2d4c-5b6a-4789-8abc-def012345678"
 LID = "req-0a1b2c3d-4e5f-4a6b-9c7d-8e9f0a1b2c3d"
@@ -114,19 +115,8 @@ def test_user_identity_matches_oslo_log_over_oslo_context() -> None:
 
 @pytest.fixture
 def root_capture() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.addFilter(ContextFilter())
-    handler.setFormatter(ContextFormatter())
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
+    with capture_root_logs(logging.INFO) as stream:
         yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old)
 
 
 def test_filter_on_handler_covers_third_party_loggers(root_capture: io.StringIO) -> None:

@@ -6,11 +6,15 @@ a module opts in to ``no_tracer`` with ``pytest.mark.usefixtures``.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from crosstrace.export import LogData
+from crosstrace.logging import ContextFilter, ContextFormatter
 from crosstrace.spans import Span
 from crosstrace.tracer import Tracer
 
@@ -50,3 +54,21 @@ def sink_tracer(sink: Sink, service_name: str, **kwargs: Any) -> Tracer:
     """A tracer exporting to ``sink``; the overhead budget is off unless given."""
     kwargs.setdefault("overhead_budget", 0.0)
     return Tracer(service_name, sink=sink, **kwargs)
+
+
+@contextlib.contextmanager
+def capture_root_logs(level: int) -> Iterator[io.StringIO]:
+    """Send every record at *level* or above, in the context format, to a string."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(ContextFormatter())
+    root = logging.getLogger()
+    old = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old)
