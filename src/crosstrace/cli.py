@@ -57,6 +57,12 @@ def main() -> None:
 @click.option("--exchange", "amqp_exchange", default=None, help="RabbitMQ exchange [crosstrace].")
 @click.option("--routing-key", "amqp_routing_key", default=None, help="Routing key [otlp].")
 @click.option("--prefetch", default=None, help="Unacknowledged messages per consumer [32].")
+@click.option(
+    "--decode-workers",
+    default=None,
+    help="Processes decoding OTLP trace bodies beside the writer; 0: decode in the server"
+    " [one per core beyond the first, at most 4].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def serve(config_file: Path | None, verbose: bool, **flags: object) -> None:
     """Run the backend: OTLP ingest, query API, optional RabbitMQ consumer.

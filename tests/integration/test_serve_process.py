@@ -124,10 +124,10 @@ def test_sigkill_mid_stream_loses_no_acknowledged_batch(
     acknowledged: list[tuple[str, set[str]]] = []
     stop = threading.Event()
 
-    def client() -> None:
+    def client(spans: int) -> None:
         with httpx.Client(base_url=url, timeout=10) as http:
             while not stop.is_set():
-                body, ids = simple_batch(20)
+                body, ids = simple_batch(spans)
                 try:
                     r = http.post("/v1/traces", content=body, headers=PB)
                 except httpx.HTTPError:
@@ -135,7 +135,8 @@ def test_sigkill_mid_stream_loses_no_acknowledged_batch(
                 if r.status_code == 200:
                     acknowledged.append((_trace_hex(body), {i.hex() for i in ids}))
 
-    threads = [threading.Thread(target=client) for _ in range(3)]
+    # Bodies of 800 spans go through the decode workers, those of 20 do not.
+    threads = [threading.Thread(target=client, args=(n,)) for n in (20, 20, 800)]
     for t in threads:
         t.start()
     _wait_for(lambda: len(acknowledged) >= 60, what="60 acknowledged batches")
@@ -274,3 +275,33 @@ def test_tracer_exports_over_rabbitmq_to_two_consumers(
 
         with kombu.Connection(amqp_url) as conn:
             kombu.Queue(amqp_queue_name)(conn.channel()).delete()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+def test_decode_workers_exit_when_the_server_is_killed(
+    tmp_path: Path, processes: list[ServeProcess]
+) -> None:
+    """SIGKILL gives the server no chance to stop its decode workers: they notice
+    and exit by themselves."""
+    db = "sqlite:///" + str(tmp_path / "workers.sqlite3")
+    server = ServeProcess("--db", db, "--port", "0", "--decode-workers", "2")
+    processes.append(server)
+    server.wait_listening()
+    assert any("2 worker process(es)" in line for line in server.lines)
+    children = _children(server.proc.pid)
+    assert len(children) >= 2  # the two workers (and multiprocessing's tracker)
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    _wait_for(lambda: all(_gone(p) for p in children), 10, "the workers to exit")

@@ -27,6 +27,7 @@ from crosstrace.server.model import (
     TraceQuery,
     TraceSummary,
 )
+from crosstrace.server.prepare import DecodePool
 from crosstrace.server.spanbatch import SpanBatch
 from crosstrace.server.store.base import Store, open_store
 
@@ -151,6 +152,7 @@ def serve_client(
     *,
     ingest_tokens: tuple[str, ...] = (),
     api_tokens: tuple[str, ...] = (),
+    decode_pool: DecodePool | None = None,
     **limits: int,
 ) -> Iterator[AppClient]:
     """A TestClient over the one ASGI app of ``serve`` on *store*."""
@@ -158,6 +160,7 @@ def serve_client(
         store,
         ingest_tokens=TokenSet(ingest_tokens),
         api_tokens=TokenSet(api_tokens),
+        decode_pool=decode_pool,
         **limits,
     )
     client = AppClient(app)

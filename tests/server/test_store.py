@@ -868,3 +868,46 @@ def test_a_version_3_database_with_data_is_upgraded_and_still_read(
         assert [t.trace_id for t in s.traces_for_request(RID_A)] == [tid(1)]
     finally:
         s.close()
+
+
+def test_index_entries_repeated_across_batches_are_written_once(store: Store) -> None:
+    """A trace whose batches repeat the same ids and attribute values (one batch
+    per service) gets each index entry once, and every entry stays searchable."""
+    attrs = {"openstack.project_id": "p-1", "http.request.method": "GET"}
+    for n, svc in enumerate(["nova-api", "nova-conductor", "nova-compute"], start=1):
+        store.write_spans(
+            [span(7, n, None if n == 1 else 1, svc, f"op{n}", NOW + n * MS, attrs=attrs)]
+        )
+    for key, value in attrs.items():
+        page = store.search_traces(TraceQuery(attributes={key: value}, limit=5))
+        assert [t.trace_id for t in page.traces] == [tid(7)]
+    for svc in ["nova-api", "nova-conductor", "nova-compute"]:
+        assert [t.trace_id for t in store.search_traces(TraceQuery(service=svc)).traces] == [tid(7)]
+    if isinstance(store, SQLiteStore):
+        with store._reader() as conn:
+            rows = conn.execute("SELECT count(*) FROM attr_index WHERE trace_id = ?", (tid(7),))
+            assert rows.fetchone()[0] == len(attrs)
+
+
+def test_index_entries_of_a_failed_write_are_written_by_the_next(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write rolled back does not count as having written its index entries: the
+    next batch of the same trace writes them."""
+    real = store._insert_chunks  # type: ignore[attr-defined]
+    calls = []
+
+    def fail_once(conn: Any, rows: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("disk on fire")
+        real(conn, rows)
+
+    monkeypatch.setattr(store, "_insert_chunks", fail_once)
+    attrs = {"openstack.user_id": "u-42"}
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        store.write_spans([span(8, 1, None, "nova-api", "op", NOW, attrs=attrs)])
+    assert store.search_traces(TraceQuery(attributes=attrs)).traces == []
+    store.write_spans([span(8, 2, 1, "nova-api", "op", NOW + MS, attrs=attrs)])
+    page = store.search_traces(TraceQuery(attributes=attrs))
+    assert [t.trace_id for t in page.traces] == [tid(8)]

@@ -27,6 +27,7 @@ from crosstrace.server.api import create_api
 from crosstrace.server.auth import TokenSet
 from crosstrace.server.ingest import IngestApp, Receive, Scope, Send
 from crosstrace.server.metrics import Metrics
+from crosstrace.server.prepare import DecodePool
 from crosstrace.server.settings import Settings
 from crosstrace.server.store.base import Store, open_store
 from crosstrace.server.store.retention import RetentionThread
@@ -72,8 +73,10 @@ def create_app(
     api_tokens: TokenSet | None = None,
     max_body_size: int = 16 * 1024**2,
     max_decompressed_size: int = 64 * 1024**2,
+    decode_pool: DecodePool | None = None,
 ) -> ServerApp:
-    """Build the one ASGI app over *store* (empty token sets: auth off)."""
+    """Build the one ASGI app over *store* (empty token sets: auth off; without a
+    *decode_pool*, trace bodies are decoded in this process)."""
     metrics = metrics or Metrics()
     ingest = IngestApp(
         store,
@@ -81,12 +84,15 @@ def create_app(
         tokens=ingest_tokens,
         max_body_size=max_body_size,
         max_decompressed_size=max_decompressed_size,
+        decode_pool=decode_pool,
     )
     api = create_api(store, metrics, tokens=api_tokens)
     return ServerApp(store=store, metrics=metrics, ingest=ingest, api=api)
 
 
-def app_from_settings(store: Store, settings: Settings, metrics: Metrics) -> ServerApp:
+def app_from_settings(
+    store: Store, settings: Settings, metrics: Metrics, decode_pool: DecodePool | None = None
+) -> ServerApp:
     """:func:`create_app` configured from resolved :class:`Settings`."""
     return create_app(
         store,
@@ -95,6 +101,7 @@ def app_from_settings(store: Store, settings: Settings, metrics: Metrics) -> Ser
         api_tokens=settings.api_tokenset,
         max_body_size=settings.max_body_size,
         max_decompressed_size=settings.max_decompressed_size,
+        decode_pool=decode_pool,
     )
 
 
@@ -137,6 +144,7 @@ def run(settings: Settings, echo: Callable[[str], None] = print) -> None:
     metrics = Metrics()
     consumer = None
     retention = None
+    pool: DecodePool | None = None
     previous: dict[signal.Signals, Any] = {}
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -172,7 +180,10 @@ def run(settings: Settings, echo: Callable[[str], None] = print) -> None:
             echo("HTTP disabled (--no-http)")
             stop.wait()
         else:
-            _serve_http(sock, settings, store, metrics, echo)
+            if settings.decode_workers:
+                pool = DecodePool(settings.decode_workers)
+                echo(f"decoding trace bodies in {settings.decode_workers} worker process(es)")
+            _serve_http(sock, settings, store, metrics, echo, pool)
     finally:
         log.info("shutting down")
         if consumer is not None:
@@ -180,6 +191,8 @@ def run(settings: Settings, echo: Callable[[str], None] = print) -> None:
             consumer.join(30)
         if retention is not None:
             retention.stop()
+        if pool is not None:
+            pool.close()
         store.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -192,10 +205,11 @@ def _serve_http(
     store: Store,
     metrics: Metrics,
     echo: Callable[[str], None],
+    decode_pool: DecodePool | None,
 ) -> None:
     import uvicorn
 
-    app = app_from_settings(store, settings, metrics)
+    app = app_from_settings(store, settings, metrics, decode_pool)
     config = uvicorn.Config(
         app,
         lifespan="on",

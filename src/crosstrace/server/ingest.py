@@ -36,6 +36,7 @@ from crosstrace.server.otlp import (
     encode_response,
     encode_status,
 )
+from crosstrace.server.prepare import DecodePool
 from crosstrace.server.store.base import Store
 
 __all__ = [
@@ -128,8 +129,10 @@ class IngestApp:
         tokens: TokenSet | None = None,
         max_body_size: int = 16 * 1024**2,
         max_decompressed_size: int = 64 * 1024**2,
+        decode_pool: DecodePool | None = None,
     ) -> None:
         self.store = store
+        self.decode_pool = decode_pool
         self.metrics = metrics
         self.tokens = tokens or TokenSet()
         self.max_body_size = max_body_size
@@ -227,8 +230,11 @@ class IngestApp:
                 return b"".join(chunks)
 
     async def _handle(self, signal: str, body: bytes, as_json: bool) -> tuple[int, bytes]:
+        pool = self.decode_pool
         try:
-            if len(body) > _OFFLOAD_BYTES:
+            if pool is not None and signal == SIGNAL_TRACES and len(body) > _OFFLOAD_BYTES:
+                result = await pool.decode_traces(body, as_json, self.store.compression())
+            elif len(body) > _OFFLOAD_BYTES:
                 result = await asyncio.to_thread(_decode, signal, body, as_json)
             else:
                 result = _decode(signal, body, as_json)
@@ -248,7 +254,7 @@ class IngestApp:
         started = time.perf_counter()
         try:
             if signal == SIGNAL_TRACES:
-                batch = result.span_batch()
+                batch = result.prepared if result.prepared is not None else result.span_batch()
                 await asyncio.wrap_future(self.store.submit_batch(batch))
                 written = len(batch)
             else:

@@ -49,6 +49,7 @@ from crosstrace.server.model import (
     LogRecord,
     SpanRecord,
 )
+from crosstrace.server.prepare import PreparedBatch
 from crosstrace.server.spanbatch import (
     MAX_ID_LENGTH,
     MAX_NAME_BYTES,
@@ -129,11 +130,13 @@ class DecodeResult:
     fills :attr:`spans`, and :meth:`span_batch` converts them.
     """
 
-    __slots__ = ("_spans", "batch", "logs", "reasons", "rejected")
+    __slots__ = ("_spans", "batch", "logs", "prepared", "reasons", "rejected")
 
     def __init__(self) -> None:
         self._spans: list[SpanRecord] | None = []
         self.batch: SpanBatch | None = None
+        #: The batch prepared for the store when a decode worker made it.
+        self.prepared: PreparedBatch | None = None
         self.logs: list[LogRecord] = []
         self.rejected = 0
         self.reasons: list[str] = []
@@ -148,6 +151,8 @@ class DecodeResult:
     @property
     def span_count(self) -> int:
         """Spans accepted, without making records."""
+        if self.prepared is not None:
+            return len(self.prepared)
         if self.batch is not None:
             return len(self.batch)
         return len(self._spans or ())

@@ -127,6 +127,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def default_decode_workers() -> int:
+    """One decode worker per core beyond the first (none on one core)."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -176,6 +188,7 @@ SETTINGS: Final[tuple[_Spec, ...]] = (
     _Spec("amqp_queue", "CROSSTRACE_AMQP_QUEUE", _text, lambda: DEFAULT_QUEUE),
     _Spec("amqp_routing_key", "CROSSTRACE_AMQP_ROUTING_KEY", _text, lambda: DEFAULT_ROUTING_KEY),
     _Spec("prefetch", "CROSSTRACE_PREFETCH", _positive_int, lambda: 32),
+    _Spec("decode_workers", "CROSSTRACE_DECODE_WORKERS", _count, default_decode_workers),
     _Spec("max_body_size", "CROSSTRACE_MAX_BODY_SIZE", parse_size, lambda: 16 * 1024**2),
     _Spec(
         "max_decompressed_size",
@@ -205,6 +218,7 @@ class Settings:
     amqp_queue: str = DEFAULT_QUEUE
     amqp_routing_key: str = DEFAULT_ROUTING_KEY
     prefetch: int = 32
+    decode_workers: int = 0
     max_body_size: int = 16 * 1024**2
     max_decompressed_size: int = 64 * 1024**2
     sources: dict[str, str] = field(default_factory=dict, compare=False)

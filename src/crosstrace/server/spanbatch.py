@@ -763,15 +763,16 @@ def segment_records(
 # ------------------------------------------------------------- chunk payloads
 
 
-def encode_payload(group: TraceGroup, batch: SpanBatch, service_ids: Sequence[int]) -> bytes:
+def encode_payload(group: TraceGroup, batch: SpanBatch) -> bytes:
     """The stored form of one group (before compression): msgpack of
-    ``[flags, [[service id, resource bytes, scope bytes, [span bytes, ...]], ...]]``."""
+    ``[flags, [[service, resource bytes, scope bytes, [span bytes, ...]], ...]]``.
+    (Chunks written before names were stored carry an interned service id.)"""
     segs = batch.segments
     return msgpack.packb(  # type: ignore[no-any-return]
         (
             batch.flags,
             [
-                (service_ids[seg], segs[seg].resource, segs[seg].scope, wire)
+                (segs[seg].service, segs[seg].resource, segs[seg].scope, wire)
                 for seg, wire in group.wire.items()
             ],
         ),
@@ -780,11 +781,13 @@ def encode_payload(group: TraceGroup, batch: SpanBatch, service_ids: Sequence[in
 
 
 def decode_payload(trace_id: bytes, payload: bytes, name: Callable[[int], str]) -> list[SpanRecord]:
-    """Inverse of :func:`encode_payload`; *name* maps a service id to its name."""
+    """Inverse of :func:`encode_payload`; *name* maps an interned service id (in
+    older chunks) to its name."""
     flags, segments = msgpack.unpackb(payload, raw=False, use_list=True)
     out: list[SpanRecord] = []
-    for service_id, resource, scope, wire in segments:
-        out.extend(segment_records(trace_id, name(service_id), resource, scope, wire, flags))
+    for svc, resource, scope, wire in segments:
+        service = name(svc) if svc.__class__ is int else svc
+        out.extend(segment_records(trace_id, service, resource, scope, wire, flags))
     return out
 
 

@@ -25,6 +25,7 @@ from crosstrace.server.model import (
     TraceQuery,
     TraceSummary,
 )
+from crosstrace.server.prepare import Compression, PreparedBatch
 from crosstrace.server.spanbatch import SpanBatch, from_records
 
 __all__ = ["Store", "open_store"]
@@ -34,10 +35,16 @@ class Store(abc.ABC):
     """A trace and log store."""
 
     @abc.abstractmethod
-    def submit_batch(self, batch: SpanBatch) -> Future[None]:
+    def submit_batch(self, batch: SpanBatch | PreparedBatch) -> Future[None]:
         """Queue *batch* for storage and the trace summaries' update; the future
         completes when it is committed, or fails. A trace's spans that were stored
-        before from an identical batch (a redelivery) are not stored again."""
+        before from an identical batch (a redelivery) are not stored again. A
+        batch prepared elsewhere (:mod:`crosstrace.server.prepare`) should use
+        :meth:`compression`."""
+
+    def compression(self) -> Compression:
+        """The dictionary a batch prepared outside the store compresses with."""
+        return None
 
     def submit_spans(self, spans: Sequence[SpanRecord]) -> Future[None]:
         """Queue *spans* (any traces, any order), as :meth:`submit_batch` does; a

@@ -32,6 +32,7 @@ from typing import Any
 
 import psycopg
 
+from crosstrace.server.prepare import PreparedBatch
 from crosstrace.server.store.codec import pack_rids, rid_term, unpack_rids
 from crosstrace.server.store.migrations import migrate
 from crosstrace.server.store.sqlcommon import SQLStore
@@ -180,11 +181,16 @@ class PostgresStore(SQLStore):
         """Create the day partitions the group's chunks need before its
         transaction reads ``chunks``: creating a partition locks the default
         partition, which that transaction would hold."""
-        days = set()
+        days: set[int] = set()
         for job in jobs:
-            if job.kind == "spans":
-                for g in job.payload.groups.values():
-                    days.add(min(f[5] for f in g.facts) // DAY_NS)
+            if job.kind != "spans":
+                continue
+            if isinstance(job.payload, PreparedBatch):
+                days.update(t.start_ns // DAY_NS for t in job.payload.traces)
+            else:  # a batch that could not be prepared before (see submit_batch)
+                days.update(
+                    min(f[5] for f in g.facts) // DAY_NS for g in job.payload.groups.values()
+                )
         if days:
             self._ensure_partitions(days)
 

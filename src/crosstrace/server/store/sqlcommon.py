@@ -474,6 +474,7 @@ class SQLStore(SQLWriter):
         ]
         if not tids:
             return 0
+        self._written.clear()  # a later batch of a deleted trace writes its keys again
         self._delete_chunks(conn, tids, cutoff_ns)
         for part in _chunks(tids):
             m = _marks(len(part))

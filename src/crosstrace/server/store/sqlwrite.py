@@ -23,23 +23,10 @@ from typing import Any, NamedTuple
 import zstandard
 
 from crosstrace.server.model import LogRecord
-from crosstrace.server.spanbatch import (
-    FLAG_RAW_BYTES,
-    INDEXED_ATTRIBUTES,
-    SpanBatch,
-    encode_payload,
-    is_indexed,
-    raw_value,
-)
+from crosstrace.server.prepare import BUCKET_NS, Compression, PreparedBatch, prepare_batch
+from crosstrace.server.spanbatch import INDEXED_ATTRIBUTES, SpanBatch, is_indexed
 from crosstrace.server.store.base import Store
-from crosstrace.server.store.codec import (
-    ZSTD_LEVEL,
-    attr_hash,
-    attr_text,
-    compress_chunk,
-    encode_rid,
-    pack_blob,
-)
+from crosstrace.server.store.codec import ZSTD_LEVEL, compress_chunk, pack_blob
 from crosstrace.server.store.writer import GroupWriter, Job, JobFailed
 
 __all__ = [
@@ -54,15 +41,13 @@ log = logging.getLogger(__name__)
 
 #: How long the cross-write parent lookups are kept (seconds).
 PARENT_LOOKUP_TTL_S = 3600
-#: Dependency counts are kept per hour.
-BUCKET_NS = 3600 * 10**9
 #: The zstd dictionary is trained once this many chunks (or bytes) were written.
 DICT_SAMPLES = 1_000
 DICT_SAMPLE_BYTES = 8 * 2**20
 DICT_SIZE = 64 * 1024
 _IN_CHUNK = 500  # values per IN (...) list
-_HASH_CACHE_SIZE = 200_000
-_TAG_BYTES = b"\x3a"  # AnyValue.bytes_value
+#: Index entries remembered as written, per generation (two are kept).
+WRITTEN_GENERATION = 400_000
 #: Bytes per waiting child in ``dep_pending.data``: parent id, service id, error, hour.
 _PENDING_SIZE = 21
 _RID_LOCAL = 1
@@ -95,6 +80,30 @@ class ChunkRow(NamedTuple):
     rids: dict[bytes, int]  # request id key -> 1 local | 2 global
 
 
+class _Written:
+    """Hashes of the index entries (trace, kind, key) written by recent commits:
+    two generations of at most *size* entries, the older dropped as a whole."""
+
+    __slots__ = ("new", "old", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.new: set[int] = set()
+        self.old: set[int] = set()
+
+    def __contains__(self, mark: int) -> bool:
+        return mark in self.new or mark in self.old
+
+    def add(self, marks: list[int]) -> None:
+        self.new.update(marks)
+        if len(self.new) >= self.size:
+            self.old, self.new = self.new, set()
+
+    def clear(self) -> None:
+        self.new.clear()
+        self.old.clear()
+
+
 class SQLWriter(Store):
     """Connection hooks, helpers and the write path of both stores."""
 
@@ -110,7 +119,9 @@ class SQLWriter(Store):
         self._txn_names: list[str] = []
         self._txn_ops: list[tuple[int, int]] = []
         self._op_cache: dict[tuple[int, str], int] = {}
-        self._hash_cache: dict[tuple[str, bytes], int] = {}
+        self._written = _Written(WRITTEN_GENERATION)
+        self._txn_written: list[int] = []
+        self._published: Compression = None
         self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
         self._zdict: tuple[int, zstandard.ZstdCompressor] | None = None
         self._samples: list[bytes] = []
@@ -243,6 +254,7 @@ class SQLWriter(Store):
             d = zstandard.ZstdCompressionDict(data)
             self._dicts[did] = d
             self._zdict = (did, zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=d))
+            self._published = (did, data)
 
     def _dictionary(self, conn: Any, did: int) -> zstandard.ZstdCompressionDict:
         d = self._dicts.get(did)
@@ -281,7 +293,19 @@ class SQLWriter(Store):
         self._txn_dict = did
 
     # ------------------------------------------------------------------ write
-    def submit_batch(self, batch: SpanBatch) -> Future[None]:
+    def compression(self) -> Compression:
+        """The committed dictionary new chunks are compressed with, for batches
+        prepared outside the writer (:mod:`crosstrace.server.prepare`)."""
+        return self._published
+
+    def submit_batch(self, batch: SpanBatch | PreparedBatch) -> Future[None]:
+        """Queue a batch for the writer; a :class:`SpanBatch` is prepared first, in
+        the calling thread."""
+        if isinstance(batch, SpanBatch):
+            try:
+                batch = prepare_batch(batch, self._published)
+            except Exception:  # noqa: S110 - fails again in the writer, as a failed job
+                pass
         return self._writer.submit("spans", batch, len(batch))
 
     def submit_logs(self, logs: Sequence[LogRecord]) -> Future[int]:
@@ -299,12 +323,18 @@ class SQLWriter(Store):
         self._txn_names.clear()
         self._txn_ops.clear()
         self._txn_dict = None
+        self._txn_written.clear()
         self._begin(conn)
         results: list[Any] = []
         spans = logs = 0
         try:
             for job in jobs:
-                marks = (len(self._txn_names), len(self._txn_ops), self._txn_dict)
+                marks = (
+                    len(self._txn_names),
+                    len(self._txn_ops),
+                    self._txn_dict,
+                    len(self._txn_written),
+                )
                 self._x(conn, "SAVEPOINT job")
                 try:
                     if job.kind == "spans":
@@ -329,16 +359,25 @@ class SQLWriter(Store):
             try:
                 self._rollback(conn)
             finally:
-                self._forget_rolled_back(0, 0, None)
+                self._forget_rolled_back(0, 0, None, 0)
             raise
+        self._committed()
         with self._counter_lock:
             self.spans_written += spans
             self.logs_written += logs
         return results
 
-    def _forget_rolled_back(self, names: int, ops: int, zdict: int | None) -> None:
-        """Ids handed out after these marks were rolled back and may be reused:
-        forget them."""
+    def _committed(self) -> None:
+        """Remember what the committed transaction wrote: index entries, and a
+        dictionary it trained (now usable by batches prepared elsewhere)."""
+        self._written.add(self._txn_written)
+        if self._txn_dict is not None:
+            self._published = (self._txn_dict, self._dicts[self._txn_dict].as_bytes())
+
+    def _forget_rolled_back(self, names: int, ops: int, zdict: int | None, written: int) -> None:
+        """Ids handed out and index entries written after these marks were rolled
+        back (ids may be reused): forget them."""
+        del self._txn_written[written:]
         for name in self._txn_names[names:]:
             nid = self._name_ids.pop(name, None)
             if nid is not None:
@@ -367,131 +406,90 @@ class SQLWriter(Store):
                 out.add((bytes(tid), int(digest)))
         return out
 
-    def _attr_hash(self, key: str, raw: bytes, flags: int) -> int | None:
-        pair = (key, raw)
-        h = self._hash_cache.get(pair)
-        if h is not None:
-            return h
-        text = attr_text(raw_value(raw, raw_bytes=bool(flags & FLAG_RAW_BYTES)))
-        if text is None:
-            return None
-        h = attr_hash(key, text)
-        if raw[:1] != _TAG_BYTES:  # bytes read differently per batch kind
-            if len(self._hash_cache) >= _HASH_CACHE_SIZE:
-                self._hash_cache.clear()
-            self._hash_cache[pair] = h
-        return h
-
-    def _write_batch(self, conn: Any, batch: SpanBatch) -> int:
-        """Store one batch: a chunk, a summary merge and index entries per trace.
-        Returns the spans stored (a group stored before is skipped)."""
-        if not batch.groups:
+    def _write_batch(self, conn: Any, pb: PreparedBatch | SpanBatch) -> int:
+        """Store one prepared batch: a chunk, a summary merge and the index entries
+        not yet written per trace. Returns the spans stored (a group stored before
+        is skipped)."""
+        if isinstance(pb, SpanBatch):  # one that could not be prepared beforehand
+            pb = prepare_batch(pb, self._published)
+        traces = pb.traces
+        if not traces:
             return 0
         intern = self._intern
-        seg_svc = [intern(conn, seg.service) for seg in batch.segments]
-        groups = list(batch.groups.values())
-        seen = self._stored_digests(conn, [g.trace_id for g in groups])
+        seen = self._stored_digests(conn, [t.trace_id for t in traces])
         now_s = int(time.time())
         ops = self._op_cache
-        flags = batch.flags
-        zdict = self._zdict
+        written = self._written
         stored = 0
         chunk_rows: list[ChunkRow] = []
         trace_rows = []
         parents: list[tuple[bytes, int, bytes]] = []
         orphans: dict[bytes, list[tuple[bytes, int, int, int]]] = {}
         edges: dict[tuple[int, int, int], list[int]] = {}
-        group_svcs: dict[bytes, dict[bytes, int]] = {}
-        for g in groups:
-            tid = g.trace_id
-            digest = g.digest()
-            if (tid, digest) in seen:
+        group_svcs: dict[bytes, dict[bytes, str]] = {}
+        new_marks = self._txn_written
+        for t in traces:
+            tid = t.trace_id
+            if (tid, t.digest) in seen:
                 continue
-            seen.add((tid, digest))
-            facts = g.facts
-            stored += len(facts)
-            svc_of = {f[0]: seg_svc[f[2]] for f in facts}
-            group_svcs[tid] = svc_of
-            start = end = facts[0][5]
-            errors = 0
-            root: tuple[Any, ...] | None = None
-            root_real = 0
-            project = domain = None
+            seen.add((tid, t.digest))
+            stored += t.spans
+            group_svcs[tid] = t.span_services
             keys: set[int] = set()
-            callers: list[bytes] = []
-            waiting: list[tuple[bytes, int, int, int]] = []
-            for f in facts:
-                span_id, parent, seg, name, pkind, st, en, err = f[:8]
-                sid = seg_svc[seg]
-                start = min(start, st)
-                end = max(end, en)
-                errors += err
-                if parent is None:
-                    if not root_real or (root is not None and st < root[5]):
-                        root, root_real = f, 1
-                elif parent in svc_of:
-                    psid = svc_of[parent]
-                    if psid != sid:
-                        e = edges.setdefault((st // BUCKET_NS, psid, sid), [0, 0])
-                        e[0] += 1
-                        e[1] += err
-                else:
-                    waiting.append((parent, sid, int(err), st // BUCKET_NS))
-                    if not root_real and (root is None or st < root[5]):
-                        root = f
-                if pkind:
-                    callers.append(span_id + sid.to_bytes(4, "big"))
+            for svc, name in t.ops:
+                sid = intern(conn, svc)
                 op = ops.get((sid, name))
                 if op is None:
                     op = ops[sid, name] = self._intern_op(conn, sid, intern(conn, name))
                 keys.add(sid)
                 keys.add(-op)
-                if project is None and f[8] is not None:
-                    project = f[8]
-                if domain is None and f[9] is not None:
-                    domain = f[9]
-            if root is None:  # every span's parent is in this group: a cycle
-                root = min(facts, key=lambda f: f[5])
-            if root[8] is not None:
-                project = root[8]
-            if root[9] is not None:
-                domain = root[9]
-            if waiting:
-                orphans[tid] = waiting
-            if callers:
-                parents.append((tid, now_s, b"".join(callers)))
+            for hour, caller, callee, err in t.edges:
+                e = edges.setdefault((hour, intern(conn, caller), intern(conn, callee)), [0, 0])
+                e[0] += 1
+                e[1] += err
+            if t.waiting:
+                orphans[tid] = [(p, intern(conn, s), err, h) for p, s, err, h in t.waiting]
+            if t.callers:
+                parents.append(
+                    (
+                        tid,
+                        now_s,
+                        b"".join(sp + intern(conn, s).to_bytes(4, "big") for sp, s in t.callers),
+                    )
+                )
             trace_rows.append(
                 (
                     tid,
-                    start,
-                    end,
-                    seg_svc[root[2]],
-                    intern(conn, root[3]),
-                    root_real,
-                    root[5],
-                    len(facts),
-                    errors,
-                    project,
-                    domain,
+                    t.start_ns,
+                    t.end_ns,
+                    intern(conn, t.root_service),
+                    intern(conn, t.root_op),
+                    t.root_real,
+                    t.root_start,
+                    t.spans,
+                    t.errors,
+                    t.project,
+                    t.domain,
                 )
             )
-            hashes: set[int] = set()
-            for key, raw in g.pairs:
-                h = self._attr_hash(key, raw, flags)
-                if h is not None:
-                    hashes.add(h)
-            rids: dict[bytes, int] = {}
-            for text, kind in g.rids.items():
-                k = encode_rid(text)
-                if k is not None:
-                    rids[k] = rids.get(k, 0) | kind
-            raw = encode_payload(g, batch, seg_svc)
-            if zdict is None:
-                self._sample(conn, raw)
-                zdict = self._zdict
-            chunk_rows.append(
-                ChunkRow(tid, start, digest, compress_chunk(raw, zdict), keys, hashes, rids)
-            )
+            # Index entries an earlier write already made for this trace are
+            # skipped (a trace comes in one batch per service, mostly with the same
+            # ids and attribute values).
+            key_marks = [(k, hash((tid, 0, k))) for k in keys]
+            attr_marks = [(h, hash((tid, 1, h))) for h in t.attrs]
+            rid_marks = [(r, kind, hash((tid, 2, r, kind))) for r, kind in t.rids.items()]
+            keys = {k for k, m in key_marks if m not in written}
+            hashes = {h for h, m in attr_marks if m not in written}
+            rids = {r: kind for r, kind, m in rid_marks if m not in written}
+            new_marks.extend(m for _, m in key_marks)
+            new_marks.extend(m for _, m in attr_marks)
+            new_marks.extend(m for _, _, m in rid_marks)
+            data = t.data
+            if not pb.compressed:
+                if self._zdict is None:
+                    self._sample(conn, data)
+                data = compress_chunk(data, self._zdict)
+            chunk_rows.append(ChunkRow(tid, t.start_ns, t.digest, data, keys, hashes, rids))
         if not chunk_rows:
             return 0
         self._resolve_dependencies(conn, group_svcs, orphans, edges, now_s)
@@ -572,7 +570,7 @@ class SQLWriter(Store):
     def _resolve_dependencies(
         self,
         conn: Any,
-        group_svcs: dict[bytes, dict[bytes, int]],
+        group_svcs: dict[bytes, dict[bytes, str]],
         orphans: dict[bytes, list[tuple[bytes, int, int, int]]],
         edges: dict[tuple[int, int, int], list[int]],
         now_s: int,
@@ -590,6 +588,8 @@ class SQLWriter(Store):
                 e[1] += err
 
         tids = list(group_svcs)
+        done: list[tuple[int]] = []
+        shrunk: list[tuple[bytes, int]] = []
         # Children stored earlier, waiting for a parent that is in this write.
         for part in _chunks(tids):
             for pid, tid_, data_ in self._q(
@@ -603,19 +603,23 @@ class SQLWriter(Store):
                 left = []
                 for i in range(0, len(data), _PENDING_SIZE):
                     parent = data[i : i + 8]
-                    psvc = svc_of.get(parent)
-                    if psvc is None:
+                    pname = svc_of.get(parent)
+                    if pname is None:
                         left.append(data[i : i + _PENDING_SIZE])
                         continue
                     svc = int.from_bytes(data[i + 8 : i + 12], "big")
                     bucket = int.from_bytes(data[i + 13 : i + 21], "big", signed=True)
-                    add(bucket, psvc, svc, data[i + 12])
+                    add(bucket, self._intern(conn, pname), svc, data[i + 12])
                 if not left:
-                    self._x(conn, "DELETE FROM dep_pending WHERE id = ?", (pid,))
+                    done.append((pid,))
                 elif len(left) * _PENDING_SIZE != len(data):
-                    self._x(
-                        conn, "UPDATE dep_pending SET data = ? WHERE id = ?", (b"".join(left), pid)
-                    )
+                    shrunk.append((b"".join(left), pid))
+        if done:
+            conn.cursor().executemany(self._sql("DELETE FROM dep_pending WHERE id = ?"), done)
+        if shrunk:
+            conn.cursor().executemany(
+                self._sql("UPDATE dep_pending SET data = ? WHERE id = ?"), shrunk
+            )
         if not orphans:
             return
         # Children in this write whose parent was stored earlier (or not yet).
