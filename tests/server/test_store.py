@@ -866,6 +866,15 @@ def test_a_version_3_database_with_data_is_upgraded_and_still_read(
         ):
             assert [t.trace_id for t in s.search_traces(q).traces] == [tid(1)], q
         assert [t.trace_id for t in s.traces_for_request(RID_A)] == [tid(1)]
+        # Retention removes the upgraded trace with every index entry it had.
+        assert s.apply_retention(1) == 1
+        assert s.search_traces(TraceQuery(attributes={"openstack.user_id": "u1"})).traces == []
+        assert s.traces_for_request(RID_A) == []
+        if ph == "?":
+            with s._reader() as conn:  # type: ignore[attr-defined]
+                for table in ("chunks", "trace_keys", "request_ids", "attr_chunks"):
+                    count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                    assert count == 0, table
     finally:
         s.close()
 
@@ -885,7 +894,11 @@ def test_index_entries_repeated_across_batches_are_written_once(store: Store) ->
         assert [t.trace_id for t in store.search_traces(TraceQuery(service=svc)).traces] == [tid(7)]
     if isinstance(store, SQLiteStore):
         with store._reader() as conn:
-            rows = conn.execute("SELECT count(*) FROM attr_index WHERE trace_id = ?", (tid(7),))
+            rows = conn.execute(
+                "SELECT count(*) FROM attr_chunks a JOIN chunks c ON c.id = a.chunk_id"
+                " WHERE c.trace_id = ?",
+                (tid(7),),
+            )
             assert rows.fetchone()[0] == len(attrs)
 
 

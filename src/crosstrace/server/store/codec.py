@@ -19,7 +19,7 @@ import binascii
 import hashlib
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgpack
@@ -44,9 +44,11 @@ __all__ = [
     "encode_cursor",
     "encode_rid",
     "pack_blob",
+    "pack_hashes",
     "pack_rids",
     "rid_term",
     "unpack_blob",
+    "unpack_hashes",
     "unpack_rids",
 ]
 
@@ -276,6 +278,16 @@ def pack_rids(rids: dict[bytes, int]) -> bytes:
     return b"".join(
         bytes((kind,)) + len(key).to_bytes(2, "big") + key for key, kind in rids.items()
     )
+
+
+def pack_hashes(hashes: Iterable[int]) -> bytes:
+    """Signed 64-bit attribute hashes as 8 bytes each (big-endian)."""
+    return b"".join(h.to_bytes(8, "big", signed=True) for h in hashes)
+
+
+def unpack_hashes(data: bytes) -> list[int]:
+    """Inverse of :func:`pack_hashes`."""
+    return [int.from_bytes(data[i : i + 8], "big", signed=True) for i in range(0, len(data), 8)]
 
 
 def unpack_rids(data: bytes) -> list[tuple[bytes, int]]:

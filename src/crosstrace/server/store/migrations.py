@@ -25,10 +25,13 @@ Tables (both dialects):
     (trace, service id) and (trace, -operation id): the services of a trace and
     the service / operation search filters.
 ``request_ids`` (SQLite)
-    request id key -> trace (kind bit 1 = local id, 2 = global id).
-``attr_index`` (SQLite)
-    hash(key=value) -> trace, for the attribute keys listed in
-    ``spanbatch.INDEXED_ATTRIBUTES`` (and every ``openstack.*`` key).
+    request id key -> trace (kind bit 1 = local id, 2 = global id); the ids of a
+    trace are read from its chunks' ``rids``.
+``attr_chunks`` (SQLite)
+    hash(key=value) -> chunk, for the attribute keys listed in
+    ``spanbatch.INDEXED_ATTRIBUTES`` (and every ``openstack.*`` key); the chunk
+    carries its hashes in ``attrs``. Keyed by the ever-growing chunk id, new
+    entries land at the end of each value's range: a commit touches few pages.
 ``span_parents`` / ``dep_pending``
     short-lived lookups, one packed row per trace and write, that let a caller ->
     callee edge be counted when the parent and child spans arrive in different
@@ -43,7 +46,10 @@ Tables (both dialects):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from crosstrace.server.store.codec import pack_hashes, pack_rids
 
 __all__ = ["LATEST_VERSION", "MIGRATIONS", "SchemaVersionError", "migrate", "schema_version"]
 
@@ -209,22 +215,58 @@ _PG_V4 = [
     "ALTER TABLE traces SET (fillfactor = 80)",
 ]
 
-#: dialect -> [(version, description, statements)], in order.
-MIGRATIONS: dict[str, list[tuple[int, str, list[str]]]] = {
+
+def _sqlite_v5_move(conn: Any) -> None:
+    """Give each trace's attribute hashes and request ids to its first chunk."""
+    first = dict(conn.execute("SELECT trace_id, min(id) FROM chunks GROUP BY trace_id").fetchall())
+    attrs: dict[bytes, list[int]] = {}
+    for h, tid in conn.execute("SELECT h, trace_id FROM attr_index").fetchall():
+        attrs.setdefault(tid, []).append(h)
+    rids: dict[bytes, dict[bytes, int]] = {}
+    for rid, tid, kind in conn.execute("SELECT rid, trace_id, kind FROM request_ids").fetchall():
+        rids.setdefault(tid, {})[rid] = kind
+    for tid, cid in first.items():
+        hashes = attrs.get(tid, [])
+        conn.execute(
+            "UPDATE chunks SET attrs = ?, rids = ? WHERE id = ?",
+            (pack_hashes(hashes) or None, pack_rids(rids[tid]) if tid in rids else None, cid),
+        )
+        conn.executemany(
+            "INSERT INTO attr_chunks (h, chunk_id) VALUES (?, ?)", [(h, cid) for h in hashes]
+        )
+
+
+# v5: the attribute index keyed by chunk id (append-mostly) instead of trace id;
+# request ids of a trace read from its chunks instead of a second index.
+_SQLITE_V5: list[str | Callable[[Any], None]] = [
+    "ALTER TABLE chunks ADD COLUMN attrs BLOB",
+    "ALTER TABLE chunks ADD COLUMN rids BLOB",
+    "CREATE TABLE attr_chunks (h INTEGER NOT NULL, chunk_id INTEGER NOT NULL,"
+    " PRIMARY KEY (h, chunk_id)) WITHOUT ROWID",
+    _sqlite_v5_move,
+    "DROP TABLE attr_index",
+    "DROP INDEX request_ids_trace",
+]
+
+#: dialect -> [(version, description, steps)], in order; a step is a statement
+#: or a function of the connection.
+MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
     "sqlite": [
         (1, "traces, span chunks, search indexes, dependencies", _SQLITE_V1),
         (2, "logs", _SQLITE_V2),
         (3, "zstd dictionaries for span chunks", _SQLITE_V3),
         (4, "protobuf span chunks with digests, packed dependency lookups", _SQLITE_V4),
+        (5, "attribute index by chunk, request ids on chunks", _SQLITE_V5),
     ],
     "postgresql": [
         (1, "traces, span chunks, search indexes, dependencies", _PG_V1),
         (2, "logs", _PG_V2),
         (3, "zstd dictionaries for span chunks", _PG_V3),
         (4, "protobuf span chunks with digests and index arrays, packed lookups", _PG_V4),
+        (5, "none (SQLite's attribute index moved to chunks; here it already was)", []),
     ],
 }
-LATEST_VERSION = 4
+LATEST_VERSION = 5
 
 #: Arbitrary key of the PostgreSQL advisory lock held while migrating.
 _PG_LOCK_KEY = 0x63727374  # "crst"
@@ -276,7 +318,7 @@ def migrate(conn: Any, dialect: str, target: int | None = None) -> int:
 
 
 def _run_step(
-    conn: Any, dialect: str, statements: list[str], version: int, description: str, ph: str
+    conn: Any, dialect: str, statements: list[Any], version: int, description: str, ph: str
 ) -> None:
     import time
 
@@ -285,13 +327,13 @@ def _run_step(
     if dialect == "postgresql":
         with conn.transaction():
             for sql in statements:
-                conn.execute(sql)
+                sql(conn) if callable(sql) else conn.execute(sql)
             conn.execute(record, params)
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
         for sql in statements:
-            conn.execute(sql)
+            sql(conn) if callable(sql) else conn.execute(sql)
         conn.execute(record, params)
     except BaseException:
         conn.execute("ROLLBACK")

@@ -11,7 +11,7 @@ Search notes:
 - Service and operation filters test ``trace_keys`` with a primary-key lookup per
   candidate trace while the trace summaries are walked newest first on the
   ``(start_ns, trace_id)`` index (the error filter has a partial index of its own).
-- Attribute equality (``attr.KEY=VALUE``) uses the ``attr_index`` table for the
+- Attribute equality (``attr.KEY=VALUE``) uses the ``attr_chunks`` table for the
   keys in :data:`INDEXED_ATTRIBUTES` and every ``openstack.*`` key; any other key
   is matched by decoding the spans of candidate traces, newest first, at most
   :data:`ATTR_SCAN_BUDGET` traces per page (the page then ends with a cursor).
@@ -41,6 +41,7 @@ from crosstrace.server.store.codec import (
     encode_cursor,
     encode_rid,
     unpack_blob,
+    unpack_rids,
 )
 from crosstrace.server.store.sqlwrite import (
     _LOG_COLS,
@@ -73,8 +74,9 @@ class SQLStore(SQLWriter):
     """The dialect-independent half of both stores (see the module docstring)."""
 
     #: Tables with one row per trace and key, deleted with their traces (SQLite;
-    #: PostgreSQL keeps these entries on the chunk rows).
-    _index_tables: tuple[str, ...] = ("trace_keys", "request_ids", "attr_index")
+    #: PostgreSQL keeps these entries on the chunk rows; SQLite's attribute and
+    #: request id entries go with their chunks, see ``_delete_chunks``).
+    _index_tables: tuple[str, ...] = ("trace_keys",)
 
     # ---------------------------------------------------------- index hooks
     def _has_keys_sql(self, n: int) -> str:
@@ -86,7 +88,10 @@ class SQLStore(SQLWriter):
 
     def _has_attr_sql(self) -> str:
         """Condition: trace ``t`` has the attribute hash given as the parameter."""
-        return "EXISTS (SELECT 1 FROM attr_index a WHERE a.h = ? AND a.trace_id = t.trace_id)"
+        return (
+            "EXISTS (SELECT 1 FROM chunks c JOIN attr_chunks a ON a.h = ? AND a.chunk_id = c.id"
+            " WHERE c.trace_id = t.trace_id)"
+        )
 
     def _rid_sql(self, key: bytes) -> tuple[str, Any]:
         """Subquery of the trace ids carrying request id *key*, and its parameter."""
@@ -105,10 +110,14 @@ class SQLStore(SQLWriter):
             tids,
         ):
             services[bytes(tid)].add(int(key))
-        for tid, rid, kind in self._q(
-            conn, f"SELECT trace_id, rid, kind FROM request_ids WHERE trace_id IN ({marks})", tids
+        for tid, packed in self._q(
+            conn,
+            f"SELECT trace_id, rids FROM chunks WHERE trace_id IN ({marks}) AND rids IS NOT NULL",
+            tids,
         ):
-            rids[bytes(tid)][bytes(rid)] = int(kind)
+            mine = rids[bytes(tid)]
+            for key, kind in unpack_rids(bytes(packed)):
+                mine[key] = mine.get(key, 0) | kind
         return services, rids
 
     # ------------------------------------------------------------------- read

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from crosstrace.server.store.codec import pack_hashes, pack_rids, unpack_hashes, unpack_rids
 from crosstrace.server.store.migrations import migrate
 from crosstrace.server.store.sqlcommon import SQLStore
 from crosstrace.server.store.sqlwrite import ChunkRow, _chunks, _marks
@@ -127,17 +128,32 @@ class SQLiteStore(SQLStore):
         return int(cur.rowcount)
 
     def _insert_chunks(self, conn: Any, rows: list[ChunkRow]) -> None:
+        # Chunk ids are given here (the writer holds the write lock), so that the
+        # attribute entries can name their chunk.
+        first = int(conn.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()[0]) + 1
+        ids = range(first, first + len(rows))
         conn.executemany(
-            "INSERT INTO chunks (trace_id, digest, data) VALUES (?, ?, ?)",
-            [(r.trace_id, r.digest, r.data) for r in rows],
+            "INSERT INTO chunks (id, trace_id, digest, data, attrs, rids)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    cid,
+                    r.trace_id,
+                    r.digest,
+                    r.data,
+                    pack_hashes(r.attrs) if r.attrs else None,
+                    pack_rids(r.rids) if r.rids else None,
+                )
+                for cid, r in zip(ids, rows, strict=True)
+            ],
         )
         conn.executemany(
             "INSERT INTO trace_keys (trace_id, key) VALUES (?, ?) ON CONFLICT DO NOTHING",
             [(r.trace_id, k) for r in rows for k in r.keys],
         )
         conn.executemany(
-            "INSERT INTO attr_index (h, trace_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            [(h, r.trace_id) for r in rows for h in r.attrs],
+            "INSERT INTO attr_chunks (h, chunk_id) VALUES (?, ?)",
+            [(h, cid) for cid, r in zip(ids, rows, strict=True) for h in r.attrs],
         )
         conn.executemany(
             "INSERT INTO request_ids (rid, trace_id, kind) VALUES (?, ?, ?)"
@@ -146,8 +162,22 @@ class SQLiteStore(SQLStore):
         )
 
     def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
+        """Delete the chunks of *trace_ids* with the attribute and request id
+        entries they carry."""
         for part in _chunks(trace_ids):
-            conn.execute(f"DELETE FROM chunks WHERE trace_id IN ({_marks(len(part))})", part)
+            marks = _marks(len(part))
+            attrs: list[tuple[int, int]] = []
+            rids: list[tuple[bytes, bytes]] = []
+            for cid, tid, packed_attrs, packed_rids in conn.execute(
+                f"SELECT id, trace_id, attrs, rids FROM chunks WHERE trace_id IN ({marks})", part
+            ).fetchall():
+                if packed_attrs:
+                    attrs.extend((h, cid) for h in unpack_hashes(packed_attrs))
+                if packed_rids:
+                    rids.extend((rid, tid) for rid, _ in unpack_rids(packed_rids))
+            conn.executemany("DELETE FROM attr_chunks WHERE h = ? AND chunk_id = ?", attrs)
+            conn.executemany("DELETE FROM request_ids WHERE rid = ? AND trace_id = ?", rids)
+            conn.execute(f"DELETE FROM chunks WHERE trace_id IN ({marks})", part)
 
     def _db_bytes(self, conn: Any) -> int:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
