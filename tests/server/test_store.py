@@ -872,7 +872,7 @@ def test_a_version_3_database_with_data_is_upgraded_and_still_read(
         assert s.traces_for_request(RID_A) == []
         if ph == "?":
             with s._reader() as conn:  # type: ignore[attr-defined]
-                for table in ("chunks", "trace_keys", "request_ids", "attr_chunks"):
+                for table in ("chunks", "key_chunks", "request_ids", "attr_chunks"):
                     count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                     assert count == 0, table
     finally:

@@ -45,10 +45,12 @@ __all__ = [
     "encode_rid",
     "pack_blob",
     "pack_hashes",
+    "pack_keys",
     "pack_rids",
     "rid_term",
     "unpack_blob",
     "unpack_hashes",
+    "unpack_keys",
     "unpack_rids",
 ]
 
@@ -283,6 +285,16 @@ def pack_rids(rids: dict[bytes, int]) -> bytes:
 def pack_hashes(hashes: Iterable[int]) -> bytes:
     """Signed 64-bit attribute hashes as 8 bytes each (big-endian)."""
     return b"".join(h.to_bytes(8, "big", signed=True) for h in hashes)
+
+
+def pack_keys(keys: Iterable[int]) -> bytes:
+    """Service ids and -operation ids as 4 signed bytes each (big-endian)."""
+    return b"".join(k.to_bytes(4, "big", signed=True) for k in keys)
+
+
+def unpack_keys(data: bytes) -> list[int]:
+    """Inverse of :func:`pack_keys`."""
+    return [int.from_bytes(data[i : i + 4], "big", signed=True) for i in range(0, len(data), 4)]
 
 
 def unpack_hashes(data: bytes) -> list[int]:

@@ -12,7 +12,7 @@ Tables (both dialects):
 ``names``
     interned service and operation names (id <-> text).
 ``operations``
-    (service, operation name) pairs; ``-id`` is the operation's key in ``trace_keys``.
+    (service, operation name) pairs; ``-id`` is the operation's key in ``key_chunks``.
 ``traces``
     one summary row per trace, merged in SQL as batches arrive: start = min,
     end = max, counts add, root = the parentless span (else the earliest span
@@ -21,17 +21,19 @@ Tables (both dialects):
     the spans: one compressed chunk per (trace, batch) with the digest of its span
     ids; see ``codec.py``. On PostgreSQL also the chunk's index entries (``keys``,
     ``attrs`` with a GIN index, ``rids``), in place of the three tables below.
-``trace_keys`` (SQLite)
-    (trace, service id) and (trace, -operation id): the services of a trace and
-    the service / operation search filters.
+``key_chunks`` (SQLite)
+    service id -> chunk and -operation id -> chunk, for the service / operation
+    search filters; each chunk carries its keys in ``keys`` (the services of a
+    trace are read from there).
 ``request_ids`` (SQLite)
     request id key -> trace (kind bit 1 = local id, 2 = global id); the ids of a
     trace are read from its chunks' ``rids``.
 ``attr_chunks`` (SQLite)
     hash(key=value) -> chunk, for the attribute keys listed in
     ``spanbatch.INDEXED_ATTRIBUTES`` (and every ``openstack.*`` key); the chunk
-    carries its hashes in ``attrs``. Keyed by the ever-growing chunk id, new
-    entries land at the end of each value's range: a commit touches few pages.
+    carries its hashes in ``attrs``. Keyed, like ``key_chunks``, by the
+    ever-growing chunk id: new entries land at the end of each key's range, so a
+    commit touches few pages.
 ``span_parents`` / ``dep_pending``
     short-lived lookups, one packed row per trace and write, that let a caller ->
     callee edge be counted when the parent and child spans arrive in different
@@ -49,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from crosstrace.server.store.codec import pack_hashes, pack_rids
+from crosstrace.server.store.codec import pack_hashes, pack_keys, pack_rids
 
 __all__ = ["LATEST_VERSION", "MIGRATIONS", "SchemaVersionError", "migrate", "schema_version"]
 
@@ -217,8 +219,11 @@ _PG_V4 = [
 
 
 def _sqlite_v5_move(conn: Any) -> None:
-    """Give each trace's attribute hashes and request ids to its first chunk."""
+    """Give each trace's keys, attribute hashes and request ids to its first chunk."""
     first = dict(conn.execute("SELECT trace_id, min(id) FROM chunks GROUP BY trace_id").fetchall())
+    keys: dict[bytes, list[int]] = {}
+    for tid, key in conn.execute("SELECT trace_id, key FROM trace_keys").fetchall():
+        keys.setdefault(tid, []).append(key)
     attrs: dict[bytes, list[int]] = {}
     for h, tid in conn.execute("SELECT h, trace_id FROM attr_index").fetchall():
         attrs.setdefault(tid, []).append(h)
@@ -227,23 +232,37 @@ def _sqlite_v5_move(conn: Any) -> None:
         rids.setdefault(tid, {})[rid] = kind
     for tid, cid in first.items():
         hashes = attrs.get(tid, [])
+        mine = keys.get(tid, [])
         conn.execute(
-            "UPDATE chunks SET attrs = ?, rids = ? WHERE id = ?",
-            (pack_hashes(hashes) or None, pack_rids(rids[tid]) if tid in rids else None, cid),
+            "UPDATE chunks SET keys = ?, attrs = ?, rids = ? WHERE id = ?",
+            (
+                pack_keys(mine) or None,
+                pack_hashes(hashes) or None,
+                pack_rids(rids[tid]) if tid in rids else None,
+                cid,
+            ),
+        )
+        conn.executemany(
+            "INSERT INTO key_chunks (key, chunk_id) VALUES (?, ?)", [(k, cid) for k in mine]
         )
         conn.executemany(
             "INSERT INTO attr_chunks (h, chunk_id) VALUES (?, ?)", [(h, cid) for h in hashes]
         )
 
 
-# v5: the attribute index keyed by chunk id (append-mostly) instead of trace id;
-# request ids of a trace read from its chunks instead of a second index.
+# v5: the service / operation and attribute indexes keyed by chunk id (which only
+# grows) instead of trace id; request ids of a trace read from its chunks instead
+# of a second index.
 _SQLITE_V5: list[str | Callable[[Any], None]] = [
+    "ALTER TABLE chunks ADD COLUMN keys BLOB",
     "ALTER TABLE chunks ADD COLUMN attrs BLOB",
     "ALTER TABLE chunks ADD COLUMN rids BLOB",
+    "CREATE TABLE key_chunks (key INTEGER NOT NULL, chunk_id INTEGER NOT NULL,"
+    " PRIMARY KEY (key, chunk_id)) WITHOUT ROWID",
     "CREATE TABLE attr_chunks (h INTEGER NOT NULL, chunk_id INTEGER NOT NULL,"
     " PRIMARY KEY (h, chunk_id)) WITHOUT ROWID",
     _sqlite_v5_move,
+    "DROP TABLE trace_keys",
     "DROP TABLE attr_index",
     "DROP INDEX request_ids_trace",
 ]
@@ -256,14 +275,14 @@ MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
         (2, "logs", _SQLITE_V2),
         (3, "zstd dictionaries for span chunks", _SQLITE_V3),
         (4, "protobuf span chunks with digests, packed dependency lookups", _SQLITE_V4),
-        (5, "attribute index by chunk, request ids on chunks", _SQLITE_V5),
+        (5, "service, operation and attribute indexes by chunk; ids on chunks", _SQLITE_V5),
     ],
     "postgresql": [
         (1, "traces, span chunks, search indexes, dependencies", _PG_V1),
         (2, "logs", _PG_V2),
         (3, "zstd dictionaries for span chunks", _PG_V3),
         (4, "protobuf span chunks with digests and index arrays, packed lookups", _PG_V4),
-        (5, "none (SQLite's attribute index moved to chunks; here it already was)", []),
+        (5, "none (SQLite's index entries moved to the chunks; here they already were)", []),
     ],
 }
 LATEST_VERSION = 5

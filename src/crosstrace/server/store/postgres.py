@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 
 from crosstrace.server.prepare import PreparedBatch
-from crosstrace.server.store.codec import pack_rids, rid_term, unpack_rids
+from crosstrace.server.store.codec import pack_rids, rid_term
 from crosstrace.server.store.migrations import migrate
 from crosstrace.server.store.sqlcommon import SQLStore
 from crosstrace.server.store.sqlwrite import ChunkRow, _chunks, _marks
@@ -221,8 +221,6 @@ class PostgresStore(SQLStore):
                 self._days.add(day)
 
     # index entries on chunk rows (see the module docstring) -----------------
-    _index_tables = ()
-
     def _has_keys_sql(self, n: int) -> str:
         return (
             "EXISTS (SELECT 1 FROM chunks c WHERE c.trace_id = t.trace_id"
@@ -235,23 +233,8 @@ class PostgresStore(SQLStore):
     def _rid_sql(self, key: bytes) -> tuple[str, Any]:
         return "SELECT c.trace_id FROM chunks c WHERE c.attrs @> ARRAY[?::bigint]", rid_term(key)
 
-    def _trace_sets(
-        self, conn: Any, tids: list[bytes]
-    ) -> tuple[dict[bytes, set[int]], dict[bytes, dict[bytes, int]]]:
-        services: dict[bytes, set[int]] = {t: set() for t in tids}
-        rids: dict[bytes, dict[bytes, int]] = {t: {} for t in tids}
-        for tid_, keys, packed in self._q(
-            conn,
-            f"SELECT trace_id, keys, rids FROM chunks WHERE trace_id IN ({_marks(len(tids))})",
-            tids,
-        ):
-            tid = bytes(tid_)
-            services[tid].update(k for k in keys or () if k > 0)
-            if packed:
-                mine = rids[tid]
-                for key, kind in unpack_rids(bytes(packed)):
-                    mine[key] = mine.get(key, 0) | kind
-        return services, rids
+    def _unpack_keys(self, keys: Any) -> list[int]:
+        return list(keys or ())
 
     def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
         for part in _chunks(trace_ids):

@@ -8,8 +8,8 @@ the subclasses fill in.
 
 Search notes:
 
-- Service and operation filters test ``trace_keys`` with a primary-key lookup per
-  candidate trace while the trace summaries are walked newest first on the
+- Service and operation filters test ``key_chunks`` with a primary-key lookup per
+  chunk of a candidate trace while the trace summaries are walked newest first on the
   ``(start_ns, trace_id)`` index (the error filter has a partial index of its own).
 - Attribute equality (``attr.KEY=VALUE``) uses the ``attr_chunks`` table for the
   keys in :data:`INDEXED_ATTRIBUTES` and every ``openstack.*`` key; any other key
@@ -41,6 +41,7 @@ from crosstrace.server.store.codec import (
     encode_cursor,
     encode_rid,
     unpack_blob,
+    unpack_keys,
     unpack_rids,
 )
 from crosstrace.server.store.sqlwrite import (
@@ -73,17 +74,12 @@ _TRACE_COLS = (
 class SQLStore(SQLWriter):
     """The dialect-independent half of both stores (see the module docstring)."""
 
-    #: Tables with one row per trace and key, deleted with their traces (SQLite;
-    #: PostgreSQL keeps these entries on the chunk rows; SQLite's attribute and
-    #: request id entries go with their chunks, see ``_delete_chunks``).
-    _index_tables: tuple[str, ...] = ("trace_keys",)
-
     # ---------------------------------------------------------- index hooks
     def _has_keys_sql(self, n: int) -> str:
         """Condition: trace ``t`` has one of *n* keys (service / -operation ids)."""
         return (
-            "EXISTS (SELECT 1 FROM trace_keys k WHERE k.trace_id = t.trace_id"
-            f" AND k.key IN ({_marks(n)}))"
+            "EXISTS (SELECT 1 FROM chunks c JOIN key_chunks k"
+            f" ON k.key IN ({_marks(n)}) AND k.chunk_id = c.id WHERE c.trace_id = t.trace_id)"
         )
 
     def _has_attr_sql(self) -> str:
@@ -97,27 +93,28 @@ class SQLStore(SQLWriter):
         """Subquery of the trace ids carrying request id *key*, and its parameter."""
         return "SELECT trace_id FROM request_ids WHERE rid = ?", key
 
+    def _unpack_keys(self, keys: Any) -> list[int]:
+        """The keys column of a chunk as service ids and -operation ids."""
+        return unpack_keys(bytes(keys)) if keys else []
+
     def _trace_sets(
         self, conn: Any, tids: list[bytes]
     ) -> tuple[dict[bytes, set[int]], dict[bytes, dict[bytes, int]]]:
-        """Service ids and request ids (key -> kind bits) of each trace."""
+        """Service ids and request ids (key -> kind bits) of each trace, from the
+        entries its chunks carry."""
         services: dict[bytes, set[int]] = {t: set() for t in tids}
         rids: dict[bytes, dict[bytes, int]] = {t: {} for t in tids}
-        marks = _marks(len(tids))
-        for tid, key in self._q(
+        for tid_, keys, packed in self._q(
             conn,
-            f"SELECT trace_id, key FROM trace_keys WHERE trace_id IN ({marks}) AND key > 0",
+            f"SELECT trace_id, keys, rids FROM chunks WHERE trace_id IN ({_marks(len(tids))})",
             tids,
         ):
-            services[bytes(tid)].add(int(key))
-        for tid, packed in self._q(
-            conn,
-            f"SELECT trace_id, rids FROM chunks WHERE trace_id IN ({marks}) AND rids IS NOT NULL",
-            tids,
-        ):
-            mine = rids[bytes(tid)]
-            for key, kind in unpack_rids(bytes(packed)):
-                mine[key] = mine.get(key, 0) | kind
+            tid = bytes(tid_)
+            services[tid].update(k for k in self._unpack_keys(keys) if k > 0)
+            if packed:
+                mine = rids[tid]
+                for key, kind in unpack_rids(bytes(packed)):
+                    mine[key] = mine.get(key, 0) | kind
         return services, rids
 
     # ------------------------------------------------------------------- read
@@ -487,7 +484,7 @@ class SQLStore(SQLWriter):
         self._delete_chunks(conn, tids, cutoff_ns)
         for part in _chunks(tids):
             m = _marks(len(part))
-            for table in (*self._index_tables, "span_parents", "dep_pending"):
+            for table in ("span_parents", "dep_pending"):
                 self._x(conn, f"DELETE FROM {table} WHERE trace_id IN ({m})", part)
             self._x(conn, f"DELETE FROM traces WHERE trace_id IN ({m})", part)
         return len(tids)

@@ -22,7 +22,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from crosstrace.server.store.codec import pack_hashes, pack_rids, unpack_hashes, unpack_rids
+from crosstrace.server.store.codec import (
+    pack_hashes,
+    pack_keys,
+    pack_rids,
+    unpack_hashes,
+    unpack_keys,
+    unpack_rids,
+)
 from crosstrace.server.store.migrations import migrate
 from crosstrace.server.store.sqlcommon import SQLStore
 from crosstrace.server.store.sqlwrite import ChunkRow, _chunks, _marks
@@ -133,14 +140,15 @@ class SQLiteStore(SQLStore):
         first = int(conn.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()[0]) + 1
         ids = range(first, first + len(rows))
         conn.executemany(
-            "INSERT INTO chunks (id, trace_id, digest, data, attrs, rids)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO chunks (id, trace_id, digest, data, keys, attrs, rids)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     cid,
                     r.trace_id,
                     r.digest,
                     r.data,
+                    pack_keys(r.keys) if r.keys else None,
                     pack_hashes(r.attrs) if r.attrs else None,
                     pack_rids(r.rids) if r.rids else None,
                 )
@@ -148,8 +156,8 @@ class SQLiteStore(SQLStore):
             ],
         )
         conn.executemany(
-            "INSERT INTO trace_keys (trace_id, key) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            [(r.trace_id, k) for r in rows for k in r.keys],
+            "INSERT INTO key_chunks (key, chunk_id) VALUES (?, ?)",
+            [(k, cid) for cid, r in zip(ids, rows, strict=True) for k in r.keys],
         )
         conn.executemany(
             "INSERT INTO attr_chunks (h, chunk_id) VALUES (?, ?)",
@@ -162,19 +170,23 @@ class SQLiteStore(SQLStore):
         )
 
     def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
-        """Delete the chunks of *trace_ids* with the attribute and request id
-        entries they carry."""
+        """Delete the chunks of *trace_ids* with the index entries they carry."""
         for part in _chunks(trace_ids):
             marks = _marks(len(part))
+            keys: list[tuple[int, int]] = []
             attrs: list[tuple[int, int]] = []
             rids: list[tuple[bytes, bytes]] = []
-            for cid, tid, packed_attrs, packed_rids in conn.execute(
-                f"SELECT id, trace_id, attrs, rids FROM chunks WHERE trace_id IN ({marks})", part
+            for cid, tid, packed_keys, packed_attrs, packed_rids in conn.execute(
+                f"SELECT id, trace_id, keys, attrs, rids FROM chunks WHERE trace_id IN ({marks})",
+                part,
             ).fetchall():
+                if packed_keys:
+                    keys.extend((k, cid) for k in unpack_keys(packed_keys))
                 if packed_attrs:
                     attrs.extend((h, cid) for h in unpack_hashes(packed_attrs))
                 if packed_rids:
                     rids.extend((rid, tid) for rid, _ in unpack_rids(packed_rids))
+            conn.executemany("DELETE FROM key_chunks WHERE key = ? AND chunk_id = ?", keys)
             conn.executemany("DELETE FROM attr_chunks WHERE h = ? AND chunk_id = ?", attrs)
             conn.executemany("DELETE FROM request_ids WHERE rid = ? AND trace_id = ?", rids)
             conn.execute(f"DELETE FROM chunks WHERE trace_id IN ({marks})", part)
