@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import threading
 import time
+from array import array
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
@@ -38,6 +39,7 @@ __all__ = [
     "PreparedBatch",
     "PreparedTrace",
     "prepare_batch",
+    "service_of_spans",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,10 +78,20 @@ class PreparedTrace(NamedTuple):
     attrs: frozenset[int]  # attribute hashes
     rids: dict[bytes, int]  # request id key -> 1 local | 2 global
     data: bytes
-    span_services: dict[bytes, str]  # span id -> service
+    span_ids: bytes  # the spans' ids, 8 bytes each ...
+    span_services: bytes  # ... and their services: 4-byte indexes into ``services``
+    services: tuple[str, ...]
     callers: tuple[tuple[bytes, str], ...]  # CLIENT / PRODUCER spans: (span id, service)
     waiting: tuple[tuple[bytes, str, int, int], ...]  # (parent id, service, error, hour)
     edges: tuple[tuple[int, str, str, int], ...]  # (hour, caller, callee, error) in-batch
+
+
+def service_of_spans(trace: PreparedTrace) -> dict[bytes, str]:
+    """Span id -> service of the spans of *trace*."""
+    ids, names = trace.span_ids, trace.services
+    index = array("I")
+    index.frombytes(trace.span_services)
+    return {ids[8 * i : 8 * i + 8]: names[n] for i, n in enumerate(index)}
 
 
 class PreparedBatch:
@@ -146,6 +158,8 @@ def prepare_batch(batch: SpanBatch, comp: Compression) -> PreparedBatch:
     for g in batch.groups.values():
         facts = g.facts
         svc_of = {f[0]: seg_svc[f[2]] for f in facts}
+        names: dict[str, int] = {}
+        index = array("I", [names.setdefault(seg_svc[f[2]], len(names)) for f in facts])
         start = end = facts[0][5]
         errors = 0
         root: tuple[Any, ...] | None = None
@@ -214,7 +228,9 @@ def prepare_batch(batch: SpanBatch, comp: Compression) -> PreparedBatch:
                 frozenset(hashes),
                 rids,
                 payload if zc is None else compress_chunk(payload, zc),
-                svc_of,
+                b"".join(f[0] for f in facts),
+                index.tobytes(),
+                tuple(names),
                 tuple(callers),
                 tuple(waiting),
                 tuple(edges),

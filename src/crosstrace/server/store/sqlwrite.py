@@ -23,7 +23,14 @@ from typing import Any, NamedTuple
 import zstandard
 
 from crosstrace.server.model import LogRecord
-from crosstrace.server.prepare import BUCKET_NS, Compression, PreparedBatch, prepare_batch
+from crosstrace.server.prepare import (
+    BUCKET_NS,
+    Compression,
+    PreparedBatch,
+    PreparedTrace,
+    prepare_batch,
+    service_of_spans,
+)
 from crosstrace.server.spanbatch import INDEXED_ATTRIBUTES, SpanBatch, is_indexed
 from crosstrace.server.store.base import Store
 from crosstrace.server.store.codec import ZSTD_LEVEL, compress_chunk, pack_blob
@@ -46,8 +53,9 @@ DICT_SAMPLES = 1_000
 DICT_SAMPLE_BYTES = 8 * 2**20
 DICT_SIZE = 64 * 1024
 _IN_CHUNK = 500  # values per IN (...) list
-#: Index entries remembered as written, per generation (two are kept).
-WRITTEN_GENERATION = 400_000
+#: Traces whose index entries are remembered as written, per generation (two
+#: generations are kept).
+WRITTEN_GENERATION = 20_000
 #: Bytes per waiting child in ``dep_pending.data``: parent id, service id, error, hour.
 _PENDING_SIZE = 21
 _RID_LOCAL = 1
@@ -81,23 +89,29 @@ class ChunkRow(NamedTuple):
 
 
 class _Written:
-    """Hashes of the index entries (trace, kind, key) written by recent commits:
-    two generations of at most *size* entries, the older dropped as a whole."""
+    """Attribute hashes and (request id, kind) pairs that recent commits indexed,
+    per trace: two generations of at most *size* traces, the older dropped as a
+    whole."""
 
     __slots__ = ("new", "old", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.new: set[int] = set()
-        self.old: set[int] = set()
+        self.new: dict[bytes, set[Any]] = {}
+        self.old: dict[bytes, set[Any]] = {}
 
-    def __contains__(self, mark: int) -> bool:
-        return mark in self.new or mark in self.old
+    def get(self, trace_id: bytes) -> set[Any] | None:
+        return self.new.get(trace_id) or self.old.get(trace_id)
 
-    def add(self, marks: list[int]) -> None:
-        self.new.update(marks)
-        if len(self.new) >= self.size:
-            self.old, self.new = self.new, set()
+    def add(self, entries: list[tuple[bytes, set[Any]]]) -> None:
+        new = self.new
+        for tid, items in entries:
+            mine = new.get(tid)
+            if mine is None:
+                mine = new[tid] = set(self.old.get(tid, ()))
+            mine |= items
+        if len(new) >= self.size:
+            self.old, self.new = new, {}
 
     def clear(self) -> None:
         self.new.clear()
@@ -120,7 +134,7 @@ class SQLWriter(Store):
         self._txn_ops: list[tuple[int, int]] = []
         self._op_cache: dict[tuple[int, str], int] = {}
         self._written = _Written(WRITTEN_GENERATION)
-        self._txn_written: list[int] = []
+        self._txn_written: list[tuple[bytes, set[Any]]] = []
         self._published: Compression = None
         self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
         self._zdict: tuple[int, zstandard.ZstdCompressor] | None = None
@@ -426,15 +440,15 @@ class SQLWriter(Store):
         parents: list[tuple[bytes, int, bytes]] = []
         orphans: dict[bytes, list[tuple[bytes, int, int, int]]] = {}
         edges: dict[tuple[int, int, int], list[int]] = {}
-        group_svcs: dict[bytes, dict[bytes, str]] = {}
-        new_marks = self._txn_written
+        group_traces: dict[bytes, PreparedTrace] = {}
+        new_entries = self._txn_written
         for t in traces:
             tid = t.trace_id
             if (tid, t.digest) in seen:
                 continue
             seen.add((tid, t.digest))
             stored += t.spans
-            group_svcs[tid] = t.span_services
+            group_traces[tid] = t
             keys: set[int] = set()
             for svc, name in t.ops:
                 sid = intern(conn, svc)
@@ -472,27 +486,27 @@ class SQLWriter(Store):
                     t.domain,
                 )
             )
-            # Index entries an earlier write already made for this trace are
-            # skipped (a trace comes in one batch per service, mostly with the same
-            # ids and attribute values).
-            key_marks = [(k, hash((tid, 0, k))) for k in keys]
-            attr_marks = [(h, hash((tid, 1, h))) for h in t.attrs]
-            rid_marks = [(r, kind, hash((tid, 2, r, kind))) for r, kind in t.rids.items()]
-            keys = {k for k, m in key_marks if m not in written}
-            hashes = {h for h, m in attr_marks if m not in written}
-            rids = {r: kind for r, kind, m in rid_marks if m not in written}
-            new_marks.extend(m for _, m in key_marks)
-            new_marks.extend(m for _, m in attr_marks)
-            new_marks.extend(m for _, _, m in rid_marks)
+            # Attribute and request id entries an earlier write already made for
+            # this trace are skipped (a trace comes in one batch per service,
+            # mostly with the same ids and attribute values).
+            entries: set[Any] = {*t.attrs, *t.rids.items()}
+            done = written.get(tid)
+            if done:
+                entries -= done
+                hashes = {h for h in t.attrs if h in entries}
+                rids = {r: kind for r, kind in t.rids.items() if (r, kind) in entries}
+            else:
+                hashes, rids = set(t.attrs), t.rids
+            new_entries.append((tid, entries))
             data = t.data
             if not pb.compressed:
                 if self._zdict is None:
                     self._sample(conn, data)
                 data = compress_chunk(data, self._zdict)
-            chunk_rows.append(ChunkRow(tid, t.start_ns, t.digest, data, keys, hashes, rids))
+            chunk_rows.append(ChunkRow(tid, t.start_ns, t.digest, data, keys, hashes, dict(rids)))
         if not chunk_rows:
             return 0
-        self._resolve_dependencies(conn, group_svcs, orphans, edges, now_s)
+        self._resolve_dependencies(conn, group_traces, orphans, edges, now_s)
         self._insert_chunks(conn, chunk_rows)
         self._merge_summaries(conn, trace_rows)
         if parents:
@@ -570,7 +584,7 @@ class SQLWriter(Store):
     def _resolve_dependencies(
         self,
         conn: Any,
-        group_svcs: dict[bytes, dict[bytes, str]],
+        group_traces: dict[bytes, PreparedTrace],
         orphans: dict[bytes, list[tuple[bytes, int, int, int]]],
         edges: dict[tuple[int, int, int], list[int]],
         now_s: int,
@@ -587,7 +601,7 @@ class SQLWriter(Store):
                 e[0] += 1
                 e[1] += err
 
-        tids = list(group_svcs)
+        tids = list(group_traces)
         done: list[tuple[int]] = []
         shrunk: list[tuple[bytes, int]] = []
         # Children stored earlier, waiting for a parent that is in this write.
@@ -598,7 +612,7 @@ class SQLWriter(Store):
                 f" WHERE trace_id IN ({_marks(len(part))})",
                 part,
             ):
-                svc_of = group_svcs[bytes(tid_)]
+                svc_of = service_of_spans(group_traces[bytes(tid_)])
                 data = bytes(data_)
                 left = []
                 for i in range(0, len(data), _PENDING_SIZE):
