@@ -39,6 +39,8 @@ __all__ = ["SQLiteStore"]
 
 URL_PREFIX = "sqlite://"
 _BUSY_TIMEOUT_MS = 10_000
+#: WAL pages (4 KiB) written before the writer checkpoints.
+_CHECKPOINT_PAGES = 16_384
 #: Rounds of "delete the oldest slice" tried when enforcing a size limit.
 _SIZE_ROUNDS = 25
 
@@ -62,6 +64,12 @@ class SQLiteStore(SQLStore):
         self._wconn.execute("PRAGMA journal_mode = WAL")
         self._wconn.execute("PRAGMA synchronous = NORMAL")  # see the module docstring
         self._wconn.execute("PRAGMA cache_size = -65536")
+        # Checkpoint every 64 MiB of WAL rather than SQLite's 4 MiB: a page that
+        # several commits change is copied into the database once, and the fsyncs
+        # of a checkpoint come far less often (a third off the write cost at 1M
+        # spans). The WAL file is cut back to that size after each checkpoint.
+        self._wconn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
+        self._wconn.execute(f"PRAGMA journal_size_limit = {_CHECKPOINT_PAGES * 4096}")
         try:
             migrate(self._wconn, "sqlite")
         except BaseException:
