@@ -133,6 +133,9 @@ class PostgresStore(SQLStore):
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s")
 
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?)", [list(values)]
+
     def _insert(
         self,
         conn: Any,

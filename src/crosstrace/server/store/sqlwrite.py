@@ -256,6 +256,11 @@ class SQLWriter(Store):
         rows = self._q(conn, "SELECT id FROM names WHERE name = ?", (name,))
         return int(rows[0][0]) if rows else None
 
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """Condition "*column* is one of *values*" and its parameters (PostgreSQL
+        passes one array, so that the statement's text, and plan, is reused)."""
+        return f"{column} IN ({_marks(len(values))})", list(values)
+
     def _is_indexed(self, key: str) -> bool:
         return is_indexed(key)
 
@@ -411,11 +416,11 @@ class SQLWriter(Store):
         """(trace id, digest) of the chunks already stored for *tids*."""
         out: set[tuple[bytes, int]] = set()
         for part in _chunks(tids):
+            cond, params = self._in("trace_id", part)
             for tid, digest in self._q(
                 conn,
-                "SELECT trace_id, digest FROM chunks"
-                f" WHERE trace_id IN ({_marks(len(part))}) AND digest IS NOT NULL",
-                part,
+                f"SELECT trace_id, digest FROM chunks WHERE {cond} AND digest IS NOT NULL",
+                params,
             ):
                 out.add((bytes(tid), int(digest)))
         return out
@@ -606,11 +611,9 @@ class SQLWriter(Store):
         shrunk: list[tuple[bytes, int]] = []
         # Children stored earlier, waiting for a parent that is in this write.
         for part in _chunks(tids):
+            cond, params = self._in("trace_id", part)
             for pid, tid_, data_ in self._q(
-                conn,
-                "SELECT id, trace_id, data FROM dep_pending"
-                f" WHERE trace_id IN ({_marks(len(part))})",
-                part,
+                conn, f"SELECT id, trace_id, data FROM dep_pending WHERE {cond}", params
             ):
                 svc_of = service_of_spans(group_traces[bytes(tid_)])
                 data = bytes(data_)
@@ -640,10 +643,9 @@ class SQLWriter(Store):
         known: dict[bytes, dict[bytes, int]] = {}
         otids = list(orphans)
         for part in _chunks(otids):
+            cond, params = self._in("trace_id", part)
             for tid_, data_ in self._q(
-                conn,
-                f"SELECT trace_id, data FROM span_parents WHERE trace_id IN ({_marks(len(part))})",
-                part,
+                conn, f"SELECT trace_id, data FROM span_parents WHERE {cond}", params
             ):
                 data = bytes(data_)
                 m = known.setdefault(bytes(tid_), {})
