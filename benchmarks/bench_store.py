@@ -6,13 +6,15 @@ the queries an operator runs.
 
 Reports, per backend: ingest rate with direct store writes (per-service batches
 of 512 spans decoded from their OTLP bodies before the clock starts, 4 in
-flight; the decode rate is printed once), ingest rate over HTTP with OTLP protobuf through
-``crosstrace serve`` (4 client threads with keep-alive connections, the bodies
-encoded before the clock starts), bytes per span on disk including indexes
-(SQLite: the file after a WAL checkpoint; PostgreSQL: pg_total_relation_size of
-every table of the schema), and p50 / p95 of: fetch a trace by id, search error
-traces in a one-hour window, search by an indexed attribute, search by a
-non-indexed attribute in a one-hour window, search by service.
+flight; the decode rate is printed once), ingest rate over HTTP with OTLP
+protobuf through ``crosstrace serve`` with its default decode workers (one run
+per ``--clients`` value: 4 and 8 client threads with keep-alive connections; the
+bodies encoded before the clock starts), bytes per span on disk including
+indexes (SQLite: the file after a WAL checkpoint; PostgreSQL:
+pg_total_relation_size of every table of the schema), and p50 / p95 of: fetch a
+trace by id, search error traces in a one-hour window, search by an indexed
+attribute, search by a non-indexed attribute in a one-hour window, search by
+service.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen
 from crosstrace.server.model import TraceQuery
+from crosstrace.server.settings import default_decode_workers
 from crosstrace.server.spanbatch import SpanBatch, scan_traces
 from crosstrace.server.store.base import Store
 from crosstrace.server.store.postgres import PostgresStore
@@ -240,6 +243,12 @@ def main() -> None:
     ap.add_argument("--no-http", action="store_true")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--tmp", default=None, help="directory for SQLite files")
+    ap.add_argument(
+        "--clients",
+        default="4,8",
+        help="concurrent HTTP clients, one ingest run per value (8: one exporter per"
+        " service of the load)",
+    )
     args = ap.parse_args()
 
     t_end = time.time_ns()
@@ -247,7 +256,10 @@ def main() -> None:
     traces = list(loadgen.generate(args.spans, seed=1, start_ns=t_end))
     batches = list(loadgen.service_batches(iter(traces), args.batch))
     n_spans = sum(len(b) for b in batches)
-    print(f"# {platform.node()} python {platform.python_version()} {os.cpu_count()} cpus")
+    print(
+        f"# {platform.node()} python {platform.python_version()} {os.cpu_count()} cpus,"
+        f" serve's default decode workers: {default_decode_workers()}"
+    )
     print(
         f"generated {n_spans} spans / {len(traces)} traces / {len(batches)} batches"
         f" in {time.perf_counter() - t0:.1f} s"
@@ -282,11 +294,13 @@ def main() -> None:
             store.close()
         finally:
             drop()
-        if http_ok:
+        if not http_ok:
+            continue
+        for clients in [int(c) for c in args.clients.split(",")]:
             url, opener, drop = open_backend(backend, tmp)
             try:
-                print(f"[{backend}] before HTTP: {load()}")
-                secs, failed = write_http(url, bodies)
+                print(f"[{backend}] before HTTP ({clients} clients): {load()}")
+                secs, failed = write_http(url, bodies, clients)
                 store = opener()
                 st = store.stats()
                 got = sum(
@@ -296,9 +310,9 @@ def main() -> None:
                 )
                 store.close()
                 print(
-                    f"[{backend}] HTTP OTLP protobuf ingest: {n_spans / secs:,.0f} spans/s"
-                    f" ({secs:.1f} s, {failed} non-200, {st['traces']} traces stored,"
-                    f" sampled traces found {got}, {load()})"
+                    f"[{backend}] HTTP OTLP protobuf ingest, {clients} clients:"
+                    f" {n_spans / secs:,.0f} spans/s ({secs:.1f} s, {failed} non-200,"
+                    f" {st['traces']} traces stored, sampled traces found {got}, {load()})"
                 )
             finally:
                 drop()

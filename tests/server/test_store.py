@@ -924,3 +924,28 @@ def test_index_entries_of_a_failed_write_are_written_by_the_next(
     store.write_spans([span(8, 2, 1, "nova-api", "op", NOW + MS, attrs=attrs)])
     page = store.search_traces(TraceQuery(attributes=attrs))
     assert [t.trace_id for t in page.traces] == [tid(8)]
+
+
+@pytest.mark.parametrize("rare_below", [0, 10_000])
+def test_attribute_search_by_common_and_rare_values(
+    store: Store, monkeypatch: pytest.MonkeyPatch, rare_below: int
+) -> None:
+    """An indexed attribute value is searched trace by trace when common and
+    collected first when rare (SQLite); both ways give the same page."""
+    from crosstrace.server.store import sqlcommon
+
+    monkeypatch.setattr(sqlcommon, "RARE_ATTR_CHUNKS", rare_below)
+    for n in range(1, 31):
+        attrs = {"openstack.user_id": f"u{n % 3}", "http.request.method": "GET"}
+        store.write_spans([span(n, 1, None, f"svc{n % 2}", "op", NOW + n * MS, attrs=attrs)])
+    page = store.search_traces(TraceQuery(attributes={"openstack.user_id": "u1"}, limit=5))
+    assert [t.trace_id for t in page.traces] == [tid(n) for n in (28, 25, 22, 19, 16)]
+    assert page.next_cursor is not None
+    both = TraceQuery(attributes={"openstack.user_id": "u2", "http.request.method": "GET"})
+    assert [t.trace_id for t in store.search_traces(both).traces] == [
+        tid(n) for n in range(29, 0, -3)
+    ]
+    svc_and_user = TraceQuery(service="svc0", attributes={"openstack.user_id": "u1"})
+    assert [t.trace_id for t in store.search_traces(svc_and_user).traces] == [
+        tid(n) for n in (28, 22, 16, 10, 4)
+    ]

@@ -230,7 +230,7 @@ class PostgresStore(SQLStore):
             f" AND c.keys && ARRAY[{_marks(n)}]::integer[])"
         )
 
-    def _has_attr_sql(self) -> str:
+    def _has_attr_sql(self, conn: Any, h: int) -> str:
         return "t.trace_id IN (SELECT c.trace_id FROM chunks c WHERE c.attrs @> ARRAY[?::bigint])"
 
     def _rid_sql(self, key: bytes) -> tuple[str, Any]:

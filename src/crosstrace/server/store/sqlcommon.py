@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 
 #: Most candidate traces decoded per search page for a non-indexed attribute.
 ATTR_SCAN_BUDGET = 2_000
+#: Below this many chunks with an attribute value, a search collects them first.
+RARE_ATTR_CHUNKS = 2_000
 #: Traces removed per retention transaction.
 RETENTION_BATCH = 2_000
 
@@ -78,15 +80,31 @@ class SQLStore(SQLWriter):
     def _has_keys_sql(self, n: int) -> str:
         """Condition: trace ``t`` has one of *n* keys (service / -operation ids)."""
         return (
-            "EXISTS (SELECT 1 FROM chunks c JOIN key_chunks k"
-            f" ON k.key IN ({_marks(n)}) AND k.chunk_id = c.id WHERE c.trace_id = t.trace_id)"
+            # CROSS JOIN keeps SQLite from walking every chunk of the key instead
+            # of the few chunks of the trace.
+            "EXISTS (SELECT 1 FROM chunks c CROSS JOIN key_chunks k WHERE c.trace_id = t.trace_id"
+            f" AND k.key IN ({_marks(n)}) AND k.chunk_id = c.id)"
         )
 
-    def _has_attr_sql(self) -> str:
-        """Condition: trace ``t`` has the attribute hash given as the parameter."""
+    def _has_attr_sql(self, conn: Any, h: int) -> str:
+        """Condition: trace ``t`` has the attribute hash *h* (given as the
+        parameter). A rare value is looked up once, a common one trace by trace
+        while the newest traces are walked."""
+        rows = self._q(
+            conn,
+            "SELECT count(*) FROM (SELECT 1 FROM attr_chunks WHERE h = ? LIMIT ?)",
+            (h, RARE_ATTR_CHUNKS),
+        )
+        if int(rows[0][0]) < RARE_ATTR_CHUNKS:
+            return (
+                "t.trace_id IN (SELECT c.trace_id FROM attr_chunks a"
+                " JOIN chunks c ON c.id = a.chunk_id WHERE a.h = ?)"
+            )
         return (
-            "EXISTS (SELECT 1 FROM chunks c JOIN attr_chunks a ON a.h = ? AND a.chunk_id = c.id"
-            " WHERE c.trace_id = t.trace_id)"
+            # CROSS JOIN keeps SQLite from walking every chunk of the value
+            # instead of the few chunks of the trace.
+            "EXISTS (SELECT 1 FROM chunks c CROSS JOIN attr_chunks a WHERE c.trace_id = t.trace_id"
+            " AND a.h = ? AND a.chunk_id = c.id)"
         )
 
     def _rid_sql(self, key: bytes) -> tuple[str, Any]:
@@ -339,8 +357,9 @@ class SQLStore(SQLWriter):
         scan: dict[str, str] = {}
         for akey, value in sorted(q.attributes.items()):
             if self._is_indexed(akey):
-                where.append(self._has_attr_sql())
-                params.append(attr_hash(akey, value))
+                h = attr_hash(akey, value)
+                where.append(self._has_attr_sql(conn, h))
+                params.append(h)
             else:
                 scan[akey] = value
         return where, params, scan
