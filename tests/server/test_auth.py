@@ -13,6 +13,7 @@ from crosstrace.server.auth import TokenSet, bearer_token, is_loopback
 from crosstrace.server.settings import (
     Settings,
     SettingsError,
+    default_decode_workers,
     parse_duration,
     parse_size,
     resolve,
@@ -118,6 +119,8 @@ def test_precedence_flags_over_env_over_file_over_defaults(tmp_path: Path) -> No
     assert settings.retention == 3 * 86400 * 10**9  # env over file
     assert settings.host == "127.0.0.2"  # file over default
     assert settings.prefetch == 7
+    assert settings.decode_workers == default_decode_workers()
+    assert resolve({"decode_workers": "0"}, env={}).decode_workers == 0
     assert settings.api_tokenset.check("two")
     assert settings.max_db_size is None  # default
     assert settings.sources["retention"] == "$CROSSTRACE_RETENTION"
@@ -134,6 +137,7 @@ def test_precedence_flags_over_env_over_file_over_defaults(tmp_path: Path) -> No
         ({"max_db_size": "10 parsecs"}, {}, "size"),
         ({}, {"CROSSTRACE_NO_HTTP": "perhaps"}, "boolean"),
         ({"prefetch": "0"}, {}, "at least 1"),
+        ({}, {"CROSSTRACE_DECODE_WORKERS": "-1"}, "0 or more"),
     ],
 )
 def test_bad_values_name_their_source(
