@@ -92,12 +92,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_http(db_url: str, bodies: list[bytes], clients: int = 4) -> tuple[float, int]:
-    """Post every body to a fresh ``crosstrace serve``; return (seconds, failures)."""
+def write_http(
+    db_url: str, bodies: list[bytes], clients: int = 4, workers: int | None = None
+) -> tuple[float, int]:
+    """Post every body to a fresh ``crosstrace serve`` (with *workers* decode
+    workers, else its default); return (seconds, failures)."""
     exe = shutil.which("crosstrace", path=str(Path(sys.executable).parent)) or "crosstrace"
     port = free_port()
+    extra = [] if workers is None else ["--decode-workers", str(workers)]
     proc = subprocess.Popen(
-        [exe, "serve", "--db", db_url, "--port", str(port), "--no-auth"],
+        [exe, "serve", "--db", db_url, "--port", str(port), "--no-auth", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -249,6 +253,11 @@ def main() -> None:
         help="concurrent HTTP clients, one ingest run per value (8: one exporter per"
         " service of the load)",
     )
+    ap.add_argument(
+        "--decode-workers",
+        default="",
+        help="serve's --decode-workers, one ingest run per value (default: serve's default)",
+    )
     args = ap.parse_args()
 
     t_end = time.time_ns()
@@ -296,11 +305,16 @@ def main() -> None:
             drop()
         if not http_ok:
             continue
-        for clients in [int(c) for c in args.clients.split(",")]:
+        worker_counts = (
+            [int(w) for w in args.decode_workers.split(",")] if args.decode_workers else [None]
+        )
+        runs = [(c, w) for w in worker_counts for c in [int(c) for c in args.clients.split(",")]]
+        for clients, workers in runs:
+            shown = "default" if workers is None else workers
             url, opener, drop = open_backend(backend, tmp)
             try:
-                print(f"[{backend}] before HTTP ({clients} clients): {load()}")
-                secs, failed = write_http(url, bodies, clients)
+                print(f"[{backend}] before HTTP ({clients} clients, {shown} workers): {load()}")
+                secs, failed = write_http(url, bodies, clients, workers)
                 store = opener()
                 st = store.stats()
                 got = sum(
@@ -310,7 +324,8 @@ def main() -> None:
                 )
                 store.close()
                 print(
-                    f"[{backend}] HTTP OTLP protobuf ingest, {clients} clients:"
+                    f"[{backend}] HTTP OTLP protobuf ingest, {clients} clients,"
+                    f" {shown} decode workers:"
                     f" {n_spans / secs:,.0f} spans/s ({secs:.1f} s, {failed} non-200,"
                     f" {st['traces']} traces stored, sampled traces found {got}, {load()})"
                 )
