@@ -254,6 +254,9 @@ def main() -> None:
         " service of the load)",
     )
     ap.add_argument(
+        "--repeat", type=int, default=1, help="HTTP ingest runs per setting (median printed)"
+    )
+    ap.add_argument(
         "--decode-workers",
         default="",
         help="serve's --decode-workers, one ingest run per value (default: serve's default)",
@@ -311,26 +314,34 @@ def main() -> None:
         runs = [(c, w) for w in worker_counts for c in [int(c) for c in args.clients.split(",")]]
         for clients, workers in runs:
             shown = "default" if workers is None else workers
-            url, opener, drop = open_backend(backend, tmp)
-            try:
-                print(f"[{backend}] before HTTP ({clients} clients, {shown} workers): {load()}")
-                secs, failed = write_http(url, bodies, clients, workers)
-                store = opener()
-                st = store.stats()
-                got = sum(
-                    1
-                    for t in traces[:: max(1, len(traces) // 100)]
-                    if store.get_trace(t[0].trace_id)
-                )
-                store.close()
+            rates = []
+            for _ in range(args.repeat):
+                url, opener, drop = open_backend(backend, tmp)
+                try:
+                    print(f"[{backend}] before HTTP ({clients} clients, {shown} workers): {load()}")
+                    secs, failed = write_http(url, bodies, clients, workers)
+                    store = opener()
+                    st = store.stats()
+                    got = sum(
+                        1
+                        for t in traces[:: max(1, len(traces) // 100)]
+                        if store.get_trace(t[0].trace_id)
+                    )
+                    store.close()
+                    rates.append(n_spans / secs)
+                    print(
+                        f"[{backend}] HTTP OTLP protobuf ingest, {clients} clients,"
+                        f" {shown} decode workers: {n_spans / secs:,.0f} spans/s ({secs:.1f} s,"
+                        f" {failed} non-200, {st['traces']} traces stored, sampled traces"
+                        f" found {got}, {load()})"
+                    )
+                finally:
+                    drop()
+            if len(rates) > 1:
                 print(
-                    f"[{backend}] HTTP OTLP protobuf ingest, {clients} clients,"
-                    f" {shown} decode workers:"
-                    f" {n_spans / secs:,.0f} spans/s ({secs:.1f} s, {failed} non-200,"
-                    f" {st['traces']} traces stored, sampled traces found {got}, {load()})"
+                    f"[{backend}] HTTP ingest, {clients} clients, {shown} decode workers:"
+                    f" median {statistics.median(rates):,.0f} spans/s of {len(rates)} runs"
                 )
-            finally:
-                drop()
 
 
 if __name__ == "__main__":
