@@ -323,8 +323,10 @@ class SQLWriter(Store):
         if isinstance(batch, SpanBatch):
             try:
                 batch = prepare_batch(batch, self._published)
-            except Exception:  # noqa: S110 - fails again in the writer, as a failed job
-                pass
+            except Exception:
+                # Left as it is: it fails again in the writer, and is reported and
+                # counted there as a failed write.
+                log.debug("batch not prepared before the writer", exc_info=True)
         return self._writer.submit("spans", batch, len(batch))
 
     def submit_logs(self, logs: Sequence[LogRecord]) -> Future[int]:
