@@ -41,6 +41,9 @@ from crosstrace.server.store.writer import Job
 
 __all__ = ["PostgresStore"]
 
+#: Column types of a chunk row, for binary COPY.
+_CHUNK_TYPES = ["bytea", "int4", "int8", "int4[]", "int8[]", "bytea", "bytea"]
+
 log = logging.getLogger(__name__)
 
 DAY_NS = 86_400 * 10**9
@@ -156,29 +159,31 @@ class PostgresStore(SQLStore):
         return int(cur.rowcount)
 
     def _insert_chunks(self, conn: Any, rows: list[ChunkRow]) -> None:
-        """Chunks with their index entries as arrays (see ``migrations.py``); the
-        arrays of a chunk row are few, so they are inserted row by row of one
-        prepared statement rather than as arrays of arrays."""
+        """Chunks with their index entries as arrays (see ``migrations.py``), by
+        binary COPY: far less work per row for the server than row-by-row
+        INSERTs."""
         if not rows:
             return
-        days = [r.start_ns // DAY_NS for r in rows]  # partitions: see _prepare_group
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO chunks (trace_id, day, digest, keys, attrs, rids, data)"
-                " VALUES (%s, %s, %s, %s::integer[], %s::bigint[], %s, %s)",
-                [
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY chunks (trace_id, day, digest, keys, attrs, rids, data)"
+                " FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+        ):
+            copy.set_types(_CHUNK_TYPES)
+            for r in rows:
+                copy.write_row(
                     (
                         r.trace_id,
-                        day,
+                        r.start_ns // DAY_NS,  # partitions: see _prepare_group
                         r.digest,
                         sorted(r.keys),
                         sorted(r.attrs | {rid_term(k) for k in r.rids}),
                         pack_rids(r.rids) if r.rids else None,
                         r.data,
                     )
-                    for r, day in zip(rows, days, strict=True)
-                ],
-            )
+                )
 
     def _prepare_group(self, jobs: list[Job]) -> None:
         """Create the day partitions the group's chunks need before its

@@ -9,10 +9,13 @@ the subclasses fill in.
 Search notes:
 
 - Service and operation filters test ``key_chunks`` with a primary-key lookup per
-  chunk of a candidate trace while the trace summaries are walked newest first on the
-  ``(start_ns, trace_id)`` index (the error filter has a partial index of its own).
+  chunk of a candidate trace while the trace summaries are walked newest first
+  on the ``(start_ns, trace_id)`` index (the error filter has a partial index of
+  its own).
 - Attribute equality (``attr.KEY=VALUE``) uses the ``attr_chunks`` table for the
-  keys in :data:`INDEXED_ATTRIBUTES` and every ``openstack.*`` key; any other key
+  keys in :data:`INDEXED_ATTRIBUTES` and every ``openstack.*`` key, the same way,
+  or, for a value on fewer than :data:`RARE_ATTR_CHUNKS` chunks, by collecting
+  its traces first (PostgreSQL: a GIN index on the chunk rows); any other key
   is matched by decoding the spans of candidate traces, newest first, at most
   :data:`ATTR_SCAN_BUDGET` traces per page (the page then ends with a cursor).
 """
