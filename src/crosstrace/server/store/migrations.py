@@ -218,36 +218,50 @@ _PG_V4 = [
 ]
 
 
+class _Pack:
+    """SQLite aggregate over one trace's index rows: their packed form, as new
+    chunks carry it (``None`` for no rows)."""
+
+    def __init__(self, pack: Callable[[list[tuple[Any, ...]]], bytes]) -> None:
+        self.pack = pack
+        self.rows: list[tuple[Any, ...]] = []
+
+    def step(self, *row: Any) -> None:
+        self.rows.append(row)
+
+    def finalize(self) -> bytes | None:
+        return self.pack(self.rows) if self.rows else None
+
+
 def _sqlite_v5_move(conn: Any) -> None:
-    """Give each trace's keys, attribute hashes and request ids to its first chunk."""
-    first = dict(conn.execute("SELECT trace_id, min(id) FROM chunks GROUP BY trace_id").fetchall())
-    keys: dict[bytes, list[int]] = {}
-    for tid, key in conn.execute("SELECT trace_id, key FROM trace_keys").fetchall():
-        keys.setdefault(tid, []).append(key)
-    attrs: dict[bytes, list[int]] = {}
-    for h, tid in conn.execute("SELECT h, trace_id FROM attr_index").fetchall():
-        attrs.setdefault(tid, []).append(h)
-    rids: dict[bytes, dict[bytes, int]] = {}
-    for rid, tid, kind in conn.execute("SELECT rid, trace_id, kind FROM request_ids").fetchall():
-        rids.setdefault(tid, {})[rid] = kind
-    for tid, cid in first.items():
-        hashes = attrs.get(tid, [])
-        mine = keys.get(tid, [])
-        conn.execute(
-            "UPDATE chunks SET keys = ?, attrs = ?, rids = ? WHERE id = ?",
-            (
-                pack_keys(mine) or None,
-                pack_hashes(hashes) or None,
-                pack_rids(rids[tid]) if tid in rids else None,
-                cid,
-            ),
-        )
-        conn.executemany(
-            "INSERT INTO key_chunks (key, chunk_id) VALUES (?, ?)", [(k, cid) for k in mine]
-        )
-        conn.executemany(
-            "INSERT INTO attr_chunks (h, chunk_id) VALUES (?, ?)", [(h, cid) for h in hashes]
-        )
+    """Give each trace's keys, attribute hashes and request ids to its first
+    chunk, a trace at a time (nothing of the whole index is held in memory)."""
+    packers: dict[str, Callable[[list[tuple[Any, ...]]], bytes]] = {
+        "v5_pack_keys": lambda rows: pack_keys(r[0] for r in rows),
+        "v5_pack_hashes": lambda rows: pack_hashes(r[0] for r in rows),
+        "v5_pack_rids": lambda rows: pack_rids({r[0]: r[1] for r in rows}),
+    }
+    for name, pack in packers.items():
+        conn.create_aggregate(name, -1, lambda pack=pack: _Pack(pack))
+    for sql in (
+        "CREATE TEMP TABLE v5_first (trace_id BLOB PRIMARY KEY, cid INTEGER NOT NULL)"
+        " WITHOUT ROWID",
+        "INSERT INTO v5_first SELECT trace_id, min(id) FROM chunks GROUP BY trace_id",
+        "CREATE INDEX attr_index_trace ON attr_index (trace_id)",  # dropped with the table
+        "INSERT INTO key_chunks (key, chunk_id)"
+        " SELECT k.key, f.cid FROM trace_keys k JOIN v5_first f ON f.trace_id = k.trace_id",
+        "INSERT INTO attr_chunks (h, chunk_id)"
+        " SELECT a.h, f.cid FROM attr_index a JOIN v5_first f ON f.trace_id = a.trace_id",
+        "UPDATE chunks SET"
+        " keys = (SELECT v5_pack_keys(k.key) FROM trace_keys k WHERE k.trace_id = chunks.trace_id),"
+        " attrs = (SELECT v5_pack_hashes(a.h) FROM attr_index a"
+        " WHERE a.trace_id = chunks.trace_id),"
+        " rids = (SELECT v5_pack_rids(r.rid, r.kind) FROM request_ids r"
+        " WHERE r.trace_id = chunks.trace_id)"
+        " WHERE id IN (SELECT cid FROM v5_first)",
+        "DROP TABLE v5_first",
+    ):
+        conn.execute(sql)
 
 
 # v5: the service / operation and attribute indexes keyed by chunk id (which only
