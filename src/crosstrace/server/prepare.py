@@ -23,7 +23,13 @@ from typing import Any, NamedTuple
 
 import zstandard
 
-from crosstrace.server.spanbatch import FLAG_RAW_BYTES, SpanBatch, encode_payload, raw_value
+from crosstrace.server.spanbatch import (
+    FLAG_RAW_BYTES,
+    SpanBatch,
+    encode_payload,
+    ids_digest,
+    raw_value,
+)
 from crosstrace.server.store.codec import (
     ZSTD_LEVEL,
     attr_hash,
@@ -210,10 +216,11 @@ def prepare_batch(batch: SpanBatch, comp: Compression) -> PreparedBatch:
             if k is not None:
                 rids[k] = rids.get(k, 0) | kind
         payload = encode_payload(g, batch)
+        span_ids = g.span_ids()
         out.append(
             PreparedTrace(
                 g.trace_id,
-                g.digest(),
+                ids_digest(span_ids),
                 start,
                 end,
                 seg_svc[root[2]],
@@ -228,7 +235,7 @@ def prepare_batch(batch: SpanBatch, comp: Compression) -> PreparedBatch:
                 frozenset(hashes),
                 rids,
                 payload if zc is None else compress_chunk(payload, zc),
-                b"".join(f[0] for f in facts),
+                span_ids,
                 index.tobytes(),
                 tuple(names),
                 tuple(callers),

@@ -78,6 +78,7 @@ __all__ = [
     "decode_payload",
     "encode_payload",
     "from_records",
+    "ids_digest",
     "is_indexed",
     "pb_attrs",
     "pb_value",
@@ -383,11 +384,15 @@ class TraceGroup:
         self.pairs: set[tuple[str, bytes]] = set()
         self.rids: dict[str, int] = {}
 
-    def digest(self) -> int:
-        """Signed 64-bit identity of this group's spans (their ids in order): a
-        batch delivered twice gives the same digest, so it is stored once."""
-        ids = b"".join(f[0] for f in self.facts)
-        return int.from_bytes(hashlib.blake2b(ids, digest_size=8).digest(), "big", signed=True)
+    def span_ids(self) -> bytes:
+        """The group's span ids in order, 8 bytes each."""
+        return b"".join(f[0] for f in self.facts)
+
+
+def ids_digest(span_ids: bytes) -> int:
+    """Signed 64-bit identity of a group's spans from :meth:`TraceGroup.span_ids`:
+    a batch delivered twice gives the same digest, so it is stored once."""
+    return int.from_bytes(hashlib.blake2b(span_ids, digest_size=8).digest(), "big", signed=True)
 
 
 class SpanBatch:

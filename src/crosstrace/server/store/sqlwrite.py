@@ -510,7 +510,7 @@ class SQLWriter(Store):
                 if self._zdict is None:
                     self._sample(conn, data)
                 data = compress_chunk(data, self._zdict)
-            chunk_rows.append(ChunkRow(tid, t.start_ns, t.digest, data, keys, hashes, dict(rids)))
+            chunk_rows.append(ChunkRow(tid, t.start_ns, t.digest, data, keys, hashes, rids))
         if not chunk_rows:
             return 0
         self._resolve_dependencies(conn, group_traces, orphans, edges, now_s)
