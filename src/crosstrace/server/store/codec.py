@@ -34,6 +34,8 @@ __all__ = [
     "CHUNK_FORMAT_DICT",
     "CHUNK_FORMAT_PB",
     "CHUNK_FORMAT_PB_DICT",
+    "HASH_WIDTH",
+    "KEY_WIDTH",
     "attr_hash",
     "attr_text",
     "compress_chunk",
@@ -44,13 +46,11 @@ __all__ = [
     "encode_cursor",
     "encode_rid",
     "pack_blob",
-    "pack_hashes",
-    "pack_keys",
+    "pack_ints",
     "pack_rids",
     "rid_term",
     "unpack_blob",
-    "unpack_hashes",
-    "unpack_keys",
+    "unpack_ints",
     "unpack_rids",
 ]
 
@@ -282,24 +282,22 @@ def pack_rids(rids: dict[bytes, int]) -> bytes:
     )
 
 
-def pack_hashes(hashes: Iterable[int]) -> bytes:
-    """Signed 64-bit attribute hashes as 8 bytes each (big-endian)."""
-    return b"".join(h.to_bytes(8, "big", signed=True) for h in hashes)
+#: Bytes per entry of a chunk's packed keys (service id, -operation id) and
+#: attribute hashes (:func:`pack_ints`).
+KEY_WIDTH = 4
+HASH_WIDTH = 8
 
 
-def pack_keys(keys: Iterable[int]) -> bytes:
-    """Service ids and -operation ids as 4 signed bytes each (big-endian)."""
-    return b"".join(k.to_bytes(4, "big", signed=True) for k in keys)
+def pack_ints(values: Iterable[int], width: int) -> bytes:
+    """Signed integers as *width* bytes each (big-endian)."""
+    return b"".join(v.to_bytes(width, "big", signed=True) for v in values)
 
 
-def unpack_keys(data: bytes) -> list[int]:
-    """Inverse of :func:`pack_keys`."""
-    return [int.from_bytes(data[i : i + 4], "big", signed=True) for i in range(0, len(data), 4)]
-
-
-def unpack_hashes(data: bytes) -> list[int]:
-    """Inverse of :func:`pack_hashes`."""
-    return [int.from_bytes(data[i : i + 8], "big", signed=True) for i in range(0, len(data), 8)]
+def unpack_ints(data: bytes, width: int) -> list[int]:
+    """Inverse of :func:`pack_ints`."""
+    return [
+        int.from_bytes(data[i : i + width], "big", signed=True) for i in range(0, len(data), width)
+    ]
 
 
 def unpack_rids(data: bytes) -> list[tuple[bytes, int]]:

@@ -51,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from crosstrace.server.store.codec import pack_hashes, pack_keys, pack_rids
+from crosstrace.server.store.codec import HASH_WIDTH, KEY_WIDTH, pack_ints, pack_rids
 
 __all__ = ["LATEST_VERSION", "MIGRATIONS", "SchemaVersionError", "migrate", "schema_version"]
 
@@ -237,8 +237,8 @@ def _sqlite_v5_move(conn: Any) -> None:
     """Give each trace's keys, attribute hashes and request ids to its first
     chunk, a trace at a time (nothing of the whole index is held in memory)."""
     packers: dict[str, Callable[[list[tuple[Any, ...]]], bytes]] = {
-        "v5_pack_keys": lambda rows: pack_keys(r[0] for r in rows),
-        "v5_pack_hashes": lambda rows: pack_hashes(r[0] for r in rows),
+        "v5_pack_keys": lambda rows: pack_ints((r[0] for r in rows), KEY_WIDTH),
+        "v5_pack_hashes": lambda rows: pack_ints((r[0] for r in rows), HASH_WIDTH),
         "v5_pack_rids": lambda rows: pack_rids({r[0]: r[1] for r in rows}),
     }
     for name, pack in packers.items():

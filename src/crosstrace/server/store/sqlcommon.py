@@ -36,6 +36,7 @@ from crosstrace.server.model import (
     TraceSummary,
 )
 from crosstrace.server.store.codec import (
+    KEY_WIDTH,
     attr_hash,
     attr_text,
     decode_chunk,
@@ -44,7 +45,7 @@ from crosstrace.server.store.codec import (
     encode_cursor,
     encode_rid,
     unpack_blob,
-    unpack_keys,
+    unpack_ints,
     unpack_rids,
 )
 from crosstrace.server.store.sqlwrite import (
@@ -116,7 +117,7 @@ class SQLStore(SQLWriter):
 
     def _unpack_keys(self, keys: Any) -> list[int]:
         """The keys column of a chunk as service ids and -operation ids."""
-        return unpack_keys(bytes(keys)) if keys else []
+        return unpack_ints(bytes(keys), KEY_WIDTH) if keys else []
 
     def _trace_sets(
         self, conn: Any, tids: list[bytes]

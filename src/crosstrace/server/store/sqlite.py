@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from crosstrace.server.store.codec import (
-    pack_hashes,
-    pack_keys,
+    HASH_WIDTH,
+    KEY_WIDTH,
+    pack_ints,
     pack_rids,
-    unpack_hashes,
-    unpack_keys,
+    unpack_ints,
     unpack_rids,
 )
 from crosstrace.server.store.migrations import migrate
@@ -156,8 +156,8 @@ class SQLiteStore(SQLStore):
                     r.trace_id,
                     r.digest,
                     r.data,
-                    pack_keys(r.keys) if r.keys else None,
-                    pack_hashes(r.attrs) if r.attrs else None,
+                    pack_ints(r.keys, KEY_WIDTH) if r.keys else None,
+                    pack_ints(r.attrs, HASH_WIDTH) if r.attrs else None,
                     pack_rids(r.rids) if r.rids else None,
                 )
                 for cid, r in zip(ids, rows, strict=True)
@@ -189,9 +189,9 @@ class SQLiteStore(SQLStore):
                 part,
             ).fetchall():
                 if packed_keys:
-                    keys.extend((k, cid) for k in unpack_keys(packed_keys))
+                    keys.extend((k, cid) for k in unpack_ints(packed_keys, KEY_WIDTH))
                 if packed_attrs:
-                    attrs.extend((h, cid) for h in unpack_hashes(packed_attrs))
+                    attrs.extend((h, cid) for h in unpack_ints(packed_attrs, HASH_WIDTH))
                 if packed_rids:
                     rids.extend((rid, tid) for rid, _ in unpack_rids(packed_rids))
             conn.executemany("DELETE FROM key_chunks WHERE key = ? AND chunk_id = ?", keys)
