@@ -14,7 +14,9 @@ indexes (SQLite: the file after a WAL checkpoint; PostgreSQL:
 pg_total_relation_size of every table of the schema), and p50 / p95 of: fetch a
 trace by id, search error traces in a one-hour window, search by an indexed
 attribute, search by a non-indexed attribute in a one-hour window, search by
-service.
+service. With ``--amqp URL``, also the ingest rate from RabbitMQ: the bodies
+are published to a fresh queue first, then ``crosstrace serve --consume`` reads
+them (timed from its first committed batch to its last).
 """
 
 from __future__ import annotations
@@ -92,33 +94,51 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_http(
-    db_url: str, bodies: list[bytes], clients: int = 4, workers: int | None = None
-) -> tuple[float, int]:
-    """Post every body to a fresh ``crosstrace serve`` (with *workers* decode
-    workers, else its default); return (seconds, failures)."""
+def start_serve(
+    db_url: str, workers: int | None, *extra: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A fresh ``crosstrace serve`` (with *workers* decode workers, else its
+    default) answering on a free port; returns the process and the port."""
     exe = shutil.which("crosstrace", path=str(Path(sys.executable).parent)) or "crosstrace"
     port = free_port()
-    extra = [] if workers is None else ["--decode-workers", str(workers)]
+    if workers is not None:
+        extra = (*extra, "--decode-workers", str(workers))
     proc = subprocess.Popen(
         [exe, "serve", "--db", db_url, "--port", str(port), "--no-auth", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/healthz")
+            if c.getresponse().status == 200:
+                c.close()
+                return proc, port
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            stop_serve(proc)
+            raise RuntimeError("crosstrace serve did not start")
+        time.sleep(0.1)
+
+
+def stop_serve(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                c.request("GET", "/healthz")
-                if c.getresponse().status == 200:
-                    c.close()
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("crosstrace serve did not start")
-            time.sleep(0.1)
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def write_http(
+    db_url: str, bodies: list[bytes], clients: int = 4, workers: int | None = None
+) -> tuple[float, int]:
+    """Post every body to a fresh ``crosstrace serve`` (with *workers* decode
+    workers, else its default); return (seconds, failures)."""
+    proc, port = start_serve(db_url, workers)
+    try:
         failures = [0] * clients
         nxt = iter(range(len(bodies)))
         lock = threading.Lock()
@@ -151,11 +171,69 @@ def write_http(
         elapsed = time.perf_counter() - t0
         return elapsed, sum(failures)
     finally:
-        proc.send_signal(signal.SIGTERM)
+        stop_serve(proc)
+
+
+def spans_written(port: int) -> int:
+    """The server's count of spans committed, from its /metrics."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    for line in text.splitlines():
+        if line.startswith('crosstrace_records_written_total{signal="traces"}'):
+            return int(line.rsplit(" ", 1)[1])
+    raise RuntimeError("no written-spans counter in /metrics")
+
+
+def write_consume(
+    db_url: str, bodies: list[bytes], total: int, amqp_url: str, workers: int | None = None
+) -> tuple[float, int]:
+    """Publish every body (*total* spans; persistent, as the tracer's RabbitMQ
+    transport does) to a fresh queue, then start ``crosstrace serve --consume`` on
+    it. Returns the
+    seconds from the first committed batch to the last and the spans committed in
+    that time (the count polled from /metrics)."""
+    import kombu
+
+    queue = "bench-" + uuid.uuid4().hex[:8]
+    exchange = kombu.Exchange("crosstrace", type="direct", durable=True)
+    q = kombu.Queue(queue, exchange, routing_key=queue, durable=True)
+    with kombu.Connection(amqp_url) as conn:
+        producer = kombu.Producer(conn.channel(), exchange=exchange)
+        for body in bodies:
+            producer.publish(
+                body,
+                routing_key=queue,
+                content_type="application/x-protobuf",
+                content_encoding="binary",
+                headers={"otlp-signal": "traces"},
+                delivery_mode=2,
+                declare=[q],
+            )
+    try:
+        proc, port = start_serve(
+            db_url, workers, "--consume", amqp_url, "--queue", queue, "--routing-key", queue
+        )
         try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            first: tuple[float, int] | None = None
+            while True:
+                n = spans_written(port)
+                now = time.perf_counter()
+                if first is None and n:
+                    first = (now, n)
+                if n >= total:
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError("crosstrace serve --consume stopped")
+                time.sleep(0.02)
+            assert first is not None
+            return now - first[0], n - first[1]
+        finally:
+            stop_serve(proc)
+    finally:
+        with kombu.Connection(amqp_url) as conn:
+            q(conn.channel()).delete()
 
 
 def run_queries(store: Store, traces: list[list[Any]], n: int, t_end: int) -> dict[str, Any]:
@@ -261,6 +339,13 @@ def main() -> None:
         default="",
         help="serve's --decode-workers, one ingest run per value (default: serve's default)",
     )
+    ap.add_argument(
+        "--amqp",
+        default="",
+        metavar="URL",
+        help="also measure ingest from this RabbitMQ through `serve --consume` (one run per"
+        " --decode-workers value)",
+    )
     args = ap.parse_args()
 
     t_end = time.time_ns()
@@ -306,11 +391,34 @@ def main() -> None:
             store.close()
         finally:
             drop()
-        if not http_ok:
-            continue
         worker_counts = (
             [int(w) for w in args.decode_workers.split(",")] if args.decode_workers else [None]
         )
+        for workers in worker_counts if args.amqp else []:
+            shown = "default" if workers is None else workers
+            rates = []
+            for _ in range(args.repeat):
+                url, opener, drop = open_backend(backend, tmp)
+                try:
+                    secs, counted = write_consume(url, bodies, n_spans, args.amqp, workers)
+                    store = opener()
+                    st = store.stats()
+                    store.close()
+                    rates.append(counted / secs)
+                    print(
+                        f"[{backend}] RabbitMQ ingest (serve --consume), {shown} decode workers:"
+                        f" {counted / secs:,.0f} spans/s ({counted} spans in {secs:.1f} s after"
+                        f" the first commit, {st['traces']} traces stored, {load()})"
+                    )
+                finally:
+                    drop()
+            if len(rates) > 1:
+                print(
+                    f"[{backend}] RabbitMQ ingest, {shown} decode workers:"
+                    f" median {statistics.median(rates):,.0f} spans/s of {len(rates)} runs"
+                )
+        if not http_ok:
+            continue
         runs = [(c, w) for w in worker_counts for c in [int(c) for c in args.clients.split(",")]]
         for clients, workers in runs:
             shown = "default" if workers is None else workers

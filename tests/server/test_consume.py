@@ -23,8 +23,10 @@ import pytest
 from serve_samples import DelegatingStore, log_request, opened, simple_batch, sqlite_url
 
 from crosstrace.server.consume import HEADER_SIGNAL, Consumer
+from crosstrace.server.ingest import OFFLOAD_BYTES
 from crosstrace.server.metrics import Metrics
 from crosstrace.server.model import LogQuery, SpanRecord
+from crosstrace.server.prepare import DecodePool
 from crosstrace.server.spanbatch import SpanBatch
 from crosstrace.server.store.base import Store
 
@@ -81,8 +83,12 @@ def memory_url() -> str:
 
 
 @contextmanager
-def _consumer(url: str, store: Store, queue: str) -> Iterator[Consumer]:
-    consumer = Consumer(url, store, Metrics(), queue=queue, routing_key=queue, prefetch=4)
+def _consumer(
+    url: str, store: Store, queue: str, pool: DecodePool | None = None
+) -> Iterator[Consumer]:
+    consumer = Consumer(
+        url, store, Metrics(), queue=queue, routing_key=queue, prefetch=4, decode_pool=pool
+    )
     consumer.start()
     try:
         assert consumer.ready.wait(10), "consumer did not start"
@@ -145,6 +151,55 @@ def test_malformed_message_is_rejected_without_requeue(
         assert conn.SimpleQueue("q3").qsize() == 0
 
 
+@pytest.fixture(scope="module")
+def pool() -> Iterator[DecodePool]:
+    p = DecodePool(1)
+    yield p
+    p.close()
+
+
+def test_large_message_is_decoded_by_a_worker_then_stored(
+    tmp_path: Path, memory_url: str, pool: DecodePool
+) -> None:
+    """A trace message over the offload size goes through the decode workers and
+    is stored exactly as the consumer stores it when it decodes it itself."""
+    big, ids = simple_batch(1500)
+    small, small_ids = simple_batch(3)
+    assert len(big) > OFFLOAD_BYTES > len(small)
+    before = pool.decoded
+    with (
+        opened(sqlite_url(tmp_path, "pool.db")) as there,
+        opened(sqlite_url(tmp_path, "here.db")) as here,
+    ):
+        with _consumer(memory_url, there, "q5", pool) as consumer:
+            _publish(memory_url, "q5", [big, small])
+            _wait_for(lambda: consumer.acked == 2, what="both acked")
+            assert consumer.metrics.record_count("traces", "written") == 1503
+        assert pool.decoded == before + 1  # the big one only
+        with _consumer(memory_url, here, "q6") as consumer:
+            _publish(memory_url, "q6", [big])
+            _wait_for(lambda: consumer.acked == 1, what="ack")
+        spans = _all_spans(there, big)
+        assert [s.span_id for s in spans] == ids
+        assert spans == _all_spans(here, big)
+        assert {s.span_id for s in _all_spans(there, small)} == set(small_ids)
+
+
+def test_large_malformed_message_through_a_worker_is_rejected(
+    store: Store, memory_url: str, pool: DecodePool
+) -> None:
+    bad = b"\x0a\xff\xff\xff\xff\x0f" * 20_000
+    good, ids = simple_batch(2)
+    with _consumer(memory_url, store, "q7", pool) as consumer:
+        _publish(memory_url, "q7", [bad, good])
+        _wait_for(lambda: consumer.acked == 1 and consumer.rejected == 1, what="settle")
+        assert consumer.requeued == 0
+    assert {s.span_id for s in _all_spans(store, good)} == set(ids)
+    kombu = _kombu()
+    with kombu.Connection(memory_url) as conn:
+        assert conn.SimpleQueue("q7").qsize() == 0
+
+
 class _FlakyStore(DelegatingStore):
     """The real store, whose first *failures* span writes fail."""
 
@@ -191,6 +246,8 @@ def _serve_consume(db: str, amqp_url: str, queue: str, log: Path) -> subprocess.
         queue,
         "--prefetch",
         "2",
+        "--decode-workers",
+        "1",
         "--retention",
         "off",
     ]
@@ -221,9 +278,11 @@ def test_two_serve_processes_share_one_queue(
 
             _wait_for(lambda: _queue_exists(conn, amqp_queue_name), what="queue declared")
             _wait_for(lambda: consumers() == 2, what="two consumers")
-            batches = [simple_batch(5) for _ in range(60)]
+            # Small batches, and a few over the size that serve's decode workers take.
+            batches = [simple_batch(5) for _ in range(60)] + [simple_batch(1500) for _ in range(6)]
             _publish(amqp_url, amqp_queue_name, [b for b, _ in batches])
             traces = [_trace_of(b) for b, _ in batches]
+            sizes = {t: len(ids) for t, (_, ids) in zip(traces, batches, strict=True)}
 
             def stored_everywhere() -> list[set[bytes]]:
                 found = []
@@ -245,10 +304,10 @@ def test_two_serve_processes_share_one_queue(
         assert first, "the first process consumed some batches"
         assert second, "the second process consumed some batches"
         assert not first & second, "no batch stored twice"
-        for db, spans_per_trace in zip(dbs, (first, second), strict=True):
+        for db, stored in zip(dbs, (first, second), strict=True):
             with opened(db) as store:
-                for t in spans_per_trace:
-                    assert len(store.get_trace(t)) == 5
+                for t in stored:
+                    assert len(store.get_trace(t)) == sizes[t]
     finally:
         for proc in procs:
             if proc.poll() is None:

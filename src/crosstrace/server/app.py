@@ -159,6 +159,9 @@ def run(settings: Settings, echo: Callable[[str], None] = print) -> None:
                 store, settings.retention, settings.max_db_size, RETENTION_INTERVAL_SECONDS
             )
             retention.start()
+        if settings.decode_workers:
+            pool = DecodePool(settings.decode_workers)
+            echo(f"decoding trace bodies in {settings.decode_workers} worker process(es)")
         if settings.consume:
             from crosstrace.server.consume import Consumer
 
@@ -170,6 +173,7 @@ def run(settings: Settings, echo: Callable[[str], None] = print) -> None:
                 queue=settings.amqp_queue,
                 routing_key=settings.amqp_routing_key,
                 prefetch=settings.prefetch,
+                decode_pool=pool,
             )
             consumer.start()
             echo(
@@ -180,9 +184,6 @@ def run(settings: Settings, echo: Callable[[str], None] = print) -> None:
             echo("HTTP disabled (--no-http)")
             stop.wait()
         else:
-            if settings.decode_workers:
-                pool = DecodePool(settings.decode_workers)
-                echo(f"decoding trace bodies in {settings.decode_workers} worker process(es)")
             _serve_http(sock, settings, store, metrics, echo, pool)
     finally:
         log.info("shutting down")

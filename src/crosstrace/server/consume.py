@@ -33,9 +33,16 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from crosstrace.server.ingest import CONTENT_TYPE_JSON, gunzip_capped
+from crosstrace.server.ingest import CONTENT_TYPE_JSON, OFFLOAD_BYTES, gunzip_capped
 from crosstrace.server.metrics import Metrics
-from crosstrace.server.otlp import SIGNAL_LOGS, SIGNAL_TRACES, OtlpDecodeError, decode
+from crosstrace.server.otlp import (
+    SIGNAL_LOGS,
+    SIGNAL_TRACES,
+    DecodeResult,
+    OtlpDecodeError,
+    decode,
+)
+from crosstrace.server.prepare import DecodePool
 from crosstrace.server.settings import DEFAULT_EXCHANGE, DEFAULT_QUEUE, DEFAULT_ROUTING_KEY
 from crosstrace.server.store.base import Store
 
@@ -51,6 +58,7 @@ _IDLE_POLL: Final = 0.2  # seconds drain_events waits when nothing is pending
 _BUSY_POLL: Final = 0.005  # ... and while commits are pending (acks are polled)
 _STORE_FAILURE_PAUSE: Final = 1.0
 _MAX_RECONNECT_DELAY: Final = 30.0
+_DECODE_ERRORS: Final = (OtlpDecodeError, ValueError, OverflowError)
 
 
 def _kombu() -> Any:
@@ -95,6 +103,8 @@ class _Pending:
     signal: str
     count: int
     started: float
+    #: True while *future* is the decode worker's, not yet the store's commit.
+    decoding: bool = False
 
 
 class Consumer(threading.Thread):
@@ -112,6 +122,7 @@ class Consumer(threading.Thread):
         prefetch: int = 32,
         max_message_size: int = 64 * 1024**2,
         heartbeat: float = 20.0,
+        decode_pool: DecodePool | None = None,
     ) -> None:
         super().__init__(name="crosstrace-consumer", daemon=True)
         if prefetch < 1:
@@ -126,6 +137,7 @@ class Consumer(threading.Thread):
         self.prefetch = prefetch
         self.max_message_size = max_message_size
         self.heartbeat = heartbeat
+        self.decode_pool = decode_pool
         #: Set once consuming (again, after a reconnect); cleared while disconnected.
         self.ready = threading.Event()
         self._stopping = threading.Event()
@@ -210,7 +222,8 @@ class Consumer(threading.Thread):
     # -------------------------------------------------------------------- messages
 
     def _on_message(self, message: Any) -> None:
-        """One delivery: decode, hand to the store, keep for the ack once committed."""
+        """One delivery: decode (in a decode worker when the body is large), hand
+        to the store, keep for the ack once committed."""
         headers = message.headers or {}
         signal = headers.get(HEADER_SIGNAL)
         if isinstance(signal, bytes):
@@ -222,17 +235,32 @@ class Consumer(threading.Thread):
         if isinstance(body, str):
             body = body.encode("utf-8")
         as_json = (message.content_type or "").split(";", 1)[0].strip() == CONTENT_TYPE_JSON
+        started = time.perf_counter()
         try:
             if len(body) > self.max_message_size:
                 raise OtlpDecodeError(f"message exceeds {self.max_message_size} bytes")
             if (message.content_encoding or "").lower() == "gzip":
                 body = gunzip_capped(body, self.max_message_size)
+            pool = self.decode_pool
+            if pool is not None and signal == SIGNAL_TRACES and len(body) > OFFLOAD_BYTES:
+                decoding = pool.submit_traces(body, as_json, self.store.compression())
+                self._pending.append(_Pending(decoding, message, signal, 0, started, True))
+                return
             result = decode(signal, body, as_json=as_json)
-        except (OtlpDecodeError, ValueError, OverflowError) as exc:
+        except _DECODE_ERRORS as exc:
             self._reject(message, signal, str(exc))
             return
-        records = result.span_batch() if signal == SIGNAL_TRACES else result.logs
-        self.metrics.add_records(signal, "received", len(records) + result.rejected)
+        item = self._store(message, signal, result, started)
+        if item is not None:
+            self._pending.append(item)
+
+    def _store(
+        self, message: Any, signal: str, result: DecodeResult, started: float
+    ) -> _Pending | None:
+        """Hand a decoded message's records to the store; the pending commit, or
+        None when there was nothing to store (the message is acked)."""
+        records = result.span_count if signal == SIGNAL_TRACES else len(result.logs)
+        self.metrics.add_records(signal, "received", records + result.rejected)
         self.metrics.add_records(signal, "rejected", result.rejected)
         if result.rejected:
             log.info("message: %s", result.error_message)
@@ -240,19 +268,19 @@ class Consumer(threading.Thread):
             message.ack()
             self.acked += 1
             self.metrics.count_request(_TRANSPORT, signal, "acked")
-            return
+            return None
         self.metrics.write_started()
-        started = time.perf_counter()
         try:
             if signal == SIGNAL_TRACES:
-                future: Future[Any] = self.store.submit_batch(result.span_batch())
+                batch = result.prepared if result.prepared is not None else result.span_batch()
+                future: Future[Any] = self.store.submit_batch(batch)
             else:
                 future = self.store.submit_logs(result.logs)
         except Exception as exc:
             failed: Future[Any] = Future()
             failed.set_exception(exc)
             future = failed
-        self._pending.append(_Pending(future, message, signal, len(records), started))
+        return _Pending(future, message, signal, records, started)
 
     def _reject(self, message: Any, signal: str, reason: str) -> None:
         log.warning("rejecting malformed message (%s): %s", signal, reason)
@@ -270,6 +298,21 @@ class Consumer(threading.Thread):
         for item in self._pending:
             if not item.future.done():
                 still.append(item)
+                continue
+            if item.decoding:
+                exc = item.future.exception()
+                if exc is None:
+                    result = item.future.result()
+                    stored = self._store(item.message, item.signal, result, item.started)
+                    if stored is not None:
+                        still.append(stored)
+                elif isinstance(exc, _DECODE_ERRORS):
+                    self._reject(item.message, item.signal, str(exc))
+                else:  # the pool itself failed (e.g. it is shutting down): redeliver
+                    log.warning("decoding a message failed, requeued: %s", exc)
+                    item.message.requeue()
+                    self.requeued += 1
+                    self.metrics.count_request(_TRANSPORT, item.signal, "requeued")
                 continue
             self.metrics.write_finished(time.perf_counter() - item.started)
             exc = item.future.exception()

@@ -43,6 +43,7 @@ __all__ = [
     "CONTENT_TYPE_JSON",
     "CONTENT_TYPE_PROTOBUF",
     "INGEST_PATHS",
+    "OFFLOAD_BYTES",
     "RETRY_AFTER_SECONDS",
     "IngestApp",
     "gunzip_capped",
@@ -62,8 +63,10 @@ _PROTOBUF_TYPES: Final = frozenset({CONTENT_TYPE_PROTOBUF, "application/protobuf
 INGEST_PATHS: Final = {"/v1/traces": SIGNAL_TRACES, "/v1/logs": SIGNAL_LOGS}
 #: Seconds a client is asked to wait after a 503.
 RETRY_AFTER_SECONDS: Final = 5
-#: Bodies larger than this are decompressed and decoded off the event loop.
-_OFFLOAD_BYTES: Final = 64 * 1024
+#: Bodies larger than this are decompressed and decoded off the event loop (trace
+#: bodies in the decode workers, when there are some; the RabbitMQ consumer uses
+#: the same threshold).
+OFFLOAD_BYTES: Final = 64 * 1024
 #: google.rpc.Code values used in error bodies.
 _RPC_INVALID_ARGUMENT: Final = 3
 _RPC_UNAUTHENTICATED: Final = 16
@@ -202,7 +205,7 @@ class IngestApp:
         body = await self._read_body(receive)
         if encoding == "gzip":
             try:
-                if len(body) > _OFFLOAD_BYTES:
+                if len(body) > OFFLOAD_BYTES:
                     body = await asyncio.to_thread(gunzip_capped, body, self.max_decompressed_size)
                 else:
                     body = gunzip_capped(body, self.max_decompressed_size)
@@ -232,9 +235,9 @@ class IngestApp:
     async def _handle(self, signal: str, body: bytes, as_json: bool) -> tuple[int, bytes]:
         pool = self.decode_pool
         try:
-            if pool is not None and signal == SIGNAL_TRACES and len(body) > _OFFLOAD_BYTES:
+            if pool is not None and signal == SIGNAL_TRACES and len(body) > OFFLOAD_BYTES:
                 result = await pool.decode_traces(body, as_json, self.store.compression())
-            elif len(body) > _OFFLOAD_BYTES:
+            elif len(body) > OFFLOAD_BYTES:
                 result = await asyncio.to_thread(_decode, signal, body, as_json)
             else:
                 result = _decode(signal, body, as_json)

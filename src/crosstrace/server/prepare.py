@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from array import array
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
 
@@ -264,6 +264,16 @@ def _decode_in_worker(body: bytes, as_json: bool, comp: Compression) -> Any:
     return result
 
 
+def _run_into(out: Future[Any], fn: Any, *args: Any) -> None:
+    """Run *fn(*args)* and settle *out* with its result or error."""
+    try:
+        result = fn(*args)
+    except BaseException as exc:
+        out.set_exception(exc)
+    else:
+        out.set_result(result)
+
+
 def _warm() -> int:
     import crosstrace.server.otlp  # noqa: F401  (import the decoder before traffic)
 
@@ -308,22 +318,53 @@ class DecodePool:
             initargs=(os.getpid(),),
         )
 
-    async def decode_traces(self, body: bytes, as_json: bool, comp: Compression) -> Any:
-        """A ``DecodeResult`` whose ``prepared`` batch is ready for the store."""
-        loop = asyncio.get_running_loop()
+    def submit_traces(self, body: bytes, as_json: bool, comp: Compression) -> Future[Any]:
+        """Decode and prepare *body* in a worker; the future's result is a
+        ``DecodeResult`` whose ``prepared`` batch is ready for the store (or the
+        decoder's ``OtlpDecodeError``)."""
+        out: Future[Any] = Future()
         pool = self._pool
-        try:
-            result = await loop.run_in_executor(pool, _decode_in_worker, body, as_json, comp)
-        except BrokenProcessPool:
+
+        def done(f: Future[Any]) -> None:
+            if f.cancelled():  # the pool was closed first
+                out.set_exception(RuntimeError("the decode pool is closed"))
+                return
+            exc = f.exception()
+            if isinstance(exc, BrokenProcessPool):
+                self._restart(pool)
+                # Decoded in this process instead, off the executor's own thread.
+                threading.Thread(
+                    target=_run_into,
+                    args=(out, _decode_in_worker, body, as_json, comp),
+                    name="crosstrace-decode-fallback",
+                    daemon=True,
+                ).start()
+                return
+            if exc is not None:
+                out.set_exception(exc)
+                return
             with self._lock:
-                if self._pool is pool:
-                    log.warning("a decode worker died; starting the decode pool again")
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    self._pool = self._start()
-                    self.restarts += 1
-            return await asyncio.to_thread(_decode_in_worker, body, as_json, comp)
-        self.decoded += 1
-        return result
+                self.decoded += 1
+            out.set_result(f.result())
+
+        try:
+            pool.submit(_decode_in_worker, body, as_json, comp).add_done_callback(done)
+        except BrokenProcessPool:  # broken before this submit: restart, decode here
+            self._restart(pool)
+            _run_into(out, _decode_in_worker, body, as_json, comp)
+        return out
+
+    async def decode_traces(self, body: bytes, as_json: bool, comp: Compression) -> Any:
+        """:meth:`submit_traces` for the event loop."""
+        return await asyncio.wrap_future(self.submit_traces(body, as_json, comp))
+
+    def _restart(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is broken:
+                log.warning("a decode worker died; starting the decode pool again")
+                broken.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._start()
+                self.restarts += 1
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
