@@ -189,29 +189,22 @@ def spans_written(port: int) -> int:
 def write_consume(
     db_url: str, bodies: list[bytes], total: int, amqp_url: str, workers: int | None = None
 ) -> tuple[float, int]:
-    """Publish every body (*total* spans; persistent, as the tracer's RabbitMQ
-    transport does) to a fresh queue, then start ``crosstrace serve --consume`` on
-    it. Returns the
+    """Publish every body (*total* spans) to a fresh queue with the tracer's
+    RabbitMQ transport, then start ``crosstrace serve --consume`` on it. Returns the
     seconds from the first committed batch to the last and the spans committed in
     that time (the count polled from /metrics)."""
     import kombu
 
+    from crosstrace.export.transports import AmqpTransport
+
     queue = "bench-" + uuid.uuid4().hex[:8]
-    exchange = kombu.Exchange("crosstrace", type="direct", durable=True)
-    q = kombu.Queue(queue, exchange, routing_key=queue, durable=True)
-    with kombu.Connection(amqp_url) as conn:
-        producer = kombu.Producer(conn.channel(), exchange=exchange)
-        for body in bodies:
-            producer.publish(
-                body,
-                routing_key=queue,
-                content_type="application/x-protobuf",
-                content_encoding="binary",
-                headers={"otlp-signal": "traces"},
-                delivery_mode=2,
-                declare=[q],
-            )
     try:
+        transport = AmqpTransport(amqp_url, routing_key=queue, queue=queue)
+        try:
+            for body in bodies:
+                transport.send("traces", body)
+        finally:
+            transport.close()
         proc, port = start_serve(
             db_url, workers, "--consume", amqp_url, "--queue", queue, "--routing-key", queue
         )
@@ -233,7 +226,7 @@ def write_consume(
             stop_serve(proc)
     finally:
         with kombu.Connection(amqp_url) as conn:
-            q(conn.channel()).delete()
+            kombu.Queue(queue)(conn.channel()).delete()
 
 
 def run_queries(store: Store, traces: list[list[Any]], n: int, t_end: int) -> dict[str, Any]:
