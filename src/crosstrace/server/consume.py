@@ -272,7 +272,7 @@ class Consumer(threading.Thread):
         self.metrics.write_started()
         try:
             if signal == SIGNAL_TRACES:
-                batch = result.prepared if result.prepared is not None else result.span_batch()
+                batch = result.store_batch()
                 future: Future[Any] = self.store.submit_batch(batch)
             else:
                 future = self.store.submit_logs(result.logs)

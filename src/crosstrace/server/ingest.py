@@ -257,7 +257,7 @@ class IngestApp:
         started = time.perf_counter()
         try:
             if signal == SIGNAL_TRACES:
-                batch = result.prepared if result.prepared is not None else result.span_batch()
+                batch = result.store_batch()
                 await asyncio.wrap_future(self.store.submit_batch(batch))
                 written = len(batch)
             else:

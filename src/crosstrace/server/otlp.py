@@ -163,6 +163,11 @@ class DecodeResult:
             self.batch = from_records(self.spans, self.reject)
         return self.batch
 
+    def store_batch(self) -> SpanBatch | PreparedBatch:
+        """What to hand to the store: the batch a decode worker prepared, else
+        :meth:`span_batch`."""
+        return self.prepared if self.prepared is not None else self.span_batch()
+
     def reject(self, reason: str) -> None:
         self.rejected += 1
         if len(self.reasons) < _MAX_REASONS and reason not in self.reasons:

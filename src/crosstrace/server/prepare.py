@@ -250,7 +250,7 @@ def prepare_batch(batch: SpanBatch, comp: Compression) -> PreparedBatch:
 
 
 def _decode_in_worker(body: bytes, as_json: bool, comp: Compression) -> Any:
-    """Worker-process side of :meth:`DecodePool.decode_traces`."""
+    """Worker-process side of :meth:`DecodePool.submit_traces`."""
     from crosstrace.server.otlp import decode
 
     result = decode("traces", body, as_json=as_json)

@@ -126,10 +126,9 @@ class SQLStore(SQLWriter):
         entries its chunks carry."""
         services: dict[bytes, set[int]] = {t: set() for t in tids}
         rids: dict[bytes, dict[bytes, int]] = {t: {} for t in tids}
+        cond, params = self._in("trace_id", tids)
         for tid_, keys, packed in self._q(
-            conn,
-            f"SELECT trace_id, keys, rids FROM chunks WHERE trace_id IN ({_marks(len(tids))})",
-            tids,
+            conn, f"SELECT trace_id, keys, rids FROM chunks WHERE {cond}", params
         ):
             tid = bytes(tid_)
             services[tid].update(k for k in self._unpack_keys(keys) if k > 0)
