@@ -16,6 +16,7 @@ from starlette.routing import Route
 from crosstrace import tracer as tr
 from crosstrace.asgi import RequestIdMiddleware as AsgiMiddleware
 from crosstrace.httpnames import ENV_ROUTE, normalize_path
+from crosstrace.propagation import inject_headers
 from crosstrace.spans import INVALID_SPAN, SpanKind, StatusCode, current_span
 from crosstrace.tracer import Tracer
 from crosstrace.wsgi import RequestIdMiddleware
@@ -399,3 +400,60 @@ def test_paste_filter_service_name_picks_the_service_tracer(sink: Sink, tracer: 
     (s,) = sink.spans
     assert s.segment.tracer.resource["service.name"] == "nova-api"
     assert s.segment.tracer is tracer.for_service("nova-api")
+
+
+# -- W3C tracestate through the middleware (the trace-context test suite's cases) --------
+
+
+def _outbound_tracestate_wsgi(tracer: Tracer, value: str) -> str | None:
+    out: dict[str, str] = {}
+
+    def app(env: dict[str, Any], start_response: Any) -> list[bytes]:
+        inject_headers(out)
+        start_response("200 OK", [])
+        return [b""]
+
+    call(
+        RequestIdMiddleware(app, tracer=tracer),
+        environ(traceparent=f"00-{TRACE}-{PARENT}-00", tracestate=value),
+    )
+    assert out["traceparent"].split("-")[1] == TRACE
+    return out.get("tracestate")
+
+
+@pytest.mark.parametrize("value", ["foo=1,foo=1", "foo=1,foo=2"])
+def test_wsgi_duplicated_tracestate_key_still_propagates(tracer: Tracer, value: str) -> None:
+    assert _outbound_tracestate_wsgi(tracer, value) == "foo=1"
+
+
+def test_wsgi_vendor_keys_propagate_and_a_leading_at_drops_the_list(tracer: Tracer) -> None:
+    assert _outbound_tracestate_wsgi(tracer, "foo@bar=1,bar=2") == "foo@bar=1,bar=2"
+    assert _outbound_tracestate_wsgi(tracer, "@foo=1,bar=2") is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("second", "kept"), [("z" * 256 + "=1", True), ("z" * 257 + "=1", False)])
+async def test_asgi_key_limit_applies_across_tracestate_lines(
+    tracer: Tracer, second: str, kept: bool
+) -> None:
+    out: dict[str, str] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        inject_headers(out)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    transport = httpx.ASGITransport(app=AsgiMiddleware(app, tracer=tracer))
+    headers = [
+        ("traceparent", f"00-{TRACE}-{PARENT}-00"),
+        ("tracestate", "foo=1"),
+        ("tracestate", second),
+    ]
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        resp = await client.get("/", headers=headers)
+    assert resp.status_code == 200
+    assert out["traceparent"].split("-")[1] == TRACE
+    if kept:
+        assert out["tracestate"].startswith("foo=1,")
+    else:
+        assert "tracestate" not in out

@@ -515,7 +515,7 @@ def test_inject_writes_traceparent_and_tracestate(sink: Sink) -> None:
 
 def test_malformed_tracestate_is_dropped_but_traceparent_kept(sink: Sink) -> None:
     install(sink)
-    remote = extract_context({"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": "a=1,a=2"})
+    remote = extract_context({"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": "a=1,@b=2"})
     assert remote.parent is not None
     assert remote.parent.trace_state is None
 

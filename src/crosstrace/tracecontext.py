@@ -17,13 +17,18 @@ malformed value is refused instead of half-used:
 
 ``tracestate``
     A comma-separated list of ``key=value`` members, at most 32, with optional
-    spaces and tabs around members; empty members are tolerated. Keys are either
-    simple (``lcalpha 0*255(lcalpha / DIGIT / "_" / "-" / "*" / "/")``) or
-    multi-tenant (``tenant@system``: tenant up to 241 characters starting with a
-    lowercase letter or digit, system up to 14 starting with a lowercase letter).
-    Values are 1 to 256 printable ASCII characters other than ``,`` and ``=``,
-    not ending in a space. A duplicate key, a bad member or more than 32 members
-    makes the whole header invalid, and it is dropped (never partly propagated).
+    spaces and tabs around members; empty members are tolerated. Several
+    ``tracestate`` header lines are one list, combined in order, and every
+    limit applies to each member of the combined list. Keys follow the level 2
+    grammar: 1 to 256 characters, the first a lowercase letter or a digit, the
+    rest lowercase letters, digits, ``_ - * /`` and ``@`` (so a vendor key such
+    as ``tenant@system`` or ``foo@`` is valid; only a key starting with ``@`` or
+    holding another character is not). Values are 1 to 256 printable ASCII
+    characters other than ``,`` and ``=``, not ending in a space. A bad member
+    or more than 32 members makes the whole header invalid, and it is dropped
+    (never partly propagated). A key that appears again keeps its left-most
+    (first) member and the later ones are dropped: the list still propagates,
+    as the specification allows for duplicated keys.
 
 Mutation (:meth:`TraceState.update`) moves the updated key to the front (left)
 of the list; when the list would exceed 32 members the right-most member is
@@ -83,11 +88,8 @@ _VFUTURE_RE = re.compile(
     r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?", re.ASCII | re.DOTALL
 )
 
-_KEY_RE = re.compile(
-    r"[a-z][a-z0-9_\-*/]{0,255}"
-    r"|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13}",
-    re.ASCII,
-)
+# key = ( lcalpha / DIGIT ) 0*255( keychar ); keychar adds "_" "-" "*" "/" "@".
+_KEY_RE = re.compile(r"[a-z0-9][a-z0-9_\-*/@]{0,255}", re.ASCII)
 # nblk-chr = %x21-2B / %x2D-3C / %x3E-7E ; chr = %x20 / nblk-chr
 _VALUE_RE = re.compile(
     r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]", re.ASCII
@@ -229,7 +231,7 @@ class TraceState:
 
 
 def is_valid_key(key: object) -> bool:
-    """Whether *key* matches the tracestate key grammar (simple or multi-tenant)."""
+    """Whether *key* matches the level 2 tracestate key grammar."""
     return type(key) is str and _KEY_RE.fullmatch(key) is not None
 
 
@@ -256,6 +258,7 @@ def parse_tracestate(value: str | Iterable[str] | None) -> TraceState | None:
         return None
     members: list[tuple[str, str]] = []
     seen: set[str] = set()
+    count = 0
     for raw in combined.split(","):
         member = raw.strip(_OWS)
         if not member:
@@ -263,12 +266,13 @@ def parse_tracestate(value: str | Iterable[str] | None) -> TraceState | None:
         key, sep, val = member.partition("=")
         if not sep or _KEY_RE.fullmatch(key) is None or _VALUE_RE.fullmatch(val) is None:
             return None
-        if key in seen:
+        count += 1
+        if count > MAX_TRACESTATE_MEMBERS:
             return None
+        if key in seen:
+            continue  # a duplicated key keeps its first (left-most) member
         seen.add(key)
         members.append((key, val))
-        if len(members) > MAX_TRACESTATE_MEMBERS:
-            return None
     if not members:
         return None
     return TraceState._trusted(tuple(members))
