@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from crosstrace import tracer as tr
+from keystone_support import Keystone, keystone_importable, start_keystone
 from tracing_support import Sink
 
 REQUIRE_SERVICES = os.environ.get("CROSSTRACE_REQUIRE_SERVICES", "") not in ("", "0")
@@ -80,6 +81,20 @@ def amqp_url() -> str:
 def amqp_queue_name() -> str:
     """A queue name unique to one test, so parallel runs do not share messages."""
     return "crosstrace-test-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="session")
+def keystone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keystone]:
+    """A real Keystone (PyPI, SQLite) on loopback for the whole session, bootstrapped
+    with an admin; see ``tests/keystone_support.py`` for its helpers."""
+    reason = keystone_importable()
+    if reason is not None:
+        _unavailable(reason)
+    process = start_keystone(tmp_path_factory.mktemp("keystone"))
+    try:
+        yield Keystone(process.url, process)
+    finally:
+        process.stop()
 
 
 @pytest.fixture
