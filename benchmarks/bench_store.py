@@ -3,20 +3,25 @@ the queries an operator runs.
 
     python benchmarks/bench_store.py --spans 1000000
     python benchmarks/bench_store.py --spans 100000 --backends sqlite --no-http
+    python benchmarks/bench_store.py --spans 1000000 --profile entropy
 
-Reports, per backend: ingest rate with direct store writes (per-service batches
-of 512 spans decoded from their OTLP bodies before the clock starts, 4 in
-flight; the decode rate is printed once), ingest rate over HTTP with OTLP
-protobuf through ``crosstrace serve`` with its default decode workers (one run
-per ``--clients`` value: 4 and 8 client threads with keep-alive connections; the
-bodies encoded before the clock starts), bytes per span on disk including
-indexes (SQLite: the file after a WAL checkpoint; PostgreSQL:
-pg_total_relation_size of every table of the schema), and p50 / p95 of: fetch a
-trace by id, search error traces in a one-hour window, search by an indexed
-attribute, search by a non-indexed attribute in a one-hour window, search by
-service. With ``--amqp URL``, also the ingest rate from RabbitMQ: the bodies
-are published to a fresh queue first, then ``crosstrace serve --consume`` reads
-them (timed from its first committed batch to its last).
+``--profile`` picks the load (``loadgen.py``: ``default``, or ``entropy``: more
+ids and random values per span, batches across services).
+
+Reports, per backend: ingest rate with direct store writes (batches of 512
+spans, per service or mixed as the profile sends them, decoded from their OTLP
+bodies before the clock starts, 4 in flight; the decode rate is printed once),
+ingest rate over HTTP with OTLP protobuf through ``crosstrace serve`` with its
+default decode workers (one run per ``--clients`` value: 4 and 8 client threads
+with keep-alive connections; the bodies encoded before the clock starts), bytes
+per span on disk including indexes (SQLite: the file after a WAL checkpoint, and
+where its bytes go per table and index from ``dbstat``; PostgreSQL:
+pg_total_relation_size of every table of the schema, the largest listed), and
+p50 / p95 of: fetch a trace by id, search error traces in a one-hour window,
+search by an indexed attribute, search by a non-indexed attribute in a one-hour
+window, search by service. With ``--amqp URL``, also the ingest rate from
+RabbitMQ: the bodies are published to a fresh queue first, then ``crosstrace
+serve --consume`` reads them (timed from its first committed batch to its last).
 """
 
 from __future__ import annotations
@@ -229,7 +234,9 @@ def write_consume(
             kombu.Queue(queue)(conn.channel()).delete()
 
 
-def run_queries(store: Store, traces: list[list[Any]], n: int, t_end: int) -> dict[str, Any]:
+def run_queries(
+    store: Store, traces: list[list[Any]], n: int, t_end: int, services: list[str]
+) -> dict[str, Any]:
     rng = random.Random(7)
     ids = [t[0].trace_id for t in rng.sample(traces, min(n, len(traces)))]
     it = iter(ids * 2)
@@ -262,7 +269,7 @@ def run_queries(store: Store, traces: list[list[Any]], n: int, t_end: int) -> di
     res["attr_scan_1h"] = timed(attr_scan, max(10, n // 5))
 
     def by_service() -> None:
-        store.search_traces(TraceQuery(service=rng.choice(loadgen.SERVICES)))
+        store.search_traces(TraceQuery(service=rng.choice(services)))
 
     res["service"] = timed(by_service, n)
     return res
@@ -291,21 +298,45 @@ def open_backend(name: str, tmp: Path) -> tuple[str, Callable[[], Store], Callab
     return url, lambda: PostgresStore(url), drop
 
 
-def disk_bytes(store: Store) -> int:
+def disk_bytes(store: Store, n_spans: int) -> int:
+    """Bytes on disk, after printing where they go (bytes per span per table or
+    index, the largest first)."""
     if isinstance(store, SQLiteStore):
         store.checkpoint()
+        with store._reader() as conn:
+            rows = conn.execute(
+                "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 10"
+            ).fetchall()
+        print(
+            "  where the bytes go (dbstat, B/span): "
+            + ", ".join(f"{n} {b / n_spans:.1f}" for n, b in rows)
+        )
         return os.path.getsize(store.path)
     if isinstance(store, PostgresStore):
         with store._reader() as conn:
             conn.execute("ANALYZE")
+            # Partitions count under their parent table.
             rows = conn.execute(
-                "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c"
+                "SELECT coalesce(p.relname, c.relname), sum(pg_total_relation_size(c.oid))"
+                " FROM pg_class c LEFT JOIN pg_inherits i ON i.inhrelid = c.oid"
+                " LEFT JOIN pg_class p ON p.oid = i.inhparent"
                 " WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'"
-                " ORDER BY 2 DESC LIMIT 8"
+                " GROUP BY 1 ORDER BY 2 DESC LIMIT 8"
+            ).fetchall()
+            index_rows = conn.execute(
+                "SELECT coalesce(pi.relname, c.relname), sum(pg_relation_size(c.oid))"
+                " FROM pg_class c LEFT JOIN pg_inherits i ON i.inhrelid = c.oid"
+                " LEFT JOIN pg_class pi ON pi.oid = i.inhparent"
+                " WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'i'"
+                " GROUP BY 1 ORDER BY 2 DESC LIMIT 8"
             ).fetchall()
         print(
-            "  largest tables (with their indexes): "
-            + ", ".join(f"{n} {b >> 10} KiB" for n, b in rows)
+            "  largest tables with their indexes (pg_total_relation_size, B/span): "
+            + ", ".join(f"{n} {b / n_spans:.1f}" for n, b in rows)
+        )
+        print(
+            "  of which indexes (B/span): "
+            + ", ".join(f"{n} {b / n_spans:.1f}" for n, b in index_rows)
         )
     return store.stats()["db_bytes"]
 
@@ -313,6 +344,7 @@ def disk_bytes(store: Store) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spans", type=int, default=1_000_000)
+    ap.add_argument("--profile", choices=loadgen.PROFILES, default="default")
     ap.add_argument("--backends", default="sqlite,postgresql")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--no-http", action="store_true")
@@ -343,8 +375,8 @@ def main() -> None:
 
     t_end = time.time_ns()
     t0 = time.perf_counter()
-    traces = list(loadgen.generate(args.spans, seed=1, start_ns=t_end))
-    batches = list(loadgen.service_batches(iter(traces), args.batch))
+    traces = list(loadgen.generate(args.spans, seed=1, start_ns=t_end, profile=args.profile))
+    batches = list(loadgen.batches(iter(traces), args.batch, args.profile))
     n_spans = sum(len(b) for b in batches)
     print(
         f"# {platform.node()} python {platform.python_version()} {os.cpu_count()} cpus,"
@@ -352,6 +384,7 @@ def main() -> None:
     )
     print(
         f"generated {n_spans} spans / {len(traces)} traces / {len(batches)} batches"
+        f" of the {args.profile} profile"
         f" in {time.perf_counter() - t0:.1f} s"
     )
     http_ok = not args.no_http
@@ -372,13 +405,13 @@ def main() -> None:
             store = opener()
             print(f"\n[{backend}] before direct writes: {load()}")
             secs = write_direct(store, decoded)
-            size = disk_bytes(store)
+            size = disk_bytes(store, n_spans)
             print(
                 f"[{backend}] direct store writes: {n_spans / secs:,.0f} spans/s ({secs:.1f} s,"
                 f" {load()})"
             )
             print(f"[{backend}] on disk: {size / n_spans:.1f} bytes/span ({size / 2**20:.1f} MiB)")
-            res = run_queries(store, traces, args.queries, t_end)
+            res = run_queries(store, traces, args.queries, t_end, loadgen.services(args.profile))
             for k, (p50, p95) in res.items():
                 print(f"[{backend}] {k}: p50 {p50:.2f} ms, p95 {p95:.2f} ms")
             store.close()

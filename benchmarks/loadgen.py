@@ -9,7 +9,22 @@ db.*, rpc.*, ...). The same spans come as ``SpanRecord`` lists or as OTLP
 protobuf ``ExportTraceServiceRequest`` bytes, batched per service the way each
 service's exporter would send them.
 
+Two profiles:
+
+``default``
+    the load above, over 8 services, in per-service batches.
+``entropy``
+    more entropy per span, as a busy OpenStack cloud gives: 10 services (placement
+    and barbican join), and every span also carries ``url.path`` with the UUID of
+    the resource its request acts on (as OpenStack URLs do: one per trace) and 0-4
+    integer attributes with random values. The request's global id and the
+    service's own local id are on every span in both profiles. Batches of 512
+    spans are cut from the spans in the order they were produced, across services
+    (a collector or agent forwarding for several services), so a trace is mostly
+    in one or two batches.
+
     python benchmarks/loadgen.py --spans 10000   # prints a summary
+    python benchmarks/loadgen.py --spans 10000 --profile entropy
 """
 
 from __future__ import annotations
@@ -21,6 +36,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from crosstrace.server.model import STATUS_ERROR, STATUS_OK, STATUS_UNSET, SpanRecord
+
+PROFILES = ("default", "entropy")
 
 SERVICES = [
     "nova-api",
@@ -43,6 +60,16 @@ CALLS = {
     "cinder-api": ["keystone"],
     "keystone": [],
 }
+#: The entropy profile's two more services and who calls them.
+ENTROPY_SERVICES = [*SERVICES, "placement-api", "barbican-api"]
+ENTROPY_CALLS = {
+    **CALLS,
+    "nova-scheduler": ["placement-api"],
+    "nova-compute": [*CALLS["nova-compute"], "placement-api"],
+    "cinder-api": ["keystone", "barbican-api"],
+    "placement-api": ["keystone"],
+    "barbican-api": ["keystone"],
+}
 RPC = {"nova-conductor", "nova-scheduler", "nova-compute"}
 ROUTES = {
     "nova-api": [
@@ -55,7 +82,32 @@ ROUTES = {
     "neutron-server": ["/v2.0/ports", "/v2.0/networks", "/v2.0/ports/{id}"],
     "cinder-api": ["/v3/{project}/volumes", "/v3/{project}/volumes/{id}"],
     "keystone": ["/v3/auth/tokens"],
+    "placement-api": ["/allocations/{id}", "/resource_providers/{id}/inventories"],
+    "barbican-api": ["/v1/secrets/{id}", "/v1/secrets/{id}/payload"],
 }
+#: Entropy profile: where each service's ``url.path`` puts the request's resource
+#: UUID (RPC services too: their spans carry the path of the API request).
+ENTROPY_PATHS = {
+    "nova-api": "/v2.1/servers/{id}/action",
+    "nova-conductor": "/v2.1/servers/{id}",
+    "nova-scheduler": "/v2.1/servers/{id}",
+    "nova-compute": "/v2.1/servers/{id}",
+    "glance-api": "/v2/images/{id}",
+    "neutron-server": "/v2.0/ports/{id}",
+    "cinder-api": "/v3/{project}/volumes/{id}",
+    "keystone": "/v3/auth/tokens/{id}",
+    "placement-api": "/allocations/{id}",
+    "barbican-api": "/v1/secrets/{id}",
+}
+#: Entropy profile: keys of the 0-4 random integer attributes on each span.
+RANDOM_INT_KEYS = [
+    "app.attempt.bytes",
+    "app.items.returned",
+    "app.queue.depth",
+    "app.shard.key",
+    "app.elapsed_us",
+    "app.rows.scanned",
+]
 RPC_METHODS = {
     "nova-conductor": ["build_instances", "schedule_and_build_instances"],
     "nova-scheduler": ["select_destinations"],
@@ -67,8 +119,17 @@ MS = 10**6
 
 
 class _Trace:
-    def __init__(self, rng: random.Random, start_ns: int, projects: list[str], users: list[str]):
+    def __init__(
+        self,
+        rng: random.Random,
+        start_ns: int,
+        projects: list[str],
+        users: list[str],
+        entropy: bool = False,
+    ):
         self.rng = rng
+        self.entropy = entropy
+        self.calls = ENTROPY_CALLS if entropy else CALLS
         self.trace_id = rng.randbytes(16)
         self.spans: list[SpanRecord] = []
         self.global_id = "req-" + str(uuid.UUID(bytes=rng.randbytes(16), version=4))
@@ -76,6 +137,7 @@ class _Trace:
         self.user = rng.choice(users)
         self.local_ids: dict[str, str] = {}
         self.start_ns = start_ns
+        self.resource_id = str(uuid.UUID(bytes=rng.randbytes(16), version=4)) if entropy else ""
 
     def local_id(self, service: str) -> str:
         rid = self.local_ids.get(service)
@@ -86,18 +148,28 @@ class _Trace:
         return rid
 
     def base_attrs(self, service: str) -> dict[str, Any]:
-        return {
+        attrs: dict[str, Any] = {
             "openstack.request_id": self.local_id(service),
             "openstack.global_request_id": self.global_id,
             "openstack.project_id": self.project,
             "openstack.domain_id": "default",
             "openstack.user_id": self.user,
         }
+        if self.entropy:
+            attrs["url.path"] = (
+                ENTROPY_PATHS[service]
+                .replace("{id}", self.resource_id)
+                .replace("{project}", self.project)
+            )
+            rng = self.rng
+            for key in rng.sample(RANDOM_INT_KEYS, rng.randint(0, 4)):
+                attrs[key] = rng.randrange(2**31)
+        return attrs
 
 
 RESOURCES = {
     s: {"service.name": s, "host.name": f"ctl-{i % 3}", "process.pid": 1000 + i}
-    for i, s in enumerate(SERVICES)
+    for i, s in enumerate(ENTROPY_SERVICES)
 }
 
 
@@ -151,14 +223,14 @@ def _server(t: _Trace, service: str, parent: bytes | None, start: int, budget: i
         route = rng.choice(ROUTES[service])
         method = "GET" if rng.random() < 0.6 else rng.choice(["POST", "PUT", "DELETE"])
         name, kind = f"{method} {route}", KIND_SERVER
-        path = route.replace("{id}", str(uuid.UUID(bytes=rng.randbytes(16)))).replace(
-            "{project}", t.project
-        )
+        attrs["http.request.method"] = method
+        attrs["http.route"] = route
+        if not t.entropy:  # (the entropy profile's path is among the base attributes)
+            attrs["url.path"] = route.replace(
+                "{id}", str(uuid.UUID(bytes=rng.randbytes(16)))
+            ).replace("{project}", t.project)
         attrs.update(
             {
-                "http.request.method": method,
-                "http.route": route,
-                "url.path": path,
                 "http.response.status_code": 200,
                 "server.address": f"{service}.ctl",
                 "user_agent.original": "python-novaclient/18.4.0 keystoneauth1/5.6.0",
@@ -168,7 +240,7 @@ def _server(t: _Trace, service: str, parent: bytes | None, start: int, budget: i
     left = budget - 1
     at = start + MS
     while left > 0:
-        callees = CALLS[service]
+        callees = t.calls[service]
         if callees and rng.random() < 0.45 and left >= 2:
             callee = rng.choice(callees)
             sub = min(left - 1, rng.randint(1, max(1, left // 2)))
@@ -254,12 +326,20 @@ def _fail(t: _Trace) -> None:
 
 
 def generate(
-    n_spans: int, seed: int = 1, start_ns: int | None = None, hours: float = 24.0
+    n_spans: int,
+    seed: int = 1,
+    start_ns: int | None = None,
+    hours: float = 24.0,
+    profile: str = "default",
 ) -> Iterator[list[SpanRecord]]:
-    """Yield traces (lists of spans) until *n_spans* spans were produced, their
-    start times spread evenly over *hours* ending at *start_ns* (default: now)."""
+    """Yield traces (lists of spans) of *profile* until *n_spans* spans were
+    produced, their start times spread evenly over *hours* ending at *start_ns*
+    (default: now)."""
     import time
 
+    if profile not in PROFILES:
+        raise ValueError(f"unknown load profile {profile!r} (one of {', '.join(PROFILES)})")
+    entropy = profile == "entropy"
     rng = random.Random(seed)
     end = start_ns if start_ns is not None else time.time_ns()
     avg = 27.5
@@ -270,7 +350,7 @@ def generate(
     produced = 0
     i = 0
     while produced < n_spans:
-        t = _Trace(rng, end - (n_traces - i) * step, projects, users)
+        t = _Trace(rng, end - (n_traces - i) * step, projects, users, entropy)
         size = min(rng.randint(5, 50), n_spans - produced)
         _server(t, rng.choice(ENTRY), None, t.start_ns, size)
         if rng.random() < 0.03:
@@ -299,6 +379,36 @@ def service_batches(
     for buf in buffers.values():
         if buf:
             yield buf
+
+
+def mixed_batches(
+    traces: Iterator[list[SpanRecord]], batch_size: int = 512
+) -> Iterator[list[SpanRecord]]:
+    """Cut the spans into batches of *batch_size* in the order they were produced,
+    across services (as a collector forwarding for many services sends them)."""
+    buf: list[SpanRecord] = []
+    for spans in traces:
+        for s in spans:
+            buf.append(s)
+            if len(buf) >= batch_size:
+                yield buf
+                buf = []
+    if buf:
+        yield buf
+
+
+def batches(
+    traces: Iterator[list[SpanRecord]], batch_size: int = 512, profile: str = "default"
+) -> Iterator[list[SpanRecord]]:
+    """The batches *profile* sends: per service (default) or mixed (entropy)."""
+    if profile == "entropy":
+        return mixed_batches(traces, batch_size)
+    return service_batches(traces, batch_size)
+
+
+def services(profile: str = "default") -> list[str]:
+    """The services of *profile*'s load."""
+    return ENTROPY_SERVICES if profile == "entropy" else SERVICES
 
 
 def _any_value(v: Any) -> Any:
@@ -370,17 +480,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spans", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--profile", choices=PROFILES, default="default")
     args = ap.parse_args()
-    traces = list(generate(args.spans, args.seed))
+    traces = list(generate(args.spans, args.seed, profile=args.profile))
     spans = [s for t in traces for s in t]
     errors = sum(any(s.status_code == STATUS_ERROR for s in t) for t in traces)
     n_attrs = [len(s.attributes) for s in spans]
     services = {s.service for s in spans}
-    otlp = sum(len(to_otlp(b)) for b in service_batches(iter(traces)))
+    sent = list(batches(iter(traces), profile=args.profile))
+    otlp = sum(len(to_otlp(b)) for b in sent)
     print(
         f"{len(spans)} spans, {len(traces)} traces ({errors / len(traces):.1%} errors),"
         f" {len(services)} services, attributes per span {min(n_attrs)}-{max(n_attrs)}"
-        f" (mean {sum(n_attrs) / len(n_attrs):.1f}), OTLP protobuf {otlp / len(spans):.0f} B/span"
+        f" (mean {sum(n_attrs) / len(n_attrs):.1f}), {len(sent)} batches,"
+        f" OTLP protobuf {otlp / len(spans):.0f} B/span"
     )
 
 
