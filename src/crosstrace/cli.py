@@ -142,7 +142,7 @@ def logs_import(
     adds nothing.
     """
     from crosstrace.server.config import default_db_url
-    from crosstrace.server.logimport import parse_timezone, run_import
+    from crosstrace.server.logs.importer import parse_timezone, run_import
 
     zone = parse_timezone(tz) if tz else None
     status = run_import(

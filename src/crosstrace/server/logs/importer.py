@@ -2,7 +2,7 @@
 
 Each file is read as a stream (plain or gzip, recognised by its first bytes), in
 constant memory: lines are cut at :data:`MAX_LINE_BYTES`, parsed by
-:class:`~crosstrace.server.logparse.LogParser` and written in batches of
+:class:`~crosstrace.server.logs.parse.LogParser` and written in batches of
 :data:`DEFAULT_BATCH_SIZE` records through :meth:`Store.submit_logs`, with at most
 :data:`MAX_BATCHES_IN_FLIGHT` batches waiting for their commit. Every record has a
 ``dedup_key`` made from the service, the file's name, the record's first line number
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from crosstrace.server.logparse import LogParser, ParseStats, derive_service_name
+from crosstrace.server.logs.parse import LogParser, ParseStats, derive_service_name
 from crosstrace.server.model import LogRecord
 from crosstrace.server.store.base import Store
 

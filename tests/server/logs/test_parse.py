@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crosstrace.server.logparse import (
+from crosstrace.server.logs.parse import (
     MAX_RECORD_LINES,
     SEVERITY_NUMBERS,
     SKIP_BAD_JSON,

@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from crosstrace.cli import main
 from crosstrace.context import RequestContext, use_context
 from crosstrace.logging import ContextFormatter, JSONFormatter
-from crosstrace.server import logimport
-from crosstrace.server.logimport import FileImportResult, import_file
+from crosstrace.server.logs import importer as logimport
+from crosstrace.server.logs.importer import FileImportResult, import_file
 from crosstrace.server.model import LogQuery, LogRecord
 from crosstrace.server.store.base import Store, open_store
 
-REALDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "realdata" / "openstack-logs"
+REALDATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "realdata" / "openstack-logs"
 C_API = REALDATA / "screen-c-api.txt"
 NEUTRON = REALDATA / "screen-neutron-l3.txt"
 JOURNAL_API = REALDATA / "devstack@c-api.service.log.txt"
