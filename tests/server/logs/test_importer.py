@@ -15,12 +15,22 @@ from click.testing import CliRunner
 from crosstrace.cli import main
 from crosstrace.context import RequestContext, use_context
 from crosstrace.logging import ContextFormatter, JSONFormatter
-from crosstrace.server.logs import importer as logimport
+from crosstrace.server.logs import importer
 from crosstrace.server.logs.importer import FileImportResult, import_file
 from crosstrace.server.model import LogQuery, LogRecord
 from crosstrace.server.store.base import Store, open_store
 
-REALDATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "realdata" / "openstack-logs"
+
+def _realdata() -> Path:
+    """``shared/realdata/openstack-logs`` beside the checkout (or a worktree's parent)."""
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "realdata" / "openstack-logs"
+        if candidate.is_dir():
+            return candidate
+    return Path(__file__).resolve().parents[3] / ".." / "shared" / "realdata" / "openstack-logs"
+
+
+REALDATA = _realdata()
 C_API = REALDATA / "screen-c-api.txt"
 NEUTRON = REALDATA / "screen-neutron-l3.txt"
 JOURNAL_API = REALDATA / "devstack@c-api.service.log.txt"
@@ -262,7 +272,7 @@ def test_overlong_lines_are_cut(
     sqlite_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A line longer than the limit is cut, counted, and the lines after it are intact."""
-    monkeypatch.setattr(logimport, "MAX_LINE_BYTES", 64)
+    monkeypatch.setattr(importer, "MAX_LINE_BYTES", 64)
     path = tmp_path / "svc.log"
     path.write_text(
         "2024-01-01 00:00:00.000 1 INFO a [-] " + "x" * 500 + "\n"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crosstrace.server.logs.parse import (
+from crosstrace.server.logs.fields import (
     MAX_RECORD_LINES,
     SEVERITY_NUMBERS,
     SKIP_BAD_JSON,
@@ -19,10 +19,10 @@ from crosstrace.server.logs.parse import (
     SKIP_JOURNAL_MARKER,
     SKIP_NO_RECORD,
     SKIP_TOO_LARGE,
-    LogParser,
-    derive_service_name,
     severity_number,
 )
+from crosstrace.server.logs.names import derive_service_name
+from crosstrace.server.logs.parse import LogParser
 from crosstrace.server.model import LogRecord
 
 GID = "req-11111111-2222-4333-8444-555555555555"

@@ -5,8 +5,10 @@ constant memory: lines are cut at :data:`MAX_LINE_BYTES`, parsed by
 :class:`~crosstrace.server.logs.parse.LogParser` and written in batches of
 :data:`DEFAULT_BATCH_SIZE` records through :meth:`Store.submit_logs`, with at most
 :data:`MAX_BATCHES_IN_FLIGHT` batches waiting for their commit. Every record has a
-``dedup_key`` made from the service, the file's name, the record's first line number
-and its text, so importing a file again stores nothing new.
+``dedup_key`` made from the service, the file's name and host, the record's first
+line number and its text, so importing a file again stores nothing new.
+
+The service and host of a file come from its path (:mod:`.names`) unless given.
 
 A file that cannot be opened or read is an error for that file only; the other files
 are still imported. A store that fails stops the import.
@@ -29,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from crosstrace.server.logs.parse import LogParser, ParseStats, derive_service_name
+from crosstrace.server.logs.fields import RES_HOST_NAME, SEVERITY_NUMBERS, ParseStats
+from crosstrace.server.logs.names import origin_of
+from crosstrace.server.logs.parse import LogParser
 from crosstrace.server.model import LogRecord
 from crosstrace.server.store.base import Store
 
@@ -42,10 +46,13 @@ __all__ = [
     "import_file",
     "parse_timezone",
     "run_import",
-    "source_name",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Environment variable and default of the server URL the query commands read.
+ENV_URL = "CROSSTRACE_URL"
+DEFAULT_URL = "http://127.0.0.1:4318"
 
 #: A longer line is cut to this many bytes (the rest of it is read and dropped).
 MAX_LINE_BYTES = 256 * 1024
@@ -59,6 +66,12 @@ PROGRESS_EVERY_LINES = 2000
 _GZIP_MAGIC = b"\x1f\x8b"
 _READ_BUFFER = 1 << 16
 
+#: Failing requests named in the summary, per file.
+MAX_FAILED_REQUESTS = 3
+#: Hosts remembered per file for the summary.
+MAX_HOSTS = 100
+_ERROR = SEVERITY_NUMBERS["ERROR"]
+
 #: ``on_progress(bytes_read)``: raw bytes of the file consumed so far.
 ProgressCallback = Callable[[int], None]
 
@@ -70,6 +83,7 @@ class FileImportResult:
 
     path: str
     service: str
+    host: str | None = None
     stats: ParseStats = field(default_factory=ParseStats)
     stored: int = 0
     duplicates: int = 0
@@ -78,6 +92,13 @@ class FileImportResult:
     compressed: bool = False
     error: str | None = None
     store_failed: bool = False
+    #: Request ids (global when known) of the first records at ERROR or above.
+    failed_requests: list[str] = field(default_factory=list)
+    #: Hosts the records name (the file's host, or the hosts its lines name).
+    hosts: set[str] = field(default_factory=set)
+    #: Time range of the records read, nanoseconds since the epoch.
+    first_ns: int | None = None
+    last_ns: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -89,6 +110,8 @@ class FileImportResult:
         return {
             "path": self.path,
             "service": self.service,
+            "host": self.host,
+            "hosts": sorted(self.hosts),
             "format": s.formats.most_common(1)[0][0] if s.formats else None,
             "lines_read": s.lines_read,
             "records": s.records,
@@ -102,15 +125,11 @@ class FileImportResult:
             "invalid_request_ids": s.invalid_request_ids,
             "truncated_lines": self.truncated_lines,
             "bytes_read": self.bytes_read,
+            "failed_requests": list(self.failed_requests),
+            "first_ns": self.first_ns,
+            "last_ns": self.last_ns,
             "error": self.error,
         }
-
-
-def source_name(path: str | os.PathLike[str]) -> str:
-    """The name a file's records are keyed by: its base name without ``.gz``, so the
-    compressed copy of a rotated file matches the plain one."""
-    name = Path(path).name
-    return name[:-3] if name.endswith(".gz") and len(name) > 3 else name
 
 
 class _Lines:
@@ -165,6 +184,7 @@ def import_file(
     path: str | os.PathLike[str],
     *,
     service: str | None = None,
+    host: str | None = None,
     tz: _dt.tzinfo | None = None,
     year: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -172,15 +192,19 @@ def import_file(
 ) -> FileImportResult:
     """Import one log file into *store* and say what happened.
 
-    *service* names the service for every record (default: from the file name, or
-    a JSON line's own ``service``); *tz* is the zone of times written without one
+    *service* names the service for every record (default: from the file's path, or
+    a JSON line's own ``service``); *host* the host of every record (default: a
+    line's own host, else the file's path, see :mod:`.names`); *tz* is the zone of
+    times written without one
     (UTC when ``None``); *year* is the year of journal lines (default: the journal's
     ``-- Logs begin at`` header, else the year the file was last modified).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    name = source_name(path)
-    result = FileImportResult(path=str(path), service=service or derive_service_name(name))
+    origin = origin_of(path)
+    result = FileImportResult(
+        path=str(path), service=service or origin.service, host=host or origin.host
+    )
     try:
         raw = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 (closed below)
     except OSError as exc:
@@ -194,19 +218,43 @@ def import_file(
             result.error = f"cannot read: {exc.strerror or exc}"
             return result
         parser = LogParser(
-            name,
+            origin.source,
             service=service,
             default_service=result.service,
+            host=host,
+            default_host=origin.host,
             tz=tz,
             year=year,
             fallback_year=mtime_year,
         )
         result.stats = parser.stats
-        _write(store, parser.parse(lines), batch_size, result)
+        _write(store, _observed(parser.parse(lines), result), batch_size, result)
         if lines.error is not None and result.error is None:
             result.error = lines.error
     log.debug("imported %s: %d records, %d new", result.path, result.stats.records, result.stored)
     return result
+
+
+def _observed(records: Iterator[LogRecord], result: FileImportResult) -> Iterator[LogRecord]:
+    """Pass *records* on, noting their hosts, time range and first failing requests."""
+    failed = result.failed_requests
+    hosts = result.hosts
+    first = last = None
+    for record in records:
+        host = record.resource.get(RES_HOST_NAME)
+        if isinstance(host, str) and host not in hosts and len(hosts) < MAX_HOSTS:
+            hosts.add(host)
+        t = record.time_ns
+        if first is None or t < first:
+            first = t
+        if last is None or t > last:
+            last = t
+        if record.severity_number >= _ERROR and len(failed) < MAX_FAILED_REQUESTS:
+            rid = record.global_request_id or record.request_id
+            if rid is not None and rid not in failed:
+                failed.append(rid)
+        yield record
+    result.first_ns, result.last_ns = first, last
 
 
 def _write(
@@ -276,6 +324,8 @@ def format_result(result: FileImportResult) -> str:
     """The plain-text summary of one file, as the command prints it."""
     s = result.stats
     head = f"{result.path}: service {result.service}"
+    if result.host:
+        head += f", host {result.host}"
     if s.formats:
         head += ", " + "+".join(sorted(s.formats))
     if result.compressed:
@@ -310,6 +360,7 @@ def run_import(
     *,
     db_url: str,
     service: str | None,
+    host: str | None = None,
     tz: _dt.tzinfo | None,
     year: int | None,
     batch_size: int,
@@ -367,6 +418,7 @@ def run_import(
                     store,
                     path,
                     service=service,
+                    host=host,
                     tz=tz,
                     year=year,
                     batch_size=batch_size,
@@ -384,9 +436,64 @@ def run_import(
         store.close()
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        click.echo(where_to_look(results, db_url))
     failed = [r for r in results if not r.ok]
     if failed or len(results) < len(paths):
         for r in failed:
             click.echo(f"error: {r.path}: {r.error}", err=True)
         return 1
     return 0
+
+
+def where_to_look(results: Sequence[FileImportResult], db_url: str) -> str:
+    """What the import brought in, how long the server keeps it, and the commands
+    and URL to read it with (printed after the per-file summaries)."""
+    stored = sum(r.stored for r in results)
+    records = sum(r.stats.records for r in results)
+    hosts = sorted({h for r in results for h in r.hosts})
+    services = sorted({r.service for r in results})
+    firsts = [r.first_ns for r in results if r.first_ns is not None]
+    lasts = [r.last_ns for r in results if r.last_ns is not None]
+    failed: list[str] = []
+    for r in results:
+        failed += [rid for rid in r.failed_requests if rid not in failed]
+    url = os.environ.get(ENV_URL) or DEFAULT_URL
+    lines = [
+        f"imported {records} records ({stored} new) from {len(results)} file(s):"
+        f" {len(services)} service(s), "
+        + (f"host(s) {', '.join(hosts)}" if hosts else "no host named")
+    ]
+    if firsts and lasts:
+        lines.append(f"  dated {_utc(min(firsts))} to {_utc(max(lasts))} UTC")
+    lines += [
+        "Imported records age from when they were imported: `crosstrace serve` keeps them"
+        " for its retention counted from now, whatever their own dates.",
+        f"Where to look, with `crosstrace serve{_db_flag(db_url)}` running at {url}:",
+        "  crosstrace logs search --level error      the errors, in time order",
+    ]
+    example = failed[0] if failed else "REQUEST_ID"
+    lines.append(
+        f"  crosstrace request {example}"
+        + ("   a failing request, line by line across hosts" if failed else "")
+    )
+    if hosts:
+        lines.append(f"  crosstrace logs search --host {hosts[0]}")
+    lines.append(f"  {url}/api/v1/logs?level=error")
+    if len(failed) > 1:
+        lines.append("other failing requests: " + ", ".join(failed[1:]))
+    return "\n".join(lines)
+
+
+def _utc(ns: int) -> str:
+    return _dt.datetime.fromtimestamp(ns / 1e9, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _db_flag(db_url: str) -> str:
+    """`` --db URL`` for a SQLite store other than the default (a database URL with
+    credentials is not printed: `` --db ...``)."""
+    from crosstrace.server.config import default_db_url
+
+    if db_url == default_db_url():
+        return ""
+    return f" --db {db_url}" if db_url.startswith("sqlite:") else " --db ..."

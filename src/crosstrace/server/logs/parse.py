@@ -12,7 +12,8 @@ Three line shapes are understood, in one file or mixed:
   ident[pid]: payload``, where the payload is an oslo.log line with or without its own
   timestamp, or plain text (systemd, sudo).
 * JSON lines as written by ``crosstrace.logging.JSONFormatter`` (one object per line
-  with an RFC 3339 ``timestamp``).
+  with an RFC 3339 ``timestamp``), and journald's JSON export (``journalctl -o json``),
+  whose ``MESSAGE`` is read like a ``journalctl`` payload (see :mod:`.jsonlines`).
 
 Multi-line records are joined: an unprefixed line belongs to the record before it,
 and a traceback that oslo.log writes with its exception prefix (the same timestamp,
@@ -26,83 +27,52 @@ timestamp or a JSON line that is not a record is skipped and counted (never fata
 request ids are kept only when :func:`crosstrace.ids.is_valid_request_id` accepts
 them, and a record stops growing at :data:`MAX_RECORD_LINES` / :data:`MAX_RECORD_CHARS`.
 
-Times without a zone are read in the zone given to the parser, UTC by default.
+Times without a zone are read in the zone given to the parser, UTC by default
+(see :mod:`.clock`).
+
+Every record gets ``service.name`` and, when known, ``host.name``: a given host
+(``--host``) first, else the host the line names itself (journald's hostname, a JSON
+line's ``hostname``), else the host of the file's path (see :mod:`.names`).
 """
 
 from __future__ import annotations
 
-import calendar
 import datetime as _dt
 import hashlib
-import json
 import re
-from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from crosstrace.ids import is_valid_request_id
+from crosstrace.server.logs.clock import MONTHS, Clock
+from crosstrace.server.logs.fields import (
+    ATTR_FILE_LINE,
+    ATTR_FILE_NAME,
+    ATTR_PROJECT_DOMAIN_ID,
+    ATTR_SYSTEM_SCOPE,
+    ATTR_USER_DOMAIN_ID,
+    MAX_RECORD_CHARS,
+    MAX_RECORD_LINES,
+    RES_HOST_NAME,
+    RES_PROCESS_NAME,
+    RES_PROCESS_PID,
+    RES_SERVICE_NAME,
+    SEVERITY_NUMBERS,
+    SKIP_BAD_JSON,
+    SKIP_BAD_TIME,
+    SKIP_JOURNAL_MARKER,
+    SKIP_NO_RECORD,
+    SKIP_TOO_LARGE,
+    TRACEBACK_HEADER,
+    ParseStats,
+    exception_attributes,
+    severity_number,
+)
+from crosstrace.server.logs.jsonlines import JournalEntry, journal_entry, json_record, load_object
+from crosstrace.server.logs.names import derive_service_name
 from crosstrace.server.model import LogRecord
 
-__all__ = [
-    "ATTR_EXCEPTION_MESSAGE",
-    "ATTR_EXCEPTION_STACKTRACE",
-    "ATTR_EXCEPTION_TYPE",
-    "ATTR_FILE_LINE",
-    "ATTR_FILE_NAME",
-    "MAX_RECORD_CHARS",
-    "MAX_RECORD_LINES",
-    "SEVERITY_NUMBERS",
-    "LogParser",
-    "ParseStats",
-    "derive_service_name",
-    "severity_number",
-]
-
-#: OTLP SeverityNumber for each level name found in OpenStack logs. ``AUDIT`` (old
-#: oslo-incubator logging, between INFO and WARNING) maps to INFO2; ``TRACE`` (oslo.log's
-#: level below DEBUG) to TRACE. Unknown names give 0 (unspecified).
-SEVERITY_NUMBERS: dict[str, int] = {
-    "TRACE": 1,
-    "DEBUG": 5,
-    "INFO": 9,
-    "AUDIT": 10,
-    "WARN": 13,
-    "WARNING": 13,
-    "ERROR": 17,
-    "CRITICAL": 21,
-    "FATAL": 21,
-}
-
-#: Attribute names (OpenTelemetry semantic conventions where one exists).
-ATTR_FILE_NAME = "log.file.name"
-ATTR_FILE_LINE = "log.file.line"
-ATTR_EXCEPTION_TYPE = "exception.type"
-ATTR_EXCEPTION_MESSAGE = "exception.message"
-ATTR_EXCEPTION_STACKTRACE = "exception.stacktrace"
-ATTR_THREAD_NAME = "thread.name"
-ATTR_USER_DOMAIN_ID = "openstack.user_domain_id"
-ATTR_PROJECT_DOMAIN_ID = "openstack.project_domain_id"
-ATTR_SYSTEM_SCOPE = "openstack.system_scope"
-RES_SERVICE_NAME = "service.name"
-RES_HOST_NAME = "host.name"
-RES_PROCESS_PID = "process.pid"
-RES_PROCESS_NAME = "process.executable.name"
-
-#: A record stops growing beyond these; further continuation lines are skipped.
-MAX_RECORD_LINES = 10_000
-MAX_RECORD_CHARS = 1 << 20
-#: Line numbers remembered per skip reason, for the summary.
-MAX_SKIP_EXAMPLES = 5
-
-# Skip reasons (keys of ParseStats.skipped_by_reason).
-SKIP_NO_RECORD = "not a log line and no record before it"
-SKIP_BAD_TIME = "bad timestamp"
-SKIP_JOURNAL_MARKER = "journal marker"
-SKIP_BAD_JSON = "JSON line that is not a log record"
-SKIP_TOO_LARGE = "record too large"
-
-TRACEBACK_HEADER = "Traceback (most recent call last):"
+__all__ = ["LogParser"]
 
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _LEVEL = r"(?P<level>[A-Z]{4,8})"
@@ -114,7 +84,6 @@ _OSLO_RE = re.compile(
 )
 #: oslo.log without its timestamp, as DevStack writes it to the journal.
 _SHORT_RE = re.compile(_LEVEL + r" (?P<logger>\S+)(?: (?P<rest>.*))?", re.ASCII | re.DOTALL)
-_MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
 #: journalctl's short-precise format: Mon DD HH:MM:SS[.us] host ident[pid]: payload
 _JOURNAL_RE = re.compile(
     r"(?P<mon>[A-Z][a-z]{2}) (?P<day>[ \d]\d) (?P<time>\d\d:\d\d:\d\d)(?:\.(?P<frac>\d{1,9}))? "
@@ -125,71 +94,6 @@ _JOURNAL_MARKER_RE = re.compile(r"-- .* --")
 _JOURNAL_BEGIN_RE = re.compile(r"-- (?:Logs|Journal) begins? at \w+ (?P<year>\d{4})-")
 #: The request context bracket: its first field is a request id, ``None`` or ``-``.
 _CONTEXT_RE = re.compile(r"\[(?P<ctx>(?:req-[^\s\]]*|None|-)(?: [^\s\]]+)*)\](?: |$)")
-_EXC_LINE_RE = re.compile(r"(?P<type>[A-Za-z_][\w.]*)(?:: ?(?P<msg>.*))?")
-_RFC3339_RE = re.compile(
-    r"(?P<date>\d{4}-\d\d-\d\d)[Tt ](?P<time>\d\d:\d\d:\d\d)(?:[.,](?P<frac>\d{1,9}))?"
-    r"(?P<zone>[Zz]|[+-]\d\d:?\d\d)?",
-    re.ASCII,
-)
-_HEX_TRACE_RE = re.compile(r"[0-9a-fA-F]{32}")
-_HEX_SPAN_RE = re.compile(r"[0-9a-fA-F]{16}")
-
-_ROTATION_SUFFIX_RE = re.compile(r"(?:[.-]\d+|[.-]\d{4}-\d\d-\d\d(?:-\d+)?)$")
-_NAME_EXTENSIONS = (".gz", ".txt", ".log", ".json", ".jsonl", ".service")
-_NAME_PREFIXES = ("screen-", "devstack@")
-
-
-def severity_number(level: str) -> int:
-    """OTLP severity number for a level name (case-insensitive); 0 when unknown."""
-    return SEVERITY_NUMBERS.get(level.upper(), 0)
-
-
-def derive_service_name(file_name: str) -> str:
-    """Guess the service from a log file's name.
-
-    ``screen-c-api.txt`` -> ``c-api``, ``devstack@c-vol.service.log.txt`` ->
-    ``c-vol``, ``nova-api.log.2.gz`` -> ``nova-api``,
-    ``screen-c-api.2013-09-27-181531.log`` -> ``c-api``.
-    """
-    name = file_name.rsplit("/", 1)[-1]
-    changed = True
-    while changed:
-        changed = False
-        for ext in _NAME_EXTENSIONS:
-            if name.endswith(ext) and len(name) > len(ext):
-                name = name[: -len(ext)]
-                changed = True
-        stripped = _ROTATION_SUFFIX_RE.sub("", name)
-        if stripped and stripped != name:
-            name = stripped
-            changed = True
-    for prefix in _NAME_PREFIXES:
-        if name.startswith(prefix) and len(name) > len(prefix):
-            name = name[len(prefix) :]
-    return name or file_name
-
-
-@dataclass(slots=True)
-class ParseStats:
-    """What the parser saw in one source: every line read is either in a record
-    (``lines_in_records``) or skipped (``skipped``)."""
-
-    lines_read: int = 0
-    records: int = 0
-    lines_in_records: int = 0
-    continuation_lines: int = 0
-    skipped: int = 0
-    skipped_by_reason: Counter[str] = field(default_factory=Counter)
-    skipped_examples: dict[str, list[int]] = field(default_factory=dict)
-    invalid_request_ids: int = 0
-    formats: Counter[str] = field(default_factory=Counter)
-
-    def skip(self, line_no: int, reason: str) -> None:
-        self.skipped += 1
-        self.skipped_by_reason[reason] += 1
-        examples = self.skipped_examples.setdefault(reason, [])
-        if len(examples) < MAX_SKIP_EXAMPLES:
-            examples.append(line_no)
 
 
 class _Pending:
@@ -277,9 +181,13 @@ class LogParser:
     *source* names the file (its base name, used with the line number and the record
     text for the record's ``dedup_key``); *service* is the service name for every
     record (a JSON line's own ``service`` is used when *service* is ``None``, falling
-    back to *default_service*). *tz* is the zone of times written without one (UTC
-    when ``None``); *year* is the year of journal lines, which carry none (else the
-    year of a ``-- Logs begin at`` header, else *fallback_year*).
+    back to *default_service*). *host* is the host of every record; when ``None``, a
+    line's own host (journald, JSON ``hostname``) is used, else *default_host* (the
+    host of the file's path). The file's host (*host* or *default_host*) is part of
+    the ``dedup_key``, so two hosts' copies of a file are two sets of records. *tz*
+    is the zone of times written without one (UTC when ``None``); *year* is the year
+    of journal lines, which carry none (else the year of a ``-- Logs begin at``
+    header, else *fallback_year*).
     """
 
     def __init__(
@@ -288,6 +196,8 @@ class LogParser:
         *,
         service: str | None = None,
         default_service: str | None = None,
+        host: str | None = None,
+        default_host: str | None = None,
         tz: _dt.tzinfo | None = None,
         year: int | None = None,
         fallback_year: int | None = None,
@@ -295,14 +205,16 @@ class LogParser:
         self.source = source
         self.service = service
         self.default_service = default_service or service or derive_service_name(source)
-        self.tz = tz
+        self.host = host or None
+        self.default_host = default_host or None
+        self.clock = Clock(tz, year, fallback_year)
         self.stats = ParseStats()
-        self._year = year
-        self._year_fixed = year is not None
-        self._fallback_year = fallback_year or _dt.datetime.now(_dt.UTC).year
-        self._last_month = 0
-        self._epoch_cache: dict[str, int] = {}
-        self._key_prefix = f"{self.service or self.default_service}\0{source}\0".encode()
+        file_host = self.host or self.default_host
+        # Files without a host of their own keep the keys they always had.
+        prefix = f"{self.service or self.default_service}\0{source}\0"
+        if file_host:
+            prefix += f"{file_host}\0"
+        self.key_prefix = prefix.encode()
 
     # -- public -----------------------------------------------------------------
 
@@ -345,23 +257,36 @@ class LogParser:
             if m is not None and m["level"] in SEVERITY_NUMBERS:
                 return self._oslo(line_no, line, m, pending)
         elif first == "{":
-            record = self._json(line_no, text)
-            if record is not None:
-                return record
+            obj = load_object(text)
+            if obj is not None:
+                record = json_record(self, line_no, text, obj)
+                if record is not None:
+                    return record
+                entry = journal_entry(obj)
+                if entry is not None:
+                    return self._journal(line_no, line, entry, pending, "journal-json")
             if pending is None:
                 # Not a record, and nothing before it to continue.
                 self.stats.skip(line_no, SKIP_BAD_JSON)
                 return None
         elif first == "-" and _JOURNAL_MARKER_RE.fullmatch(text):
             begin = _JOURNAL_BEGIN_RE.match(text)
-            if begin is not None and not self._year_fixed:
-                self._year = int(begin["year"])
+            if begin is not None:
+                self.clock.journal_begins(int(begin["year"]))
             self.stats.skip(line_no, SKIP_JOURNAL_MARKER)
             return pending
         elif first.isupper():
             j = _JOURNAL_RE.fullmatch(text)
-            if j is not None and j["mon"] in _MONTHS:
-                return self._journal(line_no, line, j, pending)
+            if j is not None and j["mon"] in MONTHS:
+                clock, mon, day, time, frac = self.clock, j["mon"], j["day"], j["time"], j["frac"]
+                entry = JournalEntry(
+                    j["host"],
+                    j["ident"],
+                    j["pid"],
+                    j["payload"],
+                    lambda: clock.journal(mon, day, time, frac),
+                )
+                return self._journal(line_no, line, entry, pending, "journal")
         return self._continue(line_no, line, text, pending)
 
     def _continue(
@@ -400,7 +325,7 @@ class LogParser:
                 context = c["ctx"]
                 rest = rest[c.end() :]
         if time_ns is None:
-            time_ns = self._oslo_time(m)
+            time_ns = self.clock.oslo(m["date"], m["time"], m["frac"])
             if time_ns is None:
                 return None
         stamp = m["ts"] if "ts" in m.re.groupindex else None
@@ -421,10 +346,10 @@ class LogParser:
         return self._start_oslo(line_no, line, parts)
 
     def _journal(
-        self, line_no: int, line: str, j: re.Match[str], pending: _Pending | None
+        self, line_no: int, line: str, entry: JournalEntry, pending: _Pending | None, fmt: str
     ) -> _Pending | None:
-        payload = j["payload"]
-        host, ident, pid = j["host"], j["ident"], j["pid"]
+        payload = entry.payload
+        host, ident, pid = entry.host, entry.ident, entry.pid
         parts: _OsloLine | None = None
         full_stamp = False
         m = _OSLO_RE.fullmatch(payload) if payload[:1].isdigit() else None
@@ -437,7 +362,7 @@ class LogParser:
         else:
             s = _SHORT_RE.fullmatch(payload) if payload[:1].isupper() else None
             if s is not None and s["level"] in SEVERITY_NUMBERS:
-                time_ns = self._journal_time(j)
+                time_ns = entry.time_ns()
                 if time_ns is None:
                     self.stats.skip(line_no, SKIP_BAD_TIME)
                     return pending
@@ -464,7 +389,7 @@ class LogParser:
                 # Plain text from the same process as an oslo.log record: the rest of
                 # a multi-line message or a traceback written line by line.
                 return self._continue(line_no, line, payload, pending)
-            time_ns = self._journal_time(j)
+            time_ns = entry.time_ns()
             if time_ns is None:
                 self.stats.skip(line_no, SKIP_BAD_TIME)
                 return pending
@@ -474,11 +399,14 @@ class LogParser:
             if payload == TRACEBACK_HEADER:
                 record.in_traceback = True
         record.host, record.ident = host, ident
-        record.resource[RES_HOST_NAME] = host
-        record.resource[RES_PROCESS_NAME] = ident
+        named = self.host or host or self.default_host
+        if named:
+            record.resource[RES_HOST_NAME] = named
+        if ident:
+            record.resource[RES_PROCESS_NAME] = ident
         if pid is not None:
             record.resource[RES_PROCESS_PID] = int(pid)
-        self.stats.formats["journal"] += 1
+        self.stats.formats[fmt] += 1
         return record
 
     @staticmethod
@@ -522,11 +450,11 @@ class LogParser:
         if len(fields) == 1 and fields[0] == "-":
             return
         if len(fields) >= 2 and (fields[1].startswith("req-") or fields[0] in ("None", "-")):
-            record.global_request_id = self._request_id(fields[0])
+            record.global_request_id = self.request_id(fields[0])
             local, identity = fields[1], fields[2:]
         else:
             local, identity = fields[0], fields[1:]
-        record.request_id = self._request_id(local)
+        record.request_id = self.request_id(local)
         values = [None if v in ("-", "None", "") else v for v in identity[:6]]
         if len(values) == 6:
             # oslo.log's current user_identity: user project domain system_scope
@@ -541,159 +469,14 @@ class LogParser:
         if values[4] is not None:
             record.attributes[ATTR_PROJECT_DOMAIN_ID] = values[4]
 
-    def _request_id(self, value: object) -> str | None:
+    def request_id(self, value: object) -> str | None:
+        """*value* when it is a valid request id; an invalid one is counted."""
         if value is None or value in ("-", "None", ""):
             return None
         if is_valid_request_id(value):
             return value  # type: ignore[return-value]
         self.stats.invalid_request_ids += 1
         return None
-
-    # -- times ------------------------------------------------------------------
-
-    def _epoch(self, key: str, y: int, mo: int, d: int, h: int, mi: int, s: int) -> int | None:
-        """Seconds since the epoch of a wall-clock time in the parser's zone."""
-        cached = self._epoch_cache.get(key)
-        if cached is not None:
-            return cached
-        try:
-            wall = _dt.datetime(y, mo, d, h, mi, s)  # naive: the zone is applied below
-        except ValueError:
-            return None
-        if self.tz is None:
-            seconds = calendar.timegm(wall.timetuple())
-        else:
-            seconds = int(wall.replace(tzinfo=self.tz).timestamp())
-        if len(self._epoch_cache) > 4096:
-            self._epoch_cache.clear()
-        self._epoch_cache[key] = seconds
-        return seconds
-
-    def _oslo_time(self, m: re.Match[str]) -> int | None:
-        date, time = m["date"], m["time"]
-        seconds = self._epoch(
-            date + time,
-            int(date[0:4]),
-            int(date[5:7]),
-            int(date[8:10]),
-            int(time[0:2]),
-            int(time[3:5]),
-            int(time[6:8]),
-        )
-        if seconds is None:
-            return None
-        return seconds * 1_000_000_000 + _frac_ns(m["frac"])
-
-    def _journal_time(self, j: re.Match[str]) -> int | None:
-        month = _MONTHS[j["mon"]]
-        if self._year is None:
-            self._year = self._fallback_year
-        if month < self._last_month and not self._year_fixed:
-            self._year += 1  # December -> January
-        self._last_month = month
-        time = j["time"]
-        seconds = self._epoch(
-            f"{self._year}|{month}|{j['day']}|{time}",
-            self._year,
-            month,
-            int(j["day"]),
-            int(time[0:2]),
-            int(time[3:5]),
-            int(time[6:8]),
-        )
-        if seconds is None:
-            return None
-        return seconds * 1_000_000_000 + _frac_ns(j["frac"])
-
-    def _rfc3339_ns(self, value: object) -> int | None:
-        if not isinstance(value, str):
-            return None
-        m = _RFC3339_RE.fullmatch(value)
-        if m is None:
-            return None
-        zone = m["zone"]
-        date, time = m["date"], m["time"]
-        try:
-            wall = _dt.datetime.fromisoformat(f"{date}T{time}")
-        except ValueError:
-            return None
-        if zone is None:
-            tz = self.tz or _dt.UTC
-        elif zone in ("Z", "z"):
-            tz = _dt.UTC
-        else:
-            digits = zone[1:].replace(":", "")
-            hours, minutes = int(digits[:2]), int(digits[2:])
-            if hours > 23 or minutes > 59:
-                return None
-            offset = _dt.timedelta(hours=hours, minutes=minutes)
-            tz = _dt.timezone(-offset if zone[0] == "-" else offset)
-        seconds = int(wall.replace(tzinfo=tz).timestamp())
-        return seconds * 1_000_000_000 + _frac_ns(m["frac"])
-
-    # -- JSON -------------------------------------------------------------------
-
-    def _json(self, line_no: int, text: str) -> LogRecord | None:
-        """A record from a JSONFormatter line, or ``None`` if *text* is not one."""
-        try:
-            obj = json.loads(text)
-        except (ValueError, RecursionError):
-            return None
-        if not isinstance(obj, dict):
-            return None
-        time_ns = self._rfc3339_ns(obj.get("timestamp"))
-        if time_ns is None:
-            return None
-        self.stats.formats["json"] += 1
-        level = _str(obj.get("level")) or ""
-        message = _str(obj.get("message"))
-        if message is None:
-            message = "" if obj.get("message") is None else json.dumps(obj.get("message"))
-        exception = _str(obj.get("exception"))
-        attributes: dict[str, Any] = {ATTR_FILE_NAME: self.source, ATTR_FILE_LINE: line_no}
-        body = message
-        if exception:
-            attributes[ATTR_EXCEPTION_STACKTRACE] = exception
-            _exception_attributes(exception.split("\n"), attributes)
-        for key, attr in (
-            ("thread_name", ATTR_THREAD_NAME),
-            ("user_domain_id", ATTR_USER_DOMAIN_ID),
-            ("project_domain_id", ATTR_PROJECT_DOMAIN_ID),
-        ):
-            value = _str(obj.get(key))
-            if value:
-                attributes[attr] = value
-        service = self.service or _str(obj.get("service")) or self.default_service
-        resource: dict[str, Any] = {RES_SERVICE_NAME: service}
-        hostname = _str(obj.get("hostname"))
-        if hostname:
-            resource[RES_HOST_NAME] = hostname
-        process = obj.get("process")
-        if type(process) is int:
-            resource[RES_PROCESS_PID] = process
-        hasher = hashlib.blake2b(self._key_prefix, digest_size=16)
-        hasher.update(f"{line_no}\0".encode())
-        hasher.update(text.encode("utf-8", "surrogateescape"))
-        self.stats.records += 1
-        self.stats.lines_in_records += 1
-        return LogRecord(
-            time_ns=time_ns,
-            severity_number=severity_number(level),
-            severity_text=level,
-            body=body,
-            service=service,
-            trace_id=_hex_id(obj.get("trace_id"), _HEX_TRACE_RE),
-            span_id=_hex_id(obj.get("span_id"), _HEX_SPAN_RE),
-            request_id=self._request_id(obj.get("request_id")),
-            global_request_id=self._request_id(obj.get("global_request_id")),
-            user_id=_str(obj.get("user_id")) or None,
-            project_id=_str(obj.get("project_id")) or None,
-            domain_id=_str(obj.get("domain_id")) or None,
-            logger=_str(obj.get("logger")) or "",
-            attributes=attributes,
-            resource=resource,
-            dedup_key=hasher.digest(),
-        )
 
     # -- finishing --------------------------------------------------------------
 
@@ -703,10 +486,14 @@ class LogParser:
         attributes[ATTR_FILE_NAME] = self.source
         attributes[ATTR_FILE_LINE] = p.line_no
         if p.in_traceback:
-            _exception_attributes(p.body, attributes)
+            exception_attributes(p.body, attributes)
         resource = p.resource
         resource[RES_SERVICE_NAME] = service
-        key = hashlib.blake2b(self._key_prefix, digest_size=16)
+        if RES_HOST_NAME not in resource:
+            host = self.host or self.default_host
+            if host:
+                resource[RES_HOST_NAME] = host
+        key = hashlib.blake2b(self.key_prefix, digest_size=16)
         key.update(f"{p.line_no}\0".encode())
         key.update(p.hasher.digest())
         self.stats.records += 1
@@ -727,35 +514,3 @@ class LogParser:
             resource=resource,
             dedup_key=key.digest(),
         )
-
-
-def _frac_ns(frac: str | None) -> int:
-    return int(frac.ljust(9, "0")) if frac else 0
-
-
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _hex_id(value: object, pattern: re.Pattern[str]) -> bytes | None:
-    if not isinstance(value, str) or pattern.fullmatch(value) is None:
-        return None
-    raw = bytes.fromhex(value)
-    return None if raw.count(0) == len(raw) else raw
-
-
-def _exception_attributes(lines: list[str], attributes: dict[str, Any]) -> None:
-    """Set ``exception.type``/``exception.message`` from the first unindented line
-    after a traceback header (the exception Python printed)."""
-    seen_header = False
-    for line in lines:
-        if not seen_header:
-            seen_header = line.endswith(TRACEBACK_HEADER)
-            continue
-        if not line or line[0] in " \t":
-            continue
-        m = _EXC_LINE_RE.fullmatch(line)
-        if m is not None:
-            attributes[ATTR_EXCEPTION_TYPE] = m["type"]
-            attributes[ATTR_EXCEPTION_MESSAGE] = m["msg"] or ""
-        return
