@@ -37,6 +37,7 @@ from typing import IO, Any, Literal
 from crosstrace import tracer as _tracer_mod
 from crosstrace.context import RequestContext, get_current
 from crosstrace.export import LogData
+from crosstrace.ids import is_valid_request_id
 from crosstrace.spans import (
     ATTR_DOMAIN_ID,
     ATTR_GLOBAL_REQUEST_ID,
@@ -204,6 +205,14 @@ class ContextFilter(logging.Filter):
                 # oslo.log defaults the text fields to "" in this case.
                 for key in RECORD_FIELDS:
                     d.setdefault(key, "")
+            elif CONTEXT_ATTR not in d:
+                # oslo.log's formatter (an earlier handler) filled the fields
+                # from its own context: keep them, and add ours for the identity
+                # and the span.
+                ctx = d.get("context")
+                d[CONTEXT_ATTR] = ctx if isinstance(ctx, RequestContext) else _get_current()
+                if "trace_id" not in d:
+                    _trace_fields(record, d)
             return True
         ctx = d.get("context")
         if ctx is None or not isinstance(ctx, RequestContext):
@@ -414,6 +423,36 @@ def _severity(levelno: int) -> int:
     return 1
 
 
+def _valid_id(value: Any) -> str | None:
+    return value if type(value) is str and is_valid_request_id(value) else None
+
+
+def _record_context_attributes(d: dict[str, Any], attrs: dict[str, Any]) -> None:
+    """The ``openstack.*`` attributes of a record: the ids the record shows (set
+    by this filter, ``extra=`` or oslo.log's formatter), else those of the
+    request context; the identity from the context, else from the record."""
+    ctx = d.get(CONTEXT_ATTR)
+    if not isinstance(ctx, RequestContext):
+        ctx = _get_current()
+    request_id = _valid_id(d.get("request_id"))
+    global_id = _valid_id(d.get("global_request_id"))
+    if ctx is not None:
+        request_id = request_id or ctx.request_id
+        global_id = global_id or ctx.global_request_id
+        identity = (ctx.user_id, ctx.project_id, ctx.domain_id)
+    else:
+        identity = (d.get("user_id"), d.get("project_id"), d.get("domain_id"))
+    for key, value in (
+        (ATTR_REQUEST_ID, request_id),
+        (ATTR_GLOBAL_REQUEST_ID, global_id),
+        (ATTR_USER_ID, identity[0]),
+        (ATTR_PROJECT_ID, identity[1]),
+        (ATTR_DOMAIN_ID, identity[2]),
+    ):
+        if value and isinstance(value, str):
+            attrs[key] = value
+
+
 class ExportHandler(logging.Handler):
     """Send log records through a tracer's exporter to an OTLP ``/v1/logs`` endpoint.
 
@@ -464,17 +503,7 @@ class ExportHandler(logging.Handler):
                 "code.line.number": record.lineno,
                 "thread.name": record.threadName,
             }
-            ctx = d.get(CONTEXT_ATTR)
-            if isinstance(ctx, RequestContext):
-                attrs[ATTR_REQUEST_ID] = ctx.request_id
-                for key, value in (
-                    (ATTR_GLOBAL_REQUEST_ID, ctx.global_request_id),
-                    (ATTR_USER_ID, ctx.user_id),
-                    (ATTR_PROJECT_ID, ctx.project_id),
-                    (ATTR_DOMAIN_ID, ctx.domain_id),
-                ):
-                    if value:
-                        attrs[key] = value
+            _record_context_attributes(d, attrs)
             _record_exception_attributes(record, attrs)
             tracer.redactor.redact_attributes(attrs)
             body = self.format(record) if self.formatter is not None else record.getMessage()

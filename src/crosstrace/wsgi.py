@@ -6,7 +6,13 @@ For every request it:
   (an invalid one is dropped, counted and logged at debug without its value);
 * makes a fresh local request id;
 * stores both under the ``openstack.*`` environ keys before the application runs
-  (or reuses them when oslo.middleware's filter already ran in front);
+  (or reuses them when oslo.middleware's filter already ran in front), and
+  removes a refused ``X-OpenStack-Request-ID`` from the environ, so that an
+  inner filter cannot read it again;
+* adopts the local id an inner request-id filter sets (Keystone runs
+  oslo.middleware's ``RequestId`` inside its application, which always makes
+  its own id and returns it): the response, the context and the span then all
+  carry that one id;
 * makes a :class:`~crosstrace.context.RequestContext` current while the
   application runs and while a streamed body is produced, and clears it after;
 * returns the local id in ``x-openstack-request-id`` and each compat header,
@@ -57,9 +63,11 @@ from crosstrace.httpnames import (
     normalize_path,
     status_code,
 )
+from crosstrace.ids import is_valid_request_id
 from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, extract_context, record_invalid
 from crosstrace.spans import (
     _SERVER,
+    ATTR_REQUEST_ID,
     INVALID_SPAN,
     NonRecordingSpan,
     Span,
@@ -214,6 +222,16 @@ class _TracedBody(_ContextBody):
             _end(self._span, self._tracer)
 
 
+def _adopt_inner_id(environ: Mapping[str, Any], context: RequestContext) -> str:
+    """The request's one local id: the id an inner request-id filter put in the
+    environ (oslo.middleware's ``RequestId`` inside the application always
+    makes its own, and sends it in the response) replaces the context's."""
+    inner = environ.get(ENV_REQUEST_ID)
+    if inner is not context.request_id and type(inner) is str and is_valid_request_id(inner):
+        context.request_id = inner
+    return context.request_id
+
+
 def _end(span: Span | NonRecordingSpan, tracer: Tracer) -> None:
     if span._recording:
         span.end()
@@ -284,9 +302,11 @@ class RequestIdMiddleware:
                 source = "the X-OpenStack-Request-ID header"
         context = RequestContext.from_environ(environ)
         if global_id is not None and context.global_request_id is None:
-            # Refused: never left where the application or a log could see it.
-            # (oslo.middleware matches with ``$``, which lets a trailing newline in.)
+            # Refused: never left where the application, an inner request-id
+            # filter or a log could see it. (oslo.middleware matches with ``$``,
+            # which lets a trailing newline in.)
             del environ[ENV_GLOBAL_REQUEST_ID]
+            environ.pop(ENV_REQUEST_ID_HEADER, None)
             record_invalid(source, global_id)
         request_id = context.request_id
         if request_id is not earlier_id:
@@ -298,6 +318,7 @@ class RequestIdMiddleware:
             headers: list[tuple[str, str]],
             exc_info: _ExcInfo | None = None,
         ) -> Callable[[bytes], object]:
+            request_id = _adopt_inner_id(environ, context)
             for name in resp_headers:
                 for existing, _ in headers:
                     if existing.lower() == name:
@@ -334,6 +355,8 @@ class RequestIdMiddleware:
         ) -> Callable[[bytes], object]:
             code = status_code(status)
             span.set_attribute(ATTR_STATUS_CODE, code)
+            if environ.get(ENV_REQUEST_ID) is not context.request_id:
+                span.set_attribute(ATTR_REQUEST_ID, _adopt_inner_id(environ, context))
             if code >= 500:
                 span.set_status(StatusCode.ERROR, f"HTTP {code}")
             return _start_response(status, headers, exc_info)
