@@ -49,9 +49,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen
+from crosstrace.server.batch.scan import scan_traces
+from crosstrace.server.batch.spanbatch import SpanBatch
 from crosstrace.server.model import TraceQuery
 from crosstrace.server.settings import default_decode_workers
-from crosstrace.server.spanbatch import SpanBatch, scan_traces
 from crosstrace.server.store.base import Store
 from crosstrace.server.store.postgres import PostgresStore
 from crosstrace.server.store.sqlite import SQLiteStore

@@ -19,12 +19,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from crosstrace.cli import main
+from crosstrace.cli.query import DEFAULT_URL, ENV_API_TOKEN, ENV_URL
 from crosstrace.demo.runner import cli_commands
 from crosstrace.demo.servers import serve_asgi
-from crosstrace.querycli import DEFAULT_URL, ENV_API_TOKEN, ENV_URL
 from crosstrace.server.app import create_app
 from crosstrace.server.auth import TokenSet
-from crosstrace.server.store.base import open_store
+from crosstrace.server.store import open_store
 
 DEADLINE = 20.0
 TOKEN = "s3cret-query-token"

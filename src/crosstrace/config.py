@@ -146,20 +146,32 @@ _REBUILD = (
 
 # -- value parsers: raise ValueError with a clear message ------------------------
 
-_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", re.ASCII)
-_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d|w)?\s*", re.ASCII)
+_DURATION_UNITS = {
+    None: 1.0,
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 7 * 86400.0,
+}
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from ``2``, ``2.5``, ``"250ms"``, ``"2s"``, ``"1m"``."""
+def parse_duration(value: object, *, unit_required: bool = False) -> float:
+    """Seconds from ``2``, ``2.5``, ``"250ms"``, ``"2s"``, ``"1m"``, ``"7d"``
+    (units ns, us, ms, s, m, h, d, w). With *unit_required*, only text with a unit."""
     if isinstance(value, bool):
         raise ValueError("a duration must be a number or a string like '250ms'")
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not unit_required:
         seconds = float(value)
     elif isinstance(value, str):
         m = _DURATION_RE.fullmatch(value)
-        if m is None:
-            raise ValueError(f"not a duration: {value!r} (use e.g. '250ms', '2s')")
+        if m is None or (unit_required and m.group(2) is None):
+            raise ValueError(f"not a duration: {value!r} (use e.g. '250ms', '2s', '7d')")
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     else:
         raise ValueError(f"not a duration: {value!r}")

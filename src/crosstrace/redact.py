@@ -21,7 +21,7 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-__all__ = ["DEFAULT_PATTERNS", "MASK", "Redactor"]
+__all__ = ["DEFAULT_PATTERNS", "MASK", "Redactor", "mask_password"]
 
 #: What a secret value becomes.
 MASK = "***"
@@ -47,6 +47,29 @@ DEFAULT_PATTERNS: tuple[str, ...] = (
 # Attribute keys whose values are URLs or query strings.
 _URL_KEYS = frozenset({"url.full", "url.query", "http.url", "http.target", "db.connection_string"})
 _MAX_CACHE = 4096
+
+
+def _mask_userinfo(netloc: str) -> str:
+    """*netloc* with the password of its user info (if any) as :data:`MASK`."""
+    if "@" not in netloc:
+        return netloc
+    userinfo, _, host = netloc.rpartition("@")
+    if ":" not in userinfo:
+        return netloc
+    return userinfo.split(":", 1)[0] + ":" + MASK + "@" + host
+
+
+def mask_password(url: str) -> str:
+    """*url* with the password in its user info shown as :data:`MASK` (for logs and
+    banners: ``amqp://guest:***@host/``); a URL that does not parse is all masked."""
+    if "@" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    netloc = _mask_userinfo(parts.netloc)
+    return url if netloc == parts.netloc else urlunsplit(parts._replace(netloc=netloc))
 
 
 class Redactor:
@@ -89,11 +112,7 @@ class Redactor:
         if not parts.scheme and not parts.netloc and "?" not in url:
             # A bare query string such as ``url.query``.
             query, path = url, ""
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, host = netloc.rpartition("@")
-            if ":" in userinfo:
-                netloc = userinfo.split(":", 1)[0] + ":" + MASK + "@" + host
+        netloc = _mask_userinfo(parts.netloc)
         if query:
             pairs = parse_qsl(query, keep_blank_values=True)
             if any(self.is_secret(k) for k, _ in pairs):

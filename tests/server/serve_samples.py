@@ -18,6 +18,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from crosstrace.server.app import create_app
 from crosstrace.server.auth import TokenSet
+from crosstrace.server.batch.spanbatch import SpanBatch
+from crosstrace.server.ingest.pool import DecodePool
 from crosstrace.server.model import (
     DependencyEdge,
     LogQuery,
@@ -27,9 +29,7 @@ from crosstrace.server.model import (
     TraceQuery,
     TraceSummary,
 )
-from crosstrace.server.prepare import DecodePool
-from crosstrace.server.spanbatch import SpanBatch
-from crosstrace.server.store.base import Store, open_store
+from crosstrace.server.store import Store, open_store
 
 PB = {"content-type": "application/x-protobuf"}
 PB_GZIP = {"content-type": "application/x-protobuf", "content-encoding": "gzip"}

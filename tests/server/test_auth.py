@@ -14,9 +14,11 @@ from crosstrace.server.settings import (
     Settings,
     SettingsError,
     default_decode_workers,
-    parse_duration,
     parse_size,
     resolve,
+)
+from crosstrace.server.settings import (
+    parse_duration_ns as parse_duration,
 )
 
 

@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 from serve_samples import DelegatingStore, log_request, opened, simple_batch, sqlite_url
 
-from crosstrace.server.consume import HEADER_SIGNAL, Consumer
-from crosstrace.server.ingest import OFFLOAD_BYTES
+from crosstrace.server.batch.spanbatch import SpanBatch
+from crosstrace.server.ingest.consume import HEADER_SIGNAL, Consumer
+from crosstrace.server.ingest.http import OFFLOAD_BYTES
+from crosstrace.server.ingest.pool import DecodePool
 from crosstrace.server.metrics import Metrics
 from crosstrace.server.model import LogQuery, SpanRecord
-from crosstrace.server.prepare import DecodePool
-from crosstrace.server.spanbatch import SpanBatch
 from crosstrace.server.store.base import Store
 
 

@@ -12,7 +12,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from serve_samples import BASE_NS, PB, opened, serve_client, span_request, sqlite_url
 
-from crosstrace.server.prepare import DecodePool
+from crosstrace.server.ingest.pool import DecodePool
 from crosstrace.server.store.base import Store
 
 MS = 10**6

@@ -27,9 +27,9 @@ from serve_samples import (
     sqlite_url,
 )
 
-from crosstrace.server.ingest import gunzip_capped
+from crosstrace.server.batch.spanbatch import SpanBatch
+from crosstrace.server.ingest.http import gunzip_capped
 from crosstrace.server.model import LogQuery, LogRecord
-from crosstrace.server.spanbatch import SpanBatch
 from crosstrace.server.store.base import Store
 
 REALDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "realdata" / "otlp"

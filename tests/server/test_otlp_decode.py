@@ -15,7 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from crosstrace.server.otlp import (
+from crosstrace.server.ingest.decode import (
     MAX_VALUE_DEPTH,
     SIGNAL_LOGS,
     SIGNAL_TRACES,
@@ -409,7 +409,7 @@ def test_status_body_is_a_google_rpc_status() -> None:
 
 def test_long_names_are_cut_and_long_ids_reject_the_record() -> None:
     """Names and ids feed database indexes, which have a row size limit."""
-    from crosstrace.server.otlp import MAX_ID_LENGTH, MAX_NAME_BYTES
+    from crosstrace.server.ingest.decode import MAX_ID_LENGTH, MAX_NAME_BYTES
 
     long_name = "é" * MAX_NAME_BYTES  # 2 bytes each
     long_id = [{"key": "openstack.project_id", "value": {"stringValue": "p" * 300}}]

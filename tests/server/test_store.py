@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from crosstrace.server.batch.scan import from_records
 from crosstrace.server.model import (
     ATTR_REQUEST_ID,
     STATUS_ERROR,
@@ -23,8 +24,7 @@ from crosstrace.server.model import (
     SpanRecord,
     TraceQuery,
 )
-from crosstrace.server.spanbatch import from_records
-from crosstrace.server.store.base import Store, open_store
+from crosstrace.server.store import Store, open_store
 from crosstrace.server.store.migrations import LATEST_VERSION, SchemaVersionError, migrate
 from crosstrace.server.store.postgres import PostgresStore
 from crosstrace.server.store.sqlite import SQLiteStore
@@ -699,7 +699,7 @@ def test_chunks_use_a_trained_zstd_dictionary(
 ) -> None:
     """Once enough chunks were written a dictionary is trained and stored; chunks
     written before and after it, and after re-opening, read back exactly."""
-    from crosstrace.server.store import sqlwrite
+    from crosstrace.server.store import write as sqlwrite
 
     monkeypatch.setattr(sqlwrite, "DICT_SAMPLES", 150)
     s = opener()
@@ -932,7 +932,7 @@ def test_attribute_search_by_common_and_rare_values(
 ) -> None:
     """An indexed attribute value is searched trace by trace when common and
     collected first when rare (SQLite); both ways give the same page."""
-    from crosstrace.server.store import sqlcommon
+    from crosstrace.server.store import read as sqlcommon
 
     monkeypatch.setattr(sqlcommon, "RARE_ATTR_CHUNKS", rare_below)
     for n in range(1, 31):

@@ -41,6 +41,7 @@ from crosstrace.demo.faults import CATALOGUE, FaultInjector, FaultKind
 from crosstrace.demo.groundtruth import GroundTruth, RequestOutcome
 from crosstrace.demo.identity import IDENTITIES
 from crosstrace.demo.instrument import Tracing
+from crosstrace.redact import mask_password
 
 __all__ = ["DemoError", "DemoSettings", "RequestCheck", "Verification", "run"]
 
@@ -432,7 +433,7 @@ def cli_commands(
     """(label, command) pairs of the query commands for the summary.
 
     ``--url`` is added when *url* is not where the commands look by default."""
-    from crosstrace.querycli import DEFAULT_URL
+    from crosstrace.cli.query import DEFAULT_URL
 
     flag = "" if url.rstrip("/") == DEFAULT_URL else f" --url {url}"
     commands = [("failed traces", f"crosstrace traces --error{flag}")]
@@ -450,13 +451,7 @@ def _ms(seconds: float) -> str:
 
 
 def _safe_url(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    return mask_password(url)
 
 
 def run(settings: DemoSettings, console: Console | None = None) -> int:

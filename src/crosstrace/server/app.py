@@ -23,13 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from crosstrace.server.api import create_api
+from crosstrace.redact import mask_password
 from crosstrace.server.auth import TokenSet
-from crosstrace.server.ingest import IngestApp, Receive, Scope, Send
+from crosstrace.server.errors import ServerError
+from crosstrace.server.ingest.http import IngestApp, Receive, Scope, Send
+from crosstrace.server.ingest.pool import DecodePool
 from crosstrace.server.metrics import Metrics
-from crosstrace.server.prepare import DecodePool
+from crosstrace.server.query.api import create_api
 from crosstrace.server.settings import Settings
-from crosstrace.server.store.base import Store, open_store
+from crosstrace.server.store import Store, open_store
 from crosstrace.server.store.retention import RetentionThread
 
 __all__ = [
@@ -120,7 +122,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class StartupError(RuntimeError):
+class StartupError(ServerError, RuntimeError):
     """``serve`` cannot start (address in use, store unreachable): a clear message."""
 
 
@@ -140,7 +142,7 @@ def run(settings: Settings, echo: Callable[[str], None] = print) -> None:
     except Exception as exc:
         if sock is not None:
             sock.close()
-        raise StartupError(f"cannot open the store {_describe_store(settings.db)}: {exc}") from None
+        raise StartupError(f"cannot open the store {mask_password(settings.db)}: {exc}") from None
     metrics = Metrics()
     consumer = None
     retention = None
@@ -153,7 +155,7 @@ def run(settings: Settings, echo: Callable[[str], None] = print) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         previous[signum] = signal.signal(signum, on_signal)
     try:
-        echo(f"store: {_describe_store(settings.db)}")
+        echo(f"store: {mask_password(settings.db)}")
         if settings.retention or settings.max_db_size:
             retention = RetentionThread(
                 store, settings.retention, settings.max_db_size, RETENTION_INTERVAL_SECONDS
@@ -163,7 +165,7 @@ def run(settings: Settings, echo: Callable[[str], None] = print) -> None:
             pool = DecodePool(settings.decode_workers)
             echo(f"decoding trace bodies in {settings.decode_workers} worker process(es)")
         if settings.consume:
-            from crosstrace.server.consume import Consumer
+            from crosstrace.server.ingest.consume import Consumer
 
             consumer = Consumer(
                 settings.consume,
@@ -228,14 +230,3 @@ def _serve_http(
     # down gracefully, re-raises the signal to the handler installed before it:
     # ours (see run), which only records that we are stopping.
     asyncio.run(server.serve(sockets=[sock]))
-
-
-def _describe_store(url: str) -> str:
-    """The store URL without its password (file URLs are shown as given)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

@@ -7,9 +7,32 @@ strings at the API edge. Times are integer nanoseconds since the epoch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
+
+# The span attributes the tracer fills from the request context; the store lifts
+# them out of spans and logs into columns.
+from crosstrace.spans import (
+    ATTR_DOMAIN_ID,
+    ATTR_GLOBAL_REQUEST_ID,
+    ATTR_PROJECT_ID,
+    ATTR_REQUEST_ID,
+    ATTR_USER_ID,
+)
 
 __all__ = [
+    "ATTR_DOMAIN_ID",
+    "ATTR_GLOBAL_REQUEST_ID",
+    "ATTR_PROJECT_ID",
+    "ATTR_REQUEST_ID",
+    "ATTR_USER_ID",
+    "ID_ATTRS",
+    "MAX_KIND",
+    "MAX_STATUS",
+    "STATUS_ERROR",
+    "STATUS_OK",
+    "STATUS_UNSET",
+    "ZERO_SPAN_ID",
+    "ZERO_TRACE_ID",
     "DependencyEdge",
     "LogQuery",
     "LogRecord",
@@ -24,12 +47,14 @@ STATUS_UNSET = 0
 STATUS_OK = 1
 STATUS_ERROR = 2
 
-# Attribute names that the store lifts out of spans and logs into columns.
-ATTR_REQUEST_ID = "openstack.request_id"
-ATTR_GLOBAL_REQUEST_ID = "openstack.global_request_id"
-ATTR_PROJECT_ID = "openstack.project_id"
-ATTR_DOMAIN_ID = "openstack.domain_id"
-ATTR_USER_ID = "openstack.user_id"
+#: Highest OTLP ``SpanKind`` (CONSUMER) and ``StatusCode`` (ERROR); larger values read as 0.
+MAX_KIND: Final = 5
+MAX_STATUS: Final = 2
+#: All-zero ids, which OTLP calls invalid.
+ZERO_TRACE_ID: Final = bytes(16)
+ZERO_SPAN_ID: Final = bytes(8)
+#: Identity attributes with a length limit (they are indexed columns).
+ID_ATTRS: Final = (ATTR_PROJECT_ID, ATTR_DOMAIN_ID, ATTR_USER_ID)
 
 
 @dataclass(slots=True)

@@ -1,4 +1,5 @@
-"""``crosstrace serve`` settings: command-line flags, environment, config file.
+"""Backend settings: ``crosstrace serve``'s flags, environment and config file,
+and the store URL and data directory that ``serve``, ``logs import`` and ``demo`` share.
 
 Every setting can come from three places; the first that sets it wins:
 
@@ -21,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from crosstrace.config import parse_duration
 from crosstrace.server.auth import TokenSet, is_loopback
-from crosstrace.server.config import ENV_DB, default_db_url
+from crosstrace.server.errors import BadRequest
 
 __all__ = [
     "DEFAULT_EXCHANGE",
@@ -31,10 +33,13 @@ __all__ = [
     "DEFAULT_QUEUE",
     "DEFAULT_ROUTING_KEY",
     "ENV_CONFIG",
+    "ENV_DB",
     "SETTINGS",
     "Settings",
     "SettingsError",
-    "parse_duration",
+    "default_data_dir",
+    "default_db_url",
+    "parse_duration_ns",
     "parse_size",
     "resolve",
 ]
@@ -48,19 +53,10 @@ DEFAULT_ROUTING_KEY: Final = "otlp"
 ENV_CONFIG: Final = "CROSSTRACE_CONFIG"
 #: Table of the config file that holds these settings.
 CONFIG_TABLE: Final = "serve"
+#: Environment variable naming the store URL (``sqlite:///path`` or ``postgresql://...``).
+ENV_DB: Final = "CROSSTRACE_DB"
 
-_UNITS_NS: Final = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60 * 1_000_000_000,
-    "h": 3600 * 1_000_000_000,
-    "d": 86400 * 1_000_000_000,
-    "w": 7 * 86400 * 1_000_000_000,
-}
-_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d|w)\s*")
+_DAY_NS: Final = 86400 * 1_000_000_000
 _SIZE_UNITS: Final = {
     "": 1,
     "b": 1,
@@ -77,7 +73,7 @@ _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
 _OFF: Final = frozenset({"0", "off", "none", "no", ""})
 
 
-class SettingsError(ValueError):
+class SettingsError(BadRequest, ValueError):
     """A setting has a bad value; ``name`` is the flag it belongs to."""
 
     def __init__(self, name: str, message: str) -> None:
@@ -86,13 +82,25 @@ class SettingsError(ValueError):
         self.message = message
 
 
-def parse_duration(text: str) -> int:
-    """``250ms``, ``2s``, ``15m``, ``1h``, ``7d`` -> nanoseconds. Raises ``ValueError``."""
-    match = _DURATION_RE.fullmatch(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a duration like 250ms, 2s, 15m, 1h or 7d")
-    number, unit = match.groups()
-    return int(float(number) * _UNITS_NS[unit])
+def default_data_dir() -> Path:
+    """The user's data directory for crosstrace (e.g. ``~/.local/share/crosstrace``)."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("crosstrace", appauthor=False))
+
+
+def default_db_url() -> str:
+    """``$CROSSTRACE_DB``, else a SQLite file in the user's data directory."""
+    url = os.environ.get(ENV_DB)
+    if url:
+        return url
+    return f"sqlite:///{default_data_dir() / 'crosstrace.sqlite3'}"
+
+
+def parse_duration_ns(text: str) -> int:
+    """``250ms``, ``2s``, ``15m``, ``1h``, ``7d`` -> nanoseconds (a unit is required;
+    :func:`crosstrace.config.parse_duration` reads it). Raises ``ValueError``."""
+    return round(parse_duration(text, unit_required=True) * 1e9)
 
 
 def parse_size(text: str) -> int:
@@ -177,9 +185,7 @@ SETTINGS: Final[tuple[_Spec, ...]] = (
     _Spec("db", ENV_DB, _text, default_db_url),
     _Spec("consume", "CROSSTRACE_CONSUME", _optional_text, lambda: None),
     _Spec("no_http", "CROSSTRACE_NO_HTTP", _bool, lambda: False),
-    _Spec(
-        "retention", "CROSSTRACE_RETENTION", _optional(parse_duration), lambda: 7 * _UNITS_NS["d"]
-    ),
+    _Spec("retention", "CROSSTRACE_RETENTION", _optional(parse_duration_ns), lambda: 7 * _DAY_NS),
     _Spec("max_db_size", "CROSSTRACE_MAX_DB_SIZE", _optional(parse_size), lambda: None),
     _Spec("ingest_tokens", "CROSSTRACE_INGEST_TOKEN", _tokens, tuple),
     _Spec("api_tokens", "CROSSTRACE_API_TOKEN", _tokens, tuple),
@@ -209,7 +215,7 @@ class Settings:
     db: str = ""
     consume: str | None = None
     no_http: bool = False
-    retention: int | None = 7 * _UNITS_NS["d"]  # ns; None keeps data forever
+    retention: int | None = 7 * _DAY_NS  # ns; None keeps data forever
     max_db_size: int | None = None  # bytes
     ingest_tokens: tuple[str, ...] = ()
     api_tokens: tuple[str, ...] = ()

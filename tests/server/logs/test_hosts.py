@@ -12,7 +12,7 @@ import pytest
 from conftest import GLOBAL, NEUTRON_REQ, REQ, Tree
 from crosstrace.server.logs.importer import import_file
 from crosstrace.server.model import LogQuery
-from crosstrace.server.store.base import Store, open_store
+from crosstrace.server.store import Store, open_store
 
 ALL = 1_000
 

@@ -18,7 +18,7 @@ from crosstrace.logging import ContextFormatter, JSONFormatter
 from crosstrace.server.logs import importer
 from crosstrace.server.logs.importer import FileImportResult, import_file
 from crosstrace.server.model import LogQuery, LogRecord
-from crosstrace.server.store.base import Store, open_store
+from crosstrace.server.store import Store, open_store
 
 
 def _realdata() -> Path:

@@ -31,18 +31,18 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
-from crosstrace.server.ingest import CONTENT_TYPE_JSON, OFFLOAD_BYTES, gunzip_capped
-from crosstrace.server.metrics import Metrics
-from crosstrace.server.otlp import (
+from crosstrace.redact import mask_password
+from crosstrace.server.ingest.decode import (
     SIGNAL_LOGS,
     SIGNAL_TRACES,
     DecodeResult,
     OtlpDecodeError,
     decode,
 )
-from crosstrace.server.prepare import DecodePool
+from crosstrace.server.ingest.http import CONTENT_TYPE_JSON, OFFLOAD_BYTES, gunzip_capped
+from crosstrace.server.ingest.pool import DecodePool
+from crosstrace.server.metrics import Metrics
 from crosstrace.server.settings import DEFAULT_EXCHANGE, DEFAULT_QUEUE, DEFAULT_ROUTING_KEY
 from crosstrace.server.store.base import Store
 
@@ -66,14 +66,6 @@ def _kombu() -> Any:
     import kombu
 
     return kombu
-
-
-def _safe_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.netloc.rsplit("@", 1)[-1]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-    return urlunsplit(parts)
 
 
 def declare_queue(
@@ -128,7 +120,7 @@ class Consumer(threading.Thread):
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         self.url = url
-        self.safe_url = _safe_url(url)
+        self.safe_url = mask_password(url)
         self.store = store
         self.metrics = metrics or Metrics()
         self.exchange = exchange

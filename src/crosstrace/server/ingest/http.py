@@ -2,7 +2,7 @@
 
 This is the hot path of the backend, so it skips the web framework: one ASGI
 callable reads the body with a size cap, gunzips it with a second cap (a small
-gzip bomb cannot inflate past it), decodes it (:mod:`crosstrace.server.otlp`),
+gzip bomb cannot inflate past it), decodes it (:mod:`crosstrace.server.ingest.decode`),
 hands the records to the store and answers 200 only once the store has committed
 them. Every failure has its own status and a clear message:
 
@@ -26,8 +26,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 from crosstrace.server.auth import AUTH_HEADER, TokenSet, bearer_token
-from crosstrace.server.metrics import Metrics
-from crosstrace.server.otlp import (
+from crosstrace.server.errors import PayloadTooLarge, ServerError
+from crosstrace.server.ingest.decode import (
     SIGNAL_LOGS,
     SIGNAL_TRACES,
     DecodeResult,
@@ -36,7 +36,8 @@ from crosstrace.server.otlp import (
     encode_response,
     encode_status,
 )
-from crosstrace.server.prepare import DecodePool
+from crosstrace.server.ingest.pool import DecodePool
+from crosstrace.server.metrics import Metrics
 from crosstrace.server.store.base import Store
 
 __all__ = [
@@ -74,17 +75,17 @@ _RPC_RESOURCE_EXHAUSTED: Final = 8
 _RPC_UNAVAILABLE: Final = 14
 
 
-class _HTTPError(Exception):
+class _HTTPError(ServerError):
     def __init__(self, status: int, message: str, rpc_code: int = _RPC_INVALID_ARGUMENT) -> None:
         super().__init__(message)
-        self.status = status
+        self.status_code = status
         self.message = message
         self.rpc_code = rpc_code
 
 
 class _TooLarge(_HTTPError):
     def __init__(self, message: str) -> None:
-        super().__init__(413, message, _RPC_RESOURCE_EXHAUSTED)
+        super().__init__(PayloadTooLarge.status_code, message, _RPC_RESOURCE_EXHAUSTED)
 
 
 def gunzip_capped(data: bytes, limit: int) -> bytes:
@@ -155,7 +156,7 @@ class IngestApp:
             status, payload = await self._handle(signal, body, as_json)
             await _respond(send, status, payload, _media(as_json))
         except _HTTPError as exc:
-            status = exc.status
+            status = exc.status_code
             extra: list[tuple[bytes, bytes]] = []
             if status == 401:
                 extra.append((b"www-authenticate", b"Bearer"))

@@ -379,7 +379,7 @@ def run_import(
         TransferSpeedColumn,
     )
 
-    from crosstrace.server.store.base import open_store
+    from crosstrace.server.store import open_store
 
     err = Console(stderr=True, highlight=False)
     results: list[FileImportResult] = []
@@ -492,7 +492,7 @@ def _utc(ns: int) -> str:
 def _db_flag(db_url: str) -> str:
     """`` --db URL`` for a SQLite store other than the default (a database URL with
     credentials is not printed: `` --db ...``)."""
-    from crosstrace.server.config import default_db_url
+    from crosstrace.server.settings import default_db_url
 
     if db_url == default_db_url():
         return ""

@@ -15,17 +15,17 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
 
 from crosstrace import __version__
 from crosstrace.ids import is_valid_request_id
 from crosstrace.server.auth import TokenSet, bearer_token
+from crosstrace.server.errors import Unavailable
 from crosstrace.server.metrics import Metrics
 from crosstrace.server.model import (
     LogQuery,
@@ -34,7 +34,21 @@ from crosstrace.server.model import (
     TraceQuery,
     TraceSummary,
 )
-from crosstrace.server.settings import parse_duration
+from crosstrace.server.query.models import (
+    DependenciesOut,
+    DependencyOut,
+    LogsOut,
+    OperationsOut,
+    RequestOut,
+    ServicesOut,
+    TraceOut,
+    TracePageOut,
+    log_out,
+    span_out,
+    span_tree,
+    summary_out,
+)
+from crosstrace.server.settings import parse_duration_ns
 from crosstrace.server.store.base import Store
 
 __all__ = [
@@ -63,114 +77,8 @@ LEVELS: Final = {
     "critical": 21,
     "fatal": 21,
 }
-_KIND_NAMES: Final = ("unspecified", "internal", "server", "client", "producer", "consumer")
-_STATUS_NAMES: Final = ("unset", "ok", "error")
 _TRACE_ID_RE = re.compile(r"[0-9a-fA-F]{32}", re.ASCII)
 _RELATIVE_RE = re.compile(r"\d+(?:\.\d+)?\s*(?:ns|us|µs|ms|s|m|h|d|w)", re.ASCII)
-
-
-# ------------------------------------------------------------------ response models
-
-
-class TraceSummaryOut(BaseModel):
-    trace_id: str = Field(description="32 lowercase hex digits")
-    start: str = Field(description="RFC 3339 start of the earliest span")
-    start_ns: int
-    end_ns: int
-    duration_ns: int
-    root_service: str
-    root_operation: str
-    span_count: int
-    error_count: int
-    services: list[str]
-    request_ids: list[str]
-    global_request_ids: list[str]
-    project_id: str | None
-    domain_id: str | None
-
-
-class TracePageOut(BaseModel):
-    traces: list[TraceSummaryOut]
-    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
-
-
-class SpanOut(BaseModel):
-    span_id: str
-    parent_span_id: str | None
-    depth: int = Field(description="0 for a root (or a span whose parent is missing)")
-    children: list[str] = Field(description="span ids of direct children, by start time")
-    service: str
-    name: str
-    kind: int
-    kind_name: str
-    start: str
-    start_ns: int
-    end_ns: int
-    duration_ns: int
-    status_code: int
-    status: str
-    status_message: str
-    attributes: dict[str, Any]
-    events: list[dict[str, Any]]
-    links: list[dict[str, Any]]
-    resource: dict[str, Any]
-    scope: str
-    trace_state: str
-
-
-class TraceOut(BaseModel):
-    trace_id: str
-    summary: TraceSummaryOut | None
-    spans: list[SpanOut] = Field(description="depth-first, children after their parent")
-
-
-class LogOut(BaseModel):
-    time: str
-    time_ns: int
-    severity_number: int
-    severity_text: str
-    body: str
-    service: str
-    logger: str
-    trace_id: str | None
-    span_id: str | None
-    request_id: str | None
-    global_request_id: str | None
-    user_id: str | None
-    project_id: str | None
-    domain_id: str | None
-    attributes: dict[str, Any]
-    resource: dict[str, Any]
-
-
-class LogsOut(BaseModel):
-    logs: list[LogOut]
-
-
-class RequestOut(BaseModel):
-    request_id: str
-    traces: list[TraceSummaryOut] = Field(description="oldest first")
-    logs: list[LogOut] = Field(description="oldest first")
-
-
-class ServicesOut(BaseModel):
-    services: list[str]
-
-
-class OperationsOut(BaseModel):
-    service: str
-    operations: list[str]
-
-
-class DependencyOut(BaseModel):
-    caller: str
-    callee: str
-    calls: int
-    errors: int
-
-
-class DependenciesOut(BaseModel):
-    dependencies: list[DependencyOut]
 
 
 # --------------------------------------------------------------------------- parsing
@@ -189,7 +97,7 @@ def parse_time(text: str, now_ns: int | None = None) -> int:
     if text == "now":
         return now
     if _RELATIVE_RE.fullmatch(text):
-        return now - parse_duration(text)
+        return now - parse_duration_ns(text)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -215,7 +123,7 @@ def _duration_param(name: str, value: str | None) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return parse_duration(value)
+        return parse_duration_ns(value)
     except ValueError as exc:
         raise _bad(name, str(exc)) from None
 
@@ -230,124 +138,6 @@ def _request_id_param(name: str, value: str) -> str:
     if not is_valid_request_id(value):
         raise _bad(name, "a request id is req- followed by a lowercase UUID")
     return value
-
-
-def _rfc3339(ns: int) -> str:
-    seconds, rest = divmod(ns, 1_000_000_000)
-    try:
-        moment = datetime.fromtimestamp(seconds, UTC)
-    except (OverflowError, OSError, ValueError):
-        return ""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{rest:09d}Z"
-
-
-# ------------------------------------------------------------------------ converters
-
-
-def _summary_out(s: TraceSummary) -> TraceSummaryOut:
-    return TraceSummaryOut(
-        trace_id=s.trace_id.hex(),
-        start=_rfc3339(s.start_ns),
-        start_ns=s.start_ns,
-        end_ns=s.end_ns,
-        duration_ns=s.duration_ns,
-        root_service=s.root_service,
-        root_operation=s.root_operation,
-        span_count=s.span_count,
-        error_count=s.error_count,
-        services=list(s.services),
-        request_ids=list(s.request_ids),
-        global_request_ids=list(s.global_request_ids),
-        project_id=s.project_id,
-        domain_id=s.domain_id,
-    )
-
-
-def _log_out(r: LogRecord) -> LogOut:
-    return LogOut(
-        time=_rfc3339(r.time_ns),
-        time_ns=r.time_ns,
-        severity_number=r.severity_number,
-        severity_text=r.severity_text,
-        body=r.body,
-        service=r.service,
-        logger=r.logger,
-        trace_id=r.trace_id.hex() if r.trace_id else None,
-        span_id=r.span_id.hex() if r.span_id else None,
-        request_id=r.request_id,
-        global_request_id=r.global_request_id,
-        user_id=r.user_id,
-        project_id=r.project_id,
-        domain_id=r.domain_id,
-        attributes=r.attributes,
-        resource=r.resource,
-    )
-
-
-def span_tree(spans: list[SpanRecord]) -> Iterator[tuple[SpanRecord, int, list[SpanRecord]]]:
-    """Walk *spans* depth first: yields (span, depth, children by start time).
-
-    Roots are spans without a parent or whose parent is not in the trace; spans
-    caught in a parent cycle are emitted as roots too, so every span appears once.
-    """
-    ordered = sorted(spans, key=lambda s: (s.start_ns, s.span_id))
-    index: dict[bytes, int] = {}
-    for i, span in enumerate(ordered):
-        index.setdefault(span.span_id, i)
-    children: list[list[int]] = [[] for _ in ordered]
-    roots: list[int] = []
-    for i, span in enumerate(ordered):
-        parent = index.get(span.parent_span_id) if span.parent_span_id else None
-        if parent is None or parent == i:
-            roots.append(i)
-        else:
-            children[parent].append(i)
-    seen = [False] * len(ordered)
-
-    def walk(start: int) -> Iterator[tuple[SpanRecord, int, list[SpanRecord]]]:
-        stack = [(start, 0)]
-        while stack:
-            i, depth = stack.pop()
-            if seen[i]:
-                continue
-            seen[i] = True
-            kids = [ordered[k] for k in children[i]]
-            yield ordered[i], depth, kids
-            stack.extend((k, depth + 1) for k in reversed(children[i]))
-
-    for root in roots:
-        yield from walk(root)
-    for i in range(len(ordered)):  # parent cycles: no root reaches them
-        if not seen[i]:
-            yield from walk(i)
-
-
-def _span_out(span: SpanRecord, depth: int, children: list[SpanRecord]) -> SpanOut:
-    kind = span.kind
-    code = span.status_code
-    return SpanOut(
-        span_id=span.span_id.hex(),
-        parent_span_id=span.parent_span_id.hex() if span.parent_span_id else None,
-        depth=depth,
-        children=[c.span_id.hex() for c in children],
-        service=span.service,
-        name=span.name,
-        kind=kind,
-        kind_name=_KIND_NAMES[kind] if 0 <= kind < len(_KIND_NAMES) else "unspecified",
-        start=_rfc3339(span.start_ns),
-        start_ns=span.start_ns,
-        end_ns=span.end_ns,
-        duration_ns=span.duration_ns,
-        status_code=code,
-        status=_STATUS_NAMES[code] if 0 <= code < len(_STATUS_NAMES) else "unset",
-        status_message=span.status_message,
-        attributes=span.attributes,
-        events=span.events,
-        links=span.links,
-        resource=span.resource,
-        scope=span.scope,
-        trace_state=span.trace_state,
-    )
 
 
 # ------------------------------------------------------------------------------- app
@@ -365,8 +155,8 @@ def _auth_dependency(tokens: TokenSet) -> Callable[[Request], None]:
     return require_token
 
 
-class _StoreUnavailable(Exception):
-    pass
+class _StoreUnavailable(Unavailable):
+    """A store read failed for a reason that is not the caller's."""
 
 
 def create_api(store: Store, metrics: Metrics, *, tokens: TokenSet | None = None) -> FastAPI:
@@ -393,7 +183,7 @@ def create_api(store: Store, metrics: Metrics, *, tokens: TokenSet | None = None
     def store_unavailable(request: Request, exc: _StoreUnavailable) -> JSONResponse:
         return JSONResponse(
             {"detail": "the store is unavailable, retry later"},
-            status_code=503,
+            status_code=exc.status_code,
             headers={"Retry-After": "5"},
         )
 
@@ -443,7 +233,7 @@ def create_api(store: Store, metrics: Metrics, *, tokens: TokenSet | None = None
         )
         page = read(lambda: store.search_traces(query))
         return TracePageOut(
-            traces=[_summary_out(s) for s in page.traces], next_cursor=page.next_cursor
+            traces=[summary_out(s) for s in page.traces], next_cursor=page.next_cursor
         )
 
     @app.get("/api/v1/traces/{trace_id}", response_model=TraceOut, dependencies=authed)
@@ -456,8 +246,8 @@ def create_api(store: Store, metrics: Metrics, *, tokens: TokenSet | None = None
         summary: TraceSummary | None = read(lambda: store.get_trace_summary(tid))
         return TraceOut(
             trace_id=tid.hex(),
-            summary=_summary_out(summary) if summary else None,
-            spans=[_span_out(s, d, c) for s, d, c in span_tree(spans)],
+            summary=summary_out(summary) if summary else None,
+            spans=[span_out(s, d, c) for s, d, c in span_tree(spans)],
         )
 
     @app.get("/api/v1/requests/{request_id}", response_model=RequestOut, dependencies=authed)
@@ -472,8 +262,8 @@ def create_api(store: Store, metrics: Metrics, *, tokens: TokenSet | None = None
         )
         return RequestOut(
             request_id=rid,
-            traces=[_summary_out(s) for s in sorted(traces, key=lambda s: s.start_ns)],
-            logs=[_log_out(r) for r in sorted(logs, key=lambda r: r.time_ns)],
+            traces=[summary_out(s) for s in sorted(traces, key=lambda s: s.start_ns)],
+            logs=[log_out(r) for r in sorted(logs, key=lambda r: r.time_ns)],
         )
 
     @app.get("/api/v1/services", response_model=ServicesOut, dependencies=authed)
@@ -534,7 +324,7 @@ def create_api(store: Store, metrics: Metrics, *, tokens: TokenSet | None = None
             limit=limit,
         )
         records: list[LogRecord] = read(lambda: store.search_logs(query))
-        return LogsOut(logs=[_log_out(r) for r in records])
+        return LogsOut(logs=[log_out(r) for r in records])
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

@@ -2,7 +2,7 @@
 runs against both.
 
 Writes are handed to the store with ``submit_batch`` (spans as ingest decodes
-them, see ``spanbatch.py``), ``submit_spans`` (records, converted to a batch) or
+them, see :mod:`crosstrace.server.batch`), ``submit_spans`` (records, converted to a batch) or
 ``submit_logs``, which return a future that completes once the data is committed
 (the ingest endpoint answers 200 only after that; an asyncio caller awaits
 ``asyncio.wrap_future``).
@@ -16,6 +16,8 @@ import abc
 from collections.abc import Sequence
 from concurrent.futures import Future
 
+from crosstrace.server.batch.scan import from_records
+from crosstrace.server.batch.spanbatch import SpanBatch
 from crosstrace.server.model import (
     DependencyEdge,
     LogQuery,
@@ -25,10 +27,9 @@ from crosstrace.server.model import (
     TraceQuery,
     TraceSummary,
 )
-from crosstrace.server.prepare import Compression, PreparedBatch
-from crosstrace.server.spanbatch import SpanBatch, from_records
+from crosstrace.server.store.prepare import Compression, PreparedBatch
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Store"]
 
 
 class Store(abc.ABC):
@@ -39,7 +40,7 @@ class Store(abc.ABC):
         """Queue *batch* for storage and the trace summaries' update; the future
         completes when it is committed, or fails. A trace's spans that were stored
         before from an identical batch (a redelivery) are not stored again. A
-        batch prepared elsewhere (:mod:`crosstrace.server.prepare`) should use
+        batch prepared elsewhere (:mod:`crosstrace.server.store.prepare`) should use
         :meth:`compression`."""
 
     def compression(self) -> Compression:
@@ -110,18 +111,3 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Flush pending writes and close connections."""
-
-
-def open_store(url: str) -> Store:
-    """Open ``sqlite:///path`` or ``postgresql://...``."""
-    if url.startswith("sqlite:"):
-        from crosstrace.server.store.sqlite import SQLiteStore
-
-        store: Store = SQLiteStore.from_url(url)
-        return store
-    if url.startswith(("postgresql:", "postgres:")):
-        from crosstrace.server.store.postgres import PostgresStore
-
-        store = PostgresStore.from_url(url)
-        return store
-    raise ValueError(f"unsupported store URL scheme: {url.split(':', 1)[0]!r}")

@@ -26,8 +26,8 @@ import msgpack
 import zstandard
 
 from crosstrace.ids import REQUEST_ID_PREFIX, REQUEST_ID_RE
+from crosstrace.server.batch.spanbatch import decode_payload
 from crosstrace.server.model import SpanRecord
-from crosstrace.server.spanbatch import decode_payload
 
 __all__ = [
     "CHUNK_FORMAT",

@@ -51,12 +51,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from crosstrace.server.errors import Unavailable
 from crosstrace.server.store.codec import HASH_WIDTH, KEY_WIDTH, pack_ints, pack_rids
 
 __all__ = ["LATEST_VERSION", "MIGRATIONS", "SchemaVersionError", "migrate", "schema_version"]
 
 
-class SchemaVersionError(RuntimeError):
+class SchemaVersionError(Unavailable, RuntimeError):
     """The database was written by a newer crosstrace than this one."""
 
 

@@ -32,11 +32,11 @@ from typing import Any
 
 import psycopg
 
-from crosstrace.server.prepare import PreparedBatch
 from crosstrace.server.store.codec import pack_rids, rid_term
 from crosstrace.server.store.migrations import migrate
-from crosstrace.server.store.sqlcommon import SQLStore
-from crosstrace.server.store.sqlwrite import ChunkRow, _chunks, _marks
+from crosstrace.server.store.prepare import PreparedBatch
+from crosstrace.server.store.read import SQLStore
+from crosstrace.server.store.sql import ChunkRow, chunks, marks
 from crosstrace.server.store.writer import Job
 
 __all__ = ["PostgresStore"]
@@ -232,7 +232,7 @@ class PostgresStore(SQLStore):
     def _has_keys_sql(self, n: int) -> str:
         return (
             "EXISTS (SELECT 1 FROM chunks c WHERE c.trace_id = t.trace_id"
-            f" AND c.keys && ARRAY[{_marks(n)}]::integer[])"
+            f" AND c.keys && ARRAY[{marks(n)}]::integer[])"
         )
 
     def _has_attr_sql(self, conn: Any, h: int) -> str:
@@ -245,8 +245,8 @@ class PostgresStore(SQLStore):
         return list(keys or ())
 
     def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
-        for part in _chunks(trace_ids):
-            self._x(conn, f"DELETE FROM chunks WHERE trace_id IN ({_marks(len(part))})", part)
+        for part in chunks(trace_ids):
+            self._x(conn, f"DELETE FROM chunks WHERE trace_id IN ({marks(len(part))})", part)
 
     def _drop_partitions(self, conn: Any, cutoff_ns: int) -> int:
         """Drop the day partitions that hold only chunks older than *cutoff_ns*."""

@@ -4,32 +4,22 @@
 database: the per-trace summary, the index keys (service and operation names,
 attribute hashes, request ids), the dependency facts and the compressed chunk.
 The store's writer then only interns names and runs the SQL. Because the step is
-pure, ingest runs it in worker processes (:class:`DecodePool`) beside the one
-writer, so that decoding and writing use different cores.
+pure, ingest runs it in worker processes
+(:class:`~crosstrace.server.ingest.pool.DecodePool`) beside the one writer, so
+that decoding and writing use different cores.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import multiprocessing
-import os
 import threading
-import time
 from array import array
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
 
 import zstandard
 
-from crosstrace.server.spanbatch import (
-    FLAG_RAW_BYTES,
-    SpanBatch,
-    encode_payload,
-    ids_digest,
-    raw_value,
-)
+from crosstrace.server.batch.spanbatch import SpanBatch, encode_payload, ids_digest
+from crosstrace.server.batch.values import FLAG_RAW_BYTES, raw_value
 from crosstrace.server.store.codec import (
     ZSTD_LEVEL,
     attr_hash,
@@ -41,7 +31,6 @@ from crosstrace.server.store.codec import (
 __all__ = [
     "BUCKET_NS",
     "Compression",
-    "DecodePool",
     "PreparedBatch",
     "PreparedTrace",
     "prepare_batch",
@@ -53,7 +42,6 @@ log = logging.getLogger(__name__)
 #: Dependency counts are kept per hour.
 BUCKET_NS = 3600 * 10**9
 _HASH_CACHE_SIZE = 200_000
-_PARENT_POLL_S = 0.5
 _TAG_BYTES = b"\x3a"  # AnyValue.bytes_value
 
 #: The store's current zstd dictionary: its id and its bytes (``None`` until the
@@ -244,127 +232,3 @@ def prepare_batch(batch: SpanBatch, comp: Compression) -> PreparedBatch:
             )
         )
     return PreparedBatch(out, batch.count, zc is not None)
-
-
-# -------------------------------------------------------------------- the pool
-
-
-def _decode_in_worker(body: bytes, as_json: bool, comp: Compression) -> Any:
-    """Worker-process side of :meth:`DecodePool.submit_traces`."""
-    from crosstrace.server.otlp import decode
-
-    result = decode("traces", body, as_json=as_json)
-    try:
-        result.prepared = prepare_batch(result.span_batch(), comp)
-    except Exception:  # left to the store, which reports it as a failed write
-        log.exception("preparing a batch failed")
-        return result
-    result.batch = None
-    result._spans = None
-    return result
-
-
-def _run_into(out: Future[Any], fn: Any, *args: Any) -> None:
-    """Run *fn(*args)* and settle *out* with its result or error."""
-    try:
-        result = fn(*args)
-    except BaseException as exc:
-        out.set_exception(exc)
-    else:
-        out.set_result(result)
-
-
-def _warm() -> int:
-    import crosstrace.server.otlp  # noqa: F401  (import the decoder before traffic)
-
-    return 0
-
-
-def _watch_parent(parent: int) -> None:
-    """Worker initializer: exit as soon as the server process is gone (even when it
-    was killed and could not stop its pool)."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(_PARENT_POLL_S)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="crosstrace-parent-watch", daemon=True).start()
-
-
-class DecodePool:
-    """Worker processes that decode OTLP trace bodies and prepare their batches.
-
-    If a worker dies, the pool is started again and the request that saw it is
-    decoded in this process instead."""
-
-    def __init__(self, workers: int) -> None:
-        if workers < 1:
-            raise ValueError("a decode pool needs at least one worker")
-        self.workers = workers
-        #: Bodies decoded by the workers, and times the pool was started again.
-        self.decoded = 0
-        self.restarts = 0
-        self._lock = threading.Lock()
-        self._pool = self._start()
-        for f in [self._pool.submit(_warm) for _ in range(workers)]:
-            f.result()
-
-    def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_watch_parent,
-            initargs=(os.getpid(),),
-        )
-
-    def submit_traces(self, body: bytes, as_json: bool, comp: Compression) -> Future[Any]:
-        """Decode and prepare *body* in a worker; the future's result is a
-        ``DecodeResult`` whose ``prepared`` batch is ready for the store (or the
-        decoder's ``OtlpDecodeError``)."""
-        out: Future[Any] = Future()
-        pool = self._pool
-
-        def done(f: Future[Any]) -> None:
-            if f.cancelled():  # the pool was closed first
-                out.set_exception(RuntimeError("the decode pool is closed"))
-                return
-            exc = f.exception()
-            if isinstance(exc, BrokenProcessPool):
-                self._restart(pool)
-                # Decoded in this process instead, off the executor's own thread.
-                threading.Thread(
-                    target=_run_into,
-                    args=(out, _decode_in_worker, body, as_json, comp),
-                    name="crosstrace-decode-fallback",
-                    daemon=True,
-                ).start()
-                return
-            if exc is not None:
-                out.set_exception(exc)
-                return
-            with self._lock:
-                self.decoded += 1
-            out.set_result(f.result())
-
-        try:
-            pool.submit(_decode_in_worker, body, as_json, comp).add_done_callback(done)
-        except BrokenProcessPool:  # broken before this submit: restart, decode here
-            self._restart(pool)
-            _run_into(out, _decode_in_worker, body, as_json, comp)
-        return out
-
-    async def decode_traces(self, body: bytes, as_json: bool, comp: Compression) -> Any:
-        """:meth:`submit_traces` for the event loop."""
-        return await asyncio.wrap_future(self.submit_traces(body, as_json, comp))
-
-    def _restart(self, broken: ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._pool is broken:
-                log.warning("a decode worker died; starting the decode pool again")
-                broken.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._start()
-                self.restarts += 1
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)

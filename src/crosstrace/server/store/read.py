@@ -26,6 +26,8 @@ import logging
 import time
 from typing import Any
 
+from crosstrace.server.batch.spanbatch import RID_GLOBAL, RID_LOCAL
+from crosstrace.server.batch.values import INDEXED_ATTRIBUTES
 from crosstrace.server.model import (
     DependencyEdge,
     LogQuery,
@@ -48,17 +50,9 @@ from crosstrace.server.store.codec import (
     unpack_ints,
     unpack_rids,
 )
-from crosstrace.server.store.sqlwrite import (
-    _LOG_COLS,
-    _RID_GLOBAL,
-    _RID_LOCAL,
-    BUCKET_NS,
-    INDEXED_ATTRIBUTES,
-    PARENT_LOOKUP_TTL_S,
-    SQLWriter,
-    _chunks,
-    _marks,
-)
+from crosstrace.server.store.prepare import BUCKET_NS
+from crosstrace.server.store.sql import LOG_COLUMNS, chunks, marks
+from crosstrace.server.store.write import PARENT_LOOKUP_TTL_S, SQLWriter
 
 __all__ = ["ATTR_SCAN_BUDGET", "INDEXED_ATTRIBUTES", "SQLStore"]
 
@@ -87,7 +81,7 @@ class SQLStore(SQLWriter):
             # CROSS JOIN keeps SQLite from walking every chunk of the key instead
             # of the few chunks of the trace.
             "EXISTS (SELECT 1 FROM chunks c CROSS JOIN key_chunks k WHERE c.trace_id = t.trace_id"
-            f" AND k.key IN ({_marks(n)}) AND k.chunk_id = c.id)"
+            f" AND k.key IN ({marks(n)}) AND k.chunk_id = c.id)"
         )
 
     def _has_attr_sql(self, conn: Any, h: int) -> str:
@@ -192,9 +186,9 @@ class SQLStore(SQLWriter):
         for tid, kinds in rid_kinds.items():
             for rid, kind in kinds.items():
                 text = decode_rid(rid)
-                if kind & _RID_LOCAL:
+                if kind & RID_LOCAL:
                     locals_[tid].append(text)
-                if kind & _RID_GLOBAL:
+                if kind & RID_GLOBAL:
                     globals_[tid].append(text)
         out = []
         for tid_, start, end, rsvc, rop, count, errors, project, domain in rows:
@@ -325,7 +319,7 @@ class SQLStore(SQLWriter):
             allowed = sorted(q.allowed_projects)
             if not allowed:
                 return None, [], {}
-            where.append(f"t.project_id IN ({_marks(len(allowed))})")
+            where.append(f"t.project_id IN ({marks(len(allowed))})")
             params.extend(allowed)
         svc: int | None = None
         if q.service is not None:
@@ -389,7 +383,7 @@ class SQLStore(SQLWriter):
             allowed = sorted(query.allowed_projects)
             if not allowed:
                 return []
-            where.append(f"project_id IN ({_marks(len(allowed))})")
+            where.append(f"project_id IN ({marks(len(allowed))})")
             params.extend(allowed)
         with self._reader() as conn:
             if query.service is not None:
@@ -398,7 +392,7 @@ class SQLStore(SQLWriter):
                     return []
                 where.append("service_id = ?")
                 params.append(sid)
-            sql = f"SELECT {_LOG_COLS} FROM logs"
+            sql = f"SELECT {LOG_COLUMNS} FROM logs"
             if where:
                 sql += " WHERE " + " AND ".join(where)
             sql += " ORDER BY time_ns, id LIMIT ?"
@@ -504,8 +498,8 @@ class SQLStore(SQLWriter):
             return 0
         self._written.clear()  # a later batch of a deleted trace writes its keys again
         self._delete_chunks(conn, tids, cutoff_ns)
-        for part in _chunks(tids):
-            m = _marks(len(part))
+        for part in chunks(tids):
+            m = marks(len(part))
             for table in ("span_parents", "dep_pending"):
                 self._x(conn, f"DELETE FROM {table} WHERE trace_id IN ({m})", part)
             self._x(conn, f"DELETE FROM traces WHERE trace_id IN ({m})", part)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from crosstrace.server.store.base import Store
+from crosstrace.server.store.base import Store
 
 __all__ = ["RetentionThread"]
 

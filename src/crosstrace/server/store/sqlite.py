@@ -31,8 +31,8 @@ from crosstrace.server.store.codec import (
     unpack_rids,
 )
 from crosstrace.server.store.migrations import migrate
-from crosstrace.server.store.sqlcommon import SQLStore
-from crosstrace.server.store.sqlwrite import ChunkRow, _chunks, _marks
+from crosstrace.server.store.read import SQLStore
+from crosstrace.server.store.sql import ChunkRow, chunks, marks
 from crosstrace.server.store.writer import Job
 
 __all__ = ["SQLiteStore"]
@@ -138,7 +138,7 @@ class SQLiteStore(SQLStore):
     ) -> int:
         if not rows:
             return 0
-        sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({_marks(len(cols))}) {conflict}"
+        sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks(len(cols))}) {conflict}"
         cur = conn.executemany(sql, rows)
         return int(cur.rowcount)
 
@@ -179,13 +179,13 @@ class SQLiteStore(SQLStore):
 
     def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
         """Delete the chunks of *trace_ids* with the index entries they carry."""
-        for part in _chunks(trace_ids):
-            marks = _marks(len(part))
+        for part in chunks(trace_ids):
+            in_list = marks(len(part))
             keys: list[tuple[int, int]] = []
             attrs: list[tuple[int, int]] = []
             rids: list[tuple[bytes, bytes]] = []
             for cid, tid, packed_keys, packed_attrs, packed_rids in conn.execute(
-                f"SELECT id, trace_id, keys, attrs, rids FROM chunks WHERE trace_id IN ({marks})",
+                f"SELECT id, trace_id, keys, attrs, rids FROM chunks WHERE trace_id IN ({in_list})",
                 part,
             ).fetchall():
                 if packed_keys:
@@ -197,7 +197,7 @@ class SQLiteStore(SQLStore):
             conn.executemany("DELETE FROM key_chunks WHERE key = ? AND chunk_id = ?", keys)
             conn.executemany("DELETE FROM attr_chunks WHERE h = ? AND chunk_id = ?", attrs)
             conn.executemany("DELETE FROM request_ids WHERE rid = ? AND trace_id = ?", rids)
-            conn.execute(f"DELETE FROM chunks WHERE trace_id IN ({marks})", part)
+            conn.execute(f"DELETE FROM chunks WHERE trace_id IN ({in_list})", part)
 
     def _db_bytes(self, conn: Any) -> int:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]

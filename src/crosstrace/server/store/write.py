@@ -15,15 +15,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from contextlib import AbstractContextManager
-from typing import Any, NamedTuple
+from typing import Any
 
 import zstandard
 
+from crosstrace.server.batch.spanbatch import SpanBatch
+from crosstrace.server.batch.values import INDEXED_ATTRIBUTES
 from crosstrace.server.model import LogRecord
-from crosstrace.server.prepare import (
+from crosstrace.server.store.codec import ZSTD_LEVEL, compress_chunk, pack_blob
+from crosstrace.server.store.prepare import (
     BUCKET_NS,
     Compression,
     PreparedBatch,
@@ -31,9 +33,7 @@ from crosstrace.server.prepare import (
     prepare_batch,
     service_of_spans,
 )
-from crosstrace.server.spanbatch import INDEXED_ATTRIBUTES, SpanBatch, is_indexed
-from crosstrace.server.store.base import Store
-from crosstrace.server.store.codec import ZSTD_LEVEL, compress_chunk, pack_blob
+from crosstrace.server.store.sql import LOG_COLUMNS, ChunkRow, SQLBase, chunks
 from crosstrace.server.store.writer import GroupWriter, Job, JobFailed
 
 __all__ = [
@@ -52,40 +52,11 @@ PARENT_LOOKUP_TTL_S = 3600
 DICT_SAMPLES = 1_000
 DICT_SAMPLE_BYTES = 8 * 2**20
 DICT_SIZE = 64 * 1024
-_IN_CHUNK = 500  # values per IN (...) list
 #: Traces whose index entries are remembered as written, per generation (two
 #: generations are kept).
 WRITTEN_GENERATION = 20_000
 #: Bytes per waiting child in ``dep_pending.data``: parent id, service id, error, hour.
 _PENDING_SIZE = 21
-_RID_LOCAL = 1
-_RID_GLOBAL = 2
-
-_LOG_COLS = (
-    "time_ns, severity, severity_text, service_id, trace_id, span_id, request_id,"
-    " global_request_id, user_id, project_id, domain_id, logger, body, extra, dedup_key"
-)
-
-
-def _chunks(seq: Sequence[Any], n: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]
-
-
-def _marks(n: int) -> str:
-    return ", ".join("?" * n)
-
-
-class ChunkRow(NamedTuple):
-    """One chunk and what the indexes need from it."""
-
-    trace_id: bytes
-    start_ns: int
-    digest: int
-    data: bytes
-    keys: set[int]  # service ids, and -operation ids
-    attrs: set[int]  # attribute hashes
-    rids: dict[bytes, int]  # request id key -> 1 local | 2 global
 
 
 class _Written:
@@ -118,20 +89,11 @@ class _Written:
         self.old.clear()
 
 
-class SQLWriter(Store):
-    """Connection hooks, helpers and the write path of both stores."""
-
-    dialect = ""
-    _least = "MIN"
-    _greatest = "MAX"
-    _like = "LIKE"
+class SQLWriter(SQLBase):
+    """The write path of both stores."""
 
     def __init__(self) -> None:
-        self._name_ids: dict[str, int] = {}
-        self._names: dict[int, str] = {}
-        self._op_ids: dict[tuple[int, int], int] = {}
-        self._txn_names: list[str] = []
-        self._txn_ops: list[tuple[int, int]] = []
+        super().__init__()
         self._op_cache: dict[tuple[int, str], int] = {}
         self._written = _Written(WRITTEN_GENERATION)
         self._txn_written: list[tuple[bytes, set[Any]]] = []
@@ -148,121 +110,6 @@ class SQLWriter(Store):
         self._retention: Any = None
         self._writer = GroupWriter(f"crosstrace-{self.dialect}-writer", self._run_group)
         self._call(self._load_dictionary)
-
-    # ------------------------------------------------------------------ hooks
-    def _writer_conn(self) -> Any:
-        """The writer thread's connection."""
-        raise NotImplementedError
-
-    def _reader(self) -> AbstractContextManager[Any]:
-        """A read connection for the calling thread."""
-        raise NotImplementedError
-
-    def _begin(self, conn: Any) -> None:
-        raise NotImplementedError
-
-    def _commit(self, conn: Any) -> None:
-        raise NotImplementedError
-
-    def _rollback(self, conn: Any) -> None:
-        raise NotImplementedError
-
-    def _prepare_group(self, jobs: list[Job]) -> None:
-        """Work before the group's transaction begins (e.g. DDL on connections of
-        its own, which must not wait for locks the transaction holds)."""
-
-    def _sql(self, sql: str) -> str:
-        """Dialect placeholders from ``?``."""
-        return sql
-
-    def _insert(
-        self,
-        conn: Any,
-        table: str,
-        cols: Sequence[str],
-        types: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        conflict: str = "",
-    ) -> int:
-        """Insert many rows (``types`` are PostgreSQL types); return rows inserted."""
-        raise NotImplementedError
-
-    def _insert_chunks(self, conn: Any, rows: list[ChunkRow]) -> None:
-        """Store chunks and their index entries."""
-        raise NotImplementedError
-
-    def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
-        raise NotImplementedError
-
-    def _db_bytes(self, conn: Any) -> int:
-        raise NotImplementedError
-
-    def _close_connections(self) -> None:
-        raise NotImplementedError
-
-    # ---------------------------------------------------------------- helpers
-    def _q(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return list(conn.execute(self._sql(sql), params).fetchall())
-
-    def _x(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> int:
-        cur = conn.execute(self._sql(sql), params)
-        return int(cur.rowcount or 0)
-
-    def _intern(self, conn: Any, name: str) -> int:
-        """Id of *name* in the names table, adding it (writer thread only)."""
-        nid = self._name_ids.get(name)
-        if nid is not None:
-            return nid
-        self._x(conn, "INSERT INTO names (name) VALUES (?) ON CONFLICT (name) DO NOTHING", (name,))
-        nid = int(self._q(conn, "SELECT id FROM names WHERE name = ?", (name,))[0][0])
-        self._name_ids[name] = nid
-        self._names[nid] = name
-        self._txn_names.append(name)
-        return nid
-
-    def _intern_op(self, conn: Any, service_id: int, name_id: int) -> int:
-        key = (service_id, name_id)
-        oid = self._op_ids.get(key)
-        if oid is not None:
-            return oid
-        self._x(
-            conn,
-            "INSERT INTO operations (service_id, name_id) VALUES (?, ?)"
-            " ON CONFLICT (service_id, name_id) DO NOTHING",
-            key,
-        )
-        oid = int(
-            self._q(conn, "SELECT id FROM operations WHERE service_id = ? AND name_id = ?", key)[0][
-                0
-            ]
-        )
-        self._op_ids[key] = oid
-        self._txn_ops.append(key)
-        return oid
-
-    def _name(self, conn: Any, nid: int) -> str:
-        name = self._names.get(nid)
-        if name is None:
-            rows = self._q(conn, "SELECT name FROM names WHERE id = ?", (nid,))
-            name = str(rows[0][0]) if rows else f"#{nid}"
-            if rows:
-                self._names[nid] = name
-        return name
-
-    def _lookup_name(self, conn: Any, name: str) -> int | None:
-        nid = self._name_ids.get(name)
-        if nid is not None:
-            return nid
-        rows = self._q(conn, "SELECT id FROM names WHERE name = ?", (name,))
-        return int(rows[0][0]) if rows else None
-
-    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
-        """Condition "*column* is one of *values*" and its parameters (PostgreSQL
-        passes one array, so that the statement's text, and plan, is reused)."""
-        return f"{column} IN ({_marks(len(values))})", list(values)
-
-    def _is_indexed(self, key: str) -> bool:
-        return is_indexed(key)
 
     # ------------------------------------------------------ zstd dictionary
     def _load_dictionary(self, conn: Any) -> None:
@@ -314,7 +161,7 @@ class SQLWriter(Store):
     # ------------------------------------------------------------------ write
     def compression(self) -> Compression:
         """The committed dictionary new chunks are compressed with, for batches
-        prepared outside the writer (:mod:`crosstrace.server.prepare`)."""
+        prepared outside the writer (:mod:`crosstrace.server.store.prepare`)."""
         return self._published
 
     def submit_batch(self, batch: SpanBatch | PreparedBatch) -> Future[None]:
@@ -417,7 +264,7 @@ class SQLWriter(Store):
     def _stored_digests(self, conn: Any, tids: list[bytes]) -> set[tuple[bytes, int]]:
         """(trace id, digest) of the chunks already stored for *tids*."""
         out: set[tuple[bytes, int]] = set()
-        for part in _chunks(tids):
+        for part in chunks(tids):
             cond, params = self._in("trace_id", part)
             for tid, digest in self._q(
                 conn,
@@ -612,7 +459,7 @@ class SQLWriter(Store):
         done: list[tuple[int]] = []
         shrunk: list[tuple[bytes, int]] = []
         # Children stored earlier, waiting for a parent that is in this write.
-        for part in _chunks(tids):
+        for part in chunks(tids):
             cond, params = self._in("trace_id", part)
             for pid, tid_, data_ in self._q(
                 conn, f"SELECT id, trace_id, data FROM dep_pending WHERE {cond}", params
@@ -644,7 +491,7 @@ class SQLWriter(Store):
         # Children in this write whose parent was stored earlier (or not yet).
         known: dict[bytes, dict[bytes, int]] = {}
         otids = list(orphans)
-        for part in _chunks(otids):
+        for part in chunks(otids):
             cond, params = self._in("trace_id", part)
             for tid_, data_ in self._q(
                 conn, f"SELECT trace_id, data FROM span_parents WHERE {cond}", params
@@ -705,7 +552,7 @@ class SQLWriter(Store):
         return self._insert(
             conn,
             "logs",
-            [c.strip() for c in _LOG_COLS.split(",")],
+            [c.strip() for c in LOG_COLUMNS.split(",")],
             (
                 "bigint",
                 "integer",
