@@ -1,4 +1,4 @@
-"""Bearer tokens for ingest and the query API.
+"""Bearer tokens: hashing, the legacy token sets and the Authorization header.
 
 Tokens are kept only as SHA-256 digests: a configured token is hashed as soon as
 it is read (or given directly as ``sha256:<hex>``, so a config file need not hold
