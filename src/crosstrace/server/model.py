@@ -34,6 +34,7 @@ __all__ = [
     "ZERO_SPAN_ID",
     "ZERO_TRACE_ID",
     "DependencyEdge",
+    "ErrorCause",
     "LogQuery",
     "LogRecord",
     "SpanRecord",
@@ -183,3 +184,22 @@ class DependencyEdge:
     callee: str
     calls: int
     errors: int
+
+
+@dataclass(slots=True)
+class ErrorCause:
+    """The analysed root cause of one failed trace, as the error index keeps it.
+    ``group_id`` is ``None`` for a trace with errors but no root cause (a handled
+    error inside a successful request)."""
+
+    trace_id: bytes
+    start_ns: int
+    project_id: str | None
+    domain_id: str | None
+    span_count: int
+    error_count: int
+    group_id: str | None
+    service: str = ""
+    operation: str = ""
+    exception_type: str = ""
+    message: str = ""

@@ -20,6 +20,7 @@ from crosstrace.server.batch.scan import from_records
 from crosstrace.server.batch.spanbatch import SpanBatch
 from crosstrace.server.model import (
     DependencyEdge,
+    ErrorCause,
     LogQuery,
     LogRecord,
     SpanRecord,
@@ -27,6 +28,7 @@ from crosstrace.server.model import (
     TraceQuery,
     TraceSummary,
 )
+from crosstrace.server.store.causes import PendingTrace, SqlScope
 from crosstrace.server.store.prepare import Compression, PreparedBatch
 
 __all__ = ["Store"]
@@ -98,6 +100,53 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def dependencies(self, start_ns: int | None, end_ns: int | None) -> list[DependencyEdge]:
         """Caller → callee service edges from parent/child spans in different services."""
+
+    # -- the error index (see ``causes.py``) ----------------------------------
+
+    def error_traces_to_analyse(
+        self, start_ns: int | None, end_ns: int | None, limit: int = 1000
+    ) -> list[PendingTrace]:
+        """Error traces of the window the error index lacks or that changed since."""
+        raise NotImplementedError
+
+    def put_error_causes(self, causes: Sequence[ErrorCause]) -> None:
+        """Store (or replace) the analysed root causes of these traces."""
+        raise NotImplementedError
+
+    def error_causes(
+        self,
+        start_ns: int | None,
+        end_ns: int | None,
+        *,
+        service: str | None = None,
+        project_id: str | None = None,
+        group_id: str | None = None,
+        scope: SqlScope | None = None,
+        limit: int = 200_000,
+    ) -> list[ErrorCause]:
+        """Root causes of failed traces that started in the window, newest first."""
+        raise NotImplementedError
+
+    def prune_error_causes(self) -> int:
+        """Drop root causes of traces retention removed; return how many."""
+        raise NotImplementedError
+
+    def operation_durations(
+        self, service: str, operation: str, since_ns: int, max_traces: int = 10
+    ) -> list[int]:
+        """Durations of *operation*'s spans in the newest (at most *max_traces*)
+        traces since *since_ns*: a cheap sample for its usual duration."""
+        page = self.search_traces(
+            TraceQuery(service=service, operation=operation, start_ns=since_ns, limit=max_traces)
+        )
+        out: list[int] = []
+        for summary in page.traces:
+            out.extend(
+                s.duration_ns
+                for s in self.get_trace(summary.trace_id)
+                if s.service == service and s.name == operation
+            )
+        return out
 
     @abc.abstractmethod
     def apply_retention(self, max_age_ns: int | None, max_bytes: int | None = None) -> int:

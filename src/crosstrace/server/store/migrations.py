@@ -44,6 +44,9 @@ Tables (both dialects):
     log records with their ids, deduplicated on ``dedup_key``.
 ``zdicts``
     zstd dictionaries trained on the first span chunks (see ``codec.py``).
+``error_causes`` / ``error_groups``
+    the root cause of each analysed error trace and the signatures of the error
+    groups (see ``errors.py``).
 """
 
 from __future__ import annotations
@@ -282,6 +285,20 @@ _SQLITE_V5: list[str | Callable[[Any], None]] = [
     "DROP INDEX request_ids_trace",
 ]
 
+
+# v6: the error-cause index (root causes of analysed error traces, grouped).
+def _error_index(blob: str, bigint: str) -> list[str | Callable[[Any], None]]:
+    return [
+        f"CREATE TABLE error_causes (trace_id {blob} PRIMARY KEY, start_ns {bigint} NOT NULL,"
+        " project_id TEXT, domain_id TEXT, span_count INTEGER NOT NULL,"
+        " error_count INTEGER NOT NULL, group_id TEXT)",
+        "CREATE INDEX error_causes_start ON error_causes (start_ns)",
+        "CREATE INDEX error_causes_group ON error_causes (group_id, start_ns)",
+        "CREATE TABLE error_groups (group_id TEXT PRIMARY KEY, service TEXT NOT NULL,"
+        " operation TEXT NOT NULL, exception_type TEXT NOT NULL, message TEXT NOT NULL)",
+    ]
+
+
 #: dialect -> [(version, description, steps)], in order; a step is a statement
 #: or a function of the connection.
 MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
@@ -291,6 +308,7 @@ MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
         (3, "zstd dictionaries for span chunks", _SQLITE_V3),
         (4, "protobuf span chunks with digests, packed dependency lookups", _SQLITE_V4),
         (5, "service, operation and attribute indexes by chunk; ids on chunks", _SQLITE_V5),
+        (6, "error causes and error groups", _error_index("BLOB", "INTEGER")),
     ],
     "postgresql": [
         (1, "traces, span chunks, search indexes, dependencies", _PG_V1),
@@ -298,9 +316,10 @@ MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
         (3, "zstd dictionaries for span chunks", _PG_V3),
         (4, "protobuf span chunks with digests and index arrays, packed lookups", _PG_V4),
         (5, "none (SQLite's index entries moved to the chunks; here they already were)", []),
+        (6, "error causes and error groups", _error_index("BYTEA", "BIGINT")),
     ],
 }
-LATEST_VERSION = 5
+LATEST_VERSION = 6
 
 #: Arbitrary key of the PostgreSQL advisory lock held while migrating.
 _PG_LOCK_KEY = 0x63727374  # "crst"

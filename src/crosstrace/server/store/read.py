@@ -37,6 +37,7 @@ from crosstrace.server.model import (
     TraceQuery,
     TraceSummary,
 )
+from crosstrace.server.store.causes import ErrorIndexSQL
 from crosstrace.server.store.codec import (
     KEY_WIDTH,
     attr_hash,
@@ -71,7 +72,7 @@ _TRACE_COLS = (
 )
 
 
-class SQLStore(SQLWriter):
+class SQLStore(ErrorIndexSQL, SQLWriter):
     """The dialect-independent half of both stores (see the module docstring)."""
 
     # ---------------------------------------------------------- index hooks
