@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
@@ -34,6 +35,8 @@ from crosstrace.server.model import (
     TraceQuery,
     TraceSummary,
 )
+from crosstrace.server.query.analysis_routes import analysis_router
+from crosstrace.server.query.diagnose import Diagnoser
 from crosstrace.server.query.models import (
     DependenciesOut,
     DependencyOut,
@@ -162,11 +165,24 @@ class _StoreUnavailable(Unavailable):
 def create_api(store: Store, metrics: Metrics, *, tokens: TokenSet | None = None) -> FastAPI:
     """The FastAPI app of the query API, ``/healthz`` and ``/metrics``."""
     tokens = tokens or TokenSet()
+    diagnoser = Diagnoser(store)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        diagnoser.start()  # keeps the error index a few seconds behind ingest
+        try:
+            yield
+        finally:
+            diagnoser.stop()
+
     app = FastAPI(
         title="crosstrace",
         version=__version__,
-        description="Query API of the crosstrace backend: traces, requests, logs, services.",
+        description="Query API of the crosstrace backend: traces, requests, logs, services, "
+        "root cause and error groups.",
+        lifespan=lifespan,
     )
+    app.state.diagnoser = diagnoser
     authed = [Depends(_auth_dependency(tokens))]
 
     def read(call: Callable[[], Any]) -> Any:
@@ -186,6 +202,19 @@ def create_api(store: Store, metrics: Metrics, *, tokens: TokenSet | None = None
             status_code=exc.status_code,
             headers={"Retry-After": "5"},
         )
+
+    app.include_router(
+        analysis_router(
+            diagnoser,
+            authed,
+            read,
+            bad=_bad,
+            time_param=_time_param,
+            duration_param=_duration_param,
+            trace_id_param=_trace_id_param,
+            request_id_param=_request_id_param,
+        )
+    )
 
     @app.get("/api/v1/traces", response_model=TracePageOut, dependencies=authed)
     def search_traces(
