@@ -2,6 +2,7 @@
 
 - :mod:`~crosstrace.cli.serve`: ``serve``, the backend;
 - :mod:`~crosstrace.cli.query`: ``traces``, ``trace``, ``request``, reading the query API;
+- :mod:`~crosstrace.cli.analysis`: ``why`` and ``errors``, root cause and error groups;
 - :mod:`~crosstrace.cli.logs`: ``logs import``;
 - :mod:`~crosstrace.cli.demo`: ``demo``.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import click
 
 from crosstrace import __version__
+from crosstrace.cli.analysis import errors, why
 from crosstrace.cli.demo import demo
 from crosstrace.cli.logs import logs
 from crosstrace.cli.query import request, trace, traces
@@ -27,5 +29,5 @@ def main() -> None:
     """Global request ids, cross-service tracing and a trace backend."""
 
 
-for _command in (serve, logs, demo, traces, trace, request):
+for _command in (serve, logs, demo, traces, trace, request, why, errors):
     main.add_command(_command)
