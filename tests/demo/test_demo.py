@@ -225,6 +225,8 @@ def _table_rows(output: str) -> dict[str, list[str]]:
     kinds = {str(k) for k in FaultKind}
     rows = {}
     for line in output.splitlines():
+        if "crosstrace's verdict" in line:  # the next table is the verdicts'
+            break
         cells = line.split()
         if len(cells) >= 5 and cells[0] in kinds:
             rows[cells[0]] = cells[:5]
@@ -370,6 +372,30 @@ def check_ground_truth_against_store(run: DemoRun) -> None:
 
 
 @pytest.mark.slow
+def test_demo_summary_scores_crosstraces_verdict_against_the_truth(sqlite_run: DemoRun) -> None:
+    """Beside the injected truth the summary prints crosstrace's own root cause per
+    fault kind: the answer it gives most is the true cause, one error group each."""
+    verdicts = sqlite_run.summary["verdicts"]
+    assert "crosstrace's verdict beside the injected truth" in sqlite_run.result.output
+    failed = right = 0
+    for kind, spec in CATALOGUE.items():
+        score = verdicts[str(kind)]
+        if not score["requests"]:
+            continue
+        expected = {True: "error", False: "slow"}[spec.is_failure] if spec.root_cause else "ok"
+        cause = spec.root_cause
+        truth = f"{cause.service} / {cause.operation}" if cause else "nothing"
+        assert score["most_common_answer"] == f"{expected}: {truth}", (kind, score)
+        if spec.is_failure:
+            failed += score["requests"]
+            right += score["right"]
+            assert len(score["error_groups"]) == 1, (kind, score)
+    assert right >= 0.9 * failed
+    assert sqlite_run.summary["error_groups"] == sum(
+        1 for k, s in CATALOGUE.items() if s.is_failure and verdicts[str(k)]["requests"]
+    )
+
+
 def test_demo_summary_matches_the_backend(sqlite_run: DemoRun) -> None:
     """`crosstrace demo --once` exits 0 and its counts per fault kind are the backend's."""
     assert {e["fault"] for e in sqlite_run.boots()} == {str(k) for k in FaultKind}

@@ -200,6 +200,16 @@ class BackendClient:
                 return
             params["cursor"] = cursor
 
+    def analysis(self, trace_id: str, **params: Any) -> dict[str, Any]:
+        """``GET /api/v1/traces/{id}/analysis``: crosstrace's verdict on one trace."""
+        result: dict[str, Any] = self._get(f"/api/v1/traces/{trace_id}/analysis", **params)
+        return result
+
+    def errors(self, **params: Any) -> dict[str, Any]:
+        """``GET /api/v1/errors``: error groups over a window."""
+        result: dict[str, Any] = self._get("/api/v1/errors", **params)
+        return result
+
     def logs(self, **params: Any) -> list[dict[str, Any]]:
         """``GET /api/v1/logs``."""
         result: list[dict[str, Any]] = self._get("/api/v1/logs", **params)["logs"]

@@ -41,6 +41,7 @@ from crosstrace.demo.faults import CATALOGUE, FaultInjector, FaultKind
 from crosstrace.demo.groundtruth import GroundTruth, RequestOutcome
 from crosstrace.demo.identity import IDENTITIES
 from crosstrace.demo.instrument import Tracing
+from crosstrace.demo.verdicts import KindScore, score_verdicts
 from crosstrace.redact import mask_password
 
 __all__ = ["DemoError", "DemoSettings", "RequestCheck", "Verification", "run"]
@@ -319,7 +320,10 @@ class Demo:
                 cause,
             )
         console.print(table)
-        self._write_summary(result, rows)
+        scores = self.verdicts(result)
+        groups = self._error_groups()
+        self._print_verdicts(scores, groups)
+        self._write_summary(result, rows, scores, groups)
         backend_errors = sum(1 for c in result.checks if c.has_error)
         console.print(
             f"backend: {sum(1 for c in result.checks if c.complete)}/{n} traces complete "
@@ -334,7 +338,77 @@ class Demo:
             )
         self._where_to_look(result)
 
-    def _write_summary(self, result: Verification, rows: dict[str, dict[str, Any]]) -> None:
+    def verdicts(self, result: Verification) -> dict[FaultKind, KindScore]:
+        """crosstrace's verdict on each boot request, scored against the truth."""
+        client = self.client
+        if client is None:
+            return {}
+
+        def analyse(trace_id: str, slow_s: float) -> dict[str, Any] | None:
+            try:
+                return client.analysis(trace_id, slow=f"{slow_s:g}s")
+            except Exception as exc:
+                log.debug("analysis of %s failed: %s", trace_id, exc)
+                return None
+
+        pairs = [
+            (c.outcome, c.trace_ids[0] if len(c.trace_ids) == 1 else None) for c in result.checks
+        ]
+        with self.console.status("asking crosstrace why each request failed..."):
+            return score_verdicts(pairs, analyse, self.settings.timings.slow_threshold)
+
+    def _error_groups(self) -> int | None:
+        """How many error groups the backend holds for the run."""
+        if self.client is None:
+            return None
+        since = _dt.datetime.fromtimestamp(self.started_ns / 1e9 - 1, _dt.UTC).isoformat()
+        try:
+            return len(self.client.errors(start=since).get("groups", []))
+        except Exception as exc:
+            log.debug("error groups unavailable: %s", exc)
+            return None
+
+    def _print_verdicts(self, scores: dict[FaultKind, KindScore], groups: int | None) -> None:
+        table = Table(
+            title="Root cause: crosstrace's verdict beside the injected truth",
+            caption="right: verdict and top candidate (service / operation) match the truth",
+            box=box.SIMPLE_HEAD,
+        )
+        table.add_column("injected", no_wrap=True)
+        table.add_column("true root cause")
+        table.add_column("crosstrace says (most often)")
+        table.add_column("right", justify="right", no_wrap=True)
+        table.add_column("groups", justify="right")
+        for kind, score in scores.items():
+            if not score.requests:
+                continue
+            top = score.answers.most_common(1)[0][0] if score.answers else "-"
+            accuracy = score.accuracy or 0.0
+            style = "green" if accuracy >= 0.95 else "red"
+            table.add_row(
+                f"{kind}",
+                score.truth,
+                top.replace("error: ", "", 1),
+                f"[{style}]{score.right}/{score.requests} ({accuracy:.0%})[/]",
+                str(len(score.groups)) if CATALOGUE[kind].is_failure else "-",
+            )
+        self.console.print(table)
+        slow_clean = scores[FaultKind.NONE].slow_clean if FaultKind.NONE in scores else 0
+        notes = []
+        if slow_clean:
+            notes.append(f"{slow_clean} clean request(s) slow from load alone are left out")
+        if groups is not None:
+            notes.append(f"the backend holds {groups} error group(s) for the run")
+        if notes:
+            self.console.print("; ".join(notes) + ".")
+
+    def _write_summary(
+        self,
+        result: Verification,
+        rows: dict[str, dict[str, Any]],
+        scores: dict[FaultKind, KindScore] | None = None,
+        groups: int | None = None,
+    ) -> None:
         """The summary's figures as JSON (``summary.json``), for scripts."""
         outcomes = [c.outcome for c in result.checks]
         threshold = self.settings.timings.slow_threshold
@@ -350,6 +424,8 @@ class Demo:
             "error_traces": sum(1 for c in result.checks if c.has_error),
             "error_traces_found_by_search": result.error_traces_found,
             "by_fault": rows,
+            "verdicts": {str(k): v.to_json() for k, v in (scores or {}).items()},
+            "error_groups": groups,
             "backend_url": self.backend.url if self.backend else None,
             "ground_truth": str(self.ground_truth_path),
         }
@@ -398,6 +474,11 @@ class Demo:
         console.print(f"  ground truth      {self.ground_truth_path}")
         console.print()
         console.print("[bold]From the command line[/]")
+        flag = next((c.split(" --url ", 1)[1] for _, c in commands if " --url " in c), None)
+        url_flag = f" --url {flag}" if flag else ""
+        if tids:
+            commands.append(("why it failed", f"crosstrace why {tids[0]}{url_flag}"))
+        commands.append(("error groups", f"crosstrace errors{url_flag}"))
         for label, command in commands:
             console.print(f"  {label:<17} {command}", highlight=False, markup=False, soft_wrap=True)
 
