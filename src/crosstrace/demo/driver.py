@@ -17,10 +17,11 @@ from typing import Any
 
 import requests
 
-from crosstrace.demo.cloud import IMAGES, RESERVED_SERVER_NAME
 from crosstrace.demo.faults import CATALOGUE, FaultInjector, FaultKind, PlannedRequest
 from crosstrace.demo.groundtruth import GroundTruth, RequestOutcome
 from crosstrace.demo.identity import IDENTITIES, identity_headers
+from crosstrace.demo.services.image import IMAGES
+from crosstrace.demo.services.volume import RESERVED_SERVER_NAME
 from crosstrace.ids import generate_request_id
 from crosstrace.propagation import HEADER_REQUEST_ID
 
