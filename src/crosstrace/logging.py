@@ -472,11 +472,26 @@ class ExportHandler(logging.Handler):
     :param tracer: the service's tracer (e.g. ``crosstrace.get_tracer("nova-api")``).
         Default: the tracer of the current span, else the configured one.
     :param level: the lowest level exported (default INFO).
+    :param service: instead of *tracer*, a service name whose tracer is looked
+        up when a record comes (so a ``logging.conf`` loaded before
+        :func:`crosstrace.configure` works)::
+
+            [handler_crosstrace]
+            class = crosstrace.logging.ExportHandler
+            level = INFO
+            args = ()
+            kwargs = {"service": "nova-api"}
     """
 
-    def __init__(self, tracer: Tracer | None = None, level: int | str = logging.INFO) -> None:
+    def __init__(
+        self,
+        tracer: Tracer | None = None,
+        level: int | str = logging.INFO,
+        service: str | None = None,
+    ) -> None:
         super().__init__(level)
         self.tracer = tracer
+        self.service = service
         #: Records not exported because there was no tracer or they were broken.
         self.dropped = 0
         self.addFilter(ContextFilter())
@@ -488,6 +503,8 @@ class ExportHandler(logging.Handler):
                 return
             cur = _get_current_span()
             tracer = self.tracer
+            if tracer is None and self.service is not None:
+                tracer = _tracer_mod.get_tracer(self.service)
             if tracer is None:
                 if cur is not None and cur._recording:
                     tracer = cur.segment.tracer  # type: ignore[union-attr]

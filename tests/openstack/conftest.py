@@ -23,3 +23,12 @@ def oslo_log() -> Iterator[OsloLog]:
     finally:
         root.removeHandler(log.handler)
         root.setLevel(old_level)
+
+
+@pytest.fixture(autouse=True)
+def _no_oslo_context_left() -> Iterator[None]:
+    """oslo.context keeps a thread-local current context; no test leaves one behind."""
+    from oslo_context import context as oslo_context
+
+    yield
+    oslo_context._request_store.__dict__.pop("context", None)

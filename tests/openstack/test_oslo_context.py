@@ -30,11 +30,12 @@ def test_round_trip_keeps_both_ids_and_the_identity() -> None:
     assert from_oslo(theirs) == ours
 
 
-def test_to_oslo_uses_the_current_context_and_does_not_become_oslos_current() -> None:
+def test_to_oslo_uses_the_current_context_and_does_not_replace_oslos_current() -> None:
+    existing = oslo_context.RequestContext()  # oslo's thread-local current one
     with use_context(RequestContext(LID, GID)):
         theirs = to_oslo()
     assert theirs.global_id == GID
-    assert oslo_context.get_current() is not theirs
+    assert oslo_context.get_current() is existing
 
 
 def test_from_oslo_refuses_malformed_ids() -> None:

@@ -60,8 +60,9 @@ def to_oslo(
     """An oslo.context ``RequestContext`` (or subclass *cls*) for *context*
     (default: the current one; with none, a context with a fresh local id).
 
-    *overwrite* is oslo's: whether the new object becomes oslo's thread-local
-    current context. Other keyword arguments go to *cls* and win.
+    *overwrite* is oslo's: whether the new object replaces oslo's thread-local
+    current context (oslo stores it anyway when there is none). Other keyword
+    arguments go to *cls* and win.
     """
     ctx = context if context is not None else get_current()
     if ctx is None:
