@@ -92,7 +92,9 @@ def keystone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keystone]:
         _unavailable(reason)
     process = start_keystone(tmp_path_factory.mktemp("keystone"))
     try:
-        yield Keystone(process.url, process)
+        client = Keystone(process.url, process)
+        client.register_identity_endpoint()
+        yield client
     finally:
         process.stop()
 

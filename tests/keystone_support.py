@@ -290,6 +290,25 @@ class Keystone:
         """Give *user_id* the role *role* on *project_id*."""
         self._admin("PUT", f"/projects/{project_id}/users/{user_id}/roles/{self.role_id(role)}")
 
+    def register_identity_endpoint(self, region: str = "RegionOne") -> None:
+        """Put this Keystone in its own catalog (``identity``, public/internal/admin),
+        as ``keystone-manage bootstrap --bootstrap-public-url`` would; clients that
+        discover Keystone through the catalog (keystonemiddleware) need it."""
+        services = self._admin("GET", "/services?type=identity")["services"]
+        if services:
+            return
+        body = {"service": {"type": "identity", "name": "keystone"}}
+        service_id = self._admin("POST", "/services", body)["service"]["id"]
+        self._admin("POST", "/regions", {"region": {"id": region}})
+        for interface in ("public", "internal", "admin"):
+            endpoint = {
+                "service_id": service_id,
+                "interface": interface,
+                "url": f"{self.url}/v3",
+                "region_id": region,
+            }
+            self._admin("POST", "/endpoints", {"endpoint": endpoint})
+
     def make_user(
         self,
         domain_id: str,

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ATTR_DOMAIN_ID",
     "ATTR_GLOBAL_REQUEST_ID",
+    "ATTR_PROJECT_DOMAIN_ID",
     "ATTR_PROJECT_ID",
     "ATTR_REQUEST_ID",
     "ATTR_USER_ID",
@@ -65,6 +66,7 @@ ATTR_REQUEST_ID = "openstack.request_id"
 ATTR_GLOBAL_REQUEST_ID = "openstack.global_request_id"
 ATTR_PROJECT_ID = "openstack.project_id"
 ATTR_DOMAIN_ID = "openstack.domain_id"
+ATTR_PROJECT_DOMAIN_ID = "openstack.project_domain_id"
 ATTR_USER_ID = "openstack.user_id"
 
 #: Per-span limits; what goes over is counted in ``dropped_*``.
@@ -210,6 +212,8 @@ def _request_attributes(attributes: dict[str, Any]) -> None:
         attributes[ATTR_PROJECT_ID] = rc.project_id
     if rc.domain_id is not None:
         attributes[ATTR_DOMAIN_ID] = rc.domain_id
+    if rc.project_domain_id is not None:
+        attributes[ATTR_PROJECT_DOMAIN_ID] = rc.project_domain_id
     if rc.user_id is not None:
         attributes[ATTR_USER_ID] = rc.user_id
 
