@@ -387,10 +387,9 @@ def _serve(argv: list[str]) -> None:
     print(f"READY {server.port}", flush=True)
     sys.stdin.read()  # until the parent closes it (or dies)
     server.stop()
-    if args.trace:
-        import crosstrace
+    import crosstrace
 
-        crosstrace.force_flush(5.0)
+    crosstrace.force_flush(5.0)  # whoever configured tracing (--trace, or the paste filter)
     logging.shutdown()
     # Keystone's and oslo's exit hooks only slow the test run down.
     os._exit(0)

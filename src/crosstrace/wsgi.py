@@ -400,12 +400,21 @@ def filter_factory(
     ``compat_headers`` (space or comma separated) and ``service_name`` (the
     ``service.name`` of this pipeline's spans, when several services share a
     process) are read from the filter section, falling back to ``[DEFAULT]``.
+    With ``configure = true``, tracing is configured when the pipeline is built
+    (:func:`crosstrace.configure` with the ``CROSSTRACE_*`` environment and
+    ``service_name``) unless the process configured it already: a service
+    adopts crosstrace through its ``api-paste.ini`` alone.
     """
     conf = dict(global_conf)
     conf.update(local_conf)
     compat = parse_header_list(conf.get("compat_headers"))
 
     service = conf.get("service_name")
+    wants_configure = str(conf.get("configure", "")).strip().lower() in ("1", "true", "yes", "on")
+    if wants_configure and _tracer_mod.get_tracer() is None:
+        from crosstrace.config import configure
+
+        configure(**({"service_name": str(service)} if service else {}))
 
     def _filter(app: WSGIApplication) -> RequestIdMiddleware:
         # A named service gets its own tracer (resolved when the pipeline is

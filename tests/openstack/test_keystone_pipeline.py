@@ -48,6 +48,7 @@ pipeline = crosstrace keystone
 [filter:crosstrace]
 paste.filter_factory = crosstrace.wsgi:filter_factory
 service_name = keystone
+configure = true
 
 [app:keystone]
 paste.app_factory = keystone_support:app_factory
@@ -65,7 +66,8 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
 def traced_keystone(
     tmp_path_factory: pytest.TempPathFactory, backend: Backend
 ) -> Iterator[KeystoneProcess]:
-    """Keystone behind crosstrace's filter, exporting its spans to *backend*."""
+    """Keystone behind crosstrace's filter, exporting its spans to *backend*: tracing
+    is configured by the paste filter (``configure = true``) from the environment."""
     reason = keystone_importable()
     if reason is not None:
         pytest.skip(reason)
@@ -75,11 +77,9 @@ def traced_keystone(
     process = start_keystone(
         workdir,
         paste_ini=ini,
-        trace=True,
         extra_config={"DEFAULT": {"debug": "true"}},
         env={
             "CROSSTRACE_ENDPOINT": backend.url,
-            "CROSSTRACE_SERVICE_NAME": "keystone",
             "CROSSTRACE_EXPORT_DELAY": "100ms",
             "CROSSTRACE_OVERHEAD_BUDGET": "0",
         },

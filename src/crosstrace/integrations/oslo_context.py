@@ -28,14 +28,6 @@ from crosstrace.ids import generate_request_id, is_valid_request_id
 
 __all__ = ["from_oslo", "from_oslo_dict", "to_oslo"]
 
-# crosstrace field -> the keys oslo.context's to_dict() may use for it, in order.
-_DICT_KEYS: dict[str, tuple[str, ...]] = {
-    "user_id": ("user_id", "user"),
-    "project_id": ("project_id", "project", "tenant"),
-    "domain_id": ("domain_id", "domain"),
-    "user_domain_id": ("user_domain_id", "user_domain"),
-    "project_domain_id": ("project_domain_id", "project_domain"),
-}
 _MAX_IDENTITY_LEN = 255
 
 
@@ -124,13 +116,13 @@ def from_oslo_dict(
     )
     grid = global_request_id if global_request_id is not None else values.get("global_request_id")
     ctx.global_request_id = grid if isinstance(grid, str) and is_valid_request_id(grid) else None
-    for field, keys in _DICT_KEYS.items():
-        found = None
-        for key in keys:
-            found = _identity(values.get(key))
-            if found is not None:
-                break
-        setattr(ctx, field, found)
-    ctx.roles = _roles(values.get("roles"))
-    ctx.is_admin = values.get("is_admin") is True
+    # One call per RPC message: unrolled (oslo's to_dict() names first).
+    get = values.get
+    ctx.user_id = _identity(get("user") or get("user_id"))
+    ctx.project_id = _identity(get("project_id") or get("project") or get("tenant"))
+    ctx.domain_id = _identity(get("domain") or get("domain_id"))
+    ctx.user_domain_id = _identity(get("user_domain") or get("user_domain_id"))
+    ctx.project_domain_id = _identity(get("project_domain") or get("project_domain_id"))
+    ctx.roles = _roles(get("roles"))
+    ctx.is_admin = get("is_admin") is True
     return ctx

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,14 +85,25 @@ def _check_json(value: Any, path: str) -> None:
     )
 
 
+# oslo.config lookups cost microseconds: the global switch is re-read at most
+# every _SWITCH_TTL_S seconds. [value, read at (monotonic s)]
+_SWITCH_TTL_S = 5.0
+_switch: list[Any] = [False, -_SWITCH_TTL_S]
+
+
 def _global_tracing_enabled() -> bool:
-    """oslo.messaging's own tracing switch in the global ``cfg.CONF``."""
+    """oslo.messaging's own tracing switch in the global ``cfg.CONF`` (cached)."""
+    now = time.monotonic()
+    if now - _switch[1] < _SWITCH_TTL_S:
+        return bool(_switch[0])
     try:
         from oslo_config import cfg
 
-        return bool(cfg.CONF.oslo_messaging_tracing.tracing_enabled)
+        value = bool(cfg.CONF.oslo_messaging_tracing.tracing_enabled)
     except Exception:
-        return False
+        value = False
+    _switch[0], _switch[1] = value, now
+    return value
 
 
 def _base_of(serializer: Any) -> Any:
@@ -147,8 +159,10 @@ class TracingSerializer(oslo_messaging.Serializer):  # type: ignore[misc]
         else:
             out = ctxt.to_dict()
         out = dict(out) if out else {}
+        scalars = _SCALARS
         for key, value in out.items():
-            _check_json(value, repr(key))
+            if type(value) not in scalars:
+                _check_json(value, repr(key))
         current = get_current()
         if current is not None:
             out[KEY_GLOBAL_REQUEST_ID] = current.global_id
