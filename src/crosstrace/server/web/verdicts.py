@@ -14,7 +14,17 @@ from typing import Any
 from crosstrace.server.model import LogRecord, SpanRecord
 from crosstrace.server.web.waterfall import Marks
 
-__all__ = ["ErrorGroup", "Verdict", "error_groups", "request_verdict", "trace_verdict"]
+__all__ = [
+    "AVAILABLE",
+    "ErrorGroup",
+    "Verdict",
+    "error_groups",
+    "request_verdict",
+    "trace_verdict",
+]
+
+#: Whether this build has the analysis (the pages show verdicts).
+AVAILABLE = False
 
 
 @dataclass(slots=True)

@@ -61,8 +61,8 @@ function draw() {
     const link = el("a", {
       href: `/traces?service=${encodeURIComponent(id)}&status=error&start=${encodeURIComponent(graph.window)}`,
       class: `node ${level(data.rate)}`,
-      "aria-label": `${id}: ${data.calls} calls, ${pct(data.errors, data.calls)}% errors; open its failing requests`,
     }, svg);
+    el("title", {}, link).textContent = `${id}: open its failing requests`;
     el("rect", { x: node.x - node.width / 2, y: node.y - node.height / 2, width: node.width, height: node.height, rx: 8 }, link);
     el("text", { x: node.x, y: node.y - 4, "text-anchor": "middle", class: "node-name" }, link).textContent = id;
     el("text", { x: node.x, y: node.y + 14, "text-anchor": "middle", class: "node-fig" }, link).textContent =
