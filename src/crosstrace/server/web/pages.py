@@ -178,7 +178,15 @@ def build_router(store: Store, auth: WebAuth, templates: Jinja2Templates) -> API
     def errors_now(request: Request, window: str | None = None) -> HTMLResponse:
         viewer = auth.viewer(request)
         window_text, start, end = _window(window)
-        groups = read(lambda: verdicts.error_groups(store, start, end, viewer))
+        groups = read(
+            lambda: verdicts.error_groups(
+                store.search_traces,
+                store.get_trace,
+                trace_query(viewer, start_ns=start, end_ns=end),
+                start,
+                end,
+            )
+        )
         failed = read(
             lambda: store.search_traces(
                 trace_query(viewer, error=True, start_ns=start, end_ns=end, limit=FAILED_SHOWN)
@@ -357,10 +365,9 @@ def build_router(store: Store, auth: WebAuth, templates: Jinja2Templates) -> API
         logs.sort(key=lambda r: r.time_ns)
         if not traces and not logs:
             raise PageError(404, f"nothing is stored for request {rid}")
-        spans: list[SpanRecord] = []
-        for t in traces:
-            spans.extend(read(lambda t=t: store.get_trace(t.trace_id)))  # type: ignore[misc]
-        verdict = verdicts.request_verdict(spans, logs, rid)
+        per_trace = [_read_trace(read, store, t.trace_id) for t in traces]
+        spans = [s for trace_spans in per_trace for s in trace_spans]
+        verdict = verdicts.request_verdict(per_trace, logs, rid)
         times = [t.start_ns for t in traces] + [r.time_ns for r in logs]
         ends = [t.end_ns for t in traces] + [r.time_ns for r in logs]
         start, end = min(times), max(ends)
@@ -493,6 +500,12 @@ def build_router(store: Store, auth: WebAuth, templates: Jinja2Templates) -> API
         return response
 
     return router
+
+
+def _read_trace(
+    read: Callable[[Callable[[], list[SpanRecord]]], list[SpanRecord]], store: Store, tid: bytes
+) -> list[SpanRecord]:
+    return read(lambda: store.get_trace(tid))
 
 
 def _logs_of(logs: list[LogRecord], span_id: str | None) -> list[LogRecord]:

@@ -170,73 +170,75 @@ class Waterfall:
         return [(100.0 * i / n, format_duration(total * i // n)) for i in range(n + 1)]
 
     def compact(self) -> dict[str, Any]:
-        """The rows as the page's script reads them: small arrays, no attributes."""
+        """The rows as the page's script reads them: small arrays, no attributes,
+        each distinct span name sent once."""
+        names: dict[str, int] = {}
+        rows = []
+        for r in self.rows:
+            name = names.setdefault(r.name, len(names))
+            flags = (
+                (1 if r.error else 0)
+                | (2 if r.critical else 0)
+                | (4 if r.role == "root-cause" else 0)
+                | (8 if r.role == "consequence" else 0)
+            )
+            row: list[Any] = [r.span_id, r.parent, r.depth, name, r.service_index]
+            row += [r.offset_ns, r.duration_ns, flags]
+            if r.error:
+                row += [r.error_line, r.error_type]
+            rows.append(row)
         return {
             "start_ns": self.start_ns,
             "duration_ns": self.duration_ns,
             "services": self.services,
+            "names": list(names),
             "root_cause": self.marks.root_cause,
-            # [span id, parent row, depth, name, service index, offset, duration,
-            #  flags (1 error, 2 critical, 4 root cause, 8 consequence), error line,
-            #  exception type]
-            "rows": [
-                [
-                    r.span_id,
-                    r.parent,
-                    r.depth,
-                    r.name,
-                    r.service_index,
-                    r.offset_ns,
-                    r.duration_ns,
-                    (1 if r.error else 0)
-                    | (2 if r.critical else 0)
-                    | (4 if r.role == "root-cause" else 0)
-                    | (8 if r.role == "consequence" else 0),
-                    r.error_line,
-                    r.error_type,
-                ]
-                for r in self.rows
-            ],
+            # [span id, parent row, depth, name index, service index, offset,
+            #  duration, flags (1 error, 2 critical, 4 root cause, 8 consequence)]
+            # and, for errors, [error line, exception type]
+            "rows": rows,
         }
 
 
 def _tree_order(spans: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, int]]:
     """(span index, parent position in the output or -1, depth), depth first,
     children by start time; orphans and parent cycles become roots."""
-    order = sorted(
-        range(len(spans)),
-        key=lambda i: (int(spans[i].get("start_ns", 0)), str(spans[i].get("span_id", ""))),
-    )
+    ids = [str(s.get("span_id", "")) for s in spans]
+    parents = [s.get("parent_span_id") for s in spans]
+    starts = [int(s.get("start_ns", 0)) for s in spans]
+    order = sorted(range(len(spans)), key=lambda i: (starts[i], ids[i]))
     index: dict[str, int] = {}
     for i in order:
-        index.setdefault(str(spans[i].get("span_id", "")), i)
-    children: dict[int, list[int]] = {}
+        index.setdefault(ids[i], i)
+    children: list[list[int]] = [[] for _ in spans]
     roots: list[int] = []
     for i in order:
-        parent_id = spans[i].get("parent_span_id")
+        parent_id = parents[i]
         parent = index.get(str(parent_id)) if parent_id else None
         if parent is None or parent == i:
             roots.append(i)
         else:
-            children.setdefault(parent, []).append(i)
+            children[parent].append(i)
     out: list[tuple[int, int, int]] = []
-    seen: set[int] = set()
+    seen = [False] * len(spans)
 
     def walk(start: int) -> None:
         stack = [(start, -1, 0)]
         while stack:
             i, parent_pos, depth = stack.pop()
-            if i in seen:
+            if seen[i]:
                 continue
-            seen.add(i)
+            seen[i] = True
             out.append((i, parent_pos, depth))
             pos = len(out) - 1
-            stack.extend((k, pos, depth + 1) for k in reversed(children.get(i, ())))
+            kids = children[i]
+            if kids:
+                stack.extend((k, pos, depth + 1) for k in reversed(kids))
 
     for root in roots:
         walk(root)
     for i in order:  # parent cycles: no root reaches them
-        if i not in seen:
+        if not seen[i]:
             walk(i)
     return out
 

@@ -9,7 +9,7 @@ const OVERSCAN = 12;
 const F_ERROR = 1, F_CRIT = 2, F_RC = 4, F_CQ = 8;
 
 const data = JSON.parse(document.getElementById("trace-data").textContent);
-const rows = data.rows; // [span id, parent, depth, name, service, offset, duration, flags, error, type]
+const rows = data.rows; // [span id, parent, depth, name, service, offset, duration, flags, (error, type)]
 const n = rows.length;
 const total = data.duration_ns || 1;
 const grid = document.getElementById("wf");
@@ -66,7 +66,8 @@ function computeVisible() {
 }
 
 function rowHtml(i, pos) {
-  const [, , depth, name, svc, offset, duration, flags, error, kind] = rows[i];
+  const [, , depth, nameIndex, svc, offset, duration, flags, error = "", kind = ""] = rows[i];
+  const name = data.names[nameIndex];
   const classes = ["wf-row"];
   if (flags & F_ERROR) classes.push("err");
   if (flags & F_CRIT) classes.push("crit");
