@@ -39,7 +39,7 @@ from typing import Any
 
 from crosstrace.demo.backend import start_backend
 from crosstrace.server.model import LogRecord, SpanRecord
-from crosstrace.server.store.base import open_store
+from crosstrace.server.store import open_store
 
 CHROMIUM = "/usr/bin/chromium"
 MS = 1_000_000

@@ -92,6 +92,7 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer
             data_dir,
             json.loads((data_dir / "groundtruth.json").read_text()),
             backend,
+            result.output,
         )
     finally:
         backend.stop()

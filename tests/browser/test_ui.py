@@ -343,6 +343,12 @@ def test_tables_and_controls_are_reachable_with_tab(ui: Any, demo_server: DemoSe
     assert any("wf-row" in s for s in seen)
 
 
+def test_the_demo_prints_the_web_ui_first(demo_server: DemoServer) -> None:
+    """A new user's first line is the error page, not JSON."""
+    first = demo_server.output.strip().splitlines()[0]
+    assert re.fullmatch(r"web UI +http://127\.0\.0\.1:\d+/ +\(errors now: open this first\)", first)
+
+
 def test_screenshots_were_saved(artifacts: Path) -> None:
     """Runs last in this module: the pages above left their screenshots."""
     assert any(artifacts.glob("*.png"))

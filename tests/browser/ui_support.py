@@ -21,6 +21,8 @@ class DemoServer:
     data_dir: Path
     ground_truth: dict[str, Any]
     backend: Backend
+    #: What ``crosstrace demo`` printed.
+    output: str
 
     def boots(self) -> list[dict[str, Any]]:
         return [*self.ground_truth["faults"], *self.ground_truth["requests_without_fault"]]

@@ -16,11 +16,11 @@ import pytest
 from serve_samples import AppClient, DelegatingStore, sqlite_url
 
 from crosstrace.ids import generate_request_id
-from crosstrace.server.api import create_api
 from crosstrace.server.auth import TokenSet
 from crosstrace.server.metrics import Metrics
 from crosstrace.server.model import LogRecord, SpanRecord, TraceQuery
-from crosstrace.server.store.base import Store, open_store
+from crosstrace.server.query.api import create_api
+from crosstrace.server.store import Store, open_store
 from crosstrace.server.web import STATIC_DIR, mount_web
 from crosstrace.server.web.session import COOKIE_NAME, safe_next
 from crosstrace.server.web.waterfall import Marks, build_waterfall, span_dict

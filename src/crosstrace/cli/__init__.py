@@ -4,6 +4,7 @@
 - :mod:`~crosstrace.cli.query`: ``traces``, ``trace``, ``request``, reading the query API;
 - :mod:`~crosstrace.cli.analysis`: ``why`` and ``errors``, root cause and error groups;
 - :mod:`~crosstrace.cli.logs`: ``logs import``;
+- :mod:`~crosstrace.cli.show`: ``show``, one trace or request as a tree, JSON, HTML or DOT;
 - :mod:`~crosstrace.cli.demo`: ``demo``.
 
 Commands import the backend only when they run, so ``crosstrace --help`` stays fast.
@@ -19,6 +20,7 @@ from crosstrace.cli.demo import demo
 from crosstrace.cli.logs import logs
 from crosstrace.cli.query import request, trace, traces
 from crosstrace.cli.serve import serve
+from crosstrace.cli.show import show
 
 __all__ = ["main"]
 
@@ -29,5 +31,5 @@ def main() -> None:
     """Global request ids, cross-service tracing and a trace backend."""
 
 
-for _command in (serve, logs, demo, traces, trace, request, why, errors):
+for _command in (serve, logs, demo, traces, trace, request, why, errors, show):
     main.add_command(_command)

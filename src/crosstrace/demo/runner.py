@@ -170,6 +170,7 @@ class Demo:
             timeout=s.timings.build_timeout + s.timings.scheduler_timeout + 30,
         )
         volume_db = s.volume_db_url or f"sqlite:///{self.data_dir / 'volume.sqlite3'}"
+        self.console.print(f"[bold]web UI[/]    {self.backend.url}/  (errors now: open this first)")
         self.console.print(f"[bold]backend[/]   {self.backend.url}  (store in {self.data_dir})")
         self.console.print(f"[bold]cloud[/]     compute API {self.cloud.compute_url}")
         self.console.print(f"[bold]RPC[/]       {_safe_url(s.broker_url)}")
@@ -449,6 +450,7 @@ class Demo:
         console = self.console
         console.print()
         console.print("[bold]Where to look[/]")
+        console.print(f"  web UI            {url}/  (errors now, then one click to a root cause)")
         console.print(f"  failed traces     {url}/api/v1/traces?error=true")
         threshold = self.settings.timings.slow_threshold
         console.print(f"  slow traces       {url}/api/v1/traces?min_duration={threshold:g}s")
@@ -458,8 +460,10 @@ class Demo:
             console.print(f"  one failed boot   ({example.fault}, traces and logs)")
             console.print(f"                    {url}/api/v1/requests/{gid}")
             tids = self.ground_truth.trace_ids(gid)
+            console.print(f"                    {url}/requests/{gid}  (web UI)")
             if tids:
                 console.print(f"  its trace         {url}/api/v1/traces/{tids[0]}")
+                console.print(f"                    {url}/traces/{tids[0]}  (web UI)")
             console.print(f"  its logs          {url}/api/v1/logs?request_id={gid}")
         commands = cli_commands(
             url,

@@ -33,6 +33,7 @@ from crosstrace.server.query.api import create_api
 from crosstrace.server.settings import Settings
 from crosstrace.server.store import Store, open_store
 from crosstrace.server.store.retention import RetentionThread
+from crosstrace.server.web import mount_web
 
 __all__ = [
     "INGEST_PREFIX",
@@ -88,7 +89,7 @@ def create_app(
         max_decompressed_size=max_decompressed_size,
         decode_pool=decode_pool,
     )
-    api = create_api(store, metrics, tokens=api_tokens)
+    api = mount_web(create_api(store, metrics, tokens=api_tokens), store, tokens=api_tokens)
     return ServerApp(store=store, metrics=metrics, ingest=ingest, api=api)
 
 

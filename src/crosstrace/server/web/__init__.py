@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from crosstrace.server.auth import TokenSet
-    from crosstrace.server.store.base import Store
+    from crosstrace.server.store import Store
 
 __all__ = ["STATIC_DIR", "TEMPLATES_DIR", "mount_web", "templates"]
 

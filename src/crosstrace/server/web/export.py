@@ -126,7 +126,7 @@ def render_tree(
     lines = [style(h, bold=True) if i == 0 else h for i, h in enumerate(header)]
     if not wf.rows:
         return [*lines, "no spans"]
-    names = ["  " * min(r.depth, 12) + r.name for r in wf.rows]
+    names = [" " * min(r.depth, 16) + r.name for r in wf.rows]
     services = [r.service for r in wf.rows]
     durations = [format_duration(r.duration_ns) for r in wf.rows]
     dur_w = max(len(d) for d in durations)
@@ -135,10 +135,14 @@ def render_tree(
         name_w = max(len(n) for n in names)
         bar_w = _PLAIN_BAR
     else:
-        svc_w = min(svc_w, 14)
-        bar_w = max(10, width // 5)
-        fixed = 2 + svc_w + 1 + bar_w + 2 + dur_w + 1
-        name_w = min(max(len(n) for n in names), max(12, (width - fixed) * 3 // 5))
+        svc_w = min(svc_w, 12)
+        bar_w = min(30, max(6, width // 12))
+        rest = width - (2 + svc_w + 1 + bar_w + 3 + dur_w)
+        # Leave room for the errors' exception types at least.
+        types = [len(r.short_type or "error") for r in wf.rows if r.error]
+        need = min(24, max(types) + 2) if types else 0
+        name_w = min(max(len(n) for n in names), max(16, rest - 3 - need))
+        lines = [_fit(h, width) if i else h for i, h in enumerate(lines)]
     lines.append(
         f"  {'span':<{name_w}} {'service':<{svc_w}} {'0':<{bar_w // 2}}"
         f"{format_duration(wf.duration_ns):>{bar_w - bar_w // 2}}"
@@ -149,10 +153,10 @@ def render_tree(
             f"|{_bar(row, wf, bar_w)}| {duration:>{dur_w}}"
         )
         error = row.error_line
-        if row.role == "root-cause":
+        room = None if width is None else width - len(text) - 2
+        if row.role == "root-cause" and (room is None or room >= len(error) + 12):
             error = "ROOT CAUSE" + (f": {error}" if error else "")
         if error:
-            room = None if width is None else width - len(text) - 2
             error = error if room is None else _fit(error, room)
             if error:
                 text += "  " + error
@@ -186,9 +190,12 @@ def _full_lines(row: Row) -> list[str]:
     return out
 
 
-def render_html(wf: Waterfall, trace_id: str, analysis: Mapping[str, Any] | None) -> str:
-    """One self-contained HTML file: the page's stylesheet inlined, the waterfall's
-    rows drawn, the root cause named; no script, nothing loaded from elsewhere."""
+def render_html(
+    traces: Sequence[tuple[Waterfall, str, Mapping[str, Any] | None]], title: str
+) -> str:
+    """One self-contained HTML file of (waterfall, trace id, analysis) items: the
+    page's stylesheet inlined, each waterfall's rows drawn and its root cause
+    named; no script, nothing loaded from elsewhere."""
     import jinja2
 
     from crosstrace import __version__
@@ -200,12 +207,13 @@ def render_html(wf: Waterfall, trace_id: str, analysis: Mapping[str, Any] | None
         keep_trailing_newline=True,
     )
     env.globals.update(fmt_duration=present.format_duration, fmt_time=present.format_time)
-    template = env.get_template("export.html")
-    return template.render(
-        wf=wf,
-        trace_id=trace_id,
+    return env.get_template("export.html").render(
+        title=title,
+        items=[
+            {"wf": wf, "trace_id": tid, "verdict": verdict_line(analysis)}
+            for wf, tid, analysis in traces
+        ],
         css=(STATIC_DIR / "app.css").read_text(encoding="utf-8"),
-        verdict=verdict_line(analysis),
         selected=None,
         version=__version__,
     )

@@ -25,8 +25,8 @@ from fastapi.templating import Jinja2Templates
 
 from crosstrace.ids import is_valid_request_id
 from crosstrace.server.model import LogQuery, LogRecord, SpanRecord, TraceQuery, TraceSummary
-from crosstrace.server.settings import parse_duration
-from crosstrace.server.store.base import Store
+from crosstrace.server.settings import parse_duration_ns as parse_duration
+from crosstrace.server.store import Store
 from crosstrace.server.web import present, verdicts
 from crosstrace.server.web.session import COOKIE_NAME, Viewer, WebAuth, login_form_token, safe_next
 from crosstrace.server.web.stats import window_stats
@@ -75,7 +75,7 @@ def _param(name: str, value: str | None) -> str | None:
 
 
 def _time(name: str, value: str | None) -> int | None:
-    from crosstrace.server.api import parse_time
+    from crosstrace.server.query.api import parse_time
 
     text = _param(name, value)
     if text is None:

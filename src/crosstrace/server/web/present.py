@@ -34,7 +34,7 @@ _MAX_WINDOW_NS: Final = 31 * 24 * 3600 * 1_000_000_000
 
 def parse_window(text: str | None) -> tuple[str, int]:
     """(value, nanoseconds) of a window such as ``1h``; ``ValueError`` if unusable."""
-    from crosstrace.server.settings import parse_duration
+    from crosstrace.server.settings import parse_duration_ns as parse_duration
 
     value = (text or DEFAULT_WINDOW).strip()
     ns = parse_duration(value)

@@ -134,10 +134,15 @@ class Row:
         return str(self.span.get("service", ""))
 
     @property
+    def short_type(self) -> str:
+        """The exception type without its module (``IntegrityError``)."""
+        return self.error_type.rsplit(".", 1)[-1]
+
+    @property
     def error_line(self) -> str:
         """``Type: first line of the message`` (or the status message)."""
         message = first_line(self.error_message)
-        return ": ".join(p for p in (self.error_type, message) if p)
+        return ": ".join(p for p in (self.short_type, message) if p)
 
 
 @dataclass(slots=True)
@@ -185,7 +190,7 @@ class Waterfall:
             row: list[Any] = [r.span_id, r.parent, r.depth, name, r.service_index]
             row += [r.offset_ns, r.duration_ns, flags]
             if r.error:
-                row += [r.error_line, r.error_type]
+                row += [r.error_line, r.short_type]
             rows.append(row)
         return {
             "start_ns": self.start_ns,
