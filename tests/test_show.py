@@ -128,6 +128,15 @@ def test_full_adds_the_whole_error_stack_and_span_ids(backend: str) -> None:
     assert f"span {IDS['db'].hex()}  parent {IDS['worker'].hex()}" in result.output
 
 
+def test_tree_marks_the_root_cause_the_server_names(backend: str) -> None:
+    result = _show(backend, TID.hex())
+    assert "root cause (error): volume · volume.db.insert · IntegrityError" in result.output
+    lines = _span_lines(result.output)
+    assert lines[3].startswith("●")
+    assert "ROOT CAUSE: IntegrityError" in lines[3]
+    assert all(line.startswith("↑") for line in lines[:3])  # its callers passed it on
+
+
 def test_tree_marks_the_root_cause_it_is_given() -> None:
     spans = [
         {"span_id": "a", "parent_span_id": None, "service": "api", "name": "root",

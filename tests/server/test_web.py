@@ -139,6 +139,30 @@ def test_errors_page_lists_the_failed_trace(client: AppClient, sample: Sample) -
     assert f"/requests/{sample.global_id}" in page
 
 
+def test_errors_page_groups_failures_by_root_cause(client: AppClient, sample: Sample) -> None:
+    page = client.get("/").text
+    group = re.search(r'<table class="list groups">.*?</table>', page, re.S)
+    assert group is not None
+    assert "StoreUnavailable" in group.group(0)
+    assert f"/traces/{sample.trace_id.hex()}" in group.group(0)
+    assert "image · StoreUnavailable" in page  # the failed request's root-cause column
+
+
+def test_trace_page_names_the_root_cause(client: AppClient, sample: Sample) -> None:
+    page = client.get(f"/traces/{sample.trace_id.hex()}").text
+    assert re.search(r'data-testid="rc-service">image<', page)
+    assert re.search(r'data-testid="rc-exception"[^>]*>StoreUnavailable<', page)
+    assert '"root_cause":"' + sample.ids["image"].hex() + '"' in page
+    assert re.search(r'class="wf-row err[^"]*root-cause', page)
+
+
+def test_request_page_has_the_verdict(client: AppClient, sample: Sample) -> None:
+    page = client.get(f"/requests/{sample.global_id}").text
+    assert re.search(r'data-testid="rc-service">image<', page)
+    logs_only = client.get(f"/requests/{sample.logs_only_id}").text
+    assert re.search(r'data-testid="rc-service">legacy<', logs_only)
+
+
 def test_search_filters_reach_the_store_query(client: AppClient, sample: Sample) -> None:
     hit = client.get("/traces", params={"service": "image", "status": "error", "start": "1h"})
     assert sample.trace_id.hex() in hit.text

@@ -55,11 +55,14 @@ def mount_web(app: FastAPI, store: Store, *, tokens: TokenSet | None = None) -> 
     from fastapi.responses import HTMLResponse, RedirectResponse
     from fastapi.staticfiles import StaticFiles
 
+    from crosstrace.server.query.diagnose import Diagnoser
     from crosstrace.server.web.pages import SECURITY_HEADERS, PageError, build_router
     from crosstrace.server.web.session import LoginRequired, WebAuth, login_url
 
     env = templates()
-    app.include_router(build_router(store, WebAuth(tokens), env))
+    # The API's diagnoser (its error index, its usual durations), else one of our own.
+    diagnoser = getattr(app.state, "diagnoser", None) or Diagnoser(store)
+    app.include_router(build_router(store, diagnoser, WebAuth(tokens), env))
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
     @app.exception_handler(LoginRequired)

@@ -68,9 +68,8 @@ def verdict_line(doc: Mapping[str, Any] | None) -> str:
     if not root:
         verdict = str(doc.get("verdict", "") or "")
         return f"verdict: {verdict}, no root cause named" if verdict else ""
-    error = ": ".join(
-        p for p in (root.get("exception_type"), _first(str(root.get("message") or ""))) if p
-    )
+    kind = str(root.get("exception_type") or "").rsplit(".", 1)[-1]
+    error = ": ".join(p for p in (kind, _first(str(root.get("message") or ""))) if p)
     parts = [str(root.get("service", "")), str(root.get("name", ""))]
     if error:
         parts.append(error)

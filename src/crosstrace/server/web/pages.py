@@ -25,8 +25,10 @@ from fastapi.templating import Jinja2Templates
 
 from crosstrace.ids import is_valid_request_id
 from crosstrace.server.model import LogQuery, LogRecord, SpanRecord, TraceQuery, TraceSummary
+from crosstrace.server.query.diagnose import Diagnoser
 from crosstrace.server.settings import parse_duration_ns as parse_duration
 from crosstrace.server.store import Store
+from crosstrace.server.store.causes import ProjectScope
 from crosstrace.server.web import present, verdicts
 from crosstrace.server.web.session import COOKIE_NAME, Viewer, WebAuth, login_form_token, safe_next
 from crosstrace.server.web.stats import window_stats
@@ -144,8 +146,18 @@ def _json_script(value: Any) -> str:
     )
 
 
-def build_router(store: Store, auth: WebAuth, templates: Jinja2Templates) -> APIRouter:
-    """The UI's routes over *store*."""
+def sql_scope(viewer: Viewer) -> ProjectScope | None:
+    """The viewer's scope as the error index filters by it."""
+    if viewer.allowed_projects is None:
+        return None
+    return ProjectScope(viewer.allowed_projects)
+
+
+def build_router(
+    store: Store, diagnoser: Diagnoser, auth: WebAuth, templates: Jinja2Templates
+) -> APIRouter:
+    """The UI's routes over *store*; verdicts and error groups from *diagnoser*
+    (the query API's)."""
     router = APIRouter(include_in_schema=False)
 
     def read(call: Callable[[], T]) -> T:
@@ -179,13 +191,7 @@ def build_router(store: Store, auth: WebAuth, templates: Jinja2Templates) -> API
         viewer = auth.viewer(request)
         window_text, start, end = _window(window)
         groups = read(
-            lambda: verdicts.error_groups(
-                store.search_traces,
-                store.get_trace,
-                trace_query(viewer, start_ns=start, end_ns=end),
-                start,
-                end,
-            )
+            lambda: verdicts.error_groups(diagnoser, store, start, end, sql_scope(viewer))
         )
         failed = read(
             lambda: store.search_traces(
@@ -291,7 +297,7 @@ def build_router(store: Store, auth: WebAuth, templates: Jinja2Templates) -> API
         tid = _trace_id(trace_id)
         spans, summary = load_trace(viewer, tid)
         logs = trace_logs(viewer, tid)
-        verdict = verdicts.trace_verdict(spans, logs)
+        verdict = read(lambda: verdicts.trace_verdict(diagnoser, spans, logs))
         waterfall = build_waterfall(
             (span_dict(s) for s in spans), verdict.marks() if verdict else None
         )
@@ -367,7 +373,7 @@ def build_router(store: Store, auth: WebAuth, templates: Jinja2Templates) -> API
             raise PageError(404, f"nothing is stored for request {rid}")
         per_trace = [_read_trace(read, store, t.trace_id) for t in traces]
         spans = [s for trace_spans in per_trace for s in trace_spans]
-        verdict = verdicts.request_verdict(per_trace, logs, rid)
+        verdict = read(lambda: verdicts.request_verdict(diagnoser, rid))
         times = [t.start_ns for t in traces] + [r.time_ns for r in logs]
         ends = [t.end_ns for t in traces] + [r.time_ns for r in logs]
         start, end = min(times), max(ends)

@@ -1,34 +1,31 @@
 """The analysis as the pages show it: a trace's or a request's verdict, error groups.
 
-Verdicts come from :mod:`crosstrace.server.analysis`, called here on the server
-over the spans and log lines the page already read (through the viewer's
-scope). Error groups are the root causes of the window's failed traces, grouped
-by signature; a window with more failed traces than :data:`MAX_GROUPED_TRACES`
-is grouped from its newest ones and the page says so. The UI never makes a
-verdict up: when the analysis names no root cause, the page says that.
+Everything comes from the query layer's :class:`~crosstrace.server.query.diagnose.Diagnoser`
+(the one the API's ``/analysis`` and ``/errors`` routes use): the request
+verdict and the error groups through its methods, the trace verdict from the
+same rules over the spans and log lines the trace page already read (with the
+same usual duration of the root operation, so the page and the API agree). The
+UI never makes a verdict up: when the analysis names no root cause, the page
+says that.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Any
 
-from crosstrace.server.analysis import (
-    Analysis,
-    CauseRow,
-    analyse_request,
-    analyse_trace,
-    group_causes,
-    signature_of,
-)
+from crosstrace.server.analysis import Analysis, analyse_trace
 from crosstrace.server.analysis import Verdict as Outcome
 from crosstrace.server.analysis.result import explain
-from crosstrace.server.model import LogRecord, SpanRecord, TracePage, TraceQuery
+from crosstrace.server.model import LogRecord, SpanRecord
 from crosstrace.server.web.waterfall import Marks, first_line
 
+if TYPE_CHECKING:
+    from crosstrace.server.query.diagnose import Diagnoser
+    from crosstrace.server.store import Store
+
 __all__ = [
-    "MAX_GROUPED_TRACES",
     "ErrorGroup",
     "Groups",
     "Step",
@@ -37,10 +34,6 @@ __all__ = [
     "request_verdict",
     "trace_verdict",
 ]
-
-#: Failed traces analysed at most for the error groups of one window.
-MAX_GROUPED_TRACES: Final = 500
-_PAGE: Final = 200
 
 
 @dataclass(slots=True)
@@ -94,9 +87,7 @@ class ErrorGroup:
 @dataclass(slots=True)
 class Groups:
     groups: list[ErrorGroup]
-    traces_read: int
-    complete: bool
-    #: trace id -> "service · ExceptionType" of each failed trace read
+    #: trace id -> "service · ExceptionType" of each failed trace of the window
     causes: dict[bytes, str] = field(default_factory=dict)
 
 
@@ -135,63 +126,48 @@ def _verdict(analysis: Analysis, spans: Sequence[SpanRecord]) -> Verdict | None:
     )
 
 
-def trace_verdict(spans: Sequence[SpanRecord], logs: Sequence[LogRecord]) -> Verdict | None:
-    """The root cause of one trace."""
-    return _verdict(analyse_trace(spans, logs), spans)
-
-
-def request_verdict(
-    traces: Sequence[Sequence[SpanRecord]], logs: Sequence[LogRecord], request_id: str
+def trace_verdict(
+    diagnoser: Diagnoser, spans: Sequence[SpanRecord], logs: Sequence[LogRecord]
 ) -> Verdict | None:
+    """The root cause of one trace (whose spans and log lines the page read)."""
+    ids = {s.span_id for s in spans}
+    roots = [s for s in spans if not s.parent_span_id or s.parent_span_id not in ids]
+    usual: dict[tuple[str, str], int] = {}
+    if roots:
+        root = max(roots, key=lambda s: s.duration_ns)
+        usual = diagnoser.usual_durations([(root.service, root.name)])
+    return _verdict(analyse_trace(spans, logs, usual=usual), spans)
+
+
+def request_verdict(diagnoser: Diagnoser, request_id: str) -> Verdict | None:
     """The root cause of one request: its traces and its log lines (or its log
-    lines alone)."""
-    analysis = analyse_request(request_id, traces, logs)
-    return _verdict(analysis, [s for spans in traces for s in spans])
+    lines alone); ``None`` when nothing is stored for it."""
+    analysis = diagnoser.request(request_id)
+    if analysis is None:
+        return None
+    spans = [s for tid in analysis.trace_ids for s in diagnoser.store.get_trace(tid)]
+    return _verdict(analysis, spans)
+
+
+def _short(kind: str) -> str:
+    return (kind or "error").rsplit(".", 1)[-1]
 
 
 def error_groups(
-    search: Callable[[TraceQuery], TracePage],
-    get_trace: Callable[[bytes], list[SpanRecord]],
-    query: TraceQuery,
-    start_ns: int,
-    end_ns: int,
+    diagnoser: Diagnoser, store: Store, start_ns: int, end_ns: int, scope: Any
 ) -> Groups:
-    """Error groups of the failed traces matching *query* (``error`` is set here;
-    its limit and cursor are replaced), most frequent first."""
-    query.error = True
-    rows: list[CauseRow] = []
-    requests: dict[bytes, str] = {}
-    causes: dict[bytes, str] = {}
-    read = 0
-    cursor: str | None = None
-    complete = True
-    while True:
-        query.limit = min(_PAGE, MAX_GROUPED_TRACES - read)
-        query.cursor = cursor
-        page = search(query)
-        for summary in page.traces:
-            read += 1
-            analysis = analyse_trace(get_trace(summary.trace_id))
-            root = analysis.root_cause
-            if analysis.verdict is not Outcome.ERROR or root is None:
-                continue
-            rows.append(
-                CauseRow(summary.trace_id, summary.start_ns, signature_of(root), summary.project_id)
-            )
-            kind = (root.exception_type or "error").rsplit(".", 1)[-1]
-            causes[summary.trace_id] = f"{root.service} · {kind}"
-            ids = summary.global_request_ids or summary.request_ids
-            if ids:
-                requests[summary.trace_id] = ids[0]
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-        if read >= MAX_GROUPED_TRACES:
-            complete = False
-            break
+    """Error groups of the window from the error index, most frequent first."""
+    found, start, end = diagnoser.groups(start_ns, end_ns, scope=scope)
+    causes = {
+        c.trace_id: f"{c.service} · {_short(c.exception_type)}"
+        for c in store.error_causes(start, end, scope=scope)
+        if c.group_id is not None
+    }
     groups = []
-    for g in group_causes(rows, start_ns, end_ns):
+    for g in found:
         sample = g.sample_trace_ids[0] if g.sample_trace_ids else None
+        summary = store.get_trace_summary(sample) if sample else None
+        ids = (summary.global_request_ids or summary.request_ids) if summary else []
         groups.append(
             ErrorGroup(
                 group_id=g.group_id,
@@ -203,8 +179,8 @@ def error_groups(
                 projects=list(g.projects),
                 series=[c for _, c in g.series],
                 sample_trace_id=sample.hex() if sample else None,
-                sample_request_id=requests.get(sample) if sample else None,
+                sample_request_id=ids[0] if ids else None,
                 last_seen_ns=g.last_seen_ns,
             )
         )
-    return Groups(groups, read, complete, causes)
+    return Groups(groups, causes)
