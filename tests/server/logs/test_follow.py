@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from logtree import GLOBAL, MSG_ID, NEUTRON_REQ, OTHER_REQ, REQ, Tree
 
-from conftest import GLOBAL, MSG_ID, NEUTRON_REQ, OTHER_REQ, REQ, Tree
 from crosstrace.server.logs.follow import (
     HOP_REQUEST_ID,
     HOP_RPC,
@@ -17,7 +17,7 @@ from crosstrace.server.logs.follow import (
 )
 from crosstrace.server.logs.importer import import_file
 from crosstrace.server.model import LogQuery, LogRecord
-from crosstrace.server.store.base import Store, open_store
+from crosstrace.server.store import Store, open_store
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -14,8 +14,9 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from crosstrace.server.logs.clock import Clock
 from crosstrace.server.logs.fields import (
     ATTR_EXCEPTION_STACKTRACE,
     ATTR_FILE_LINE,
@@ -26,15 +27,29 @@ from crosstrace.server.logs.fields import (
     RES_HOST_NAME,
     RES_PROCESS_PID,
     RES_SERVICE_NAME,
+    ParseStats,
     exception_attributes,
     severity_number,
 )
 from crosstrace.server.model import LogRecord
 
-if TYPE_CHECKING:
-    from crosstrace.server.logs.parse import LogParser
 
-__all__ = ["JournalEntry", "journal_entry", "json_record", "load_object"]
+class FileParser(Protocol):
+    """What a JSON line needs of the parser of its file (:class:`.parse.LogParser`)."""
+
+    source: str
+    service: str | None
+    default_service: str
+    host: str | None
+    default_host: str | None
+    clock: Clock
+    stats: ParseStats
+    key_prefix: bytes
+
+    def request_id(self, value: object) -> str | None: ...
+
+
+__all__ = ["FileParser", "JournalEntry", "journal_entry", "json_record", "load_object"]
 
 _HEX_TRACE_RE = re.compile(r"[0-9a-fA-F]{32}")
 _HEX_SPAN_RE = re.compile(r"[0-9a-fA-F]{16}")
@@ -87,7 +102,7 @@ def journal_entry(obj: dict[str, Any]) -> JournalEntry | None:
 
 
 def json_record(
-    parser: LogParser, line_no: int, text: str, obj: dict[str, Any]
+    parser: FileParser, line_no: int, text: str, obj: dict[str, Any]
 ) -> LogRecord | None:
     """A record from a JSONFormatter line, or ``None`` if *obj* is not one."""
     time_ns = parser.clock.rfc3339(obj.get("timestamp"))
