@@ -32,6 +32,7 @@ from crosstrace.server.metrics import Metrics
 from crosstrace.server.query.api import create_api
 from crosstrace.server.settings import Settings
 from crosstrace.server.store import Store, open_store
+from crosstrace.server.store.base import RetentionPass
 from crosstrace.server.store.retention import RetentionThread
 from crosstrace.server.web import mount_web
 
@@ -123,6 +124,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _days(ns: int) -> str:
+    """A retention period as the operator would write it: ``7d``, ``36h``, ``90s``."""
+    for unit, size in (("d", 86_400 * 10**9), ("h", 3600 * 10**9), ("m", 60 * 10**9)):
+        if ns % size == 0:
+            return f"{ns // size}{unit}"
+    return f"{ns / 1e9:g}s"
+
+
 class StartupError(ServerError, RuntimeError):
     """``serve`` cannot start (address in use, store unreachable): a clear message."""
 
@@ -158,8 +167,23 @@ def run(settings: Settings, echo: Callable[[str], None] = print) -> None:
     try:
         echo(f"store: {mask_password(settings.db)}")
         if settings.retention or settings.max_db_size:
+
+            def on_pass(done: RetentionPass) -> None:
+                metrics.retention_pass(done.traces, done.logs)
+                if done.traces or done.logs:
+                    echo(f"retention: deleted {done.traces} traces, {done.logs} log records")
+
+            if settings.retention:
+                echo(
+                    f"retention: {_days(settings.retention)}"
+                    " (imported log records age from their import)"
+                )
             retention = RetentionThread(
-                store, settings.retention, settings.max_db_size, RETENTION_INTERVAL_SECONDS
+                store,
+                settings.retention,
+                settings.max_db_size,
+                RETENTION_INTERVAL_SECONDS,
+                on_pass=on_pass,
             )
             retention.start()
         if settings.decode_workers:

@@ -47,6 +47,8 @@ class Metrics:
         self._bucket_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
         self._latency_count = 0
+        self._retention_runs = 0
+        self._retention_deleted = {"traces": 0, "logs": 0}
 
     def add_records(self, signal: str, what: str, n: int) -> None:
         """Count *n* spans or logs (*signal*) as received, rejected or written."""
@@ -75,6 +77,13 @@ class Metrics:
             self._latency_sum += seconds
             self._latency_count += 1
 
+    def retention_pass(self, traces: int, logs: int) -> None:
+        """One retention pass ran and deleted *traces* traces and *logs* log records."""
+        with self._lock:
+            self._retention_runs += 1
+            self._retention_deleted["traces"] += traces
+            self._retention_deleted["logs"] += logs
+
     def record_count(self, signal: str, what: str) -> int:
         """Current value of one record counter (for tests and logs)."""
         with self._lock:
@@ -97,6 +106,8 @@ class Metrics:
             in_flight = self._in_flight
             buckets = list(self._bucket_counts)
             lat_sum, lat_count = self._latency_sum, self._latency_count
+            retention_runs = self._retention_runs
+            deleted = dict(self._retention_deleted)
         lines: list[str] = []
         for what, help_text in (
             ("received", "Records received by ingest (before validation)."),
@@ -137,6 +148,19 @@ class Metrics:
             f"{name}_sum {lat_sum:.6f}",
             f"{name}_count {lat_count}",
         ]
+        name = f"{_PREFIX}retention_runs_total"
+        lines += [
+            f"# HELP {name} Retention passes run.",
+            f"# TYPE {name} counter",
+            f"{name} {retention_runs}",
+        ]
+        name = f"{_PREFIX}retention_deleted_total"
+        lines += [
+            f"# HELP {name} Records deleted by retention (traces, log records).",
+            f"# TYPE {name} counter",
+        ]
+        for signal in ("traces", "logs"):
+            lines.append(f'{name}{{signal="{signal}"}} {deleted[signal]}')
         for key, value in sorted((store_stats or {}).items()):
             safe = "".join(c if c.isalnum() or c == "_" else "_" for c in key)
             name = f"{_PREFIX}store_{safe}"

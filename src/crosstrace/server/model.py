@@ -28,6 +28,8 @@ __all__ = [
     "ID_ATTRS",
     "MAX_KIND",
     "MAX_STATUS",
+    "RES_HOST_NAME",
+    "RES_SERVICE_NAME",
     "STATUS_ERROR",
     "STATUS_OK",
     "STATUS_UNSET",
@@ -42,6 +44,10 @@ __all__ = [
     "TraceQuery",
     "TraceSummary",
 ]
+
+#: Resource attributes naming where a span or log record came from.
+RES_SERVICE_NAME: Final = "service.name"
+RES_HOST_NAME: Final = "host.name"
 
 # OTLP enum values, kept as plain ints.
 STATUS_UNSET = 0
@@ -113,6 +119,9 @@ class LogRecord:
     # line text for imported logs): writing a record whose key is already stored
     # adds nothing. ``None`` means "always insert".
     dedup_key: bytes | None = None
+    # When ``crosstrace logs import`` stored it (ns); ``None`` for records sent
+    # live. Retention ages an imported record from this time, not from its own.
+    imported_ns: int | None = None
 
 
 @dataclass(slots=True)
@@ -170,6 +179,7 @@ class LogQuery:
     request_id: str | None = None  # global or local
     trace_id: bytes | None = None
     service: str | None = None
+    host: str | None = None  # the resource's host.name
     min_severity: int | None = None  # OTLP severity number, e.g. 17 for ERROR
     text: str | None = None
     start_ns: int | None = None

@@ -8,6 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from crosstrace.server.model import RES_HOST_NAME, RES_SERVICE_NAME
+
 __all__ = [
     "ATTR_EXCEPTION_MESSAGE",
     "ATTR_EXCEPTION_STACKTRACE",
@@ -16,6 +18,8 @@ __all__ = [
     "ATTR_FILE_NAME",
     "MAX_RECORD_CHARS",
     "MAX_RECORD_LINES",
+    "RES_HOST_NAME",
+    "RES_SERVICE_NAME",
     "SEVERITY_NUMBERS",
     "ParseStats",
     "exception_attributes",
@@ -47,8 +51,6 @@ ATTR_THREAD_NAME = "thread.name"
 ATTR_USER_DOMAIN_ID = "openstack.user_domain_id"
 ATTR_PROJECT_DOMAIN_ID = "openstack.project_domain_id"
 ATTR_SYSTEM_SCOPE = "openstack.system_scope"
-RES_SERVICE_NAME = "service.name"
-RES_HOST_NAME = "host.name"
 RES_PROCESS_PID = "process.pid"
 RES_PROCESS_NAME = "process.executable.name"
 

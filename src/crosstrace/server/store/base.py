@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 from crosstrace.server.batch.scan import from_records
 from crosstrace.server.batch.spanbatch import SpanBatch
@@ -31,7 +32,15 @@ from crosstrace.server.model import (
 from crosstrace.server.store.causes import PendingTrace, SqlScope
 from crosstrace.server.store.prepare import Compression, PreparedBatch
 
-__all__ = ["Store"]
+__all__ = ["RetentionPass", "Store"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPass:
+    """What one retention pass deleted."""
+
+    traces: int
+    logs: int
 
 
 class Store(abc.ABC):
@@ -147,6 +156,11 @@ class Store(abc.ABC):
                 if s.service == service and s.name == operation
             )
         return out
+
+    def retention_pass(self, max_age_ns: int | None, max_bytes: int | None = None) -> RetentionPass:
+        """:meth:`apply_retention`, saying what it deleted (log records: 0 where the
+        store does not count them)."""
+        return RetentionPass(traces=self.apply_retention(max_age_ns, max_bytes), logs=0)
 
     @abc.abstractmethod
     def apply_retention(self, max_age_ns: int | None, max_bytes: int | None = None) -> int:

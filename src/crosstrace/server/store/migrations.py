@@ -41,7 +41,9 @@ Tables (both dialects):
 ``dep_edges``
     caller -> callee call and error counts per hour.
 ``logs``
-    log records with their ids, deduplicated on ``dedup_key``.
+    log records with their ids, deduplicated on ``dedup_key``; ``host_id`` names the
+    resource's ``host.name``; ``imported_ns`` is when ``crosstrace logs import``
+    stored the record (retention ages an imported record from then).
 ``zdicts``
     zstd dictionaries trained on the first span chunks (see ``codec.py``).
 ``error_causes`` / ``error_groups``
@@ -51,6 +53,7 @@ Tables (both dialects):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -299,6 +302,32 @@ def _error_index(blob: str, bigint: str) -> list[str | Callable[[Any], None]]:
     ]
 
 
+def _imported_now(ph: str) -> Callable[[Any], None]:
+    """A step: records imported before v7 (the only ones with a dedup key) age from
+    the upgrade. *ph* is the dialect's placeholder."""
+
+    def step(conn: Any) -> None:
+        conn.execute(
+            f"UPDATE logs SET imported_ns = {ph} WHERE dedup_key IS NOT NULL", (time.time_ns(),)
+        )
+
+    return step
+
+
+# v7: the host of a log record as a column (the host= filter), and when an imported
+# record was imported (retention ages it from then).
+_SQLITE_V7: list[str | Callable[[Any], None]] = [
+    "ALTER TABLE logs ADD COLUMN host_id INTEGER",
+    "ALTER TABLE logs ADD COLUMN imported_ns INTEGER",
+    "CREATE INDEX logs_host_time ON logs (host_id, time_ns) WHERE host_id IS NOT NULL",
+    _imported_now("?"),
+]
+_PG_V7: list[str | Callable[[Any], None]] = [
+    "ALTER TABLE logs ADD COLUMN host_id INTEGER, ADD COLUMN imported_ns BIGINT",
+    "CREATE INDEX logs_host_time ON logs (host_id, time_ns) WHERE host_id IS NOT NULL",
+    _imported_now("%s"),
+]
+
 #: dialect -> [(version, description, steps)], in order; a step is a statement
 #: or a function of the connection.
 MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
@@ -309,6 +338,7 @@ MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
         (4, "protobuf span chunks with digests, packed dependency lookups", _SQLITE_V4),
         (5, "service, operation and attribute indexes by chunk; ids on chunks", _SQLITE_V5),
         (6, "error causes and error groups", _error_index("BLOB", "INTEGER")),
+        (7, "log records' host and import time", _SQLITE_V7),
     ],
     "postgresql": [
         (1, "traces, span chunks, search indexes, dependencies", _PG_V1),
@@ -317,9 +347,10 @@ MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
         (4, "protobuf span chunks with digests and index arrays, packed lookups", _PG_V4),
         (5, "none (SQLite's index entries moved to the chunks; here they already were)", []),
         (6, "error causes and error groups", _error_index("BYTEA", "BIGINT")),
+        (7, "log records' host and import time", _PG_V7),
     ],
 }
-LATEST_VERSION = 6
+LATEST_VERSION = 7
 
 #: Arbitrary key of the PostgreSQL advisory lock held while migrating.
 _PG_LOCK_KEY = 0x63727374  # "crst"
@@ -373,8 +404,6 @@ def migrate(conn: Any, dialect: str, target: int | None = None) -> int:
 def _run_step(
     conn: Any, dialect: str, statements: list[Any], version: int, description: str, ph: str
 ) -> None:
-    import time
-
     record = f"INSERT INTO schema_version VALUES ({ph}, {ph}, {ph})"
     params = (version, description, time.time_ns())
     if dialect == "postgresql":

@@ -37,6 +37,7 @@ from crosstrace.server.model import (
     TraceQuery,
     TraceSummary,
 )
+from crosstrace.server.store.base import RetentionPass
 from crosstrace.server.store.causes import ErrorIndexSQL
 from crosstrace.server.store.codec import (
     KEY_WIDTH,
@@ -393,6 +394,12 @@ class SQLStore(ErrorIndexSQL, SQLWriter):
                     return []
                 where.append("service_id = ?")
                 params.append(sid)
+            if query.host is not None:
+                hid = self._lookup_name(conn, query.host)
+                if hid is None:
+                    return []
+                where.append("host_id = ?")
+                params.append(hid)
             sql = f"SELECT {LOG_COLUMNS} FROM logs"
             if where:
                 sql += " WHERE " + " AND ".join(where)
@@ -419,6 +426,7 @@ class SQLStore(ErrorIndexSQL, SQLWriter):
                         attributes=attributes,
                         resource=resource,
                         dedup_key=bytes(row[14]) if row[14] is not None else None,
+                        imported_ns=row[16],
                     )
                 )
             return out
@@ -465,9 +473,18 @@ class SQLStore(ErrorIndexSQL, SQLWriter):
         return edges
 
     # -------------------------------------------------------------- retention
+    #: Log records deleted by retention since the store was opened.
+    logs_deleted = 0
+
+    def retention_pass(self, max_age_ns: int | None, max_bytes: int | None = None) -> RetentionPass:
+        before = self.logs_deleted
+        traces = self.apply_retention(max_age_ns, max_bytes)
+        return RetentionPass(traces=traces, logs=self.logs_deleted - before)
+
     def apply_retention(self, max_age_ns: int | None, max_bytes: int | None = None) -> int:
         """Delete traces that started more than *max_age_ns* ago (and logs, edges
-        older than that); *max_bytes* is handled by stores that support it."""
+        older than that: an imported log record when both its own time and its
+        import are older); *max_bytes* is handled by stores that support it."""
         removed = 0
         if max_age_ns is not None:
             cutoff = time.time_ns() - max_age_ns
@@ -507,7 +524,11 @@ class SQLStore(ErrorIndexSQL, SQLWriter):
         return len(tids)
 
     def _delete_old_rows(self, conn: Any, cutoff_ns: int) -> None:
-        self._x(conn, "DELETE FROM logs WHERE time_ns < ?", (cutoff_ns,))
+        self.logs_deleted += self._x(
+            conn,
+            "DELETE FROM logs WHERE time_ns < ? AND (imported_ns IS NULL OR imported_ns < ?)",
+            (cutoff_ns, cutoff_ns),
+        )
         self._x(conn, "DELETE FROM dep_edges WHERE bucket < ?", (cutoff_ns // BUCKET_NS,))
 
     def _prune_lookups(self, conn: Any) -> None:

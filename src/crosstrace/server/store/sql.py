@@ -20,7 +20,8 @@ IN_CHUNK = 500
 
 LOG_COLUMNS = (
     "time_ns, severity, severity_text, service_id, trace_id, span_id, request_id,"
-    " global_request_id, user_id, project_id, domain_id, logger, body, extra, dedup_key"
+    " global_request_id, user_id, project_id, domain_id, logger, body, extra, dedup_key,"
+    " host_id, imported_ns"
 )
 
 

@@ -23,7 +23,7 @@ import zstandard
 
 from crosstrace.server.batch.spanbatch import SpanBatch
 from crosstrace.server.batch.values import INDEXED_ATTRIBUTES
-from crosstrace.server.model import LogRecord
+from crosstrace.server.model import RES_HOST_NAME, LogRecord
 from crosstrace.server.store.codec import ZSTD_LEVEL, compress_chunk, pack_blob
 from crosstrace.server.store.prepare import (
     BUCKET_NS,
@@ -530,6 +530,7 @@ class SQLWriter(SQLBase):
         rows = []
         for r in logs:
             extra = pack_blob((r.attributes, r.resource)) if r.attributes or r.resource else None
+            host = r.resource.get(RES_HOST_NAME)
             rows.append(
                 (
                     r.time_ns,
@@ -547,6 +548,8 @@ class SQLWriter(SQLBase):
                     r.body,
                     extra,
                     r.dedup_key,
+                    self._intern(conn, host) if isinstance(host, str) and host else None,
+                    r.imported_ns,
                 )
             )
         return self._insert(
@@ -569,6 +572,8 @@ class SQLWriter(SQLBase):
                 "text",
                 "bytea",
                 "bytea",
+                "integer",
+                "bigint",
             ),
             rows,
             "ON CONFLICT (dedup_key) DO NOTHING",
