@@ -3,7 +3,7 @@
 - :mod:`~crosstrace.cli.serve`: ``serve``, the backend;
 - :mod:`~crosstrace.cli.query`: ``traces``, ``trace``, ``request``, reading the query API;
 - :mod:`~crosstrace.cli.analysis`: ``why`` and ``errors``, root cause and error groups;
-- :mod:`~crosstrace.cli.logs`: ``logs import``;
+- :mod:`~crosstrace.cli.logs`: ``logs import`` (and ``logs search``, a query command);
 - :mod:`~crosstrace.cli.show`: ``show``, one trace or request as a tree, JSON, HTML or DOT;
 - :mod:`~crosstrace.cli.demo`: ``demo``.
 

@@ -1,4 +1,5 @@
-"""Query commands of the ``crosstrace`` CLI: ``traces``, ``trace`` and ``request``.
+"""Query commands of the ``crosstrace`` CLI: ``traces``, ``trace``, ``request`` and
+``logs search``.
 
 They read the backend's query API over HTTP (``/api/v1/...``) so that a failed
 request can be followed from a shell: find the failed traces, open one trace as
@@ -42,6 +43,7 @@ __all__ = [
     "BackendUnavailable",
     "QueryError",
     "QueryRefused",
+    "logs_search",
     "request",
     "trace",
     "traces",
@@ -403,23 +405,112 @@ def request(request_id: str, limit: int, url: str, as_json: bool) -> None:
     if not logs:
         console.print("no log lines for this request")
         return
-    table = Table(title=f"{len(logs)} log line(s)", box=box.SIMPLE_HEAD, title_justify="left")
+    hops = doc.get("hops") or []
+    title = f"{len(logs)} log line(s), oldest first"
+    if doc.get("truncated"):
+        title += f" (cut at --limit {limit})"
+    console.print(_logs_table(logs, title, hops))
+    if hops:
+        console.print(Text(f"{len(hops)} hop(s) between services and hosts:"))
+        for hop in hops:
+            console.print(
+                Text(
+                    f"  {_site(hop, 'caller')} -> {_site(hop, 'callee')}"
+                    f"  {hop.get('kind', '')} {hop.get('via', '')}"
+                )
+            )
+
+
+@click.command("search")
+@click.option("--request-id", default=None, help="Of this global or local request id.")
+@click.option("--service", default=None, help="Of this service.")
+@click.option("--host", default=None, help="Of this host.")
+@click.option("--level", default=None, help="At least this level: debug, info, warning, error.")
+@click.option("--text", "q", default=None, help="Whose message contains this text.")
+@click.option("--since", default=None, help="After: relative (15m, 1h, 2d) or RFC 3339.")
+@click.option("--until", default=None, help="Before: relative or RFC 3339.")
+@click.option(
+    "--limit", type=click.IntRange(1, 10_000), default=100, show_default=True, help="Lines shown."
+)
+@_common_options
+def logs_search(
+    request_id: str | None,
+    service: str | None,
+    host: str | None,
+    level: str | None,
+    q: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    url: str,
+    as_json: bool,
+) -> None:
+    """Search stored log lines, oldest first, with their service and host."""
+    params: dict[str, str | int] = {"limit": limit}
+    optional = {
+        "request_id": _check_request_id(request_id) if request_id else None,
+        "service": service,
+        "host": host,
+        "level": level,
+        "q": q,
+        "start": since,
+        "end": until,
+    }
+    params.update({k: v for k, v in optional.items() if v})
+    doc = _get(url, "/logs", params)
+    if as_json:
+        _echo_json(doc)
+        return
+    logs = doc.get("logs", []) if isinstance(doc, dict) else []
+    console = _console()
+    if not logs:
+        console.print("no log lines match")
+        return
+    console.print(_logs_table(logs, f"{len(logs)} log line(s), oldest first", []))
+    if len(logs) >= limit:
+        console.print(Text("more lines may match: narrow the search or raise --limit"))
+
+
+def _site(hop: Mapping[str, Any], side: str) -> str:
+    """``service@host`` of a hop's caller or callee."""
+    service = str(hop.get(f"{side}_service") or "")
+    host = hop.get(f"{side}_host")
+    return f"{service}@{host}" if host else service
+
+
+def _logs_table(logs: list[dict[str, Any]], title: str, hops: list[dict[str, Any]]) -> Table:
+    """Log lines with time, host, service, level, ids and message; the line a hop
+    starts from says where it goes (``->``), the line it reaches where it came from."""
+    marks: dict[int, list[str]] = {}
+    for hop in hops:
+        try:
+            caller, callee = int(hop["caller"]), int(hop["callee"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        marks.setdefault(caller, []).append(f"-> {_site(hop, 'callee')}")
+        marks.setdefault(callee, []).append(f"<- {_site(hop, 'caller')} ({hop.get('kind', '')})")
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("time (UTC)", no_wrap=True)
+    table.add_column("host", no_wrap=True)
     table.add_column("service", no_wrap=True)
     table.add_column("level", no_wrap=True)
     table.add_column("request id", no_wrap=True)
-    table.add_column("trace id", no_wrap=True)
+    if marks:
+        table.add_column("hop", no_wrap=True)
     table.add_column("message")
-    for record in logs:
+    for i, record in enumerate(logs):
         level = str(record.get("severity_text") or record.get("severity_number") or "")
         severity = int(record.get("severity_number") or 0)
         style = "bold red" if severity >= 17 else ("yellow" if severity >= 13 else "")
-        table.add_row(
+        cells = [
             Text(_time(record.get("time_ns"))),
+            Text(str(record.get("host") or "-")),
             Text(str(record.get("service", ""))),
             Text(level, style=style),
             Text(str(record.get("request_id") or "-")),
-            Text(str(record.get("trace_id") or "-"), style="dim"),
-            Text(str(record.get("body", "")), style=style),
-        )
-    console.print(table)
+        ]
+        if marks:
+            cells.append(Text("; ".join(marks.get(i, [])), style="cyan"))
+        cells.append(Text(str(record.get("body", "")), style=style))
+        table.add_row(*cells)
+    return table

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from logtree import GLOBAL, NEUTRON_REQ, REQ, Tree
 
-from conftest import GLOBAL, NEUTRON_REQ, REQ, Tree
+from crosstrace.cli import main
 from crosstrace.server.logs.importer import import_file
 from crosstrace.server.model import LogQuery
 from crosstrace.server.store import Store, open_store
@@ -71,6 +73,25 @@ def test_same_file_on_two_hosts_is_two_sets_of_records(store: Store, tmp_path: P
     assert [import_file(store, p).stored for p in paths] == [0, 0]
     records = store.search_logs(LogQuery(service="nova-compute", limit=ALL))
     assert sorted(r.resource["host.name"] for r in records) == ["cmp1", "cmp2"]
+
+
+def test_host_and_service_flags_override_the_path(tmp_path: Path, tree: Tree) -> None:
+    """--host and --service name every record of the files given."""
+    db = "sqlite:///" + str(tmp_path / "cli.sqlite3")
+    path = tree.files[4]  # cmp2's nova-compute.log
+    res = CliRunner().invoke(
+        main,
+        ["logs", "import", "--db", db, "--json", "--host", "cmp2.example.org", str(path)],
+    )
+    assert res.exit_code == 0, res.output
+    [summary] = json.loads(res.stdout)
+    assert (summary["service"], summary["host"]) == ("nova-compute", "cmp2.example.org")
+    s = open_store(db)
+    try:
+        records = s.search_logs(LogQuery(limit=ALL))
+    finally:
+        s.close()
+    assert {r.resource["host.name"] for r in records} == {"cmp2.example.org"}
 
 
 def test_journald_json_export_names_its_host(tmp_path: Path) -> None:

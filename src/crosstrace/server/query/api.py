@@ -27,6 +27,7 @@ from crosstrace import __version__
 from crosstrace.ids import is_valid_request_id
 from crosstrace.server.auth import TokenSet, bearer_token
 from crosstrace.server.errors import Unavailable
+from crosstrace.server.logs.follow import FollowedRequest, follow_request
 from crosstrace.server.metrics import Metrics
 from crosstrace.server.model import (
     LogQuery,
@@ -46,6 +47,7 @@ from crosstrace.server.query.models import (
     ServicesOut,
     TraceOut,
     TracePageOut,
+    hop_out,
     log_out,
     span_out,
     span_tree,
@@ -283,16 +285,20 @@ def create_api(store: Store, metrics: Metrics, *, tokens: TokenSet | None = None
     def get_request(
         request_id: str, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
     ) -> RequestOut:
-        """Everything for a global or local request id: its traces and its logs."""
+        """Everything for a global or local request id: its traces, and its log lines
+        with those of the calls they name (RPC message ids, "used request id"), oldest
+        first, with the caller -> callee hops the lines show."""
         rid = _request_id_param("request_id", request_id)
         traces: list[TraceSummary] = read(lambda: store.traces_for_request(rid))
-        logs: list[LogRecord] = read(
-            lambda: store.search_logs(LogQuery(request_id=rid, limit=limit))
-        )
+        followed: FollowedRequest = read(lambda: follow_request(store.search_logs, rid, limit))
+        lines = followed.lines
         return RequestOut(
             request_id=rid,
             traces=[summary_out(s) for s in sorted(traces, key=lambda s: s.start_ns)],
-            logs=[log_out(r) for r in sorted(logs, key=lambda r: r.time_ns)],
+            logs=[log_out(r) for r in lines],
+            hops=[hop_out(h, lines) for h in followed.hops],
+            followed=followed.followed,
+            truncated=followed.truncated,
         )
 
     @app.get("/api/v1/services", response_model=ServicesOut, dependencies=authed)
@@ -325,6 +331,7 @@ def create_api(store: Store, metrics: Metrics, *, tokens: TokenSet | None = None
         request_id: str | None = None,
         trace_id: str | None = None,
         service: str | None = None,
+        host: Annotated[str | None, Query(description="the records' host.name")] = None,
         level: Annotated[
             str | None, Query(description="lowest level: debug, info, warning, error, critical")
         ] = None,
@@ -346,6 +353,7 @@ def create_api(store: Store, metrics: Metrics, *, tokens: TokenSet | None = None
             request_id=_request_id_param("request_id", request_id) if request_id else None,
             trace_id=_trace_id_param("trace_id", trace_id) if trace_id else None,
             service=service or None,
+            host=host or None,
             min_severity=min_severity,
             text=q or None,
             start_ns=_time_param("start", start),

@@ -9,11 +9,13 @@ from typing import Any, Final
 
 from pydantic import BaseModel, Field
 
+from crosstrace.server.logs.follow import Hop, host_of
 from crosstrace.server.model import LogRecord, SpanRecord, TraceSummary
 
 __all__ = [
     "DependenciesOut",
     "DependencyOut",
+    "HopOut",
     "LogOut",
     "LogsOut",
     "OperationsOut",
@@ -23,6 +25,7 @@ __all__ = [
     "TraceOut",
     "TracePageOut",
     "TraceSummaryOut",
+    "hop_out",
     "log_out",
     "rfc3339",
     "span_out",
@@ -103,16 +106,34 @@ class LogOut(BaseModel):
     domain_id: str | None
     attributes: dict[str, Any]
     resource: dict[str, Any]
+    host: str | None = Field(description="the resource's host.name")
+    imported_ns: int | None = Field(description="when `crosstrace logs import` stored it")
 
 
 class LogsOut(BaseModel):
     logs: list[LogOut]
 
 
+class HopOut(BaseModel):
+    kind: str = Field(description="rpc, used_request_id, request_id or global_request_id")
+    via: str = Field(description="the id both lines show")
+    caller: int = Field(description="index in logs of the caller's line")
+    callee: int = Field(description="index in logs of the callee's first line")
+    caller_service: str
+    caller_host: str | None
+    callee_service: str
+    callee_host: str | None
+
+
 class RequestOut(BaseModel):
     request_id: str
     traces: list[TraceSummaryOut] = Field(description="oldest first")
-    logs: list[LogOut] = Field(description="oldest first")
+    logs: list[LogOut] = Field(
+        description="oldest first: the request's lines, and those of the calls they name"
+    )
+    hops: list[HopOut] = Field(description="caller -> callee steps the log lines show")
+    followed: list[str] = Field(description="callee request ids and RPC message ids followed")
+    truncated: bool = Field(description="true when limit cut the log lines short")
 
 
 class ServicesOut(BaseModel):
@@ -184,6 +205,22 @@ def log_out(r: LogRecord) -> LogOut:
         domain_id=r.domain_id,
         attributes=r.attributes,
         resource=r.resource,
+        host=host_of(r),
+        imported_ns=r.imported_ns,
+    )
+
+
+def hop_out(hop: Hop, lines: list[LogRecord]) -> HopOut:
+    caller, callee = lines[hop.caller], lines[hop.callee]
+    return HopOut(
+        kind=hop.kind,
+        via=hop.via,
+        caller=hop.caller,
+        callee=hop.callee,
+        caller_service=caller.service,
+        caller_host=host_of(caller),
+        callee_service=callee.service,
+        callee_host=host_of(callee),
     )
 
 
