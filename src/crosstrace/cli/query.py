@@ -495,6 +495,7 @@ def _logs_table(logs: list[dict[str, Any]], title: str, hops: list[dict[str, Any
     table.add_column("service", no_wrap=True)
     table.add_column("level", no_wrap=True)
     table.add_column("request id", no_wrap=True)
+    table.add_column("trace id", no_wrap=True)
     if marks:
         table.add_column("hop", no_wrap=True)
     table.add_column("message")
@@ -508,6 +509,7 @@ def _logs_table(logs: list[dict[str, Any]], title: str, hops: list[dict[str, Any
             Text(str(record.get("service", ""))),
             Text(level, style=style),
             Text(str(record.get("request_id") or "-")),
+            Text(str(record.get("trace_id") or "-"), style="dim"),
         ]
         if marks:
             cells.append(Text("; ".join(marks.get(i, [])), style="cyan"))
