@@ -46,8 +46,8 @@ logs.add_command(logs_search)
 @click.option(
     "--service",
     default=None,
-    help="Service name for every record (default: from each file's path:"
-    " <project>/<file>, e.g. neutron/server.log -> neutron-server).",
+    help="Service name for every record (default: from each file's path,"
+    " <host>/var/log/<project>/<file>: neutron/server.log -> neutron-server).",
 )
 @click.option(
     "--host",
