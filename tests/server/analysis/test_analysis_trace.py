@@ -261,7 +261,11 @@ def test_a_chain_100000_deep_and_a_fan_out_of_100000_are_analysed() -> None:
     a = analyse_trace(deep)
     assert a.root_cause is not None
     assert a.root_cause.span_id == sid(n)
-    assert len(a.chain) == n
+    assert len(a.chain) == 1000  # its first and last 500
+    assert a.chain[0] == sid(1)
+    assert a.chain[-1] == sid(n)
+    assert len(a.consequences) == 1000
+    assert any("chain" in note for note in a.notes)
     wide = [_span(1, None, 0, 10 * n, error=True)]
     wide += [_span(i, 1, i, i + 1, error=(i == n)) for i in range(2, n + 1)]
     b = analyse_trace(wide)

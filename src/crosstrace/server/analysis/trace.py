@@ -68,6 +68,9 @@ SLOW_FACTOR: Final = 3
 #: ...and at least this much above it.
 SLOW_MIN_EXCESS_NS: Final = 250_000_000
 MAX_CANDIDATES: Final = 10
+#: Longest chain, consequence and recovered lists in an answer (a pathological
+#: trace 100,000 spans deep still gets a readable one).
+MAX_LISTED: Final = 1000
 #: Log lines kept as evidence per candidate.
 MAX_EVIDENCE_LOGS: Final = 10
 #: A log line this close to a candidate's span (same service) is near it.
@@ -148,10 +151,31 @@ def analyse_trace(
         latest = max(range(len(idx)), key=lambda i: (idx.spans[i].start_ns, i))
         analysis.last_traced_element = _ref(idx, latest)
     for cand in analysis.candidates:
-        cand.evidence.chain = _chain_of(idx, cand)
+        cand.evidence.chain = _shorten(_chain_of(idx, cand))
         cand.evidence.usual_duration_ns = usual.get((cand.service, cand.name))
         cand.evidence.logs = _near_logs(idx, cand, logs)
+    if len(analysis.chain) > MAX_LISTED:
+        analysis.notes.append(
+            f"the chain of {len(analysis.chain)} spans is shown by its first and last "
+            f"{MAX_LISTED // 2}"
+        )
+        analysis.chain = _shorten(analysis.chain)
+    if len(analysis.consequences) > MAX_LISTED:
+        analysis.notes.append(
+            f"{len(analysis.consequences) - MAX_LISTED} more consequences are not listed"
+        )
+        del analysis.consequences[MAX_LISTED:]
+    if len(analysis.recovered) > MAX_LISTED:
+        del analysis.recovered[MAX_LISTED:]
     return analysis
+
+
+def _shorten(chain: list[bytes]) -> list[bytes]:
+    """A chain of at most :data:`MAX_LISTED` ids: its first and last halves."""
+    if len(chain) <= MAX_LISTED:
+        return chain
+    half = MAX_LISTED // 2
+    return chain[:half] + chain[-half:]
 
 
 # ----------------------------------------------------------------- error rules
