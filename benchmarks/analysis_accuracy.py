@@ -2,7 +2,10 @@
 
 Each ``crosstrace demo --once`` run writes ``summary.json`` with crosstrace's
 verdict on every boot request scored against the injected truth ("verdicts").
-This adds the runs up::
+This adds the runs up and, from each run's store and ground truth, scores two
+rules of other tools on the same failed requests for comparison: Jaeger's
+"deepest error span with no errored children" and OSProfiler's "span that
+started last" (right when that span's service and operation are the truth)::
 
     for s in 21 22 23; do crosstrace demo --once --seed $s --requests 400 --data-dir d$s; done
     python benchmarks/analysis_accuracy.py d21 d22 d23
@@ -14,6 +17,43 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+
+
+def _baselines(d: Path, totals: dict[str, Counter[str]]) -> None:
+    from crosstrace.server.model import STATUS_ERROR, SpanRecord
+    from crosstrace.server.store import open_store
+
+    truth = json.loads((d / "groundtruth.json").read_text())
+    store = open_store(f"sqlite:///{d / 'crosstrace.sqlite3'}")
+    try:
+        for entry in truth["faults"]:
+            cause = entry.get("root_cause")
+            if not cause or len(entry["trace_ids"]) != 1:
+                continue
+            spans = store.get_trace(bytes.fromhex(entry["trace_ids"][0]))
+            ids = {s.span_id: s for s in spans}
+
+            def depth(span: object, ids: dict[bytes, SpanRecord] = ids) -> int:
+                n, seen = 0, set()
+                p = getattr(span, "parent_span_id", None)
+                while p in ids and p not in seen:
+                    seen.add(p)
+                    n += 1
+                    p = ids[p].parent_span_id
+                return n
+
+            errors = [s for s in spans if s.status_code == STATUS_ERROR]
+            parents = {s.parent_span_id for s in errors}
+            leaves = [s for s in errors if s.span_id not in parents]
+            jaeger = max(leaves, key=lambda s: (depth(s), -s.start_ns), default=None)
+            last = max(spans, key=lambda s: s.start_ns, default=None)
+            t = totals.setdefault(entry["fault"], Counter())
+            t["n"] += 1
+            for name, span in (("jaeger", jaeger), ("osprofiler", last)):
+                if span and (span.service, span.name) == (cause["service"], cause["operation"]):
+                    t[name] += 1
+    finally:
+        store.close()
 
 
 def main() -> None:
@@ -56,6 +96,21 @@ def main() -> None:
         wrong = {a: c for a, c in t["answers"].items() if c and a.split(": ", 1)[-1] != t["truth"]}  # type: ignore[attr-defined]
         if wrong and kind != "none":
             print(f"|  | other answers: {wrong} | | | | |")
+    base: dict[str, Counter[str]] = {}
+    for d in dirs:
+        if (d / "crosstrace.sqlite3").exists():
+            _baselines(d, base)
+    if base:
+        print()
+        print("| fault kind | crosstrace | Jaeger: deepest error leaf | OSProfiler: last started |")
+        print("|---|---:|---:|---:|")
+        for kind, c in base.items():
+            t = totals[kind]
+            ours = f"{100 * int(t['right']) / max(1, int(t['requests'])):.1f} %"  # type: ignore[call-overload]
+            print(
+                f"| {kind} | {ours} | {100 * c['jaeger'] / c['n']:.1f} % "
+                f"| {100 * c['osprofiler'] / c['n']:.1f} % |"
+            )
     left = int(totals.get("none", {}).get("left_out", 0))  # type: ignore[call-overload]
     print(f"clean requests slow from load alone, left out: {left}")
     print(f"error groups the backend held per run: {dict(groups)}")
