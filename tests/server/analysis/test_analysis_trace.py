@@ -62,6 +62,8 @@ def test_masked_timeout_blames_the_callee_still_running_not_the_caller() -> None
     assert top.evidence.db_statement == "SELECT sleep(3)"
     assert top.evidence.timed_out_span_id == t.id("call")
     assert top.exception_type == "ReadTimeout"  # what the caller saw
+    assert a.last_traced_element is not None
+    assert a.last_traced_element.span_id == t.id("sql")  # still running when the caller gave up
     assert t.id("call") in {c.span_id for c in a.consequences}
 
 

@@ -255,18 +255,15 @@ def _error_rules(idx: TraceIndex, failed_roots: list[int], analysis: Analysis) -
             if not cand.exception_type and idx.failed[db]:
                 info = exception_info(spans[db])
                 cand.exception_type, cand.message = info.type, info.message
-        if reason is Reason.NEVER_REPLIED:
-            analysis.last_traced_element = _ref(idx, span_i)
         analysis.candidates.append(cand)
         cause_spans.append(span_i)
+        # The last element seen of the top cause: the call never answered, the
+        # statement still running or failing, else the cause itself.
+        if analysis.last_traced_element is None:
+            analysis.last_traced_element = _ref(idx, db if db is not None else span_i)
     if not analysis.candidates:
         return
     analysis.chain = _chain_of(idx, analysis.candidates[0])
-    if analysis.last_traced_element is None:
-        top = cause_spans[0]
-        sub = [top, *_descendants(idx, top, limit=10_000)]
-        latest = max(sub, key=lambda i: (spans[i].start_ns, i))
-        analysis.last_traced_element = _ref(idx, latest)
     # Consequences, each linked to the cause it follows.
     owner: dict[int, int] = {}
     for c in reversed(cause_spans):  # the best-ranked cause wins
