@@ -23,7 +23,9 @@ from crosstrace.demo.faults import CATALOGUE, FaultKind
 
 pytestmark = pytest.mark.browser
 
-#: Fault kinds that fail the request with an exception at a known place.
+#: Fault kinds that fail the request with an exception at a known place. (The slow
+#: scheduler is left out: on a loaded machine other spans are slow too, and which
+#: one the analysis blames is the analysis's own tests' business.)
 FAILING_KINDS = [k for k, spec in CATALOGUE.items() if spec.is_failure and spec.root_cause]
 
 
@@ -85,8 +87,7 @@ def test_trace_page_names_the_true_root_cause(
     ui.goto(f"{demo_server.url}/traces/{boot['trace_ids'][0]}")
     shot(ui, f"trace-{kind}")
     assert ui.get_by_test_id("rc-service").inner_text().strip() == truth["service"]
-    shown = ui.get_by_test_id("rc-exception").inner_text().strip()
-    assert shown.rsplit(".", 1)[-1] == truth["error_type"]  # the type may be module-qualified
+    assert ui.get_by_test_id("rc-exception").inner_text().strip() == truth["error_type"]
     ui.get_by_role("button", name="Jump to root cause").click()
     selected = ui.locator("#wf-canvas .wf-row[aria-selected=true]")
     assert "root-cause" in (selected.get_attribute("class") or "")
