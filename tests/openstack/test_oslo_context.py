@@ -6,7 +6,12 @@ from oslo_context import context as oslo_context
 
 from crosstrace.context import RequestContext, use_context
 from crosstrace.ids import is_valid_request_id
-from crosstrace.integrations.oslo_context import from_oslo, from_oslo_dict, to_oslo
+from crosstrace.integrations.oslo_context import (
+    from_oslo,
+    from_oslo_dict,
+    to_oslo,
+    to_oslo_dict,
+)
 
 GID = "req-3f1e2d4c-5b6a-4789-8abc-def012345678"
 LID = "req-0a1b2c3d-4e5f-4a6b-9c7d-8e9f0a1b2c3d"
@@ -57,3 +62,12 @@ def test_from_oslo_dict_reads_oslos_dict_keys() -> None:
     assert (ours.user_id, ours.project_id, ours.domain_id) == ("u1", "p1", "d1")
     assert (ours.user_domain_id, ours.project_domain_id) == ("ud1", "pd1")
     assert ours.roles == ("admin",)
+
+
+def test_dict_form_matches_oslos_own_and_reads_back() -> None:
+    ours = RequestContext(LID, GID, roles=("reader",), **IDENTITY)
+    theirs = to_oslo(ours).to_dict()
+    mine = to_oslo_dict(ours)
+    assert {k: theirs[k] for k in mine} == mine
+    assert from_oslo_dict(mine) == ours
+    assert to_oslo_dict(None) == {}

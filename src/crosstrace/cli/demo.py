@@ -37,7 +37,8 @@ __all__ = ["demo"]
     "--broker",
     default="memory://",
     show_default=True,
-    help="kombu URL for RPC, e.g. amqp://guest:guest@127.0.0.1:5672//.",
+    help="RPC broker: memory:// (oslo.messaging's in-process fake driver) or a "
+    "RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672//.",
 )
 @click.option(
     "--volume-db",

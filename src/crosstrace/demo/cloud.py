@@ -12,8 +12,9 @@ Boot flow (``POST /v2.1/servers``)::
                                                                          query, insert)
 
 compute-api and volume are WSGI apps (threaded ``wsgiref`` server), image and
-network are ASGI apps (uvicorn), so both middlewares are exercised. RPC runs over
-kombu: ``memory://`` (in-process) by default, RabbitMQ with an ``amqp://`` URL.
+network are ASGI apps (uvicorn), so both middlewares are exercised. RPC runs on
+oslo.messaging with crosstrace's serializer and traced endpoints: its in-process
+``fake://`` driver by default (``memory://``), RabbitMQ with an ``amqp://`` URL.
 The volume service keeps its volumes in its own SQL database through SQLAlchemy:
 SQLite by default, PostgreSQL or MariaDB by URL.
 
@@ -109,7 +110,7 @@ class Cloud:
         self._router.fallback.setLevel(logging.INFO)
         # Library records (crosstrace's integrations log each callee's request id
         # at debug, like keystoneauth) go to the file of the service that logged them.
-        for name in ("crosstrace", "sqlalchemy", "uvicorn", "kombu", "amqp"):
+        for name in ("crosstrace", "sqlalchemy", "uvicorn", "kombu", "amqp", "oslo_messaging"):
             logger = logging.getLogger(name)
             logger.addHandler(self._router)
             self._router_loggers.append(logger)
@@ -145,9 +146,7 @@ class Cloud:
             self._serve_rpc(worker, f"{ns}compute.{host}", exchange, ("build_and_run_instance",))
 
         api_kit = self._kit(F.SVC_COMPUTE_API)
-        client = RpcClient(
-            cfg.broker_url, exchange, publish=api_kit.rpc_publish, name="rpc-client-compute-api"
-        )
+        client = RpcClient(cfg.broker_url, exchange, name="rpc-client-compute-api")
         client.start()
         self._rpc_client = client
         api = ComputeApiService(api_kit, cfg, self.http[F.SVC_IMAGE].url, client)
@@ -163,9 +162,11 @@ class Cloud:
             topic,
             endpoint,
             methods=methods,
-            publish=endpoint.kit.rpc_publish,
-            wrap_callback=endpoint.kit.rpc_callback,
             max_workers=16,
+            tracer=endpoint.kit.tracer,
+            service=endpoint.kit.name,
+            scope=endpoint.kit.rpc_scope,
+            name=topic,
         )
         server.start()
         self._rpc_servers.append(server)

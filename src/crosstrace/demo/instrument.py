@@ -4,8 +4,8 @@ This is the part an operator would write when adding crosstrace to a service:
 ``crosstrace.configure()`` once for the process, then for each service its own
 ``crosstrace.get_tracer(name)`` (the services run as threads of one process,
 each with its own ``service.name``, all sharing one exporter), handed to the
-request-id middleware (WSGI/ASGI: SERVER spans), the kombu consumer wrapper
-and publisher (CONSUMER/PRODUCER spans), the propagating HTTP clients (CLIENT
+request-id middleware (WSGI/ASGI: SERVER spans), crosstrace's oslo.messaging
+serializer and traced endpoints (SERVER spans of RPC calls), the propagating HTTP clients (CLIENT
 spans), the SQLAlchemy hook (DB spans) and :class:`crosstrace.logging.ExportHandler`
 (logs to the backend). One :class:`ServiceKit` per service keeps those choices
 in one place, so each service logs to its own file and reports its own
@@ -29,7 +29,6 @@ from crosstrace import config as ct_config
 from crosstrace import tracer as ct_tracer
 from crosstrace import wsgi as ct_wsgi
 from crosstrace.integrations import httpx as ct_httpx
-from crosstrace.integrations import kombu as ct_kombu
 from crosstrace.integrations import requests as ct_requests
 from crosstrace.integrations import sqlalchemy as ct_sqlalchemy
 from crosstrace.tracer import SpanKind, Tracer
@@ -154,36 +153,15 @@ class ServiceKit:
 
         return service_app
 
-    def _rpc_attributes(self) -> dict[str, Any]:
-        return {"rpc.system": "oslo.messaging", "rpc.service": self.name}
-
-    def rpc_callback(self, fn: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
-        """Wrap an RPC handler: the caller's request context and trace from the
-        message headers, a CONSUMER span named ``<service>/<method>``, log routing."""
-        name = self.name
-
-        def span_name(body: Any, message: Any) -> str:
-            method = body.get("method") if isinstance(body, Mapping) else None
-            return f"{name}/{method}" if isinstance(method, str) else f"{name}/?"
-
-        wrapped = ct_kombu.consumer_callback(
-            fn, tracer=self.tracer, attributes=self._rpc_attributes(), span_name=span_name
-        )
-
-        def run(body: Any, message: Any) -> None:
-            token = _service_var.set(name)
-            try:
-                wrapped(body, message)
-            finally:
-                _service_var.reset(token)
-
-        return run
-
-    def rpc_publish(self, producer: Any, body: Any, **kwargs: Any) -> None:
-        """Publish an RPC message (a PRODUCER span) carrying the request context and trace."""
-        ct_kombu.publish(
-            producer, body, tracer=self.tracer, attributes=self._rpc_attributes(), **kwargs
-        )
+    @contextlib.contextmanager
+    def rpc_scope(self) -> Iterator[None]:
+        """The scope of one RPC endpoint call: its log lines go to this service's file.
+        (Context and SERVER span come from crosstrace's oslo.messaging integration.)"""
+        token = _service_var.set(self.name)
+        try:
+            yield
+        finally:
+            _service_var.reset(token)
 
     # -- clients ------------------------------------------------------------
 

@@ -1,96 +1,59 @@
-"""A small RPC layer over kombu: ``call`` with a reply queue and timeout, ``cast``.
+"""The demo cloud's RPC on oslo.messaging: ``call`` with a timeout, ``cast``.
 
-It follows oslo.messaging's RPC shape, which OpenStack services use between
-their API and their workers: a server consumes a topic queue and dispatches
-``{"method": ..., "args": {...}}`` to an endpoint object; a caller publishes with
-``reply_to`` and ``correlation_id`` and waits for the matching reply, raising
-:class:`MessagingTimeout` if none comes in time. Works on kombu's in-process
-``memory://`` transport and on RabbitMQ (``amqp://...``).
+Servers consume a topic and dispatch ``method(**args)`` to an endpoint object,
+exactly as OpenStack services do, through oslo.messaging's RPC server (threading
+executor) and client. crosstrace comes in the way an operator adds it to a
+service: the serializer is wrapped (:func:`crosstrace.integrations.oslo_messaging.wrap`)
+and the server's endpoints are traced (SERVER spans continuing the caller's trace).
 
-Each thread uses its own connection: kombu connections are not thread-safe.
-Handlers run in a thread pool, so a slow call does not hold up the queue.
+Broker URLs: ``memory://`` (the default: oslo.messaging's in-process ``fake://``
+driver, nothing to install; every server and client of the process share one
+transport) or ``amqp://user:pass@host:port/vhost`` (RabbitMQ through oslo.messaging's
+``rabbit://`` driver).
+
+A call that gets no reply in time raises oslo.messaging's own
+:class:`MessagingTimeout`; an endpoint that raised comes back as
+:class:`RemoteError` with the exception's type name and message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-import uuid
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
-from crosstrace.tracer import StatusCode, current_span
+import oslo_messaging
+import oslo_messaging.opts
+from oslo_config import cfg
+from oslo_messaging._metrics import client as _metrics_opts
+from oslo_messaging._tracing import client as _tracing_opts
+
+from crosstrace.integrations import oslo_messaging as ct_messaging
+from crosstrace.integrations.oslo_context import to_oslo_dict
+from crosstrace.tracer import Tracer
 
 __all__ = [
     "MessagingTimeout",
     "RemoteError",
     "RpcClient",
     "RpcServer",
-    "connection_for",
+    "transport_url",
 ]
 
 log = logging.getLogger(__name__)
 
-# How often a consumer thread wakes up to check whether it should stop.
-_DRAIN_TIMEOUT = 0.25
-# kombu's virtual transports poll; the default (1 s) would add a second per hop.
-_MEMORY_POLLING_INTERVAL = 0.005
+#: oslo.messaging's timeout exception, raised by :meth:`RpcClient.call`.
+MessagingTimeout = oslo_messaging.MessagingTimeout
 
-#: Hook that publishes one message: ``publish(producer, body, **kwargs)``.
-Publisher = Callable[..., None]
-#: Hook that wraps a consumer callback ``fn(body, message)`` (e.g. to restore the
-#: caller's request context and open a consumer span before it runs).
-CallbackWrapper = Callable[[Callable[[Any, Any], None]], Callable[[Any, Any], None]]
-
-
-def _plain_publish(producer: Any, body: Any, **kwargs: Any) -> None:
-    producer.publish(body, **kwargs)
-
-
-def _no_wrap(fn: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
-    return fn
-
-
-def _kombu() -> Any:
-    """kombu, imported on first use (an optional dependency) and typed loosely:
-    its public classes are not annotated."""
-    import kombu
-
-    return kombu
-
-
-def _close_all(conns: list[Any]) -> None:
-    while conns:
-        try:
-            conns.pop().release()
-        except Exception:
-            log.debug("closing an RPC connection failed", exc_info=True)
-
-
-def _consume(
-    conn: Any,
-    queue: Any,
-    callback: Callable[[Any, Any], None],
-    ready: threading.Event,
-    stop: threading.Event,
-) -> None:
-    """Consume JSON messages from *queue* into *callback* until *stop* is set."""
-    with _kombu().Consumer(conn, [queue], callbacks=[callback], accept=["json"]):
-        ready.set()
-        while not stop.is_set():
-            try:
-                conn.drain_events(timeout=_DRAIN_TIMEOUT)
-            except TimeoutError:
-                continue
-
-
-class MessagingTimeout(Exception):
-    """No reply came to an RPC call within its timeout."""
+#: Wraps each endpoint call (e.g. to route the service's log lines).
+CallScope = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
 class RemoteError(Exception):
-    """The remote handler raised; carries its exception type and message."""
+    """The remote endpoint raised; carries its exception type and message."""
 
     def __init__(self, exc_type: str, message: str) -> None:
         super().__init__(f"{exc_type}: {message}")
@@ -98,21 +61,114 @@ class RemoteError(Exception):
         self.message = message
 
 
-def connection_for(url: str) -> Any:
-    """A new kombu connection for ``url`` (fast polling on the memory transport)."""
-    options: dict[str, Any] = {}
-    if url.startswith("memory://"):
-        options["polling_interval"] = _MEMORY_POLLING_INTERVAL
-    return _kombu().Connection(url, transport_options=options)
+def transport_url(broker_url: str) -> str:
+    """oslo.messaging's transport URL for a demo broker URL."""
+    if broker_url.startswith(("memory://", "fake:")):
+        return "fake:/"
+    parts = urlsplit(broker_url)
+    if parts.scheme not in ("amqp", "pyamqp", "rabbit"):
+        raise ValueError(f"unsupported RPC broker URL scheme {parts.scheme!r}")
+    vhost = parts.path[1:] if parts.path not in ("", "/", "//") else ""
+    auth = f"{parts.username}:{parts.password}@" if parts.username else ""
+    return f"rabbit://{auth}{parts.hostname}:{parts.port or 5672}/{vhost}"
+
+
+class _Transports:
+    """One oslo.messaging transport per URL in this process, shared and counted
+    (the fake driver's queues live in its transport)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_url: dict[str, tuple[Any, int]] = {}
+
+    def acquire(self, url: str, workers: int) -> Any:
+        with self._lock:
+            transport, users = self._by_url.get(url, (None, 0))
+            if transport is None:
+                transport = oslo_messaging.get_rpc_transport(_conf(workers), url=url)
+            self._by_url[url] = (transport, users + 1)
+            return transport
+
+    def release(self, url: str) -> None:
+        with self._lock:
+            transport, users = self._by_url.get(url, (None, 0))
+            if transport is None:
+                return
+            if users > 1:
+                self._by_url[url] = (transport, users - 1)
+                return
+            del self._by_url[url]
+        transport.cleanup()
+
+
+_transports = _Transports()
+
+
+def _conf(workers: int) -> cfg.ConfigOpts:
+    """A private oslo.config with oslo.messaging's options (the demo is no service
+    with a config file; some groups are registered on the global CONF only)."""
+    conf = cfg.ConfigOpts()
+    for group, opts in oslo_messaging.opts.list_opts():
+        conf.register_opts(opts, group=group)
+    conf.register_opts(_metrics_opts.oslo_messaging_metrics, group="oslo_messaging_metrics")
+    conf.register_opts(_tracing_opts.oslo_messaging_tracing, group="oslo_messaging_tracing")
+    conf([], project="crosstrace-demo")
+    conf.set_override("executor_thread_pool_size", workers)
+    # A broker that is down fails fast instead of retrying for minutes.
+    conf.set_override("rabbit_retry_interval", 1, group="oslo_messaging_rabbit")
+    # Each demo run has its own topics: their queues go when the run does.
+    conf.set_override("amqp_auto_delete", True, group="oslo_messaging_rabbit")
+    return conf
+
+
+class _Endpoint:
+    """The demo endpoint as oslo.messaging sees it: only *methods*, each called
+    ``method(ctxt, **args)``; :data:`RpcServer.NO_REPLY` holds the call."""
+
+    def __init__(
+        self,
+        endpoint: object,
+        methods: Iterable[str] | None,
+        scope: CallScope | None,
+        stop: threading.Event,
+        hold_s: float,
+    ) -> None:
+        names = (
+            set(methods)
+            if methods is not None
+            else {n for n in dir(endpoint) if not n.startswith("_")}
+        )
+        for name in names:
+            fn = getattr(endpoint, name, None)
+            if callable(fn):
+                setattr(self, name, self._method(fn, scope, stop, hold_s))
+
+    @staticmethod
+    def _method(
+        fn: Callable[..., Any], scope: CallScope | None, stop: threading.Event, hold_s: float
+    ) -> Callable[..., Any]:
+        def call(ctxt: Any, **kwargs: Any) -> Any:
+            with scope() if scope is not None else contextlib.nullcontext():
+                result = fn(**kwargs)
+            if result is RpcServer.NO_REPLY:
+                # A stuck worker: the caller times out; what comes afterwards
+                # (a late, empty reply) finds nobody waiting.
+                stop.wait(hold_s)
+                return None
+            return result
+
+        call.__name__ = getattr(fn, "__name__", "call")
+        return call
 
 
 class RpcServer:
-    """Consumes ``topic`` and dispatches each message to a method of ``endpoint``.
+    """An oslo.messaging RPC server on ``topic`` dispatching to ``endpoint``.
 
-    A method's return value is sent back to callers that asked for a reply; an
-    exception is sent back as ``{"failure": {"type", "message"}}``. Only the
-    names in ``methods`` (when given) can be called. A handler
-    that returns :data:`NO_REPLY` sends nothing (used to model a stuck worker).
+    Only the names in ``methods`` (when given) can be called. A method that
+    returns :data:`NO_REPLY` models a stuck worker: the call is held (until the
+    server stops, or ``no_reply_hold_s``), so the caller gets a
+    :class:`MessagingTimeout`. With ``tracer``, each call runs in a SERVER span
+    named ``process <service>.<method>`` continuing the caller's trace.
     """
 
     NO_REPLY: Any = object()
@@ -126,246 +182,116 @@ class RpcServer:
         *,
         methods: Iterable[str] | None = None,
         max_workers: int = 8,
-        publish: Publisher = _plain_publish,
-        wrap_callback: CallbackWrapper = _no_wrap,
+        tracer: Tracer | None = None,
+        service: str | None = None,
+        scope: CallScope | None = None,
+        no_reply_hold_s: float = 30.0,
         name: str | None = None,
     ) -> None:
-        self.url = url
-        self.methods = frozenset(methods) if methods is not None else None
-        self.exchange_name = exchange
+        self.url = transport_url(url)
         self.topic = topic
-        self.endpoint = endpoint
-        self._publish = publish
-        self._wrap = wrap_callback
-        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix=f"rpc-{topic}")
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._local = threading.local()
-        self._conns: list[Any] = []
-        self._thread = threading.Thread(
-            target=self._run, name=name or f"rpc-server-{topic}", daemon=True
+        self._stopped = threading.Event()
+        self._transport = _transports.acquire(self.url, max_workers)
+        target = oslo_messaging.Target(exchange=exchange, topic=topic, server=name or topic)
+        adapter = _Endpoint(endpoint, methods, scope, self._stopped, no_reply_hold_s)
+        endpoints = ct_messaging.traced_endpoints([adapter], service or topic, tracer)
+        self._server = oslo_messaging.get_rpc_server(
+            self._transport,
+            target,
+            endpoints,
+            serializer=ct_messaging.wrap(oslo_messaging.JsonPayloadSerializer()),
         )
+        self._started = False
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start consuming; returns once the queue is declared and consumed."""
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError(f"RPC server for {self.topic!r} did not start in {timeout}s")
-        if self._error is not None:
-            raise RuntimeError(f"RPC server for {self.topic!r} failed: {self._error}")
+        """Start consuming."""
+        self._server.start()
+        self._started = True
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop consuming and wait for running handlers (up to ``timeout``)."""
-        self._stop.set()
-        self._thread.join(timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        _close_all(self._conns)
-
-    def _run(self) -> None:
-        kombu = _kombu()
-        try:
-            with connection_for(self.url) as conn:
-                exchange = kombu.Exchange(self.exchange_name, type="direct", durable=False)
-                queue = kombu.Queue(
-                    self.topic,
-                    exchange,
-                    routing_key=self.topic,
-                    durable=False,
-                    auto_delete=True,
-                )
-                _consume(conn, queue, self._on_message, self._ready, self._stop)
-        except Exception as exc:
-            self._error = exc
-            self._ready.set()
-            if not self._stop.is_set():
-                log.exception("RPC server for %s stopped", self.topic)
-
-    def _on_message(self, body: Any, message: Any) -> None:
-        # Acknowledge on receipt, like oslo.messaging's RPC server: the channel
-        # belongs to this thread, and the handler runs in the pool.
-        message.ack()
-        self._pool.submit(self._wrap(self._handle), body, message)
-
-    def _producer_connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connection_for(self.url)
-            self._local.conn = conn
-            self._conns.append(conn)
-        return conn
-
-    def _handle(self, body: Any, message: Any) -> None:
-        reply_to = message.properties.get("reply_to")
-        correlation_id = message.properties.get("correlation_id")
-        reply: dict[str, Any]
-        try:
-            if not isinstance(body, Mapping):
-                raise ValueError("RPC message body must be an object")
-            method = body.get("method")
-            args = body.get("args") or {}
-            fn = getattr(self.endpoint, str(method), None)
-            if (
-                not isinstance(method, str)
-                or method.startswith("_")
-                or (self.methods is not None and method not in self.methods)
-                or not callable(fn)
-            ):
-                raise ValueError(f"unknown RPC method {method!r}")
-            result = fn(**args)
-            if result is RpcServer.NO_REPLY:
-                return
-            reply = {"result": result}
-        except Exception as exc:
-            # The failure goes back to the caller; the current (consumer) span
-            # records it too.
-            span = current_span()
-            span.record_exception(exc)
-            span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
-            reply = {"failure": {"type": type(exc).__name__, "message": str(exc)}}
-        if not reply_to:
-            return
-        try:
-            conn = self._producer_connection()
-            producer = _kombu().Producer(conn.default_channel, serializer="json")
-            producer.publish(
-                reply,
-                exchange="",
-                routing_key=reply_to,
-                correlation_id=correlation_id,
-                retry=True,
-                retry_policy={"max_retries": 2},
-            )
-        except Exception:
-            log.exception("could not send the reply to %s", reply_to)
+        """Stop consuming, release held calls, and wait for running ones."""
+        self._stopped.set()
+        if self._started:
+            self._server.stop()
+            self._server.wait()
+            self._started = False
+        _transports.release(self.url)
 
 
 class RpcClient:
-    """Calls and casts to RPC servers; one reply queue per client.
+    """Calls and casts to RPC servers (thread-safe, like oslo.messaging's client).
 
-    ``call`` is thread-safe: each calling thread publishes on its own
-    connection, and one consumer thread routes replies to waiting callers by
-    correlation id.
+    The context sent is the current request's, in oslo.context's dict form, as
+    an OpenStack service sends its ``RequestContext``.
     """
 
-    def __init__(
-        self,
-        url: str,
-        exchange: str,
-        *,
-        publish: Publisher = _plain_publish,
-        name: str = "rpc-client",
-    ) -> None:
-        self.url = url
-        self.exchange_name = exchange
-        self._publish = publish
-        self.reply_queue = f"reply_{uuid.uuid4().hex}"
-        self._waiting: dict[str, Future[Any]] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._local = threading.local()
-        self._conns: list[Any] = []
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+    def __init__(self, url: str, exchange: str, *, name: str = "rpc-client") -> None:
+        self.url = transport_url(url)
+        self.name = name
+        self._transport = _transports.acquire(self.url, 8)
+        self._client = oslo_messaging.get_rpc_client(
+            self._transport,
+            oslo_messaging.Target(exchange=exchange, topic="unused"),
+            serializer=ct_messaging.wrap(oslo_messaging.JsonPayloadSerializer()),
+        )
 
     def start(self, timeout: float = 10.0) -> None:
-        """Declare the reply queue and start routing replies."""
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError(f"RPC client did not start in {timeout}s")
-        if self._error is not None:
-            raise RuntimeError(f"RPC client failed to start: {self._error}")
+        """Nothing to start: oslo.messaging connects on first use."""
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop routing replies and close this client's connections."""
-        self._stop.set()
-        self._thread.join(timeout)
-        _close_all(self._conns)
-
-    def _run(self) -> None:
-        kombu = _kombu()
-        try:
-            with connection_for(self.url) as conn:
-                queue = kombu.Queue(
-                    self.reply_queue,
-                    durable=False,
-                    exclusive=not self.url.startswith("memory://"),
-                    auto_delete=True,
-                )
-                _consume(conn, queue, self._on_reply, self._ready, self._stop)
-        except Exception as exc:
-            self._error = exc
-            self._ready.set()
-            if not self._stop.is_set():
-                log.exception("RPC reply consumer stopped")
-
-    def _on_reply(self, body: Any, message: Any) -> None:
-        message.ack()
-        correlation_id = message.properties.get("correlation_id")
-        with self._lock:
-            future = self._waiting.pop(str(correlation_id), None)
-        if future is None:
-            # The caller gave up (timeout) before the reply came.
-            log.warning("reply %s came after its caller gave up", correlation_id)
-            return
-        future.set_result(body)
-
-    def _producer(self) -> Any:
-        kombu = _kombu()
-        producer = getattr(self._local, "producer", None)
-        if producer is None:
-            conn = connection_for(self.url)
-            self._local.conn = conn
-            self._conns.append(conn)
-            exchange = kombu.Exchange(self.exchange_name, type="direct", durable=False)
-            producer = kombu.Producer(conn.default_channel, exchange=exchange, serializer="json")
-            producer.declare()
-            self._local.producer = producer
-        return producer
+        """Release this client's transport."""
+        _transports.release(self.url)
 
     def cast(self, topic: str, method: str, **args: Any) -> None:
         """Send ``method(**args)`` to ``topic`` without waiting for an answer."""
-        self._publish(
-            self._producer(),
-            {"method": method, "args": args},
-            routing_key=topic,
-            retry=True,
-            retry_policy={"max_retries": 2},
-        )
+        self._client.prepare(topic=topic).cast(to_oslo_dict(), method, **args)
 
     def call(self, topic: str, method: str, timeout: float, **args: Any) -> Any:
         """Send ``method(**args)`` to ``topic`` and return its result.
 
         Raises :class:`MessagingTimeout` when no reply comes within ``timeout``
-        seconds and :class:`RemoteError` when the handler raised.
+        seconds and :class:`RemoteError` when the endpoint raised.
         """
-        correlation_id = uuid.uuid4().hex
-        future: Future[Any] = Future()
-        with self._lock:
-            self._waiting[correlation_id] = future
-        try:
-            self._publish(
-                self._producer(),
-                {"method": method, "args": args},
-                routing_key=topic,
-                reply_to=self.reply_queue,
-                correlation_id=correlation_id,
-                retry=True,
-                retry_policy={"max_retries": 2},
-            )
+        with _remote_errors(method):
             try:
-                reply = future.result(timeout)
-            except TimeoutError:
+                cctxt = self._client.prepare(topic=topic, timeout=timeout)
+                return cctxt.call(to_oslo_dict(), method, **args)
+            except oslo_messaging.MessagingTimeout as exc:
                 raise MessagingTimeout(
                     f"Timed out waiting for a reply to {method} after {timeout:g}s"
-                ) from None
-        finally:
-            with self._lock:
-                self._waiting.pop(correlation_id, None)
-        if isinstance(reply, Mapping) and "failure" in reply:
-            failure = reply["failure"] or {}
-            raise RemoteError(str(failure.get("type")), str(failure.get("message")))
-        if isinstance(reply, Mapping):
-            return reply.get("result")
-        return None
+                ) from exc
+
+
+# Raised on the caller's side, not by the endpoint: never a RemoteError.
+_LOCAL_ERRORS = (
+    oslo_messaging.MessagingTimeout,
+    oslo_messaging.ClientSendError,
+    oslo_messaging.MessageDeliveryFailure,
+    oslo_messaging.InvalidTarget,
+    ct_messaging.ContextValueError,
+)
+
+
+@contextlib.contextmanager
+def _remote_errors(method: str) -> Iterator[None]:
+    """The endpoint's exception as :class:`RemoteError` (oslo.messaging re-raises
+    builtin and oslo exceptions as themselves, others as its ``RemoteError``)."""
+    try:
+        yield
+    except _LOCAL_ERRORS:
+        raise
+    except oslo_messaging.RemoteError as exc:
+        raise RemoteError(str(exc.exc_type), _first_line(exc.value)) from None
+    except Exception as exc:
+        exc_type = type(exc).__name__.removesuffix("_Remote")
+        if exc_type == "NoSuchMethod":
+            raise RemoteError(exc_type, f"unknown RPC method {method!r}") from None
+        raise RemoteError(exc_type, _first_line(exc)) from None
+
+
+def _first_line(value: Any) -> str:
+    """The message without the remote traceback oslo.messaging may append."""
+    text = str(value).split("\n", 1)[0]
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]  # a KeyError's repr-quoted message
+    return text

@@ -26,7 +26,7 @@ from oslo_context import context as _oslo
 from crosstrace.context import RequestContext, get_current
 from crosstrace.ids import generate_request_id, is_valid_request_id
 
-__all__ = ["from_oslo", "from_oslo_dict", "to_oslo"]
+__all__ = ["from_oslo", "from_oslo_dict", "to_oslo", "to_oslo_dict"]
 
 _MAX_IDENTITY_LEN = 255
 
@@ -73,6 +73,26 @@ def to_oslo(
     }
     values.update(kwargs)
     return cls(**values)
+
+
+def to_oslo_dict(context: RequestContext | None = None) -> dict[str, Any]:
+    """oslo.context's dict form (``to_dict()`` keys) of *context* (default: the
+    current one; ``{}`` without one), without making an oslo object (which would
+    become oslo's thread-local current context when there is none)."""
+    ctx = context if context is not None else get_current()
+    if ctx is None:
+        return {}
+    return {
+        "request_id": ctx.request_id,
+        "global_request_id": ctx.global_request_id,
+        "user": ctx.user_id,
+        "project_id": ctx.project_id,
+        "domain": ctx.domain_id,
+        "user_domain": ctx.user_domain_id,
+        "project_domain": ctx.project_domain_id,
+        "roles": list(ctx.roles),
+        "is_admin": ctx.is_admin,
+    }
 
 
 def from_oslo(oslo_context: Any) -> RequestContext:
