@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -143,11 +144,15 @@ def main() -> int:
         "number": args.number,
         "repeats": args.repeats,
         "target_us": TARGET_US,
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
     if args.json:
         print(json.dumps({"meta": meta, "results": results}, indent=2))
     else:
-        print(f"oslo.messaging serializer, CPU per round trip ({meta['date']}, {meta['machine']})")
+        print(
+            f"oslo.messaging serializer, CPU per round trip ({meta['date']}, "
+            f"{meta['machine']}, load {meta['load_average_1m']})"
+        )
         print()
         print("| variant | µs |")
         print("|---|---|")
