@@ -5,7 +5,10 @@ verdict on every boot request scored against the injected truth ("verdicts").
 This adds the runs up and, from each run's store and ground truth, scores two
 rules of other tools on the same failed requests for comparison: Jaeger's
 "deepest error span with no errored children" and OSProfiler's "span that
-started last" (right when that span's service and operation are the truth)::
+started last" (right when that span's service and operation are the truth); and
+crosstrace's logs-only verdict on the same requests (their log lines alone, as for
+a request known only from log files; right when the origin line's service is the
+true root cause's service, since a log line names no operation)::
 
     for s in 21 22 23; do crosstrace demo --once --seed $s --requests 400 --data-dir d$s; done
     python benchmarks/analysis_accuracy.py d21 d22 d23
@@ -20,7 +23,10 @@ from pathlib import Path
 
 
 def _baselines(d: Path, totals: dict[str, Counter[str]]) -> None:
+    from crosstrace.server.analysis import analyse_request
+    from crosstrace.server.logs.follow import follow_request
     from crosstrace.server.model import STATUS_ERROR, SpanRecord
+    from crosstrace.server.query.diagnose import PRECISE_HOPS
     from crosstrace.server.store import open_store
 
     truth = json.loads((d / "groundtruth.json").read_text())
@@ -46,12 +52,18 @@ def _baselines(d: Path, totals: dict[str, Counter[str]]) -> None:
             parents = {s.parent_span_id for s in errors}
             leaves = [s for s in errors if s.span_id not in parents]
             jaeger = max(leaves, key=lambda s: (depth(s), -s.start_ns), default=None)
+            followed = follow_request(store.search_logs, entry["global_request_id"], 5000)
+            hops = [(h.caller, h.callee) for h in followed.hops if h.kind in PRECISE_HOPS]
+            from_logs = analyse_request(entry["global_request_id"], [], followed.lines, hops=hops)
+            origin = from_logs.root_cause
             last = max(spans, key=lambda s: s.start_ns, default=None)
             t = totals.setdefault(entry["fault"], Counter())
             t["n"] += 1
             for name, span in (("jaeger", jaeger), ("osprofiler", last)):
                 if span and (span.service, span.name) == (cause["service"], cause["operation"]):
                     t[name] += 1
+            if origin is not None and origin.service == cause["service"]:
+                t["logs"] += 1
     finally:
         store.close()
 
@@ -102,14 +114,17 @@ def main() -> None:
             _baselines(d, base)
     if base:
         print()
-        print("| fault kind | crosstrace | Jaeger: deepest error leaf | OSProfiler: last started |")
-        print("|---|---:|---:|---:|")
+        print(
+            "| fault kind | crosstrace | Jaeger: deepest error leaf | OSProfiler: last started "
+            "| crosstrace, logs only (service) |"
+        )
+        print("|---|---:|---:|---:|---:|")
         for kind, c in base.items():
             t = totals[kind]
             ours = f"{100 * int(t['right']) / max(1, int(t['requests'])):.1f} %"  # type: ignore[call-overload]
             print(
                 f"| {kind} | {ours} | {100 * c['jaeger'] / c['n']:.1f} % "
-                f"| {100 * c['osprofiler'] / c['n']:.1f} % |"
+                f"| {100 * c['osprofiler'] / c['n']:.1f} % | {100 * c['logs'] / c['n']:.1f} % |"
             )
     left = int(totals.get("none", {}).get("left_out", 0))  # type: ignore[call-overload]
     print(f"clean requests slow from load alone, left out: {left}")

@@ -115,3 +115,56 @@ def test_with_traces_the_trace_that_failed_first_leads() -> None:
     assert [c.name for c in a.candidates] == ["early", "late"]
     assert len(a.trace_ids) == 2
     assert a.to_json()["request_id"] == G
+
+
+def test_hops_place_services_that_share_one_request_id() -> None:
+    """Old OpenStack logs one request id in every service: the RPC hop (the message
+    id its sender and its server log) makes the conductor the deeper callee, so its
+    error is the origin even though the API logged its own error first."""
+    api = log("nova-api", 0, "CALL msg_id: 0123456789abcdef0123456789abcdef", request_id=API)
+    received = log("nova-conductor", 1, "received message msg_id: 0123456789abcdef0123456789abcdef")
+    api_error = log("nova-api", 3, "Timed out waiting for conductor", level="ERROR", request_id=API)
+    conductor_error = log(
+        "nova-conductor", 5, "Build failed: disk full on the volume", level="ERROR", request_id=API
+    )
+    lines = [api, received, api_error, conductor_error]
+    without = analyse_request(API, [], lines)
+    assert without.root_cause is not None
+    assert without.root_cause.service == "nova-api"  # ids alone: one depth, earliest
+    with_hops = analyse_request(API, [], lines, hops=[(0, 1)])
+    assert with_hops.root_cause is not None
+    assert with_hops.root_cause.service == "nova-conductor"
+
+
+def test_a_chain_grows_through_repeats_to_an_info_line_of_the_origin() -> None:
+    """ "X: Y" at ERROR repeats "Y" at ERROR, which the callee logged as "Z: Y" at
+    INFO: one chain, and its origin is the callee's line."""
+    logs = [
+        log(
+            "network",
+            1,
+            "Port quota exceeded for project p1: Quota exceeded for resources: port",
+            request_id=VOLUME,
+            global_request_id=G,
+        ),
+        log(
+            "compute",
+            2,
+            "Failed to allocate network: Quota exceeded for resources: port",
+            level="ERROR",
+            request_id=COMPUTE,
+            global_request_id=G,
+        ),
+        log(
+            "compute-api",
+            3,
+            "Quota exceeded for resources: port",
+            level="ERROR",
+            request_id=API,
+            global_request_id=G,
+        ),
+    ]
+    a = analyse_request(G, [], logs)
+    assert a.root_cause is not None
+    assert a.root_cause.service == "network"
+    assert len(a.candidates) == 1

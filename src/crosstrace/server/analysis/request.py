@@ -7,11 +7,14 @@ log lines decide:
 
 1. **Order.** Lines are placed in a call tree from caller -> callee evidence:
    a line with global id G and local id L says L was called on behalf of G, and a
-   ``... used request id req-X`` line logged under L says L called X. A line's
-   depth is its local id's depth in that tree; lines are ordered by time.
+   ``... used request id req-X`` line logged under L says L called X; an RPC
+   message id logged by its sender and by the server that took it (a hop the log
+   follower finds) places services that share one request id. A line's depth is
+   the deeper of its local id's and its service's; lines are ordered by time.
 2. **Collapse.** An error line and the lines of other services that repeat its
-   message (at any level: a callee often logs the first copy as a warning) are
-   one chain; the chain starts at its deepest line.
+   message (at any level: a callee often logs the first copy as a warning or as
+   information) are one chain; the chain starts at its deepest line, the
+   earliest of those.
 3. **Origin.** Of the chains, the one starting deepest leads, then the earliest:
    the earliest error in the deepest callee, not the first ERROR line in a file.
 """
@@ -26,9 +29,9 @@ from typing import Final
 from crosstrace.server.analysis.result import Analysis, Candidate, Evidence, Reason, Verdict
 from crosstrace.server.analysis.signature import normalise_message
 from crosstrace.server.analysis.trace import UsualDurations, analyse_trace, log_line
-from crosstrace.server.model import LogRecord, SpanRecord
+from crosstrace.server.model import RES_HOST_NAME, LogRecord, SpanRecord
 
-__all__ = ["analyse_request", "is_error_line", "log_depths"]
+__all__ = ["analyse_request", "is_error_line", "log_depths", "logs_origin", "site_depths"]
 
 #: Lowest OTLP severity number of ERROR.
 SEVERITY_ERROR: Final = 17
@@ -115,9 +118,44 @@ def _exception_of(record: LogRecord) -> tuple[str, str]:
     return "", ""
 
 
-def logs_origin(logs: Sequence[LogRecord]) -> list[Candidate]:
+def site_depths(
+    logs: Sequence[LogRecord], hops: Sequence[tuple[int, int]]
+) -> dict[tuple[str, str | None], int]:
+    """(service, host) -> depth in the call tree that *hops* show: (caller line,
+    callee line) index pairs into *logs*, e.g. an RPC message id a caller logged
+    when it sent the call and its server logged when it took it. A site no hop
+    reaches is an entry (0)."""
+    if not logs:
+        return {}
+    edges: dict[tuple[str, str | None], set[tuple[str, str | None]]] = {}
+    for caller, callee in hops:
+        if 0 <= caller < len(logs) and 0 <= callee < len(logs):
+            a, b = _site(logs[caller]), _site(logs[callee])
+            if a != b:
+                edges.setdefault(a, set()).add(b)
+    callees = {b for targets in edges.values() for b in targets}
+    depth = {site: 0 for site in sorted(edges, key=str) if site not in callees}
+    queue = deque(depth)
+    while queue:
+        site = queue.popleft()
+        for nxt in sorted(edges.get(site, ()), key=str):
+            if nxt not in depth:
+                depth[nxt] = depth[site] + 1
+                queue.append(nxt)
+    return depth
+
+
+def _site(record: LogRecord) -> tuple[str, str | None]:
+    host = record.resource.get(RES_HOST_NAME)
+    return record.service, host if isinstance(host, str) and host else None
+
+
+def logs_origin(logs: Sequence[LogRecord], hops: Sequence[tuple[int, int]] = ()) -> list[Candidate]:
     """Root-cause candidates from log lines alone, best first (see the module
-    docstring); empty when no line is an error."""
+    docstring); empty when no line is an error. *hops* (caller line, callee line
+    index pairs into *logs*, see :func:`site_depths`) add the calls the lines
+    show to the call tree their ids reveal."""
+    sites = site_depths(logs, hops) if hops else {}
     lines = sorted(logs, key=lambda r: (r.time_ns, r.service))
     errors = [i for i, r in enumerate(lines) if is_error_line(r)]
     if not errors:
@@ -126,13 +164,11 @@ def logs_origin(logs: Sequence[LogRecord]) -> list[Candidate]:
 
     def depth(i: int) -> int:
         rid = lines[i].request_id
-        return depths.get(rid, 0) if rid else 0
+        by_id = depths.get(rid, 0) if rid else 0
+        return max(by_id, sites.get(_site(lines[i]), 0))
 
-    cores = {
-        i: _core(lines[i])
-        for i in range(len(lines))
-        if lines[i].severity_number >= SEVERITY_WARNING or i in errors
-    }
+    # Copies at any level: a callee often logs the first one at WARNING or INFO.
+    cores = {i: _core(lines[i]) for i in range(len(lines))}
     chains: list[list[int]] = []
     member: set[int] = set()
     for e in errors:
@@ -140,10 +176,17 @@ def logs_origin(logs: Sequence[LogRecord]) -> list[Candidate]:
             continue
         chain = [e]
         member.add(e)
-        for j, core in cores.items():
-            if j not in member and _same_message(cores[e], core):
-                chain.append(j)
-                member.add(j)
+        # Through warnings and errors the chain grows transitively ("X failed: Y"
+        # repeats "Y", which a callee logged as "Z: Y").
+        todo = [e]
+        while todo:
+            m = todo.pop()
+            for j, core in cores.items():
+                if j not in member and _same_message(cores[m], core):
+                    chain.append(j)
+                    member.add(j)
+                    if lines[j].severity_number >= SEVERITY_WARNING:
+                        todo.append(j)
         chains.append(chain)
     origins = []
     for chain in chains:
@@ -189,10 +232,12 @@ def analyse_request(
     traces: Sequence[Sequence[SpanRecord]],
     logs: Sequence[LogRecord] = (),
     *,
+    hops: Sequence[tuple[int, int]] = (),
     slow_threshold_ns: int | None = None,
     usual: UsualDurations | None = None,
 ) -> Analysis:
-    """Analyse every trace and log line of one request (see the module docstring)."""
+    """Analyse every trace and log line of one request (see the module docstring;
+    *hops* as for :func:`logs_origin`)."""
     analyses = [
         analyse_trace(spans, logs, slow_threshold_ns=slow_threshold_ns, usual=usual)
         for spans in traces
@@ -217,7 +262,7 @@ def analyse_request(
         if logs:
             lead.start_ns = min(r.time_ns for r in logs)
             lead.duration_ns = max(r.time_ns for r in logs) - lead.start_ns
-        from_logs = logs_origin(logs)
+        from_logs = logs_origin(logs, hops)
         if from_logs:
             lead.verdict = Verdict.ERROR
             lead.candidates = from_logs

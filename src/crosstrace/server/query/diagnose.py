@@ -31,6 +31,7 @@ from crosstrace.server.analysis import (
     group_causes,
     signature_of,
 )
+from crosstrace.server.logs.follow import HOP_RPC, HOP_USED_REQUEST_ID, follow_request
 from crosstrace.server.model import ErrorCause, LogQuery, SpanRecord
 from crosstrace.server.store.base import Store
 from crosstrace.server.store.causes import SqlScope
@@ -54,8 +55,9 @@ USUAL_SAMPLE_TRACES: Final = 10
 USUAL_TTL_NS: Final = 60 * 1_000_000_000
 #: Most traces and log lines read for one request.
 MAX_REQUEST_TRACES: Final = 20
-MAX_REQUEST_LOGS: Final = 5_000
+MAX_REQUEST_LOGS: Final = 5_000  # per id the log follower searches
 MAX_TRACE_LOGS: Final = 1_000
+PRECISE_HOPS: Final = frozenset({HOP_RPC, HOP_USED_REQUEST_ID})
 #: Traces listed with one error group.
 MAX_GROUP_TRACES: Final = 100
 
@@ -135,20 +137,23 @@ class Diagnoser:
         """The analysis of every trace and log line of a global or local request
         id; ``None`` when nothing is stored for it."""
         summaries = self.store.traces_for_request(request_id, limit=MAX_REQUEST_TRACES)
-        logs = self.store.search_logs(LogQuery(request_id=request_id, limit=MAX_REQUEST_LOGS))
+        followed = follow_request(self.store.search_logs, request_id, MAX_REQUEST_LOGS)
         # Asked by a callee's local id: the lines of the whole request carry its global id.
-        globals_ = {r.global_request_id for r in logs if r.global_request_id} - {request_id}
+        globals_ = {r.global_request_id for r in followed.lines if r.global_request_id}
         for s in summaries:
-            globals_.update(g for g in s.global_request_ids if g != request_id)
+            globals_.update(s.global_request_ids)
+        globals_.discard(request_id)
         if len(globals_) == 1:
             (gid,) = globals_
             seen = {s.trace_id for s in summaries}
             for s in self.store.traces_for_request(gid, limit=MAX_REQUEST_TRACES):
                 if s.trace_id not in seen:
                     summaries.append(s)
-            more = self.store.search_logs(LogQuery(request_id=gid, limit=MAX_REQUEST_LOGS))
-            have = {(r.time_ns, r.service, r.body) for r in logs}
-            logs.extend(r for r in more if (r.time_ns, r.service, r.body) not in have)
+            followed = follow_request(self.store.search_logs, gid, MAX_REQUEST_LOGS)
+        logs = followed.lines
+        # Only the hops a line names (an RPC message id, a callee's request id):
+        # the others guess the caller from the line before.
+        hops = [(h.caller, h.callee) for h in followed.hops if h.kind in PRECISE_HOPS]
         if not summaries and not logs:
             return None
         traces = [self.store.get_trace(s.trace_id) for s in summaries]
@@ -157,7 +162,7 @@ class Diagnoser:
             for spans in traces:
                 usual.update(self._root_usual(spans))
         analysis = analyse_request(
-            request_id, traces, logs, slow_threshold_ns=slow_threshold_ns, usual=usual
+            request_id, traces, logs, hops=hops, slow_threshold_ns=slow_threshold_ns, usual=usual
         )
         return self._with_usual(analysis)
 
