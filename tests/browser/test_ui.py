@@ -11,6 +11,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -342,6 +343,61 @@ def test_tables_and_controls_are_reachable_with_tab(ui: Any, demo_server: DemoSe
         if any("wf-row" in s for s in seen) and "A" in seen[-1:]:
             break
     assert any("wf-row" in s for s in seen)
+
+
+# ---------------------------------------------------------------------- tokens
+
+TOKEN = "browser-s3cret-token"
+
+
+@pytest.fixture
+def token_server(demo_server: DemoServer) -> Iterator[str]:
+    """The demo's store behind a second server that requires an API token."""
+    from crosstrace.demo.servers import serve_asgi
+    from crosstrace.server.app import create_app
+    from crosstrace.server.auth import TokenSet
+    from crosstrace.server.store import open_store
+
+    store = open_store(f"sqlite:///{demo_server.data_dir / 'crosstrace.sqlite3'}")
+    server = serve_asgi(create_app(store, api_tokens=TokenSet([TOKEN])), "ui-token", 20)
+    try:
+        yield server.url
+    finally:
+        server.stop(20)
+        store.close()
+
+
+def test_the_token_is_asked_once_and_kept_in_a_strict_httponly_cookie(
+    playwright_browser: Any, token_server: str, shot: Any
+) -> None:
+    context = playwright_browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    foreign: list[str] = []
+    page.on(
+        "request", lambda r: foreign.append(r.url) if not r.url.startswith(token_server) else None
+    )
+    try:
+        page.goto(token_server + "/traces?status=error")
+        assert urlsplit(page.url).path == "/login"
+        shot(page, "login")
+        page.get_by_label("Token").fill("a wrong guess")
+        page.get_by_role("button", name="Continue").click()
+        assert "not accepted" in page.get_by_role("alert").inner_text()
+        page.get_by_label("Token").fill(TOKEN)
+        page.get_by_role("button", name="Continue").click()
+        page.wait_for_url(token_server + "/traces?status=error")
+        assert page.locator("table.list tbody tr.err").count() >= 1
+        (cookie,) = [c for c in context.cookies() if c["name"] == "crosstrace_token"]
+        assert cookie["httpOnly"] is True
+        assert cookie["sameSite"] == "Strict"
+        assert cookie["expires"] == -1  # a session cookie
+        assert "crosstrace_token" not in page.evaluate("document.cookie")  # not readable by scripts
+        page.goto(token_server + "/map")  # asked once: the next page opens directly
+        assert urlsplit(page.url).path == "/map"
+        page.wait_for_selector("svg#map[data-ready='1']")
+    finally:
+        context.close()
+    assert foreign == []
 
 
 def test_the_demo_prints_the_web_ui_first(demo_server: DemoServer) -> None:
