@@ -105,7 +105,7 @@ def _verdict(analysis: Analysis, spans: Sequence[SpanRecord]) -> Verdict | None:
         if span is not None:
             error = first_line(span.status_message) if span.status_code == 2 else ""
             chain.append(Step(sid.hex(), span.service, span.name, error))
-    kind = root.exception_type or ("slow" if analysis.verdict is Outcome.SLOW else "error")
+    kind = (root.exception_type or "error").rsplit(".", 1)[-1]
     if analysis.verdict is Outcome.SLOW:
         summary = f"The request was slow: {root.service} · {root.name} — {explain(root.reason)}."
     else:
