@@ -303,7 +303,7 @@ def test_services_page_has_figures_per_service_and_operation(
 # --------------------------------------------------------------- accessibility
 
 
-_PAGES = ["/", "/traces", "/map", "/services"]
+_PAGES = ["/", "/traces", "/map", "/services", "/login", "/traces/" + "0" * 32]
 
 
 def _axe_serious(page: Any) -> list[dict[str, Any]]:
