@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 from logtree import GLOBAL, NEUTRON_REQ, REQ, Tree
 
@@ -17,19 +15,6 @@ from crosstrace.server.model import LogQuery
 from crosstrace.server.store import Store, open_store
 
 ALL = 1_000
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = "sqlite:///" + str(tmp_path / "x.sqlite3")
-    else:
-        url = request.getfixturevalue("postgres_schema_url")
-    s = open_store(url)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def sites(store: Store, request_id: str) -> Counter[tuple[str, str | None]]:

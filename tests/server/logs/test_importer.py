@@ -53,20 +53,6 @@ def file_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")[:-1]  # each file ends with a newline
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """The real SQLite store in a temporary file, or the real PostgreSQL one."""
-    if request.param == "sqlite":
-        url = "sqlite:///" + str(tmp_path / "x.sqlite3")
-    else:
-        url = request.getfixturevalue("postgres_schema_url")
-    s = open_store(url)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> Iterator[Store]:
     s = open_store("sqlite:///" + str(tmp_path / "x.sqlite3"))

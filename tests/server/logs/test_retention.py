@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from crosstrace.server.metrics import Metrics
 from crosstrace.server.model import LogQuery, LogRecord
@@ -20,19 +18,6 @@ from crosstrace.server.store.retention import RetentionThread
 
 DAY = 86_400 * 10**9
 WEEK = 7 * DAY
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = "sqlite:///" + str(tmp_path / "x.sqlite3")
-    else:
-        url = request.getfixturevalue("postgres_schema_url")
-    s = open_store(url)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def record(body: str, time_ns: int, imported_ns: int | None, host: str = "cmp1") -> LogRecord:

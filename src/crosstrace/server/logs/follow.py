@@ -94,9 +94,15 @@ def host_of(record: LogRecord) -> str | None:
     return host if isinstance(host, str) and host else None
 
 
-def follow_request(search: Search, request_id: str, limit: int = 1000) -> FollowedRequest:
+def follow_request(
+    search: Search,
+    request_id: str,
+    limit: int = 1000,
+    allowed_projects: frozenset[str] | None = None,
+) -> FollowedRequest:
     """The lines of *request_id* and of the calls it made that its lines name (see the
-    module docstring), at most *limit* lines, oldest first."""
+    module docstring), at most *limit* lines, oldest first; every search is narrowed
+    to *allowed_projects* when given (as :class:`LogQuery` does)."""
     result = FollowedRequest(request_id)
     found: dict[object, LogRecord] = {}
 
@@ -105,7 +111,7 @@ def follow_request(search: Search, request_id: str, limit: int = 1000) -> Follow
             key = r.dedup_key or (r.time_ns, r.service, host_of(r), r.body)
             found.setdefault(key, r)
 
-    own = search(LogQuery(request_id=request_id, limit=limit))
+    own = search(LogQuery(request_id=request_id, limit=limit, allowed_projects=allowed_projects))
     result.truncated = len(own) >= limit
     add(own)
     searched = {request_id}
@@ -117,7 +123,9 @@ def follow_request(search: Search, request_id: str, limit: int = 1000) -> Follow
             if callee not in searched and is_valid_request_id(callee):
                 searched.add(callee)
                 result.followed.append(callee)
-                more = search(LogQuery(request_id=callee, limit=limit))
+                more = search(
+                    LogQuery(request_id=callee, limit=limit, allowed_projects=allowed_projects)
+                )
                 add(more)
                 queue += more
         for m in _RPC_SENT_RE.finditer(record.body):
@@ -130,6 +138,7 @@ def follow_request(search: Search, request_id: str, limit: int = 1000) -> Follow
                     start_ns=record.time_ns - RPC_WINDOW_BEFORE_NS,
                     end_ns=record.time_ns + RPC_WINDOW_AFTER_NS,
                     limit=limit,
+                    allowed_projects=allowed_projects,
                 )
                 add(search(query))
     lines = sorted(found.values(), key=lambda r: r.time_ns)

@@ -388,18 +388,13 @@ class SQLStore(ErrorIndexSQL, SQLWriter):
             where.append(f"project_id IN ({marks(len(allowed))})")
             params.extend(allowed)
         with self._reader() as conn:
-            if query.service is not None:
-                sid = self._lookup_name(conn, query.service)
-                if sid is None:
-                    return []
-                where.append("service_id = ?")
-                params.append(sid)
-            if query.host is not None:
-                hid = self._lookup_name(conn, query.host)
-                if hid is None:
-                    return []
-                where.append("host_id = ?")
-                params.append(hid)
+            for name, column in ((query.service, "service_id"), (query.host, "host_id")):
+                if name is not None:
+                    name_id = self._lookup_name(conn, name)
+                    if name_id is None:
+                        return []
+                    where.append(f"{column} = ?")
+                    params.append(name_id)
             sql = f"SELECT {LOG_COLUMNS} FROM logs"
             if where:
                 sql += " WHERE " + " AND ".join(where)
