@@ -9,7 +9,8 @@ reads its few chunks by trace id. Chunks written by crosstrace before the protob
 form (a msgpack array of compact span tuples) are still read.
 
 Also here: the 16-byte key form of request ids, the 64-bit hash used by the
-attribute index, and the opaque search cursor.
+attribute index, the posting form of index entries (one row for every chunk of a
+batch that has a key) and the opaque search cursor.
 """
 
 from __future__ import annotations
@@ -47,7 +48,11 @@ __all__ = [
     "encode_rid",
     "pack_blob",
     "pack_ints",
+    "pack_posting",
     "pack_rids",
+    "posting_has",
+    "posting_ids",
+    "posting_last",
     "rid_term",
     "unpack_blob",
     "unpack_ints",
@@ -298,6 +303,39 @@ def unpack_ints(data: bytes, width: int) -> list[int]:
     return [
         int.from_bytes(data[i : i + width], "big", signed=True) for i in range(0, len(data), width)
     ]
+
+
+def pack_posting(ids: Sequence[int]) -> tuple[int, bytes | None]:
+    """Chunk ids (ascending, distinct) as a posting: the first id, and a byte per
+    id after it up to the last, 1 for the ids held and 0 for the others (``None``
+    when there is only the first). SQL tests an id with ``substr`` alone."""
+    first = ids[0]
+    if len(ids) == 1:
+        return first, None
+    more = bytearray(ids[-1] - first)
+    for c in ids[1:]:
+        more[c - first - 1] = 1
+    return first, bytes(more)
+
+
+def posting_ids(first: int, more: bytes | None) -> list[int]:
+    """Inverse of :func:`pack_posting`."""
+    if not more:
+        return [first]
+    return [first, *(first + 1 + i for i, b in enumerate(more) if b)]
+
+
+def posting_has(first: int, more: bytes | None, chunk_id: int) -> bool:
+    """Whether the posting (*first*, *more*) holds *chunk_id*."""
+    if chunk_id == first:
+        return True
+    d = chunk_id - first
+    return bool(more) and 0 < d <= len(more or b"") and (more or b"")[d - 1] == 1
+
+
+def posting_last(first: int, more: bytes | None) -> int:
+    """The highest chunk id of the posting (*first*, *more*)."""
+    return first + len(more) if more else first
 
 
 def unpack_rids(data: bytes) -> list[tuple[bytes, int]]:

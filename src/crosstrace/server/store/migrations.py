@@ -22,16 +22,21 @@ Tables (both dialects):
     ids; see ``codec.py``. On PostgreSQL also the chunk's index entries (``keys``,
     ``attrs`` with a GIN index, ``rids``), in place of the three tables below.
 ``key_chunks`` (SQLite)
-    service id -> chunk and -operation id -> chunk, for the service / operation
+    service id -> chunks and -operation id -> chunks, for the service / operation
     search filters; each chunk carries its keys in ``keys`` (the services of a
-    trace are read from there).
+    trace are read from there). A row is a *posting*: the chunks of one batch
+    that have the key, as the first chunk id (``chunk_id``) and the gaps to the
+    others (``more``, unsigned varints; NULL for one chunk; see ``codec.py``).
+    Chunk ids only grow within and between batches, so the postings of a key
+    cover ranges that do not overlap, and the one that may hold a chunk is the
+    last that starts at or before it.
 ``request_ids`` (SQLite)
     request id key -> trace (kind bit 1 = local id, 2 = global id); the ids of a
     trace are read from its chunks' ``rids``.
 ``attr_chunks`` (SQLite)
     hash(key=value) -> chunk, for the attribute keys listed in
     ``spanbatch.INDEXED_ATTRIBUTES`` (and every ``openstack.*`` key); the chunk
-    carries its hashes in ``attrs``. Keyed, like ``key_chunks``, by the
+    carries its hashes in ``attrs``. Postings like ``key_chunks``, keyed by the
     ever-growing chunk id: new entries land at the end of each key's range, so a
     commit touches few pages.
 ``span_parents`` / ``dep_pending``
@@ -328,6 +333,13 @@ _PG_V7: list[str | Callable[[Any], None]] = [
     _imported_now("%s"),
 ]
 
+# v8: one index row per key and batch (a posting of the batch's chunks) instead of
+# one per key and chunk. Existing rows are postings of one chunk (``more`` NULL).
+_SQLITE_V8 = [
+    "ALTER TABLE key_chunks ADD COLUMN more BLOB",
+    "ALTER TABLE attr_chunks ADD COLUMN more BLOB",
+]
+
 #: dialect -> [(version, description, steps)], in order; a step is a statement
 #: or a function of the connection.
 MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
@@ -339,6 +351,7 @@ MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
         (5, "service, operation and attribute indexes by chunk; ids on chunks", _SQLITE_V5),
         (6, "error causes and error groups", _error_index("BLOB", "INTEGER")),
         (7, "log records' host and import time", _SQLITE_V7),
+        (8, "service, operation and attribute index rows as postings per batch", _SQLITE_V8),
     ],
     "postgresql": [
         (1, "traces, span chunks, search indexes, dependencies", _PG_V1),
@@ -348,9 +361,10 @@ MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
         (5, "none (SQLite's index entries moved to the chunks; here they already were)", []),
         (6, "error causes and error groups", _error_index("BYTEA", "BIGINT")),
         (7, "log records' host and import time", _PG_V7),
+        (8, "none (SQLite's index rows became postings; here they are arrays on chunks)", []),
     ],
 }
-LATEST_VERSION = 7
+LATEST_VERSION = 8
 
 #: Arbitrary key of the PostgreSQL advisory lock held while migrating.
 _PG_LOCK_KEY = 0x63727374  # "crst"

@@ -8,8 +8,9 @@ the subclasses fill in.
 
 Search notes:
 
-- Service and operation filters test ``key_chunks`` with a primary-key lookup per
-  chunk of a candidate trace while the trace summaries are walked newest first
+- Service and operation filters test ``key_chunks`` (postings: the chunks of one
+  batch that have a key) with a primary-key lookup per chunk of a candidate
+  trace while the trace summaries are walked newest first
   on the ``(start_ns, trace_id)`` index (the error filter has a partial index of
   its own).
 - Attribute equality (``attr.KEY=VALUE``) uses the ``attr_chunks`` table for the
@@ -67,6 +68,9 @@ RARE_ATTR_CHUNKS = 2_000
 #: Traces removed per retention transaction.
 RETENTION_BATCH = 2_000
 
+#: SQLite: whether the posting of index row {0} holds chunk ``c`` (see
+#: ``codec.pack_posting``).
+_HOLDS = "({0}.chunk_id = c.id OR substr({0}.more, c.id - {0}.chunk_id, 1) = x'01')"
 _TRACE_COLS = (
     "t.trace_id, t.start_ns, t.end_ns, t.root_service, t.root_op, t.span_count,"
     " t.error_count, t.project_id, t.domain_id"
@@ -78,33 +82,40 @@ class SQLStore(ErrorIndexSQL, SQLWriter):
 
     # ---------------------------------------------------------- index hooks
     def _has_keys_sql(self, n: int) -> str:
-        """Condition: trace ``t`` has one of *n* keys (service / -operation ids)."""
+        """Condition: trace ``t`` has one of *n* keys (service / -operation ids):
+        for each chunk of the trace, the key's posting that would hold it (the
+        last one that starts at or before it) is asked."""
+        probe = (
+            f"(SELECT {_HOLDS.format('k')} FROM key_chunks k"
+            " WHERE k.key = ? AND k.chunk_id <= c.id ORDER BY k.chunk_id DESC LIMIT 1)"
+        )
         return (
-            # CROSS JOIN keeps SQLite from walking every chunk of the key instead
-            # of the few chunks of the trace.
-            "EXISTS (SELECT 1 FROM chunks c CROSS JOIN key_chunks k WHERE c.trace_id = t.trace_id"
-            f" AND k.key IN ({marks(n)}) AND k.chunk_id = c.id)"
+            "EXISTS (SELECT 1 FROM chunks c WHERE c.trace_id = t.trace_id"
+            f" AND ({' OR '.join([probe] * n)}))"
         )
 
     def _has_attr_sql(self, conn: Any, h: int) -> str:
         """Condition: trace ``t`` has the attribute hash *h* (given as the
         parameter). A rare value is looked up once, a common one trace by trace
         while the newest traces are walked."""
+        # Chunks with the value, at most (a posting has a byte per chunk after
+        # its first up to its last, held or not).
         rows = self._q(
             conn,
-            "SELECT count(*) FROM (SELECT 1 FROM attr_chunks WHERE h = ? LIMIT ?)",
+            "SELECT count(*) + coalesce(sum(length(more)), 0)"
+            " FROM (SELECT more FROM attr_chunks WHERE h = ? LIMIT ?)",
             (h, RARE_ATTR_CHUNKS),
         )
         if int(rows[0][0]) < RARE_ATTR_CHUNKS:
             return (
-                "t.trace_id IN (SELECT c.trace_id FROM attr_chunks a"
-                " JOIN chunks c ON c.id = a.chunk_id WHERE a.h = ?)"
+                "t.trace_id IN (SELECT c.trace_id FROM attr_chunks a JOIN chunks c"
+                " ON c.id BETWEEN a.chunk_id AND a.chunk_id + coalesce(length(a.more), 0)"
+                f" WHERE a.h = ? AND {_HOLDS.format('a')})"
             )
         return (
-            # CROSS JOIN keeps SQLite from walking every chunk of the value
-            # instead of the few chunks of the trace.
-            "EXISTS (SELECT 1 FROM chunks c CROSS JOIN attr_chunks a WHERE c.trace_id = t.trace_id"
-            " AND a.h = ? AND a.chunk_id = c.id)"
+            "EXISTS (SELECT 1 FROM chunks c WHERE c.trace_id = t.trace_id"
+            f" AND (SELECT {_HOLDS.format('a')} FROM attr_chunks a"
+            " WHERE a.h = ? AND a.chunk_id <= c.id ORDER BY a.chunk_id DESC LIMIT 1))"
         )
 
     def _rid_sql(self, key: bytes) -> tuple[str, Any]:
