@@ -1,12 +1,16 @@
 """Compact encodings shared by the SQLite and PostgreSQL stores.
 
 Spans are not stored one row each: every (trace, batch) group of spans becomes one
-*chunk*: the spans' OTLP protobuf bytes as they arrived, with their resource and
-scope and the interned service id (``spanbatch.encode_payload``), compressed with
-zstd, using a dictionary trained on the store's first chunks once it has one
-(chunks are small, ~1-20 spans, so a dictionary halves them). Fetching a trace
-reads its few chunks by trace id. Chunks written by crosstrace before the protobuf
-form (a msgpack array of compact span tuples) are still read.
+*chunk*: the spans' OTLP protobuf bytes as they arrived, with their resource,
+scope and service, their ids and times in columns (``columns.py``), compressed
+with zstd, using a dictionary trained on the store's first chunks once it has one
+(chunks are small, ~1-30 spans, so a dictionary halves them). The zstd frame
+leaves out what the chunk's first bytes already say (its magic number and
+dictionary id). Fetching a trace reads its few chunks by trace id. Chunks of the
+forms crosstrace wrote before are still read: the spans' bytes as they came, in a
+standard zstd frame (told apart by its magic number, which no frame without one
+starts with: that byte would set a reserved bit of the frame header); before
+that, a msgpack array of compact span tuples.
 
 Also here: the 16-byte key form of request ids, the 64-bit hash used by the
 attribute index, the posting form of index entries (one row for every chunk of a
@@ -29,6 +33,7 @@ import zstandard
 from crosstrace.ids import REQUEST_ID_PREFIX, REQUEST_ID_RE
 from crosstrace.server.batch.spanbatch import decode_payload
 from crosstrace.server.model import SpanRecord
+from crosstrace.server.store.columns import decode_columns
 
 __all__ = [
     "CHUNK_FORMAT",
@@ -39,6 +44,7 @@ __all__ = [
     "KEY_WIDTH",
     "attr_hash",
     "attr_text",
+    "chunk_compressor",
     "compress_chunk",
     "decode_chunk",
     "decode_cursor",
@@ -63,9 +69,12 @@ __all__ = [
 CHUNK_FORMAT = 1
 #: ... and with one of the store's trained zstd dictionaries (id in the next 4 bytes).
 CHUNK_FORMAT_DICT = 2
-#: The same two for chunks of protobuf spans (``spanbatch.encode_payload``).
+#: The same two for chunks of protobuf spans: ``columns.py`` in a zstd frame
+#: without magic number and dictionary id (earlier: ``spanbatch.encode_payload``
+#: in a standard frame).
 CHUNK_FORMAT_PB = 3
 CHUNK_FORMAT_PB_DICT = 4
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: zstd level: 3 is zstd's default, close to level 1 in speed and smaller.
 ZSTD_LEVEL = 3
 #: Longest request id or attribute value that is indexed (longer ones are skipped).
@@ -87,6 +96,40 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     if d is None:
         d = _local.d = zstandard.ZstdDecompressor()
     return d
+
+
+_CHUNK_PARAMS = zstandard.ZstdCompressionParameters.from_level(
+    ZSTD_LEVEL, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_dict_id=False
+)
+
+
+def chunk_compressor(
+    zdict: zstandard.ZstdCompressionDict | None = None,
+) -> zstandard.ZstdCompressor:
+    """A compressor for span chunks (with the store's dictionary *zdict*); one per
+    thread, as zstd compressors are not safe to share."""
+    return zstandard.ZstdCompressor(dict_data=zdict, compression_params=_CHUNK_PARAMS)
+
+
+def _chunk_compressor() -> zstandard.ZstdCompressor:
+    c: zstandard.ZstdCompressor | None = getattr(_local, "cc", None)
+    if c is None:
+        c = _local.cc = chunk_compressor()
+    return c
+
+
+def _chunk_decompressor(zdict: zstandard.ZstdCompressionDict | None) -> zstandard.ZstdDecompressor:
+    cache: dict[int, tuple[Any, zstandard.ZstdDecompressor]] | None
+    cache = getattr(_local, "cd", None)
+    if cache is None:
+        cache = _local.cd = {}
+    hit = cache.get(id(zdict))
+    if hit is None or hit[0] is not zdict:
+        if len(cache) > 64:
+            cache.clear()
+        d = zstandard.ZstdDecompressor(dict_data=zdict, format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+        hit = cache[id(zdict)] = (zdict, d)
+    return hit[1]
 
 
 def _sanitize(value: Any) -> Any:
@@ -165,10 +208,11 @@ def encode_chunk(spans: Sequence[SpanRecord], intern: Callable[[str], int]) -> b
 
 
 def compress_chunk(raw: bytes, zdict: tuple[int, zstandard.ZstdCompressor] | None) -> bytes:
-    """Frame an :func:`encode_chunk` payload: format byte, then zstd, with the
-    store's trained dictionary (its id in 4 bytes) when it has one."""
+    """Frame a ``columns.encode_columns`` payload: format byte, then zstd, with
+    the store's trained dictionary (its id in 4 bytes) when it has one (the
+    compressor from :func:`chunk_compressor`)."""
     if zdict is None:
-        return bytes((CHUNK_FORMAT_PB,)) + _compressor().compress(raw)
+        return bytes((CHUNK_FORMAT_PB,)) + _chunk_compressor().compress(raw)
     dict_id, compressor = zdict
     return bytes((CHUNK_FORMAT_PB_DICT,)) + dict_id.to_bytes(4, "big") + compressor.compress(raw)
 
@@ -198,6 +242,12 @@ def decode_chunk(
     if not data:
         return []
     fmt = data[0]
+    if fmt == CHUNK_FORMAT_PB and data[1:5] != _ZSTD_MAGIC:
+        return decode_columns(trace_id, _chunk_decompressor(None).decompress(data[1:]))
+    dictionary = fmt == CHUNK_FORMAT_PB_DICT and zdict is not None and len(data) > 9
+    if dictionary and zdict is not None and data[5:9] != _ZSTD_MAGIC:
+        d = zdict(int.from_bytes(data[1:5], "big"))
+        return decode_columns(trace_id, _chunk_decompressor(d).decompress(data[5:]))
     if fmt in (CHUNK_FORMAT, CHUNK_FORMAT_PB):
         raw = _decompressor().decompress(data[1:])
     elif fmt in (CHUNK_FORMAT_DICT, CHUNK_FORMAT_PB_DICT) and zdict is not None and len(data) > 5:

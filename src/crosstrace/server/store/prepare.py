@@ -18,15 +18,16 @@ from typing import Any, NamedTuple
 
 import zstandard
 
-from crosstrace.server.batch.spanbatch import SpanBatch, encode_payload, ids_digest
+from crosstrace.server.batch.spanbatch import SpanBatch, ids_digest
 from crosstrace.server.batch.values import FLAG_RAW_BYTES, raw_value
 from crosstrace.server.store.codec import (
-    ZSTD_LEVEL,
     attr_hash,
     attr_text,
+    chunk_compressor,
     compress_chunk,
     encode_rid,
 )
+from crosstrace.server.store.columns import encode_columns
 
 __all__ = [
     "BUCKET_NS",
@@ -118,7 +119,7 @@ def _compressor(comp: Compression) -> tuple[int, zstandard.ZstdCompressor] | Non
     cached = getattr(_local, "zc", None)
     if cached is None or cached[1][0] != comp[0] or cached[0] != comp[1]:
         d = zstandard.ZstdCompressionDict(comp[1])
-        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=d)
+        compressor = chunk_compressor(d)
         cached = _local.zc = (comp[1], (comp[0], compressor))
     return cached[1]
 
@@ -203,7 +204,7 @@ def prepare_batch(batch: SpanBatch, comp: Compression) -> PreparedBatch:
             k = encode_rid(text)
             if k is not None:
                 rids[k] = rids.get(k, 0) | kind
-        payload = encode_payload(g, batch)
+        payload = encode_columns(g, batch)
         span_ids = g.span_ids()
         out.append(
             PreparedTrace(

@@ -24,7 +24,7 @@ import zstandard
 from crosstrace.server.batch.spanbatch import SpanBatch
 from crosstrace.server.batch.values import INDEXED_ATTRIBUTES
 from crosstrace.server.model import RES_HOST_NAME, LogRecord
-from crosstrace.server.store.codec import ZSTD_LEVEL, compress_chunk, pack_blob
+from crosstrace.server.store.codec import chunk_compressor, compress_chunk, pack_blob
 from crosstrace.server.store.prepare import (
     BUCKET_NS,
     Compression,
@@ -119,7 +119,7 @@ class SQLWriter(SQLBase):
             did, data = int(rows[0][0]), bytes(rows[0][1])
             d = zstandard.ZstdCompressionDict(data)
             self._dicts[did] = d
-            self._zdict = (did, zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=d))
+            self._zdict = (did, chunk_compressor(d))
             self._published = (did, data)
 
     def _dictionary(self, conn: Any, did: int) -> zstandard.ZstdCompressionDict:
@@ -155,7 +155,7 @@ class SQLWriter(SQLBase):
         )
         did = int(self._q(conn, "SELECT max(id) FROM zdicts")[0][0])
         self._dicts[did] = d
-        self._zdict = (did, zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=d))
+        self._zdict = (did, chunk_compressor(d))
         self._txn_dict = did
 
     # ------------------------------------------------------------------ write
