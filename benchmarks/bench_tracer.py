@@ -41,8 +41,8 @@ from typing import Any
 
 import crosstrace
 from crosstrace import config
-from crosstrace import tracer as tr
 from crosstrace.export import BatchExporter, OtlpHttpTransport, Transport
+from crosstrace.tracing import tracer as tr
 
 #: Export queue bound on both sides, large enough that neither drops spans.
 QUEUE = 65536

@@ -41,9 +41,9 @@ from typing import Any
 from wsgiref.util import setup_testing_defaults
 
 import crosstrace
-from crosstrace import tracer as tr
 from crosstrace.export import BatchExporter, Transport
-from crosstrace.tracer import Tracer
+from crosstrace.tracing import Tracer
+from crosstrace.tracing import tracer as tr
 from crosstrace.wsgi import RequestIdMiddleware
 
 ATTRS = {"db.system": "sqlite", "rows": 3, "cached": False}

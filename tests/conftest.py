@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from crosstrace import tracer as tr
+from crosstrace.tracing import tracer as tr
 from keystone_support import Keystone, keystone_importable, start_keystone
 from tracing_support import Sink
 

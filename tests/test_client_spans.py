@@ -19,8 +19,7 @@ from crosstrace.context import RequestContext, use_context
 from crosstrace.integrations import httpx as ct_httpx
 from crosstrace.integrations import requests as ct_requests
 from crosstrace.integrations.kombu import Producer, consumer_callback, publish
-from crosstrace.spans import Span, SpanKind, StatusCode
-from crosstrace.tracer import Tracer, span
+from crosstrace.tracing import Span, SpanKind, StatusCode, Tracer, span
 from crosstrace.wsgi import RequestIdMiddleware
 from tracing_support import Sink, sink_tracer
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import crosstrace
-from crosstrace import config, export
-from crosstrace import tracer as tr
+from crosstrace import config, export, tracing
 from crosstrace.config import parse_duration
+from crosstrace.tracing import tracer as tr
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -159,7 +159,7 @@ def test_shutdown_returns_to_the_no_op_state() -> None:
     crosstrace.configure(transport="none")
     config.shutdown()
     with crosstrace.span("x") as s:
-        assert s is tr.INVALID_SPAN
+        assert s is tracing.INVALID_SPAN
 
 
 def test_reload_reads_the_config_file(tmp_path: Path) -> None:

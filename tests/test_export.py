@@ -21,8 +21,7 @@ import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from crosstrace import export, propagation
-from crosstrace import tracer as tr
+from crosstrace import export, propagation, tracing
 from crosstrace.context import RequestContext, use_context
 from crosstrace.export import (
     AmqpTransport,
@@ -35,7 +34,8 @@ from crosstrace.export import (
     Transport,
     _retry_after,
 )
-from crosstrace.tracer import Span, SpanKind, StatusCode, Tracer, span
+from crosstrace.tracing import Span, SpanKind, StatusCode, Tracer, span
+from crosstrace.tracing import tracer as tr
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -200,7 +200,7 @@ def test_spans_arrive_at_a_real_receiver_field_by_field(
             {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
             attributes={"http.request.method": "GET"},
         )
-        token = tr.activate(server)
+        token = tracing.activate(server)
 
         def call_image() -> None:
             with span("call image", kind=SpanKind.CLIENT) as c:
@@ -210,7 +210,7 @@ def test_spans_arrive_at_a_real_receiver_field_by_field(
         with pytest.raises(ConnectionError):
             call_image()
         server.set_status(StatusCode.ERROR, "HTTP 503")
-        tr.deactivate(token)
+        tracing.deactivate(token)
         server.end()
     assert exporter.force_flush(5.0)
     path, headers = receiver.requests[0]

@@ -13,8 +13,7 @@ from crosstrace.integrations.sqlalchemy import (
     sanitize_statement,
     uninstrument_engine,
 )
-from crosstrace.spans import SpanKind, StatusCode
-from crosstrace.tracer import Tracer, span
+from crosstrace.tracing import SpanKind, StatusCode, Tracer, span
 from tracing_support import Sink, sink_tracer
 
 pytestmark = pytest.mark.usefixtures("no_tracer")

@@ -206,3 +206,63 @@ def test_module_size(name: str) -> None:
 def test_allow_list_names_real_modules() -> None:
     """Every allow-list entry still exists (remove entries once split or moved)."""
     assert sorted(OVER_LIMIT_ALLOWED - MODULES.keys()) == []
+
+
+LIBRARY_EXCLUDED = ("crosstrace.server", "crosstrace.demo", "crosstrace.cli")
+
+
+def _library_graph() -> dict[str, list[str]]:
+    return {
+        name: [t for t in targets if t in MODULES and not _within(t, *LIBRARY_EXCLUDED)]
+        for name, targets in GRAPH.items()
+        if not _within(name, *LIBRARY_EXCLUDED)
+    }
+
+
+def _reach(graph: dict[str, list[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), []):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_library_has_no_import_cycle() -> None:
+    """No module of the library reaches itself through its imports."""
+    assert _cycles(_library_graph()) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        *sorted(n for n in MODULES if _within(n, "crosstrace.tracing", "crosstrace.export")),
+        "crosstrace.otlp",
+    ],
+)
+def test_tracing_never_imports_the_middleware(name: str) -> None:
+    """Tracing and export sit below the middleware, the integrations and the
+    configuration that assemble them: the hot path runs one way."""
+    above = ("crosstrace.wsgi", "crosstrace.asgi", "crosstrace.integrations", "crosstrace.config")
+    bad = sorted(t for t in _reach(_library_graph(), name) if _within(t, *above))
+    assert bad == []
+
+
+def test_spans_export_and_encoding_read_only_the_model() -> None:
+    """spans never import the tracer; the exporter and the OTLP encoder reach
+    no tracing module but the shared model."""
+    graph = _library_graph()
+    assert "crosstrace.tracing.tracer" not in _reach(graph, "crosstrace.tracing.spans")
+    for name in ("crosstrace.export", "crosstrace.export.batch", "crosstrace.otlp"):
+        tracing = {t for t in _reach(graph, name) if _within(t, "crosstrace.tracing")}
+        assert tracing <= {"crosstrace.tracing.model"}, name
+
+
+@pytest.mark.parametrize(
+    "name", [*sorted(n for n in MODULES if _within(n, "crosstrace.tracing")), "crosstrace.config"]
+)
+def test_tracing_module_size(name: str) -> None:
+    """Tracing modules stay under the size limit too."""
+    assert len(MODULES[name].read_text(encoding="utf-8").splitlines()) <= MAX_LINES

@@ -10,8 +10,7 @@ import pytest
 from crosstrace import otlp
 from crosstrace.context import RequestContext, use_context
 from crosstrace.logging import ContextFilter, ExportHandler
-from crosstrace.spans import SpanKind, StatusCode
-from crosstrace.tracer import Tracer, span
+from crosstrace.tracing import SpanKind, StatusCode, Tracer, span
 from tracing_support import Sink, sink_tracer
 
 GID = "req-3f1e2d4c-5b6a-4789-8abc-def012345678"

@@ -10,11 +10,11 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
-from crosstrace import otlp
-from crosstrace import tracer as tr
+from crosstrace import otlp, tracing
 from crosstrace.export import LogData
 from crosstrace.propagation import start_server_span
-from crosstrace.tracer import Span, SpanKind, StatusCode, Tracer, span
+from crosstrace.tracing import Span, SpanKind, StatusCode, Tracer, span
+from crosstrace.tracing import tracer as tr
 
 
 class Sink:
@@ -41,7 +41,7 @@ def recorded() -> list[Span]:
                 "tracestate": "v=1",
             },
         )
-        token = tr.activate(parent)
+        token = tracing.activate(parent)
         with span("db", kind=SpanKind.CLIENT, attributes={"db.system": "sqlite"}) as s:
             s.set_attributes(
                 {
@@ -57,7 +57,7 @@ def recorded() -> list[Span]:
             )
             s.add_event("retry", {"attempt": 2})
             s.set_status(StatusCode.ERROR, "disk full")
-        tr.deactivate(token)
+        tracing.deactivate(token)
         parent.end()
     finally:
         tr._set_tracer(previous)

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from crosstrace import sampling
-from crosstrace.sampling import (
+from crosstrace.tracing import sampling
+from crosstrace.tracing.sampling import (
     OverheadController,
     TokenBucket,
     ratio_sampled,
@@ -87,14 +87,17 @@ def test_controller_lowers_the_ratio_when_export_is_over_budget() -> None:
     # 1 s of process CPU, 2 ms recording, 18 ms exporting: 2 % against 1 %.
     ctl.adjust(record_ns=2_000_000, export_ns=18_000_000, proc_ns=1_000_000_000)
     assert ctl.record_fraction == 1.0
-    # Room for export is 8 ms of 18 ms.
-    assert ctl.ratio_factor == pytest.approx(8 / 18)
+    # The budget is 1 % of the CPU used without tracing (980 ms): 9.8 ms, which
+    # leaves 7.8 ms of room for 18 ms of export.
+    assert ctl.ratio_factor == pytest.approx(7.8 / 18)
+    assert ctl.last_fraction == pytest.approx(20 / 980)
 
 
 def test_controller_lowers_the_record_fraction_when_recording_alone_is_over() -> None:
     ctl = OverheadController(0.01)
     ctl.adjust(record_ns=20_000_000, export_ns=1_000_000, proc_ns=1_000_000_000)
-    assert ctl.record_fraction == pytest.approx(0.45)
+    # 1 % of 979 ms is 9.79 ms; recording costs 20 ms, so record 90 % of 9.79/20.
+    assert ctl.record_fraction == pytest.approx(0.9 * 9.79 / 20)
     assert ctl.ratio_factor < 1.0
 
 

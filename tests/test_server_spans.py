@@ -13,12 +13,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from crosstrace import tracer as tr
 from crosstrace.asgi import RequestIdMiddleware as AsgiMiddleware
 from crosstrace.httpnames import ENV_ROUTE, normalize_path
 from crosstrace.propagation import inject_headers
-from crosstrace.spans import INVALID_SPAN, SpanKind, StatusCode, current_span
-from crosstrace.tracer import Tracer
+from crosstrace.tracing import INVALID_SPAN, SpanKind, StatusCode, Tracer, current_span
+from crosstrace.tracing import tracer as tr
 from crosstrace.wsgi import RequestIdMiddleware
 from tracing_support import Sink, sink_tracer
 

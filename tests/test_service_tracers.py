@@ -9,10 +9,10 @@ import pytest
 
 import crosstrace
 from crosstrace import config, otlp
-from crosstrace import tracer as tr
 from crosstrace.export import Transport
 from crosstrace.propagation import start_server_span
-from crosstrace.tracer import INVALID_SPAN, Span, SpanKind, Tracer, span, start_span
+from crosstrace.tracing import INVALID_SPAN, Span, SpanKind, Tracer, span, start_span
+from crosstrace.tracing import tracer as tr
 from tracing_support import Sink, sink_tracer
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

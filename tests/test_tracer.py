@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 import crosstrace
-from crosstrace import tracer as tr
+from crosstrace import tracing
 from crosstrace.context import RequestContext, use_context, wrap
 from crosstrace.propagation import extract_context, inject_context, start_server_span
 from crosstrace.tracecontext import format_traceparent, parse_traceparent
-from crosstrace.tracer import (
+from crosstrace.tracing import (
     INVALID_SPAN,
     NonRecordingSpan,
     Span,
@@ -29,6 +29,7 @@ from crosstrace.tracer import (
     span,
     start_span,
 )
+from crosstrace.tracing import tracer as tr
 from crosstrace.trust import make_osprofiler_headers, make_trigger
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -176,10 +177,10 @@ def test_record_exception_names_non_builtin_types_with_module(sink: Sink) -> Non
 def test_attribute_count_is_bounded(sink: Sink) -> None:
     install(sink)
     with span("op") as s:
-        for i in range(tr.MAX_ATTRIBUTES + 10):
+        for i in range(tracing.MAX_ATTRIBUTES + 10):
             s.set_attribute(f"k{i}", i)
     (got,) = sink.spans
-    assert len(got.attributes) == tr.MAX_ATTRIBUTES
+    assert len(got.attributes) == tracing.MAX_ATTRIBUTES
     assert got.dropped_attributes == 10
 
 
@@ -280,11 +281,11 @@ def test_server_span_gets_request_context_ids(sink: Sink) -> None:
     with use_context(ctx), span("GET /servers", kind=SpanKind.SERVER):
         pass
     (got,) = sink.spans
-    assert got.attributes[tr.ATTR_REQUEST_ID] == ctx.request_id
-    assert got.attributes[tr.ATTR_GLOBAL_REQUEST_ID] == ctx.global_request_id
-    assert got.attributes[tr.ATTR_PROJECT_ID] == "p1"
-    assert got.attributes[tr.ATTR_DOMAIN_ID] == "d1"
-    assert got.attributes[tr.ATTR_USER_ID] == "u1"
+    assert got.attributes[tracing.ATTR_REQUEST_ID] == ctx.request_id
+    assert got.attributes[tracing.ATTR_GLOBAL_REQUEST_ID] == ctx.global_request_id
+    assert got.attributes[tracing.ATTR_PROJECT_ID] == "p1"
+    assert got.attributes[tracing.ATTR_DOMAIN_ID] == "d1"
+    assert got.attributes[tracing.ATTR_USER_ID] == "u1"
 
 
 def test_local_root_internal_span_also_gets_request_ids(sink: Sink) -> None:
@@ -293,8 +294,8 @@ def test_local_root_internal_span_also_gets_request_ids(sink: Sink) -> None:
     with use_context(ctx), span("job"), span("step"):
         pass
     step, job = sink.spans
-    assert job.attributes[tr.ATTR_REQUEST_ID] == ctx.request_id
-    assert tr.ATTR_REQUEST_ID not in step.attributes  # internal children stay cheap
+    assert job.attributes[tracing.ATTR_REQUEST_ID] == ctx.request_id
+    assert tracing.ATTR_REQUEST_ID not in step.attributes  # internal children stay cheap
 
 
 # -- keep / drop ------------------------------------------------------------------------------
@@ -529,28 +530,37 @@ def test_crosstrace_package_reexports_the_span_api() -> None:
 # -- overhead budget ---------------------------------------------------------------------------
 
 
-def test_budget_feeds_measured_cost_to_the_controller(sink: Sink) -> None:
+def test_budget_counts_once_per_trace_and_prices_the_counts(sink: Sink) -> None:
     t = install(sink, overhead_budget=0.01)
-    assert t.controller is not None
-    assert 1.0 <= t.cost_factor <= 4.0
-    t._time_all = True  # time every trace instead of 1 in 16
-    t.controller.next_tick_ns = 1 << 62  # no window closes during the test
+    ctl = t.controller
+    assert ctl is not None
+    assert t.costs.calibrations == 1  # setting the budget calibrated the prices
+    assert t.costs.span_ns > 0
+    assert t.costs.root_ns > 0
+    ctl.next_tick_ns = 1 << 62  # no window closes during the spans
+    ctl.tick(t.accounting, t.costs, 0, now_ns=1 << 62)  # opens a fresh window
+    t.costs.root_ns = t.costs.keep_ns = t.costs.unrecorded_ns = 0.0
+    t.costs.span_ns = 1e12  # one child priced at 1000 s: nothing else matters
     with span("root", attributes={"a": 1}), span("child"):
         pass
-    assert t.controller._record_ns > 0
+    assert t.accounting.snapshot() == (1, 2, 2, 0)
+    assert ctl.tick(t.accounting, t.costs, 0, now_ns=1 << 63)
+    assert ctl.last_fraction > 1.0
+    assert ctl.record_fraction < 1.0
 
 
 def test_controller_decision_changes_which_traces_are_sampled(sink: Sink) -> None:
     t = install(sink, overhead_budget=0.01)
     assert t.controller is not None
     t.controller.next_tick_ns = 1 << 62
-    # 1 % of 1 s allowed; 1 ms recording leaves 9 ms for 30 ms of export: ratio 0.3.
+    # 1 % of the 969 ms used without tracing is 9.69 ms; 1 ms of recording
+    # leaves 8.69 ms for 30 ms of export.
     t.controller.adjust(record_ns=1_000_000, export_ns=30_000_000, proc_ns=1_000_000_000)
     t._apply_knobs()
-    assert t.effective_ratio == pytest.approx(0.3)
+    assert t.effective_ratio == pytest.approx(8.69 / 30)
     low = 1  # low 56 bits far below 0.3 * 2**56: sampled
     high = (1 << 56) - 1  # at the top: not sampled, dropped at ratio 0.3
     for trace_id in (low, high):
-        remote = tr.RemoteContext(tr.SpanContext(trace_id, 7, 0, None, True))
+        remote = tracing.RemoteContext(tracing.SpanContext(trace_id, 7, 0, None, True))
         start_span("req", SpanKind.SERVER, parent=remote).end()
     assert [s.trace_id for s in sink.spans] == [low]

@@ -15,8 +15,7 @@ from typing import Any
 
 from crosstrace.export import LogData
 from crosstrace.logging import ContextFilter, ContextFormatter
-from crosstrace.spans import Span
-from crosstrace.tracer import Tracer
+from crosstrace.tracing import Span, Tracer
 
 
 class Sink:

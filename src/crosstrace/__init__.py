@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from crosstrace.config import configure, force_flush
 from crosstrace.context import RequestContext, get_current
-from crosstrace.tracer import SpanKind, StatusCode, Tracer, current_span, get_tracer, span
+from crosstrace.tracing import SpanKind, StatusCode, Tracer, current_span, get_tracer, span
 
 __all__ = [
     "RequestContext",

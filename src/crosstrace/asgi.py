@@ -28,7 +28,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from crosstrace import tracer as _tracer_mod
 from crosstrace.context import (
     ENV_GLOBAL_REQUEST_ID,
     ENV_REQUEST_ID,
@@ -49,17 +48,10 @@ from crosstrace.httpnames import (
 )
 from crosstrace.ids import MAX_REQUEST_ID_LENGTH
 from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, extract_context, record_invalid
-from crosstrace.spans import (
-    _SERVER,
-    INVALID_SPAN,
-    NonRecordingSpan,
-    Span,
-    StatusCode,
-    _current,
-    record_failure,
-)
 from crosstrace.tracecontext import TRACEPARENT_HEADER, TRACESTATE_HEADER
-from crosstrace.tracer import Tracer, _maybe_tick
+from crosstrace.tracing.model import SpanKind, StatusCode
+from crosstrace.tracing.serve import Served, serve
+from crosstrace.tracing.tracer import Tracer, get_tracer
 from crosstrace.trust import OSPROFILER_HMAC_HEADER, OSPROFILER_INFO_HEADER, TRIGGER_HEADER
 from crosstrace.wsgi import parse_header_list
 
@@ -156,7 +148,7 @@ class RequestIdMiddleware:
             return
         environ: dict[str, Any] = {}
         raw: bytes | None = None
-        tracer = self.tracer or _tracer_mod._tracer
+        tracer = self.tracer or get_tracer()
         trace_headers: dict[str, str] | None = {} if tracer is not None else None
         for raw_name, value in scope.get("headers") or ():
             name = bytes(raw_name).lower()
@@ -208,17 +200,19 @@ class RequestIdMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        token = set_current(context)
         if tracer is None or trace_headers is None:
+            token = set_current(context)
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
                 reset_current(token)
             return
         try:
-            span = self._start_span(scope, tracer, trace_headers)
+            served = self._serve(scope, context, tracer, trace_headers)
         except Exception:  # tracing must never break the request
-            span = INVALID_SPAN
+            served = Served(context)
+        served.enter()
+        span = served.span
 
         async def send_traced(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -229,27 +223,23 @@ class RequestIdMiddleware:
                         span.set_status(StatusCode.ERROR, f"HTTP {code}")
             await send_with_id(message)
 
-        span_token = _current.set(span)
         try:
             await self.app(scope, receive, send_traced)
-        except Exception as exc:
-            record_failure(span, exc)
+        except BaseException as exc:
+            served.fail(exc)
             raise
         finally:
-            _current.reset(span_token)
-            reset_current(token)
+            served.leave()
             if span._recording:
                 route = _route_template(scope)
                 if route is not None:
                     span.update_name(f"{span.attributes[ATTR_METHOD]} {route}")  # type: ignore[union-attr]
                     span.set_attribute(ATTR_ROUTE, route)
-                span.end()
-            else:
-                _maybe_tick(tracer)
+            served.finish()
 
-    def _start_span(
-        self, scope: Scope, tracer: Tracer, trace_headers: dict[str, str]
-    ) -> Span | NonRecordingSpan:
+    def _serve(
+        self, scope: Scope, context: RequestContext, tracer: Tracer, trace_headers: dict[str, str]
+    ) -> Served:
         raw_method = scope.get("method") or "GET"
         method = known_method(raw_method)
         path = scope.get("path") or "/"
@@ -257,4 +247,5 @@ class RequestIdMiddleware:
         if method != raw_method:
             attrs[ATTR_METHOD_ORIGINAL] = str(raw_method)[:32]
         remote = extract_context(lambda name: trace_headers.get(name.lower()), tracer)
-        return tracer.start_root(f"{method} {self.path_normalizer(path)}", _SERVER, attrs, remote)
+        name = f"{method} {self.path_normalizer(path)}"
+        return serve(context, tracer, name, SpanKind.SERVER, attrs, remote)

@@ -13,6 +13,17 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar
 
+from crosstrace.headers import (
+    ENV_DOMAIN_ID,
+    ENV_GLOBAL_REQUEST_ID,
+    ENV_IS_ADMIN_PROJECT,
+    ENV_PROJECT_DOMAIN_ID,
+    ENV_PROJECT_ID,
+    ENV_REQUEST_ID,
+    ENV_ROLES,
+    ENV_USER_DOMAIN_ID,
+    ENV_USER_ID,
+)
 from crosstrace.ids import generate_request_id, is_valid_request_id
 
 __all__ = [
@@ -27,20 +38,6 @@ __all__ = [
     "wrap",
 ]
 
-#: WSGI environ keys, the same ones oslo.middleware's ``request_id`` filter sets.
-ENV_REQUEST_ID = "openstack.request_id"
-ENV_GLOBAL_REQUEST_ID = "openstack.global_request_id"
-
-# keystonemiddleware's identity headers, as WSGI environ keys.
-_ENV_IDENTITY = {
-    "user_id": "HTTP_X_USER_ID",
-    "project_id": "HTTP_X_PROJECT_ID",
-    "domain_id": "HTTP_X_DOMAIN_ID",
-    "user_domain_id": "HTTP_X_USER_DOMAIN_ID",
-    "project_domain_id": "HTTP_X_PROJECT_DOMAIN_ID",
-}
-_ENV_ROLES = "HTTP_X_ROLES"
-_ENV_IS_ADMIN_PROJECT = "HTTP_X_IS_ADMIN_PROJECT"
 # Longest identity value accepted from a header; longer ones are ignored.
 _MAX_IDENTITY_LEN = 255
 
@@ -116,23 +113,23 @@ class RequestContext:
         grid = get(ENV_GLOBAL_REQUEST_ID)
         ctx.global_request_id = grid if grid is not None and is_valid_request_id(grid) else None
         # Identity values: non-empty strings of sane length (inlined: hot path).
-        v = get("HTTP_X_USER_ID")
+        v = get(ENV_USER_ID)
         ctx.user_id = v if v.__class__ is str and 0 < len(v) <= _MAX_IDENTITY_LEN else None
-        v = get("HTTP_X_PROJECT_ID")
+        v = get(ENV_PROJECT_ID)
         ctx.project_id = v if v.__class__ is str and 0 < len(v) <= _MAX_IDENTITY_LEN else None
-        v = get("HTTP_X_DOMAIN_ID")
+        v = get(ENV_DOMAIN_ID)
         ctx.domain_id = v if v.__class__ is str and 0 < len(v) <= _MAX_IDENTITY_LEN else None
-        v = get("HTTP_X_USER_DOMAIN_ID")
+        v = get(ENV_USER_DOMAIN_ID)
         ctx.user_domain_id = v if v.__class__ is str and 0 < len(v) <= _MAX_IDENTITY_LEN else None
-        v = get("HTTP_X_PROJECT_DOMAIN_ID")
+        v = get(ENV_PROJECT_DOMAIN_ID)
         ctx.project_domain_id = (
             v if v.__class__ is str and 0 < len(v) <= _MAX_IDENTITY_LEN else None
         )
-        roles = get(_ENV_ROLES)
+        roles = get(ENV_ROLES)
         if isinstance(roles, str) and roles:
             ctx.roles = tuple(r.strip() for r in roles.split(",") if r.strip())
             ctx.is_admin = "admin" in ctx.roles and (
-                str(get(_ENV_IS_ADMIN_PROJECT, "true")).lower() == "true"
+                str(get(ENV_IS_ADMIN_PROJECT, "true")).lower() == "true"
             )
         else:
             ctx.roles = ()

@@ -18,6 +18,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from crosstrace.headers import ENV_ROUTE
+
 __all__ = [
     "ATTR_METHOD",
     "ATTR_METHOD_ORIGINAL",
@@ -43,10 +45,6 @@ ATTR_URL_FULL = "url.full"
 ATTR_SERVER_ADDRESS = "server.address"
 ATTR_SERVER_PORT = "server.port"
 
-#: WSGI environ key (ASGI scope key) an application may set to its route
-#: template (e.g. ``"/v2.1/servers/{server_id}"``); the server span takes it
-#: as its name and ``http.route``.
-ENV_ROUTE = "crosstrace.route"
 
 #: Turns a request path into the low-cardinality part of a span name.
 PathNormalizer = Callable[[str], str]

@@ -32,24 +32,22 @@ import socket
 import sys
 import traceback
 from collections.abc import Mapping
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
-from crosstrace import tracer as _tracer_mod
 from crosstrace.context import RequestContext, get_current
-from crosstrace.export import LogData
 from crosstrace.ids import is_valid_request_id
-from crosstrace.spans import (
+from crosstrace.tracing import (
     ATTR_DOMAIN_ID,
     ATTR_GLOBAL_REQUEST_ID,
     ATTR_PROJECT_ID,
     ATTR_REQUEST_ID,
     ATTR_USER_ID,
-    MAX_STACKTRACE,
     Span,
-    _exception_type,
-    _get_current_span,
+    Tracer,
 )
-from crosstrace.tracer import Tracer
+from crosstrace.tracing import tracer as _tracer_mod
+from crosstrace.tracing.model import LogData
+from crosstrace.tracing.spans import MAX_STACKTRACE, _exception_type, _get_current_span
 
 _get_current = get_current
 
@@ -507,7 +505,7 @@ class ExportHandler(logging.Handler):
                 tracer = _tracer_mod.get_tracer(self.service)
             if tracer is None:
                 if cur is not None and cur._recording:
-                    tracer = cur.segment.tracer  # type: ignore[union-attr]
+                    tracer = cast("Tracer", cur.segment.tracer)  # type: ignore[union-attr]
                 else:
                     tracer = _tracer_mod._tracer
             sink = tracer.sink if tracer is not None else None

@@ -39,8 +39,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, St
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
 if TYPE_CHECKING:
-    from crosstrace.export import LogData
-    from crosstrace.tracer import Span
+    from crosstrace.tracing.model import LogData, SpanData
 
 __all__ = [
     "MAX_VALUE_LENGTH",
@@ -111,7 +110,7 @@ def _resource(attributes: Mapping[str, Any]) -> Resource:
 _SCOPE = InstrumentationScope(name=SCOPE_NAME, version=SCOPE_VERSION)
 
 
-def _pb_span(s: Span) -> PbSpan:
+def _pb_span(s: SpanData) -> PbSpan:
     seg = s.segment
     flags = (seg.flags & 0xFF) | _FLAG_HAS_REMOTE
     if s.parent_remote:
@@ -163,10 +162,10 @@ def _group(items: Iterable[Any], resource_of: Any) -> list[tuple[Mapping[str, An
     return list(groups.values())
 
 
-def spans_to_request(spans: Sequence[Span]) -> ExportTraceServiceRequest:
+def spans_to_request(spans: Sequence[SpanData]) -> ExportTraceServiceRequest:
     """An ``ExportTraceServiceRequest`` for *spans* (grouped by their resource)."""
     req = ExportTraceServiceRequest()
-    for resource, group in _group(spans, lambda s: s.segment.tracer.resource):
+    for resource, group in _group(spans, lambda s: s.segment.resource):
         req.resource_spans.append(
             ResourceSpans(
                 resource=_resource(resource),
@@ -276,7 +275,7 @@ def _json_attrs(attributes: Mapping[str, Any], depth: int = 0) -> list[dict[str,
 _JSON_SCOPE = {"name": SCOPE_NAME, "version": SCOPE_VERSION}
 
 
-def _json_span(s: Span) -> dict[str, Any]:
+def _json_span(s: SpanData) -> dict[str, Any]:
     seg = s.segment
     flags = (seg.flags & 0xFF) | _FLAG_HAS_REMOTE | (_FLAG_IS_REMOTE if s.parent_remote else 0)
     out: dict[str, Any] = {
@@ -319,7 +318,7 @@ def _json_span(s: Span) -> dict[str, Any]:
     return out
 
 
-def spans_to_json(spans: Sequence[Span]) -> dict[str, Any]:
+def spans_to_json(spans: Sequence[SpanData]) -> dict[str, Any]:
     """An OTLP/JSON ``ExportTraceServiceRequest`` object for *spans*."""
     return {
         "resourceSpans": [
@@ -327,7 +326,7 @@ def spans_to_json(spans: Sequence[Span]) -> dict[str, Any]:
                 "resource": {"attributes": _json_attrs(resource)},
                 "scopeSpans": [{"scope": _JSON_SCOPE, "spans": [_json_span(s) for s in group]}],
             }
-            for resource, group in _group(spans, lambda s: s.segment.tracer.resource)
+            for resource, group in _group(spans, lambda s: s.segment.resource)
         ]
     }
 

@@ -27,18 +27,9 @@ import uuid
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from crosstrace import tracer as _tracer_mod
 from crosstrace.context import RequestContext, get_current
+from crosstrace.headers import CONTEXT_KEY, HEADER_REQUEST_ID, HEADER_REQUEST_ID_LOWER
 from crosstrace.ids import generate_request_id, is_valid_request_id
-from crosstrace.spans import (
-    INVALID_SPAN,
-    NonRecordingSpan,
-    RemoteContext,
-    Span,
-    SpanContext,
-    SpanKind,
-    _get_current_span,
-)
 from crosstrace.tracecontext import (
     TRACEPARENT_HEADER,
     TRACESTATE_HEADER,
@@ -46,7 +37,17 @@ from crosstrace.tracecontext import (
     parse_traceparent,
     parse_tracestate,
 )
-from crosstrace.tracer import Tracer
+from crosstrace.tracing import (
+    INVALID_SPAN,
+    NonRecordingSpan,
+    RemoteContext,
+    Span,
+    SpanContext,
+    SpanKind,
+    Tracer,
+)
+from crosstrace.tracing import tracer as _tracer_mod
+from crosstrace.tracing.spans import _get_current_span
 from crosstrace.trust import (
     OSPROFILER_HMAC_HEADER,
     OSPROFILER_INFO_HEADER,
@@ -75,12 +76,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The header that carries the global request id between services.
-HEADER_REQUEST_ID = "X-OpenStack-Request-ID"
-#: The same, as HTTP/2, ASGI and most header maps spell it.
-HEADER_REQUEST_ID_LOWER = "x-openstack-request-id"
-#: Message-header key under which :func:`inject` puts the context dict (for RPC).
-CONTEXT_KEY = "crosstrace.context"
 
 #: Counter names reported by :func:`stats`.
 STAT_INVALID_HTTP = "invalid_http_request_id"
@@ -322,7 +317,7 @@ def start_server_span(
     the current RequestContext's ids as attributes, and returns the span
     without making it current: ``token = activate(s)`` ... ``s.end()``,
     ``deactivate(token)``. *tracer* is the service's tracer (default: the
-    configured one; with neither, :data:`~crosstrace.spans.INVALID_SPAN`).
+    configured one; with neither, :data:`~crosstrace.tracing.spans.INVALID_SPAN`).
     Mark 5xx responses with ``s.set_status(StatusCode.ERROR, ...)`` so the
     segment is kept.
     """

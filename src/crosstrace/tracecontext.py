@@ -45,6 +45,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 
+from crosstrace.headers import TRACEPARENT_HEADER, TRACESTATE_HEADER
+
 __all__ = [
     "FLAG_RANDOM",
     "FLAG_SAMPLED",
@@ -60,9 +62,6 @@ __all__ = [
     "parse_tracestate",
 ]
 
-#: Header names (HTTP header names are case-insensitive; these are the spec's).
-TRACEPARENT_HEADER = "traceparent"
-TRACESTATE_HEADER = "tracestate"
 
 #: Level 1: the caller may have recorded this trace.
 FLAG_SAMPLED = 0x01

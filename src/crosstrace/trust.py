@@ -38,6 +38,8 @@ import uuid
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from crosstrace.headers import OSPROFILER_HMAC_HEADER, OSPROFILER_INFO_HEADER, TRIGGER_HEADER
+
 __all__ = [
     "ATTR_OSPROFILER_BASE_ID",
     "ATTR_OSPROFILER_PARENT_ID",
@@ -53,11 +55,6 @@ __all__ = [
     "verify_trigger",
 ]
 
-#: The crosstrace signed-trigger header.
-TRIGGER_HEADER = "X-Crosstrace-Trigger"
-#: OSProfiler's headers (``osprofiler.web.X_TRACE_INFO`` / ``X_TRACE_HMAC``).
-OSPROFILER_INFO_HEADER = "X-Trace-Info"
-OSPROFILER_HMAC_HEADER = "X-Trace-HMAC"
 #: Span attributes holding OSProfiler's ids.
 ATTR_OSPROFILER_BASE_ID = "osprofiler.base_id"
 ATTR_OSPROFILER_PARENT_ID = "osprofiler.parent_id"

@@ -6,13 +6,7 @@ For every request it:
   (an invalid one is dropped, counted and logged at debug without its value);
 * makes a fresh local request id;
 * stores both under the ``openstack.*`` environ keys before the application runs
-  (or reuses them when oslo.middleware's filter already ran in front), and
-  removes a refused ``X-OpenStack-Request-ID`` from the environ, so that an
-  inner filter cannot read it again;
-* adopts the local id an inner request-id filter sets (Keystone runs
-  oslo.middleware's ``RequestId`` inside its application, which always makes
-  its own id and returns it): the response, the context and the span then all
-  carry that one id;
+  (or reuses them when oslo.middleware's filter already ran in front);
 * makes a :class:`~crosstrace.context.RequestContext` current while the
   application runs and while a streamed body is produced, and clears it after;
 * returns the local id in ``x-openstack-request-id`` and each compat header,
@@ -43,13 +37,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Protocol
 
-from crosstrace import tracer as _tracer_mod
 from crosstrace.context import (
     ENV_GLOBAL_REQUEST_ID,
     ENV_REQUEST_ID,
     RequestContext,
     reset_current,
     set_current,
+)
+from crosstrace.headers import (
+    ENV_REQUEST_ID_HEADER,
+    ENV_TRACEPARENT,
+    ENV_TRACESTATE,
+    HTTP_RESP_HEADER_REQUEST_ID,
 )
 from crosstrace.httpnames import (
     ATTR_METHOD,
@@ -64,18 +63,10 @@ from crosstrace.httpnames import (
     status_code,
 )
 from crosstrace.ids import is_valid_request_id
-from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, extract_context, record_invalid
-from crosstrace.spans import (
-    _SERVER,
-    ATTR_REQUEST_ID,
-    INVALID_SPAN,
-    NonRecordingSpan,
-    Span,
-    StatusCode,
-    _current,
-    record_failure,
-)
-from crosstrace.tracer import Tracer, _maybe_tick
+from crosstrace.propagation import extract_context, record_invalid
+from crosstrace.tracing.model import ATTR_REQUEST_ID, SpanKind, StatusCode
+from crosstrace.tracing.serve import Served, serve
+from crosstrace.tracing.tracer import Tracer, get_tracer
 
 __all__ = [
     "ENV_GLOBAL_REQUEST_ID",
@@ -88,10 +79,6 @@ __all__ = [
     "parse_header_list",
 ]
 
-#: The inbound ``X-OpenStack-Request-ID`` header as a WSGI environ key.
-ENV_REQUEST_ID_HEADER = "HTTP_X_OPENSTACK_REQUEST_ID"
-#: Response header that carries this service's local request id.
-HTTP_RESP_HEADER_REQUEST_ID = HEADER_REQUEST_ID_LOWER
 
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
@@ -173,53 +160,57 @@ class _ContextBody:
                 reset_current(token)
 
 
-class _TracedBody(_ContextBody):
+class _TracedBody:
     """A streamed body produced under the request context *and* the server
-    span, which ends when the server closes the body."""
+    span (:class:`~crosstrace.tracing.serve.Served`); the span ends when the
+    server closes the body."""
 
-    __slots__ = ("_span", "_tracer")
+    __slots__ = ("_close", "_iter", "_served")
 
-    def __init__(
-        self,
-        body: Iterable[bytes],
-        context: RequestContext,
-        span: Span | NonRecordingSpan,
-        tracer: Tracer,
-    ) -> None:
-        self._span = span
-        self._tracer = tracer
-        span_token = _current.set(span)
+    def __init__(self, body: Iterable[bytes], served: Served) -> None:
+        self._served = served
+        self._close = getattr(body, "close", None)
+        served.enter()
         try:
-            super().__init__(body, context)
-        except Exception as exc:
-            record_failure(span, exc)
-            _end(span, tracer)
+            self._iter: Iterator[bytes] = iter(body)
+        except BaseException as exc:
+            served.fail(exc)
+            served.leave()
+            served.finish()
             raise
-        finally:
-            _current.reset(span_token)
+        served.leave()
+
+    def __iter__(self) -> _TracedBody:
+        return self
 
     def __next__(self) -> bytes:
-        span_token = _current.set(self._span)
+        served = self._served
+        served.enter()
         try:
-            return super().__next__()
+            return next(self._iter)
         except StopIteration:
             raise
         except Exception as exc:
-            record_failure(self._span, exc)
+            served.fail(exc)
             raise
         finally:
-            _current.reset(span_token)
+            served.leave()
 
     def close(self) -> None:
-        span_token = _current.set(self._span)
+        served = self._served
+        close = self._close
         try:
-            super().close()
-        except Exception as exc:
-            record_failure(self._span, exc)
-            raise
+            if close is not None:
+                served.enter()
+                try:
+                    close()
+                except Exception as exc:
+                    served.fail(exc)
+                    raise
+                finally:
+                    served.leave()
         finally:
-            _current.reset(span_token)
-            _end(self._span, self._tracer)
+            served.finish()
 
 
 def _adopt_inner_id(environ: Mapping[str, Any], context: RequestContext) -> str:
@@ -232,17 +223,10 @@ def _adopt_inner_id(environ: Mapping[str, Any], context: RequestContext) -> str:
     return context.request_id
 
 
-def _end(span: Span | NonRecordingSpan, tracer: Tracer) -> None:
-    if span._recording:
-        span.end()
-    else:
-        _maybe_tick(tracer)
-
-
 # The trace headers as WSGI environ keys (the rest are derived on demand).
 _ENV_HEADERS = {
-    "traceparent": "HTTP_TRACEPARENT",
-    "tracestate": "HTTP_TRACESTATE",
+    "traceparent": ENV_TRACEPARENT,
+    "tracestate": ENV_TRACESTATE,
 }
 
 
@@ -329,9 +313,9 @@ class RequestIdMiddleware:
                 return start_response(status, headers)
             return start_response(status, headers, exc_info)
 
-        tracer = self.tracer or _tracer_mod._tracer
-        token = set_current(context)
+        tracer = self.tracer or get_tracer()
         if tracer is None:
+            token = set_current(context)
             try:
                 body = self.app(environ, _start_response)
             finally:
@@ -343,10 +327,11 @@ class RequestIdMiddleware:
                 return body
             return _ContextBody(body, context)
         try:
-            span = self._start_span(environ, tracer)
+            served = self._serve(environ, context, tracer)
         except Exception:  # tracing must never break the request
-            span = INVALID_SPAN
-        span_token = _current.set(span)
+            served = Served(context)
+        served.enter()
+        span = served.span
 
         def _traced_start_response(
             status: str,
@@ -364,24 +349,21 @@ class RequestIdMiddleware:
         try:
             body = self.app(environ, _traced_start_response)
         except BaseException as exc:
-            if isinstance(exc, Exception):
-                record_failure(span, exc)
-            _current.reset(span_token)
-            reset_current(token)
-            _end(span, tracer)
+            served.fail(exc)
+            served.leave()
+            served.finish()
             raise
-        _current.reset(span_token)
-        reset_current(token)
+        served.leave()
         route = environ.get(ENV_ROUTE)
         if route is not None and span._recording and isinstance(route, str):
             span.update_name(f"{span.attributes[ATTR_METHOD]} {route}")  # type: ignore[union-attr]
             span.set_attribute(ATTR_ROUTE, route)
         if type(body) is list or type(body) is tuple:
-            _end(span, tracer)
+            served.finish()
             return body
-        return _TracedBody(body, context, span, tracer)
+        return _TracedBody(body, served)
 
-    def _start_span(self, environ: dict[str, Any], tracer: Tracer) -> Span | NonRecordingSpan:
+    def _serve(self, environ: dict[str, Any], context: RequestContext, tracer: Tracer) -> Served:
         raw_method = environ.get("REQUEST_METHOD") or "GET"
         method = known_method(raw_method)
         path = environ.get("PATH_INFO") or "/"
@@ -389,7 +371,8 @@ class RequestIdMiddleware:
         if method != raw_method:
             attrs[ATTR_METHOD_ORIGINAL] = str(raw_method)[:32]
         remote = extract_context(_environ_getter(environ), tracer)
-        return tracer.start_root(f"{method} {self.path_normalizer(path)}", _SERVER, attrs, remote)
+        name = f"{method} {self.path_normalizer(path)}"
+        return serve(context, tracer, name, SpanKind.SERVER, attrs, remote)
 
 
 def filter_factory(
@@ -411,7 +394,7 @@ def filter_factory(
 
     service = conf.get("service_name")
     wants_configure = str(conf.get("configure", "")).strip().lower() in ("1", "true", "yes", "on")
-    if wants_configure and _tracer_mod.get_tracer() is None:
+    if wants_configure and get_tracer() is None:
         from crosstrace.config import configure
 
         configure(**({"service_name": str(service)} if service else {}))
@@ -419,7 +402,7 @@ def filter_factory(
     def _filter(app: WSGIApplication) -> RequestIdMiddleware:
         # A named service gets its own tracer (resolved when the pipeline is
         # built, so configure() must run first); else the configured default.
-        tracer = _tracer_mod.get_tracer(str(service)) if service else None
+        tracer = get_tracer(str(service)) if service else None
         return RequestIdMiddleware(app, compat_headers=compat, tracer=tracer)
 
     return _filter

@@ -40,7 +40,7 @@ from crosstrace.integrations.kombu import Producer, consumer_callback
 from crosstrace.integrations.requests import Session
 from crosstrace.integrations.sqlalchemy import instrument_engine, uninstrument_engine
 from crosstrace.logging import ExportHandler
-from crosstrace.tracer import Tracer
+from crosstrace.tracing import Tracer
 
 DEADLINE = 20.0
 GID = "req-7c9e6679-7425-40de-944b-e07fc1f90ae7"

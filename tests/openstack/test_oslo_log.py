@@ -14,11 +14,11 @@ from oslo_config import cfg
 from oslo_context import context as oslo_context
 from oslo_log import log as oslo_logging
 
-from crosstrace import tracer as tr
 from crosstrace.context import RequestContext, use_context
 from crosstrace.integrations import oslo_log as ct_oslo_log
 from crosstrace.spans import ATTR_GLOBAL_REQUEST_ID, ATTR_REQUEST_ID, SpanKind
 from crosstrace.tracer import Tracer
+from crosstrace.tracing import tracer as tr
 from oslo_support import OsloLog
 from tracing_support import Sink, sink_tracer
 

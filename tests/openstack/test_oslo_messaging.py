@@ -22,8 +22,9 @@ from oslo_messaging._tracing import client as tracing_opts
 from crosstrace.context import RequestContext, get_current, use_context
 from crosstrace.integrations import oslo_messaging as ct_messaging
 from crosstrace.integrations.oslo_context import to_oslo
-from crosstrace.spans import ATTR_GLOBAL_REQUEST_ID, SpanKind, _get_current_span
+from crosstrace.spans import ATTR_GLOBAL_REQUEST_ID, SpanKind
 from crosstrace.tracer import Tracer
+from crosstrace.tracing.spans import _get_current_span
 from tracing_support import Sink, sink_tracer
 
 GID = "req-3f1e2d4c-5b6a-4789-8abc-def012345678"

@@ -26,12 +26,12 @@ import crosstrace
 import crosstrace.logging as ctlog
 from crosstrace import asgi as ct_asgi
 from crosstrace import config as ct_config
-from crosstrace import tracer as ct_tracer
 from crosstrace import wsgi as ct_wsgi
 from crosstrace.integrations import httpx as ct_httpx
 from crosstrace.integrations import requests as ct_requests
 from crosstrace.integrations import sqlalchemy as ct_sqlalchemy
-from crosstrace.tracer import SpanKind, Tracer
+from crosstrace.tracing import SpanKind, Tracer
+from crosstrace.tracing import tracer as ct_tracer
 
 __all__ = ["LogRouter", "ServiceKit", "Tracing", "current_service", "file_handler"]
 
@@ -194,7 +194,7 @@ class ServiceKit:
 
     def trace_id(self) -> str | None:
         """The current trace id (hex), if a span is current."""
-        trace_id = ct_tracer.current_span().trace_id
+        trace_id = crosstrace.current_span().trace_id
         return f"{trace_id:032x}" if trace_id else None
 
     def context(self) -> crosstrace.RequestContext | None:

@@ -2,7 +2,7 @@
 
 * :mod:`crosstrace.export.batch`: :class:`BatchExporter` (bounded lock-free
   queues, one background thread, retries, drop counting, fork safety, flush on
-  exit) and :class:`LogData`.
+  exit). :class:`LogData` (re-exported here) lives in :mod:`crosstrace.tracing.model`.
 * :mod:`crosstrace.export.transports`: :class:`OtlpHttpTransport` (OTLP/HTTP
   protobuf + gzip), :class:`AmqpTransport` (RabbitMQ through kombu) and
   :class:`FileTransport` (OTLP/JSON lines).
@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from crosstrace.export.batch import BatchExporter, LogData, active, set_active, stats
+from crosstrace.export.batch import BatchExporter, active, set_active, stats
 from crosstrace.export.transports import (
     AMQP_CONTENT_ENCODING,
     AMQP_SIGNAL_HEADER,
@@ -32,6 +32,7 @@ from crosstrace.export.transports import (
     Transport,
     _retry_after,
 )
+from crosstrace.tracing.model import LogData
 
 __all__ = [
     "AMQP_CONTENT_ENCODING",

@@ -37,7 +37,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from crosstrace.export.transports import (
     SIGNAL_LOGS,
@@ -45,59 +45,11 @@ from crosstrace.export.transports import (
     RetryableExportError,
     Transport,
 )
+from crosstrace.tracing.model import LogData, SpanData
 
-if TYPE_CHECKING:
-    from crosstrace.spans import Span
-
-__all__ = ["BatchExporter", "LogData", "active", "set_active", "stats"]
+__all__ = ["BatchExporter", "active", "set_active", "stats"]
 
 log = logging.getLogger("crosstrace.export")
-
-
-class LogData:
-    """A log record to export (:class:`crosstrace.logging.ExportHandler` fills it)."""
-
-    __slots__ = (
-        "attributes",
-        "body",
-        "observed_ns",
-        "resource",
-        "scope",
-        "severity_number",
-        "severity_text",
-        "span_id",
-        "time_ns",
-        "trace_flags",
-        "trace_id",
-    )
-
-    def __init__(
-        self,
-        body: Any,
-        severity_number: int = 9,
-        severity_text: str = "INFO",
-        attributes: Mapping[str, Any] | None = None,
-        time_ns: int = 0,
-        trace_id: int = 0,
-        span_id: int = 0,
-        trace_flags: int = 0,
-        observed_ns: int = 0,
-        resource: Mapping[str, Any] | None = None,
-        scope: str | None = None,
-    ) -> None:
-        self.body = body
-        #: The service's resource (``None``: the exporter's).
-        self.resource = resource
-        #: The instrumentation scope (the logger name; ``None``: ``crosstrace``).
-        self.scope = scope
-        self.severity_number = severity_number
-        self.severity_text = severity_text
-        self.attributes: dict[str, Any] = dict(attributes) if attributes else {}
-        self.time_ns = time_ns or time.time_ns()
-        self.observed_ns = observed_ns
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.trace_flags = trace_flags
 
 
 class _Flush:
@@ -165,7 +117,7 @@ class BatchExporter:
     def _init_runtime(self) -> None:
         # No maxlen: a deque with one would evict the oldest entries uncounted
         # when racing appends overshoot the bound (see the module docstring).
-        self._spans: collections.deque[Span] = collections.deque()
+        self._spans: collections.deque[SpanData] = collections.deque()
         self._logs: collections.deque[LogData] = collections.deque()
         self._wake = threading.Event()
         self._stopped = threading.Event()
@@ -177,7 +129,7 @@ class BatchExporter:
         self._thread.start()
 
     # -- request-thread side: no lock, no I/O -------------------------------------
-    def export_spans(self, spans: Sequence[Span]) -> None:
+    def export_spans(self, spans: Sequence[SpanData]) -> None:
         """Queue *spans*; when the queue cannot hold them all they are dropped (counted)."""
         q = self._spans
         n = len(spans)

@@ -19,7 +19,6 @@ from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from crosstrace import tracer as _tracer_mod
 from crosstrace.httpnames import (
     ATTR_METHOD,
     ATTR_METHOD_ORIGINAL,
@@ -32,17 +31,18 @@ from crosstrace.httpnames import (
 )
 from crosstrace.ids import is_valid_request_id
 from crosstrace.propagation import inject_headers
-from crosstrace.spans import (
+from crosstrace.tracing import (
     INVALID_SPAN,
     NonRecordingSpan,
     Span,
     SpanKind,
     StatusCode,
-    _current,
-    _get_current_span,
+    Tracer,
     record_failure,
+    start_span,
 )
-from crosstrace.tracer import Tracer, start_span
+from crosstrace.tracing import tracer as _tracer_mod
+from crosstrace.tracing.spans import _current, _get_current_span
 
 __all__ = [
     "COMPAT_RESPONSE_HEADERS",

@@ -40,19 +40,12 @@ from typing import Any, TypeVar
 from kombu.message import Message
 from kombu.messaging import Producer as _KombuProducer
 
-from crosstrace import tracer as _tracer_mod
 from crosstrace.context import RequestContext, reset_current, set_current
 from crosstrace.integrations import ClientSpanScope, start_client_span, tracing_active
-from crosstrace.propagation import extract, inject, start_server_span
-from crosstrace.spans import (
-    INVALID_SPAN,
-    NonRecordingSpan,
-    Span,
-    SpanKind,
-    _current,
-    record_failure,
-)
-from crosstrace.tracer import Tracer, _maybe_tick
+from crosstrace.propagation import extract, extract_context, inject
+from crosstrace.tracing.model import SpanKind
+from crosstrace.tracing.serve import Served, serve
+from crosstrace.tracing.tracer import Tracer, get_tracer
 
 __all__ = [
     "ATTR_DESTINATION",
@@ -232,14 +225,13 @@ def consumer_callback(
     def run(body: Any, message: Message) -> R:
         headers = getattr(message, "headers", None)
         ctx = extract(headers) or RequestContext()
-        token = set_current(ctx)
-        t = tracer or _tracer_mod._tracer
+        t = tracer or get_tracer()
         if t is None:
+            token = set_current(ctx)
             try:
                 return handler(body, message)
             finally:
                 reset_current(token)
-        span: Span | NonRecordingSpan
         try:
             delivery = getattr(message, "delivery_info", None) or {}
             attrs = _messaging_attributes(
@@ -256,27 +248,11 @@ def consumer_callback(
                 if span_name is not None
                 else f"process {attrs[ATTR_DESTINATION]}"
             )
-            span = start_server_span(
-                name,
-                headers if isinstance(headers, Mapping) else {},
-                SpanKind.CONSUMER,
-                attrs,
-                tracer=t,
-            )
+            remote = extract_context(headers if isinstance(headers, Mapping) else {}, t)
+            served = serve(ctx, t, name, SpanKind.CONSUMER, attrs, remote)
         except Exception:  # tracing must never break the consumer
-            span = INVALID_SPAN
-        span_token = _current.set(span)
-        try:
+            served = Served(ctx)
+        with served:
             return handler(body, message)
-        except Exception as exc:
-            record_failure(span, exc)
-            raise
-        finally:
-            _current.reset(span_token)
-            reset_current(token)
-            if span._recording:
-                span.end()
-            else:
-                _maybe_tick(t)
 
     return run

@@ -26,7 +26,7 @@ import requests
 from crosstrace.context import get_current
 from crosstrace.integrations import HttpClientCall, log_response_request_id, tracing_active
 from crosstrace.propagation import HEADER_REQUEST_ID
-from crosstrace.tracer import Tracer
+from crosstrace.tracing import Tracer
 
 __all__ = ["Session", "add_request_id"]
 

@@ -40,8 +40,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from crosstrace.integrations import start_client_span, tracing_active
-from crosstrace.spans import NonRecordingSpan, Span, SpanKind, record_failure
-from crosstrace.tracer import Tracer
+from crosstrace.tracing import NonRecordingSpan, Span, SpanKind, Tracer, record_failure
 
 __all__ = [
     "ATTR_COLLECTION",

@@ -6,7 +6,6 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from crosstrace import tracer as _tracer_mod
 from crosstrace.context import RequestContext, set_current
 from crosstrace.integrations.oslo_messaging.serializer import (
     ATTR_DESTINATION,
@@ -19,15 +18,16 @@ from crosstrace.integrations.oslo_messaging.serializer import (
     _received,
 )
 from crosstrace.propagation import start_server_span
-from crosstrace.spans import (
+from crosstrace.tracing import (
     INVALID_SPAN,
     NonRecordingSpan,
     Span,
     SpanKind,
-    _current,
     record_failure,
 )
-from crosstrace.tracer import Tracer, _maybe_tick
+from crosstrace.tracing import tracer as _tracer_mod
+from crosstrace.tracing.spans import _current
+from crosstrace.tracing.tracer import Tracer
 
 __all__ = ["traced_endpoints"]
 
@@ -78,10 +78,7 @@ def _run_traced(
             record_failure(span, exc)
             raise
         finally:
-            if span._recording:
-                span.end()
-            else:
-                _maybe_tick(t)
+            span.end()
     finally:
         # Nothing of this message stays in the (reused) worker thread.
         _current.set(None)

@@ -13,8 +13,8 @@ from crosstrace.context import get_current, set_current
 from crosstrace.ids import generate_request_id, is_valid_request_id
 from crosstrace.integrations.oslo_context import from_oslo_dict
 from crosstrace.propagation import inject_context
-from crosstrace.spans import _current, _get_current_span
 from crosstrace.tracecontext import TRACEPARENT_HEADER, TRACESTATE_HEADER
+from crosstrace.tracing.spans import _current, _get_current_span
 
 __all__ = [
     "KEY_GLOBAL_REQUEST_ID",

@@ -11,12 +11,13 @@ Three layers decide what a trace costs:
 2. **Rate limit** (:class:`TokenBucket`): at most ``rate`` sampled traces per
    second per process (with a burst of one second's worth).
 3. **Overhead budget** (:class:`OverheadController`): the operator sets the CPU
-   fraction tracing may use (``0.01`` = 1 % of the process's CPU time). The
-   tracer measures its own cost: the request-thread time spent creating, ending
-   and finishing spans (timed exactly on 1 in 16 traces, chosen by trace id, and
-   scaled up) plus the CPU time of the export thread (``time.thread_time``).
-   Once per window (1 s) the controller compares that with the process CPU time
-   (``time.process_time``) over the same window and adjusts two knobs:
+   fraction tracing may add (``0.01`` = 1 % on top of the CPU time the service
+   uses without tracing). The tracer counts what it did (recorded and
+   unrecorded traces, spans, kept spans: :mod:`crosstrace.tracing.budget`)
+   and prices each unit with costs measured in this process; the export thread
+   measures its own CPU time (``time.thread_time``). Once per window (1 s) the
+   controller compares that with the process CPU time (``time.process_time``)
+   over the same window and adjusts two knobs:
 
    * the **effective sample ratio** (at most the configured ratio), which
      scales the export cost; and
@@ -33,6 +34,10 @@ local root span; the controller's arithmetic runs once per window.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crosstrace.tracing.budget import Accounting, CostModel
 
 __all__ = [
     "RANDOM_BITS",
@@ -43,7 +48,6 @@ __all__ = [
     "ratio_threshold",
     "record_threshold",
     "recorded",
-    "timed",
 ]
 
 #: Bits of the trace id the ratio decision compares (the low 56).
@@ -53,11 +57,6 @@ _RANDOM_MASK = (1 << RANDOM_BITS) - 1
 RECORD_BITS = 48
 _RECORD_SHIFT = 128 - RECORD_BITS
 _RECORD_MASK = (1 << RECORD_BITS) - 1
-#: One trace in ``2**TIMED_BITS`` has its tracing cost timed exactly.
-TIMED_BITS = 4
-TIMED_FACTOR = 1 << TIMED_BITS
-_TIMED_SHIFT = RANDOM_BITS
-_TIMED_MASK = TIMED_FACTOR - 1
 
 
 def ratio_threshold(ratio: float) -> int:
@@ -86,11 +85,6 @@ def record_threshold(fraction: float) -> int:
 def recorded(trace_id: int, threshold: int) -> bool:
     """Whether *trace_id* falls in the recorded fraction."""
     return ((trace_id >> _RECORD_SHIFT) & _RECORD_MASK) < threshold
-
-
-def timed(trace_id: int) -> bool:
-    """Whether the tracing cost of this trace is timed (1 in 16, by trace id)."""
-    return ((trace_id >> _TIMED_SHIFT) & _TIMED_MASK) == 0
 
 
 class TokenBucket:
@@ -126,14 +120,16 @@ class TokenBucket:
 class OverheadController:
     """Keeps the tracer's measured CPU cost under a fraction of the process's.
 
-    Feed it costs with :meth:`add_record_cost` (request-thread nanoseconds,
-    already scaled) and :meth:`set_export_cpu` (the export thread's total CPU
-    nanoseconds); call :meth:`tick` regularly (the tracer does, once per
-    window, from whichever thread ends a trace after the window elapsed). Read
-    :attr:`ratio_factor` and :attr:`record_fraction`.
+    :meth:`tick` (the tracer calls it once per window, from whichever thread
+    starts a trace after the window elapsed) reads the tracer's counters, prices
+    them with the cost model, adds the export thread's CPU time, and adjusts
+    :attr:`ratio_factor` and :attr:`record_fraction`. :attr:`last_fraction` is
+    the estimate of the window that just closed.
     """
 
     __slots__ = (
+        "_calib_last",
+        "_counts_last",
         "_export_cpu_last",
         "_export_cpu_now",
         "_proc_last",
@@ -164,6 +160,8 @@ class OverheadController:
         self._record_ns = 0
         self._export_cpu_now = 0
         self._export_cpu_last = 0
+        self._counts_last: tuple[int, int, int, int] | None = None
+        self._calib_last = 0
         self._proc_last = time.process_time_ns()
         self.next_tick_ns = time.monotonic_ns() + self.window_ns
 
@@ -178,15 +176,38 @@ class OverheadController:
     def reset_window(self) -> None:
         """Start a fresh measurement window (after a fork or a reconfiguration)."""
         self._record_ns = 0
+        self._counts_last = None
         self._export_cpu_last = self._export_cpu_now
         self._proc_last = time.process_time_ns()
         self.next_tick_ns = time.monotonic_ns() + self.window_ns
 
-    def tick(self, now_ns: int | None = None) -> bool:
-        """Close the window if it elapsed and adjust the knobs; True if it did."""
+    def tick(
+        self,
+        accounting: Accounting | None = None,
+        costs: CostModel | None = None,
+        export_cpu_ns: int | None = None,
+        now_ns: int | None = None,
+    ) -> bool:
+        """Close the window if it elapsed and adjust the knobs; True if it did.
+
+        *accounting* and *costs* price what the tracer did since the last
+        window (added to what :meth:`add_record_cost` fed in); *export_cpu_ns*
+        is the export thread's cumulative CPU time.
+        """
         now = time.monotonic_ns() if now_ns is None else now_ns
         if now < self.next_tick_ns:
             return False
+        if export_cpu_ns is not None:
+            self._export_cpu_now = export_cpu_ns
+        if accounting is not None and costs is not None:
+            counts = accounting.snapshot()
+            last = self._counts_last or counts
+            self._counts_last = counts
+            d = [a - b for a, b in zip(counts, last, strict=True)]
+            self._record_ns += int(costs.record_ns(d[0], d[1], d[2], d[3]))
+            calib = costs.calibration_ns
+            self._record_ns += max(0, calib - self._calib_last)
+            self._calib_last = calib
         self.next_tick_ns = now + self.window_ns
         proc = time.process_time_ns()
         proc_ns = proc - self._proc_last
@@ -210,9 +231,11 @@ class OverheadController:
         share of traces kept (mostly the effective ratio). The knobs move by a
         bounded factor per window so the loop converges without oscillating.
         """
-        allowed = self.budget * proc_ns
         spent = record_ns + export_ns
-        self.last_fraction = spent / proc_ns
+        # The budget is a fraction of what the service uses without tracing.
+        base = max(proc_ns - spent, proc_ns // 2)
+        allowed = self.budget * base
+        self.last_fraction = spent / base
         if spent <= 0:
             self._raise(self.MAX_STEP)
             return
