@@ -16,7 +16,7 @@ from starlette.routing import Route
 from crosstrace.asgi import RequestIdMiddleware as AsgiMiddleware
 from crosstrace.httpnames import ENV_ROUTE, normalize_path
 from crosstrace.propagation import inject_headers
-from crosstrace.tracing import INVALID_SPAN, SpanKind, StatusCode, Tracer, current_span
+from crosstrace.tracing import INVALID_SPAN, SpanKind, StatusCode, Tracer, current_span, span
 from crosstrace.tracing import tracer as tr
 from crosstrace.wsgi import RequestIdMiddleware
 from tracing_support import Sink, sink_tracer
@@ -249,20 +249,38 @@ def test_wsgi_uses_the_configured_tracer_when_none_given(sink: Sink, tracer: Tra
     assert len(sink.spans) == 1
 
 
-def test_wsgi_unsampled_request_records_nothing_but_propagates(sink: Sink) -> None:
+@pytest.mark.parametrize("status", ["200 OK", "500 Internal Server Error"])
+def test_wsgi_unrecorded_request_propagates_and_exports_only_a_failed_root(
+    sink: Sink, status: str
+) -> None:
+    """Outside the record fraction nothing is recorded, the trace still
+    propagates, and a failed request exports its root span alone."""
     t = Tracer("svc", sink=sink, overhead_budget=0.0, sample_ratio=0.0)
     t.record_threshold = 0  # neither sampled nor recorded
     seen: list[Any] = []
 
     def app(env: dict[str, Any], start_response: Any) -> list[bytes]:
+        with span("child", attributes={"a": 1}) as child:
+            seen.append(child)
         seen.append(current_span())
-        start_response("500 Internal Server Error", [])
+        start_response(status, [])
         return []
 
     call(RequestIdMiddleware(app, tracer=t), environ(traceparent=f"00-{TRACE}-{PARENT}-00"))
-    assert sink.spans == []
-    assert not seen[0].is_recording()
-    assert f"{seen[0].trace_id:032x}" == TRACE
+    assert not seen[1].is_recording()
+    assert seen[0] is seen[1]  # the child is the same non-recording root
+    assert f"{seen[1].trace_id:032x}" == TRACE
+    if status.startswith("200"):
+        assert sink.spans == []
+        return
+    (root,) = sink.spans
+    assert root.kind == SpanKind.SERVER
+    assert root.status_code == StatusCode.ERROR
+    assert f"{root.trace_id:032x}" == TRACE
+    assert f"{root.parent_id:016x}" == PARENT
+    assert root.span_id == seen[1].span_id  # the id it propagated
+    assert root.attributes["http.response.status_code"] == 500
+    assert root.name == "GET /"
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ from crosstrace.httpnames import (
 from crosstrace.ids import MAX_REQUEST_ID_LENGTH
 from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, extract_context, record_invalid
 from crosstrace.tracecontext import TRACEPARENT_HEADER, TRACESTATE_HEADER
-from crosstrace.tracing.model import SpanKind, StatusCode
+from crosstrace.tracing.model import RemoteContext, SpanKind, StatusCode
 from crosstrace.tracing.serve import Served, serve
 from crosstrace.tracing.tracer import Tracer, get_tracer
 from crosstrace.trust import OSPROFILER_HMAC_HEADER, OSPROFILER_INFO_HEADER, TRIGGER_HEADER
@@ -91,6 +91,8 @@ _TRACE_HEADERS = frozenset(
         OSPROFILER_HMAC_HEADER,
     )
 )
+_TRIGGER = TRIGGER_HEADER.lower()
+_OSPROFILER_INFO = OSPROFILER_INFO_HEADER.lower()
 # Longest trace header value looked at (traceparent is 55, tracestate <= 512 x 32).
 _MAX_TRACE_HEADER = 8192
 
@@ -240,12 +242,26 @@ class RequestIdMiddleware:
     def _serve(
         self, scope: Scope, context: RequestContext, tracer: Tracer, trace_headers: dict[str, str]
     ) -> Served:
-        raw_method = scope.get("method") or "GET"
-        method = known_method(raw_method)
-        path = scope.get("path") or "/"
-        attrs: dict[str, Any] = {ATTR_METHOD: method, ATTR_URL_PATH: path}
-        if method != raw_method:
-            attrs[ATTR_METHOD_ORIGINAL] = str(raw_method)[:32]
-        remote = extract_context(lambda name: trace_headers.get(name.lower()), tracer)
-        name = f"{method} {self.path_normalizer(path)}"
-        return serve(context, tracer, name, SpanKind.SERVER, attrs, remote)
+        normalize = self.path_normalizer
+
+        def describe() -> tuple[str, dict[str, Any], RemoteContext]:
+            raw_method = scope.get("method") or "GET"
+            method = known_method(raw_method)
+            path = scope.get("path") or "/"
+            attrs: dict[str, Any] = {ATTR_METHOD: method, ATTR_URL_PATH: path}
+            if method != raw_method:
+                attrs[ATTR_METHOD_ORIGINAL] = str(raw_method)[:32]
+            remote = extract_context(lambda name: trace_headers.get(name.lower()), tracer)
+            return f"{method} {normalize(path)}", attrs, remote
+
+        forced = (tracer.trigger_keys and _TRIGGER in trace_headers) or (
+            tracer.osprofiler_keys and _OSPROFILER_INFO in trace_headers
+        )
+        return serve(
+            context,
+            tracer,
+            kind=SpanKind.SERVER,
+            describe=describe,
+            traceparent=trace_headers.get(TRACEPARENT_HEADER),
+            forced=bool(forced),
+        )

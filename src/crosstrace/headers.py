@@ -12,6 +12,7 @@ __all__ = [
     "ENV_DOMAIN_ID",
     "ENV_GLOBAL_REQUEST_ID",
     "ENV_IS_ADMIN_PROJECT",
+    "ENV_OSPROFILER_INFO",
     "ENV_PROJECT_DOMAIN_ID",
     "ENV_PROJECT_ID",
     "ENV_REQUEST_ID",
@@ -20,6 +21,7 @@ __all__ = [
     "ENV_ROUTE",
     "ENV_TRACEPARENT",
     "ENV_TRACESTATE",
+    "ENV_TRIGGER",
     "ENV_USER_DOMAIN_ID",
     "ENV_USER_ID",
     "HEADER_REQUEST_ID",
@@ -67,6 +69,8 @@ TRIGGER_HEADER = "X-Crosstrace-Trigger"
 #: OSProfiler's signed trace headers, accepted for compatibility.
 OSPROFILER_INFO_HEADER = "X-Trace-Info"
 OSPROFILER_HMAC_HEADER = "X-Trace-HMAC"
+ENV_TRIGGER = "HTTP_X_CROSSTRACE_TRIGGER"
+ENV_OSPROFILER_INFO = "HTTP_X_TRACE_INFO"
 
 # -- span naming -------------------------------------------------------------------
 #: WSGI environ key (ASGI scope key) an application may set to its route template.

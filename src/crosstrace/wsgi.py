@@ -45,9 +45,11 @@ from crosstrace.context import (
     set_current,
 )
 from crosstrace.headers import (
+    ENV_OSPROFILER_INFO,
     ENV_REQUEST_ID_HEADER,
     ENV_TRACEPARENT,
     ENV_TRACESTATE,
+    ENV_TRIGGER,
     HTTP_RESP_HEADER_REQUEST_ID,
 )
 from crosstrace.httpnames import (
@@ -64,9 +66,9 @@ from crosstrace.httpnames import (
 )
 from crosstrace.ids import is_valid_request_id
 from crosstrace.propagation import extract_context, record_invalid
-from crosstrace.tracing.model import ATTR_REQUEST_ID, SpanKind, StatusCode
+from crosstrace.tracing.model import ATTR_REQUEST_ID, RemoteContext, SpanKind, StatusCode
 from crosstrace.tracing.serve import Served, serve
-from crosstrace.tracing.tracer import Tracer, get_tracer
+from crosstrace.tracing.tracer import DISABLED, Tracer, get_tracer, span
 
 __all__ = [
     "ENV_GLOBAL_REQUEST_ID",
@@ -313,7 +315,7 @@ class RequestIdMiddleware:
                 return start_response(status, headers)
             return start_response(status, headers, exc_info)
 
-        tracer = self.tracer or get_tracer()
+        tracer = self.tracer or self._default_tracer()
         if tracer is None:
             token = set_current(context)
             try:
@@ -363,16 +365,88 @@ class RequestIdMiddleware:
             return body
         return _TracedBody(body, served)
 
+    #: The tracer of a request when none was given (the configured one).
+    _default_tracer = staticmethod(get_tracer)
+
+    def _probe(self, tracer: Tracer | None, children: int) -> Callable[[], None]:
+        """One request through a copy of this middleware, for the cost model:
+        traced by *tracer*, or untraced when it is ``None``; the application
+        opens *children* spans of three attributes."""
+        cls = RequestIdMiddleware if tracer is not None else _UntracedCopy
+        mw = cls(
+            _probe_app(children, tracer or DISABLED),
+            self.compat_headers,
+            tracer,
+            self.path_normalizer,
+        )
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/probe/1", "SERVER_NAME": "probe"}
+
+        def run() -> None:
+            for _ in mw(dict(environ), _probe_start_response):
+                pass
+
+        return run
+
     def _serve(self, environ: dict[str, Any], context: RequestContext, tracer: Tracer) -> Served:
-        raw_method = environ.get("REQUEST_METHOD") or "GET"
-        method = known_method(raw_method)
-        path = environ.get("PATH_INFO") or "/"
-        attrs: dict[str, Any] = {ATTR_METHOD: method, ATTR_URL_PATH: path}
-        if method != raw_method:
-            attrs[ATTR_METHOD_ORIGINAL] = str(raw_method)[:32]
-        remote = extract_context(_environ_getter(environ), tracer)
-        name = f"{method} {self.path_normalizer(path)}"
-        return serve(context, tracer, name, SpanKind.SERVER, attrs, remote)
+        if not tracer.costs.has_probe:
+            tracer.costs.add_probe(self._probe)
+        normalize = self.path_normalizer
+
+        def describe() -> tuple[str, dict[str, Any], RemoteContext]:
+            raw_method = environ.get("REQUEST_METHOD") or "GET"
+            method = known_method(raw_method)
+            path = environ.get("PATH_INFO") or "/"
+            attrs: dict[str, Any] = {ATTR_METHOD: method, ATTR_URL_PATH: path}
+            if method != raw_method:
+                attrs[ATTR_METHOD_ORIGINAL] = str(raw_method)[:32]
+            remote = extract_context(_environ_getter(environ), tracer)
+            return f"{method} {normalize(path)}", attrs, remote
+
+        forced = (tracer.trigger_keys and ENV_TRIGGER in environ) or (
+            tracer.osprofiler_keys and ENV_OSPROFILER_INFO in environ
+        )
+        return serve(
+            context,
+            tracer,
+            kind=SpanKind.SERVER,
+            describe=describe,
+            traceparent=environ.get(ENV_TRACEPARENT),
+            forced=bool(forced),
+        )
+
+
+def _no_tracer(service_name: str | None = None) -> Tracer | None:
+    return None
+
+
+class _UntracedCopy(RequestIdMiddleware):
+    """The middleware with tracing off whatever is configured (cost probes)."""
+
+    __slots__ = ()
+    _default_tracer = staticmethod(_no_tracer)
+
+
+def _probe_start_response(
+    status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None
+) -> Callable[[bytes], object]:
+    return _discard
+
+
+def _discard(data: bytes) -> None:
+    return None
+
+
+def _probe_app(children: int, tracer: Tracer) -> WSGIApplication:
+    attrs = {"probe.a": 1, "probe.b": "x", "probe.c": True}
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        for _ in range(children):
+            with span("probe.child", SpanKind.INTERNAL, attrs, tracer):
+                pass
+        start_response("200 OK", [])
+        return [b""]
+
+    return app
 
 
 def filter_factory(

@@ -16,6 +16,46 @@ The layers, bottom up (each imports only those below it):
 
 Exporting (:mod:`crosstrace.export`) sits beside it and reads only the model;
 the middleware and integrations sit above it.
+
+Which tracer records a span (one rule)
+    A :class:`Tracer` holds a resource (``service.name`` ...) and the sampling
+    state. A span opened while another span is current is a child of it and
+    belongs to the *parent's* tracer, whatever tracer the caller names. Only a
+    *local root* (no current span: an incoming request or message, a
+    background job) picks a tracer: the ``tracer=`` argument of the entry point
+    (:func:`span`, :func:`start_span`, the WSGI/ASGI middleware, the kombu
+    consumer wrapper, the client integrations), else the process default set
+    by :func:`crosstrace.configure`. Several services in one process (threads
+    of a test or a demo) each pass their own ``crosstrace.get_tracer(name)``:
+    those tracers share the configured exporter (one background thread, spans
+    grouped by resource in each batch), the sampling ratio, the rate limit and
+    the overhead budget, and differ only in ``service.name``.
+
+How much a span costs
+    *Unconfigured* (no :func:`crosstrace.configure` and no tracer given) every
+    call is a no-op: ``with span(...) as s`` binds the shared non-recording
+    :data:`~crosstrace.tracing.spans.INVALID_SPAN`. *Configured*, the sampling decision
+    is made once per trace, at the local root span, before anything is
+    recorded (:mod:`crosstrace.tracing.sampling`). A trace that is neither head-sampled
+    nor in the recorded fraction gets one non-recording span (at an entry
+    point, a :class:`~crosstrace.tracing.deferred.DeferredRoot` that reads the
+    request only if it fails, is slow or propagates); every span opened under
+    it is that same object, so a child costs a ContextVar read and an empty
+    ``with``. Otherwise spans are
+    recorded: plain ``__slots__`` objects with integer ids from
+    :func:`random.getrandbits` and :func:`time.time_ns`.
+
+Segments and the tail rule
+    The spans of one trace within this process (its *local segment*) are
+    collected until the local root span ends. The segment is then exported if
+    the trace was head-sampled (or forced by a trusted trigger), if any span in
+    it ended with error status (exceptions set error status; so do the
+    middleware's 5xx responses and failed client calls, which is how a failure
+    three services down keeps a segment in every service it passed through),
+    or if the local root took longer than the slow threshold. Otherwise the
+    segment is dropped without any further work: no redaction, no encoding.
+    A span that ends after its local root (a leftover background task) follows
+    its segment's decision.
 """
 
 from __future__ import annotations

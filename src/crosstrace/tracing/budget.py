@@ -42,9 +42,10 @@ log = logging.getLogger("crosstrace.tracer")
 #: Seconds between two calibrations (the first runs when a budget is set).
 RECALIBRATE_S = 30.0
 
-#: A probe runs one request through a middleware; the argument says whether
-#: tracing is on for it (a private, always-recording tracer) or off.
-Probe = Callable[[Any], None]
+#: ``probe(tracer, children)`` returns a function that runs one request through
+#: a copy of a middleware: traced by *tracer* (untraced when ``None``), its
+#: application opening *children* spans of three attributes.
+Probe = Callable[[Any, int], Callable[[], None]]
 
 
 class Accounting:
@@ -83,59 +84,89 @@ class _DiscardSink:
 class CostModel:
     """Nanoseconds of CPU per unit of tracing work, measured in this process.
 
-    Until the first calibration the prices are conservative defaults (a slow
-    machine's figures) so that a budget set at start-up errs on the cheap side.
+    Every price is the difference between the traced and the untraced run of
+    the same code (so work the service does anyway is not charged):
+
+    * ``root_ns``: a recorded local root (start, attributes, end, drop);
+    * ``span_ns``: a recorded child span with three attributes;
+    * ``keep_ns``: a kept span handed to the exporter (redaction, queueing);
+    * ``unrecorded_ns``: the local root of a trace that is not recorded;
+    * ``deferred_child_ns``: a child span under such a root (usually negative:
+      a span under a non-recording root costs less than with tracing off).
+
+    With a middleware probe (:meth:`add_probe`) the roots are priced through the
+    middleware itself (reading the headers, naming, the status hook); else
+    through :func:`~crosstrace.tracing.tracer.span` roots. Until the first
+    calibration the prices are conservative defaults.
     """
 
     __slots__ = (
         "_make_tracer",
         "_next_ns",
+        "_off",
         "_open_span",
-        "_probes",
+        "_probe",
         "calibration_ns",
         "calibrations",
+        "deferred_child_ns",
         "keep_ns",
         "root_ns",
         "span_ns",
         "unrecorded_ns",
     )
 
-    #: Roots and children per calibration run (a few milliseconds in all).
-    ROUNDS = 200
+    #: Requests per calibration run, and children per request.
+    ROUNDS = 150
     CHILDREN = 4
 
     def __init__(
         self,
         make_tracer: Callable[..., Any] | None = None,
         open_span: Callable[..., Any] | None = None,
+        off: Any = None,
     ) -> None:
-        # What calibration runs: the tracer class and its span opener (given by
-        # the tracer, so that this module does not import the layer above).
+        # What calibration runs: the tracer class, its span opener and the
+        # tracer meaning "off" (given by the tracer module, so that this module
+        # does not import the layer above).
         self._make_tracer = make_tracer
         self._open_span = open_span
+        self._off = off
+        self._probe: Probe | None = None
         self.root_ns = 12_000.0
         self.span_ns = 4_000.0
         self.keep_ns = 1_000.0
         self.unrecorded_ns = 2_000.0
+        self.deferred_child_ns = 0.0
         #: CPU spent calibrating so far (counted as tracing cost).
         self.calibration_ns = 0
         self.calibrations = 0
         self._next_ns = 0
-        self._probes: list[Probe] = []
+
+    @property
+    def has_probe(self) -> bool:
+        """Whether a middleware probe prices the roots."""
+        return self._probe is not None
 
     def add_probe(self, probe: Probe) -> None:
-        """Price a request through a middleware too (at most a few are kept)."""
-        if len(self._probes) < 4 and probe not in self._probes:
-            self._probes.append(probe)
+        """Price local roots through a middleware (the first one registered);
+        the next calibration uses it."""
+        if self._probe is None:
+            self._probe = probe
+            self._next_ns = 0
 
     def record_ns(self, roots: int, spans: int, kept: int, unrecorded: int) -> float:
-        """The request-thread CPU the counted work cost."""
+        """The request-thread CPU the counted work cost.
+
+        Children of unrecorded roots are not counted (nothing runs for them);
+        they are estimated from the recorded traces' spans per root.
+        """
         children = max(0, spans - roots)
+        per_root = children / roots if roots else float(self.CHILDREN)
         return (
             roots * self.root_ns
             + children * self.span_ns
             + kept * self.keep_ns
-            + unrecorded * self.unrecorded_ns
+            + unrecorded * (self.unrecorded_ns + per_root * self.deferred_child_ns)
         )
 
     def maybe_recalibrate(self) -> None:
@@ -159,71 +190,51 @@ class CostModel:
         make, span = self._make_tracer, self._open_span
         if make is None or span is None:
             return
-        n, k = self.ROUNDS, self.CHILDREN
-        attrs = {"calibrate.a": 1, "calibrate.b": "x", "calibrate.c": True}
-        rec = make("calibrate", _DiscardSink(), sample_ratio=0.0)
+        k = self.CHILDREN
         keep = make("calibrate", _DiscardSink(), sample_ratio=1.0)
+        drop = make("calibrate", _DiscardSink(), sample_ratio=0.0)
         unrec = make("calibrate", None, sample_ratio=0.0)
         unrec.record_threshold = 0
+        probe = self._probe or self._span_probe(span, self._off)
+        cost: dict[tuple[Any, int], float] = {}
+        runs = [(t, c) for t in (None, drop, keep, unrec) for c in (0, k)]
+        for t, c in runs:  # warm up
+            probe(t, c)()
+        for t, c in runs:
+            cost[t, c] = self._time(probe(t, c))
+        off0, offk = cost[None, 0], cost[None, k]
+        off_child = (offk - off0) / k
+        self.root_ns = max(100.0, cost[drop, 0] - off0)
+        self.span_ns = max(100.0, (cost[drop, k] - cost[drop, 0]) / k - off_child)
+        self.keep_ns = max(0.0, (cost[keep, k] - cost[drop, k]) / (k + 1))
+        self.unrecorded_ns = max(0.0, cost[unrec, 0] - off0)
+        self.deferred_child_ns = (cost[unrec, k] - cost[unrec, 0]) / k - off_child
 
-        def roots(t: Any, children: int) -> int:
+    def _time(self, run: Callable[[], None]) -> float:
+        """Median CPU per call of three batches."""
+        n = self.ROUNDS // 3
+        out = []
+        for _ in range(3):
             t0 = time.thread_time_ns()
             for _ in range(n):
+                run()
+            out.append((time.thread_time_ns() - t0) / n)
+        return sorted(out)[1]
+
+    @staticmethod
+    def _span_probe(span: Callable[..., Any], off: Any) -> Probe:
+        """Without a middleware: roots opened by ``span()`` itself."""
+        attrs = {"calibrate.a": 1, "calibrate.b": "x", "calibrate.c": True}
+
+        def probe(tracer: Any, children: int) -> Callable[[], None]:
+            t = tracer if tracer is not None else off
+
+            def run() -> None:
                 with span("calibrate", 2, attrs, t):
                     for _ in range(children):
-                        with span("calibrate.child", 1, attrs):
+                        with span("calibrate.child", 1, attrs, t):
                             pass
-            return time.thread_time_ns() - t0
 
-        def empty() -> int:
-            t0 = time.thread_time_ns()
-            for _ in range(n):
-                with _Null():
-                    for _ in range(k):
-                        with _Null():
-                            pass
-            return time.thread_time_ns() - t0
+            return run
 
-        roots(rec, 1)  # warm up
-        base = empty() / n
-        r0 = roots(rec, 0) / n
-        rk = roots(rec, k) / n
-        kk = roots(keep, k) / n
-        u0 = roots(unrec, k) / n
-        span_ns = max(200.0, (rk - r0) / k)
-        self.root_ns = max(500.0, r0)
-        self.span_ns = span_ns
-        self.keep_ns = max(0.0, (kk - rk) / (k + 1))
-        self.unrecorded_ns = max(100.0, u0 - base)
-        for probe in list(self._probes):
-            self._price_probe(probe, keep)
-
-    def _price_probe(self, probe: Probe, tracer: Any) -> None:
-        """A middleware's own tracing work per request, on top of the root span."""
-        n = self.ROUNDS // 2
-        probe(None)
-        t0 = time.thread_time_ns()
-        for _ in range(n):
-            probe(None)
-        off = (time.thread_time_ns() - t0) / n
-        probe(tracer)
-        t0 = time.thread_time_ns()
-        for _ in range(n):
-            probe(tracer)
-        on = (time.thread_time_ns() - t0) / n
-        # The probe's root span is a kept root; what it adds beyond is the
-        # middleware's share, charged to every recorded root.
-        extra = on - off - self.root_ns - self.keep_ns
-        if extra > 0:
-            self.root_ns += extra
-            self.unrecorded_ns += extra * 0.5
-
-
-class _Null:
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+        return probe

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from crosstrace.context import RequestContext, reset_current, set_current
+from crosstrace.tracing.deferred import Describe
 from crosstrace.tracing.model import RemoteContext, SpanKind
 from crosstrace.tracing.spans import (
     INVALID_SPAN,
@@ -60,8 +61,7 @@ class Served:
         self,
         context: RequestContext,
         span: Span | NonRecordingSpan = INVALID_SPAN,
-        start: tuple[Tracer, str, int, Mapping[str, Any] | None, RemoteContext | None]
-        | None = None,
+        start: Callable[[], Span | NonRecordingSpan] | None = None,
     ) -> None:
         self.context = context
         self.span = span
@@ -76,9 +76,8 @@ class Served:
         start = self._start
         if start is not None:
             self._start = None
-            tracer, name, kind, attributes, remote = start
             try:
-                self.span = tracer.start_root(name, kind, attributes, remote)
+                self.span = start()
             except Exception:  # tracing must never break the service
                 log.debug("span start failed", exc_info=True)
         self._span_token = _current.set(self.span)
@@ -107,12 +106,10 @@ class Served:
 
     def finish(self) -> None:
         """End the span (idempotent); ending the local root settles its trace."""
-        s = self.span
-        if s._recording:
-            try:
-                s.end()
-            except Exception:  # tracing must never break the service
-                log.debug("span end failed", exc_info=True)
+        try:
+            self.span.end()
+        except Exception:  # tracing must never break the service
+            log.debug("span end failed", exc_info=True)
 
     def __enter__(self) -> Served:
         self.enter()
@@ -132,6 +129,10 @@ def serve(
     kind: int = SpanKind.SERVER,
     attributes: Mapping[str, Any] | None = None,
     remote: RemoteContext | None = None,
+    *,
+    describe: Describe | None = None,
+    traceparent: str | None = None,
+    forced: bool = False,
 ) -> Served:
     """Prepare to serve one request or message (nothing is current yet).
 
@@ -139,7 +140,26 @@ def serve(
     :func:`crosstrace.propagation.extract_context` read from the caller's
     headers. The span starts at the first :meth:`Served.enter` and is current
     between each :meth:`Served.enter` and :meth:`Served.leave`.
+
+    Entry points on a hot path pass *describe* instead of *name*, *attributes*
+    and *remote*: a function returning the three, called only when the trace
+    is recorded (or, for a trace outside the record fraction, only when the
+    request fails, is slow or propagates its trace; see
+    :meth:`~crosstrace.tracing.tracer.Tracer.start_deferred`). *traceparent*
+    is the caller's raw header (for the record decision) and *forced* says a
+    trigger header is present.
     """
     if tracer is None:
         return Served(context)
-    return Served(context, INVALID_SPAN, (tracer, name, kind, attributes, remote))
+    if describe is not None:
+        d = describe
+
+        def start_deferred() -> Span | NonRecordingSpan:
+            return tracer.start_deferred(kind, d, traceparent, forced)
+
+        return Served(context, INVALID_SPAN, start_deferred)
+
+    def start() -> Span | NonRecordingSpan:
+        return tracer.start_root(name, kind, attributes, remote)
+
+    return Served(context, INVALID_SPAN, start)

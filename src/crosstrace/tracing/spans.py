@@ -28,7 +28,7 @@ from random import getrandbits
 from time import time_ns
 from typing import Any, ParamSpec, Protocol, TypeVar
 
-from crosstrace.context import get_current
+from crosstrace.context import RequestContext, get_current
 from crosstrace.tracecontext import TraceState
 from crosstrace.tracing.model import (
     ATTR_DOMAIN_ID,
@@ -139,8 +139,9 @@ class _Segment:
         self.osprofiler: tuple[str, str] | None = None
 
 
-def _request_attributes(attributes: dict[str, Any]) -> None:
-    rc = get_current()
+def _request_attributes(attributes: dict[str, Any], rc: RequestContext | None = None) -> None:
+    if rc is None:
+        rc = get_current()
     if rc is None:
         return
     attributes[ATTR_REQUEST_ID] = rc.request_id
@@ -222,6 +223,9 @@ class NonRecordingSpan:
 
     def end(self, end_ns: int = 0) -> None:
         """Does nothing."""
+
+    def _failed(self, exc: BaseException) -> None:
+        """*exc* escaped this span (see :func:`record_failure`): nothing to do."""
 
     def __enter__(self) -> NonRecordingSpan:
         return self
@@ -475,7 +479,8 @@ def use_span(
 
 def record_failure(s: Span | NonRecordingSpan, exc: BaseException) -> None:
     """Record *exc* escaping *s* (an ``exception`` event) and set error status."""
-    if not s._recording:
+    if not isinstance(s, Span):
+        s._failed(exc)
         return
     try:
         s.record_exception(exc, {"exception.escaped": True})

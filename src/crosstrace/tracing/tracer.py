@@ -17,44 +17,7 @@ itself (:class:`~crosstrace.tracing.spans.Span`, the current span) is in
 in :mod:`crosstrace.tracing.budget`; reading and writing trace headers in
 :mod:`crosstrace.propagation`.
 
-Which tracer records a span (one rule)
-    A :class:`Tracer` holds a resource (``service.name`` ...) and the sampling
-    state. A span opened while another span is current is a child of it and
-    belongs to the *parent's* tracer, whatever tracer the caller names. Only a
-    *local root* (no current span: an incoming request or message, a
-    background job) picks a tracer: the ``tracer=`` argument of the entry point
-    (:func:`span`, :func:`start_span`, the WSGI/ASGI middleware, the kombu
-    consumer wrapper, the client integrations), else the process default set
-    by :func:`crosstrace.configure`. Several services in one process (threads
-    of a test or a demo) each pass their own ``crosstrace.get_tracer(name)``:
-    those tracers share the configured exporter (one background thread, spans
-    grouped by resource in each batch), the sampling ratio, the rate limit and
-    the overhead budget, and differ only in ``service.name``.
-
-How much a span costs
-    *Unconfigured* (no :func:`crosstrace.configure` and no tracer given) every
-    call is a no-op: ``with span(...) as s`` binds the shared non-recording
-    :data:`~crosstrace.tracing.spans.INVALID_SPAN`. *Configured*, the sampling decision
-    is made once per trace, at the local root span, before anything is
-    recorded (:mod:`crosstrace.tracing.sampling`). A trace that is neither head-sampled
-    nor in the recorded fraction gets one non-recording span holding only its
-    ids (for propagation); every span opened under it is that same object, so
-    a child costs a ContextVar read and an empty ``with``. Otherwise spans are
-    recorded: plain ``__slots__`` objects with integer ids from
-    :func:`random.getrandbits` and :func:`time.time_ns`.
-
-Segments and the tail rule
-    The spans of one trace within this process (its *local segment*) are
-    collected until the local root span ends. The segment is then exported if
-    the trace was head-sampled (or forced by a trusted trigger), if any span in
-    it ended with error status (exceptions set error status; so do the
-    middleware's 5xx responses and failed client calls, which is how a failure
-    three services down keeps a segment in every service it passed through),
-    or if the local root took longer than the slow threshold. Otherwise the
-    segment is dropped without any further work: no redaction, no encoding.
-    A span that ends after its local root (a leftover background task) follows
-    its segment's decision.
-
+Which tracer records a span, what it costs and what is kept: :mod:`crosstrace.tracing`.
 Nothing here does I/O or takes a lock; kept segments are handed to the
 exporter's lock-free queue.
 """
@@ -74,6 +37,7 @@ from typing import Any, ParamSpec, TypeVar
 from crosstrace.redact import Redactor
 from crosstrace.tracecontext import FLAG_RANDOM, FLAG_SAMPLED
 from crosstrace.tracing.budget import Accounting, CostModel
+from crosstrace.tracing.deferred import DeferredRoot, Describe, record_bits, settle
 from crosstrace.tracing.model import (
     RemoteContext,
     SpanContext,
@@ -81,6 +45,7 @@ from crosstrace.tracing.model import (
     SpanSink,
 )
 from crosstrace.tracing.sampling import (
+    RECORD_BITS,
     OverheadController,
     TokenBucket,
     ratio_sampled,
@@ -103,6 +68,7 @@ from crosstrace.tracing.spans import (
 from crosstrace.trust import ATTR_OSPROFILER_BASE_ID, ATTR_OSPROFILER_PARENT_ID
 
 __all__ = [
+    "DISABLED",
     "Tracer",
     "get_tracer",
     "span",
@@ -110,6 +76,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_ALL_RECORDED = 1 << RECORD_BITS
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -187,7 +155,7 @@ class Tracer:
         self.redactor = Redactor(redact_keys)
         # What tracing did (counted once per trace) and what each unit costs.
         self.accounting = Accounting()
-        self.costs = CostModel(Tracer, span)
+        self.costs = CostModel(Tracer, span, DISABLED)
         # Counters (plain ints: single bytecode updates under the GIL).
         self.segments_kept = 0
         self.segments_dropped = 0
@@ -363,8 +331,10 @@ class Tracer:
         attributes: Mapping[str, Any] | None,
         remote: RemoteContext | None = None,
         start_ns: int = 0,
+        record: bool = False,
     ) -> Span | NonRecordingSpan:
-        """Start a local root span: decide sampling, then record or not."""
+        """Start a local root span: decide sampling, then record or not
+        (*record*: the record-fraction decision was already taken, and it is yes)."""
         ctl = self.controller
         if ctl is not None and monotonic_ns() >= ctl.next_tick_ns:
             self._tick()
@@ -383,7 +353,7 @@ class Tracer:
         sampled = forced or (ratio_sampled(trace_id, self.threshold) and self.bucket.take())
         if sampled:
             flags |= FLAG_SAMPLED
-        elif not recorded(trace_id, self.record_threshold):
+        elif not record and not recorded(trace_id, self.record_threshold):
             self.traces_unrecorded += 1
             self.accounting.unrecorded += 1
             return NonRecordingSpan(
@@ -400,6 +370,37 @@ class Tracer:
             if remote.osprofiler_key is not None:
                 seg.osprofiler = (remote.osprofiler_base_id, remote.osprofiler_key)
         return Span(name, kind, attrs, seg, parent_id, parent is not None, start_ns)
+
+    def start_deferred(
+        self,
+        kind: int,
+        describe: Describe,
+        traceparent: str | None = None,
+        forced: bool = False,
+    ) -> Span | NonRecordingSpan:
+        """Start a local root, reading the request only if the trace is recorded.
+
+        The record decision comes first, from the raw *traceparent* (the bits
+        :meth:`start_root` compares) or a random draw; outside the fraction a
+        :class:`DeferredRoot` calls *describe* only if needed after all.
+        *forced*: a trigger header is present (always the full path).
+        """
+        ctl = self.controller
+        if ctl is not None and monotonic_ns() >= ctl.next_tick_ns:
+            self._tick()
+        record = False
+        if self.record_threshold < _ALL_RECORDED and not forced:
+            if record_bits(traceparent) >= self.record_threshold:
+                self.traces_unrecorded += 1
+                self.accounting.unrecorded += 1
+                return DeferredRoot(self, kind, describe)
+            record = True
+        name, attrs, remote = describe()
+        return self.start_root(name, kind, attrs, remote, 0, record)
+
+    def _settle_deferred(self, root: DeferredRoot, end_ns: int) -> None:
+        """Export a deferred root alone when it failed or was slower than the threshold."""
+        settle(self, root, end_ns, self.slow_ns)
 
     def _finish(self, seg: _Segment, root: Span) -> None:
         """The local root ended: keep (redact, queue) or drop the segment.
@@ -448,14 +449,16 @@ class Tracer:
             log.debug("overhead controller tick failed", exc_info=True)
 
     def _export_late(self, span: Span) -> None:
-        sink = self.sink
-        if sink is None:
-            return
         try:
-            self.redactor.redact_attributes(span.attributes)
-            sink.export_spans([span])
+            if self.sink is not None:
+                self.redactor.redact_attributes(span.attributes)
+                self.sink.export_spans([span])
         except Exception:
             log.debug("export of a late span failed", exc_info=True)
+
+
+#: A tracer that means "tracing off" wherever a tracer is passed (cost probes).
+DISABLED: Tracer = Tracer.__new__(Tracer)
 
 
 class _RootStarter:
@@ -480,7 +483,7 @@ class _RootStarter:
 
     def __enter__(self) -> Span | NonRecordingSpan:
         tracer = self._tracer or _tracer
-        if tracer is None:
+        if tracer is None or tracer is DISABLED:
             return INVALID_SPAN
         try:
             s = tracer.start_root(self.name, self.kind, self.attributes)

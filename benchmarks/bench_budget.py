@@ -1,0 +1,357 @@
+"""Does the overhead budget hold when measured from outside the tracer?
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_budget.py              # all cases, ~4 min
+    .venv/bin/python benchmarks/bench_budget.py --quick      # shorter slices
+
+Method (interleaved, same process, one core): the process is pinned to one CPU.
+Two copies of the same instrumented service run side by side: one behind a
+middleware with a tracer (budget B, every trace sampled, exporting OTLP/JSON
+lines to a file through the real ``BatchExporter``), one behind the same
+middleware with tracing off (request ids only; the service's ``span()`` calls
+are no-ops). The benchmark alternates ~20 ms slices of each kind of request
+and adds up the CPU time of the request thread (``time.thread_time``) per
+kind; the export thread's CPU time (read from outside through its
+``pthread_getcpuclockid`` clock) is added to the traced side. After a warm-up
+in which the controller settles, the measured added CPU is::
+
+    (traced CPU + export thread CPU - untraced CPU) / untraced CPU   (same request count)
+
+Separate processes on this shared machine differ by +-20 %, which is why both
+kinds run in one process, in alternating slices, on one core.
+
+Requests: ``light`` does ~50 us of CPU work and opens 5 spans, ``heavy``
+~300 us and 20 spans; every span has 3 attributes. One request in 200 fails
+(HTTP 500) and one in 500 is slow (sleeps past the slow threshold, 20 ms, and
+does no extra CPU work), so the table also shows whether errors and slow
+requests are still exported when the budget leaves little room. Servers: WSGI
+(``crosstrace.wsgi.RequestIdMiddleware``) and ASGI
+(``crosstrace.asgi.RequestIdMiddleware``, driven by a bare event loop).
+
+Printed per case: the budget, the measured added CPU (median of ``--repeats``
+windows), the tracer's own estimate (``controller.last_fraction``, averaged
+over the same windows), the effective ratio and record fraction, and the share
+of failed / slow requests whose root span reached the exporter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import crosstrace
+from crosstrace.asgi import RequestIdMiddleware as AsgiMiddleware
+from crosstrace.export import BatchExporter, FileTransport
+from crosstrace.tracing import Tracer
+from crosstrace.wsgi import RequestIdMiddleware as WsgiMiddleware
+
+ATTRS = {"db.system": "sqlite", "db.rows": 3, "cached": False}
+SLOW_S = 0.020
+ERROR_EVERY = 200
+SLOW_EVERY = 500
+KINDS = {"light": (50, 5), "heavy": (300, 20)}
+
+
+# -- the instrumented service ----------------------------------------------------------
+
+
+def _calibrate_work() -> float:
+    """Loop iterations per microsecond of CPU on this machine."""
+    n = 200_000
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.thread_time_ns()
+        _spin(n)
+        best = min(best, time.thread_time_ns() - t0)
+    return n / (best / 1000)
+
+
+def _spin(n: int) -> int:
+    x = 0
+    for i in range(n):
+        x ^= i
+    return x
+
+
+class Service:
+    """The service's own code: CPU work split over its spans."""
+
+    def __init__(self, work_us: int, spans: int, per_us: float) -> None:
+        self.spans = spans
+        self.loops = max(1, int(work_us * per_us / spans))
+        self.count = 0
+
+    def handle(self) -> tuple[int, bool]:
+        """Do one request's work; returns (status, slow)."""
+        self.count += 1
+        n = self.count
+        for _ in range(self.spans - 1):  # the server span is the first
+            with crosstrace.span("db.query", attributes=ATTRS):
+                _spin(self.loops)
+        _spin(self.loops)
+        slow = n % SLOW_EVERY == 0
+        if slow:
+            time.sleep(SLOW_S)
+        return (500 if n % ERROR_EVERY == 0 else 200), slow
+
+
+def wsgi_app(service: Service) -> Callable[..., Any]:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        status, _ = service.handle()
+        start_response(f"{status} X", [("content-type", "text/plain")])
+        return [b"ok"]
+
+    return app
+
+
+def asgi_app(service: Service) -> Callable[..., Any]:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        status, _ = service.handle()
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+def _environ(i: int) -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": f"/v2.1/servers/{i}",
+        "SERVER_NAME": "bench",
+        "SERVER_PORT": "80",
+        "HTTP_X_OPENSTACK_REQUEST_ID": "req-3f1e2d4c-5b6a-4789-8abc-def012345678",
+    }
+
+
+def _scope(i: int) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": f"/v2.1/servers/{i}",
+        "headers": [(b"x-openstack-request-id", b"req-3f1e2d4c-5b6a-4789-8abc-def012345678")],
+    }
+
+
+def _start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+    return None
+
+
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _send(message: Any) -> None:
+    return None
+
+
+# -- what reached the exporter -----------------------------------------------------------
+
+
+class CountingFile(FileTransport):
+    """The file transport, counting failed and slow local roots it writes."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.errors = 0
+        self.slow = 0
+
+    def encode(self, signal: str, items: Sequence[Any], resource: Any) -> bytes:
+        for s in items:
+            if getattr(s, "parent_id", 1) == 0:
+                if s.status_code == 2:
+                    self.errors += 1
+                if s.end_ns - s.start_ns >= SLOW_S * 1e9:
+                    self.slow += 1
+        return super().encode(signal, items, resource)
+
+
+def _thread_cpu_ns(thread: threading.Thread) -> int:
+    ident = thread.ident
+    if ident is None:
+        return 0
+    return time.clock_gettime_ns(time.pthread_getcpuclockid(ident))
+
+
+# -- one case -------------------------------------------------------------------------------
+
+
+class Case:
+    def __init__(self, server: str, kind: str, budget: float, per_us: float, path: str) -> None:
+        work_us, spans = KINDS[kind]
+        self.server, self.kind, self.budget = server, kind, budget
+        self.transport = CountingFile(path)
+        self.exporter = BatchExporter(self.transport, queue_size=8192, max_delay_s=0.5)
+        self.tracer = Tracer(
+            f"bench-{server}-{kind}",
+            self.exporter,
+            sample_ratio=1.0,
+            overhead_budget=budget,
+            slow_threshold_s=SLOW_S,
+        )
+        self.traced_service = Service(work_us, spans, per_us)
+        self.plain_service = Service(work_us, spans, per_us)
+        if server == "wsgi":
+            traced = WsgiMiddleware(wsgi_app(self.traced_service), tracer=self.tracer)
+            plain = WsgiMiddleware(wsgi_app(self.plain_service))
+            self.run_traced = self._wsgi_runner(traced)
+            self.run_plain = self._wsgi_runner(plain)
+        else:
+            loop = asyncio.new_event_loop()
+            self.loop = loop
+            traced_a = AsgiMiddleware(asgi_app(self.traced_service), tracer=self.tracer)
+            plain_a = AsgiMiddleware(asgi_app(self.plain_service))
+            self.run_traced = self._asgi_runner(traced_a)
+            self.run_plain = self._asgi_runner(plain_a)
+
+    @staticmethod
+    def _wsgi_runner(app: Any) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            for i in range(n):
+                for _ in app(_environ(i), _start_response):
+                    pass
+
+        return run
+
+    def _asgi_runner(self, app: Any) -> Callable[[int], None]:
+        async def many(n: int) -> None:
+            for i in range(n):
+                await app(_scope(i), _receive, _send)
+
+        def run(n: int) -> None:
+            self.loop.run_until_complete(many(n))
+
+        return run
+
+    def slice_size(self, slice_s: float) -> int:
+        t0 = time.perf_counter()
+        self.run_plain(20)
+        per = (time.perf_counter() - t0) / 20
+        return max(1, int(slice_s / per))
+
+    def measure(self, seconds: float, n: int) -> dict[str, float]:
+        """Alternate slices for *seconds*; CPU per side and the tracer's view."""
+        cpu_t = cpu_p = 0
+        reqs = 0
+        export0 = _thread_cpu_ns(self.exporter._thread)
+        estimates: list[float] = []
+        ctl = self.tracer.controller
+        last_tick = ctl.next_tick_ns if ctl is not None else 0
+        end = time.monotonic() + seconds
+        flip = False
+        while time.monotonic() < end:
+            flip = not flip
+            for traced in (flip, not flip):  # alternate which goes first
+                t0 = time.thread_time_ns()
+                (self.run_traced if traced else self.run_plain)(n)
+                dt = time.thread_time_ns() - t0
+                if traced:
+                    cpu_t += dt
+                else:
+                    cpu_p += dt
+            reqs += n
+            if ctl is not None and ctl.next_tick_ns != last_tick:
+                last_tick = ctl.next_tick_ns
+                estimates.append(ctl.last_fraction)
+        export = _thread_cpu_ns(self.exporter._thread) - export0
+        return {
+            "added": (cpu_t + export - cpu_p) / cpu_p,
+            "export_share": export / cpu_p,
+            "estimate": statistics.fmean(estimates) if estimates else float("nan"),
+            "ratio": self.tracer.effective_ratio,
+            "record": self.tracer.record_fraction,
+            "reqs": reqs,
+        }
+
+    def close(self) -> None:
+        self.exporter.shutdown(5.0)
+        if self.server == "asgi":
+            self.loop.close()
+
+
+def run_case(
+    server: str, kind: str, budget: float, args: argparse.Namespace, per_us: float, path: str
+) -> dict[str, Any]:
+    case = Case(server, kind, budget, per_us, path)
+    n = case.slice_size(args.slice_ms / 1000)
+    case.measure(args.warmup, n)
+    windows = [case.measure(args.window, n) for _ in range(args.repeats)]
+    case.exporter.force_flush(5.0)
+    served = case.traced_service.count
+    out = {
+        "server": server,
+        "kind": kind,
+        "budget": budget,
+        "added": statistics.median(w["added"] for w in windows),
+        "added_all": [w["added"] for w in windows],
+        "export_share": statistics.median(w["export_share"] for w in windows),
+        "estimate": statistics.median(w["estimate"] for w in windows),
+        "ratio": windows[-1]["ratio"],
+        "record": windows[-1]["record"],
+        "errors_kept": case.transport.errors / max(1, served // ERROR_EVERY),
+        "slow_kept": case.transport.slow / max(1, served // SLOW_EVERY),
+        "calibrations": case.tracer.costs.calibrations,
+    }
+    case.close()
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--servers", default="wsgi,asgi")
+    p.add_argument("--kinds", default="light,heavy")
+    p.add_argument("--budgets", default="0.01,0.02,0.10")
+    p.add_argument("--warmup", type=float, default=6.0, help="seconds before measuring")
+    p.add_argument("--window", type=float, default=4.0, help="seconds per measured window")
+    p.add_argument("--repeats", type=int, default=3, help="measured windows per case")
+    p.add_argument("--slice-ms", type=float, default=20.0)
+    p.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last)")
+    p.add_argument("--quick", action="store_true", help="warm-up 3 s, windows of 2 s")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.warmup, args.window = 3.0, 2.0
+    cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    per_us = _calibrate_work()
+    print(
+        f"# bench_budget  {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  "
+        f"python {platform.python_version()}  pinned to cpu {cpu}  "
+        f"load {os.getloadavg()[0]:.1f}  ({os.cpu_count()} cpus, shared)"
+    )
+    print(
+        "| server | request | budget | measured added CPU (median) | windows | "
+        "tracer's estimate | export thread | eff. ratio | record fraction | "
+        "errors exported | slow exported |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for server in args.servers.split(","):
+            for kind in args.kinds.split(","):
+                for budget in (float(b) for b in args.budgets.split(",")):
+                    path = os.path.join(tmp, f"{server}-{kind}-{budget}.jsonl")
+                    r = run_case(server, kind, budget, args, per_us, path)
+                    windows = " ".join(f"{a * 100:.2f}" for a in r["added_all"])
+                    print(
+                        f"| {server} | {kind} | {budget * 100:g} % | "
+                        f"{r['added'] * 100:+.2f} % | {windows} | "
+                        f"{r['estimate'] * 100:.2f} % | {r['export_share'] * 100:.2f} % | "
+                        f"{r['ratio']:.3f} | {r['record']:.3f} | "
+                        f"{r['errors_kept'] * 100:.0f} % | {r['slow_kept'] * 100:.0f} % |",
+                        flush=True,
+                    )
+                    os.unlink(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
