@@ -25,7 +25,10 @@ Starlette / FastAPI::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from random import getrandbits
+from time import time_ns
 from typing import Any
 
 from crosstrace.context import (
@@ -39,7 +42,6 @@ from crosstrace.httpnames import (
     ATTR_METHOD,
     ATTR_METHOD_ORIGINAL,
     ATTR_ROUTE,
-    ATTR_STATUS_CODE,
     ATTR_URL_PATH,
     ENV_ROUTE,
     PathNormalizer,
@@ -49,9 +51,9 @@ from crosstrace.httpnames import (
 from crosstrace.ids import MAX_REQUEST_ID_LENGTH
 from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, extract_context, record_invalid
 from crosstrace.tracecontext import TRACEPARENT_HEADER, TRACESTATE_HEADER
-from crosstrace.tracing.model import RemoteContext, SpanKind, StatusCode
+from crosstrace.tracing.model import RemoteContext, SpanKind
 from crosstrace.tracing.serve import Served, serve
-from crosstrace.tracing.tracer import Tracer, get_tracer
+from crosstrace.tracing.tracer import TRACE_ALL, Tracer, get_tracer
 from crosstrace.trust import OSPROFILER_HMAC_HEADER, OSPROFILER_INFO_HEADER, TRIGGER_HEADER
 from crosstrace.wsgi import parse_header_list
 
@@ -62,6 +64,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger(__name__)
 
 _INBOUND = HEADER_REQUEST_ID_LOWER.encode("ascii")
 _SOURCE = "the X-OpenStack-Request-ID header"
@@ -209,6 +213,11 @@ class RequestIdMiddleware:
             finally:
                 reset_current(token)
             return
+        if tracer.trace_threshold < TRACE_ALL and getrandbits(16) >= tracer.trace_threshold:
+            # Over a small budget: this request runs untraced; only a failure
+            # or a slow run exports its server span, built after the fact.
+            await self._untraced(scope, receive, send_with_id, context, tracer, trace_headers)
+            return
         try:
             served = self._serve(scope, context, tracer, trace_headers)
         except Exception:  # tracing must never break the request
@@ -220,9 +229,7 @@ class RequestIdMiddleware:
             if message["type"] == "http.response.start":
                 code = message.get("status")
                 if type(code) is int:
-                    span.set_attribute(ATTR_STATUS_CODE, code)
-                    if code >= 500:
-                        span.set_status(StatusCode.ERROR, f"HTTP {code}")
+                    served.status(code)
             await send_with_id(message)
 
         try:
@@ -238,6 +245,42 @@ class RequestIdMiddleware:
                     span.update_name(f"{span.attributes[ATTR_METHOD]} {route}")  # type: ignore[union-attr]
                     span.set_attribute(ATTR_ROUTE, route)
             served.finish()
+
+    async def _untraced(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        context: RequestContext,
+        tracer: Tracer,
+        trace_headers: dict[str, str],
+    ) -> None:
+        start_ns = time_ns()
+        codes: list[int] = []
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start" and type(message.get("status")) is int:
+                codes.append(message["status"])
+            await send(message)
+
+        token = set_current(context)
+        failure: BaseException | None = None
+        try:
+            await self.app(scope, receive, send_status)
+        except Exception as exc:
+            failure = exc
+            raise
+        finally:
+            reset_current(token)
+            code = codes[-1] if codes else 0
+            if failure is not None or code >= 500 or time_ns() - start_ns >= tracer.slow_ns > 0:
+                try:
+                    served = self._serve(scope, context, tracer, trace_headers)
+                    if failure is not None:
+                        served.fail(failure)
+                    served.export_after_the_fact(start_ns, code)
+                except Exception:  # tracing must never break the request
+                    log.debug("exporting an untraced request failed", exc_info=True)
 
     def _serve(
         self, scope: Scope, context: RequestContext, tracer: Tracer, trace_headers: dict[str, str]

@@ -46,6 +46,9 @@ CROSSTRACE_EXPORT_DELAY        longest wait before a batch is sent    ``1s``
 CROSSTRACE_EXPORT_TIMEOUT      per-request read timeout               ``10s``
 CROSSTRACE_CONFIG_FILE         watched run-time settings file         none
 CROSSTRACE_RELOAD_ON_SIGHUP    ``1`` to re-read the file on SIGHUP    ``0``
+CROSSTRACE_SAMPLING_URL        ``crosstrace serve`` to read central     the endpoint (``otlp``);
+                               settings from (``off``: none)          else none
+CROSSTRACE_SAMPLING_INTERVAL   how often they are read                ``30s``
 =============================  =====================================  ==========================
 """
 
@@ -58,6 +61,7 @@ import threading
 from typing import Any
 
 from crosstrace import export
+from crosstrace.central import CENTRAL_KEYS, SamplingPoller
 from crosstrace.export import (
     AmqpTransport,
     BatchExporter,
@@ -114,6 +118,8 @@ class _State:
         self.watch_stop = threading.Event()
         self.sighup = False
         self.sighup_installed = False
+        # The central settings poller (crosstrace.central) and what it applied.
+        self.poller: SamplingPoller | None = None
 
 
 _state = _State()
@@ -177,7 +183,7 @@ def _make_transport(s: Settings) -> Transport | None:
 
 
 def _runtime_kwargs(s: Settings) -> dict[str, Any]:
-    return {
+    kwargs = {
         "sample_ratio": s.sample_ratio,
         "rate_limit": s.rate_limit,
         "overhead_budget": s.overhead_budget,
@@ -186,6 +192,13 @@ def _runtime_kwargs(s: Settings) -> dict[str, Any]:
         "osprofiler_keys": s.osprofiler_keys,
         "redact_keys": s.redact_keys,
     }
+    # Central settings (crosstrace serve) win over defaults, not over local values.
+    poller = _state.poller
+    if poller is not None:
+        for central, (keyword, _) in CENTRAL_KEYS.items():
+            if central in poller.settings:
+                kwargs[keyword] = poller.settings[central]
+    return kwargs
 
 
 def _apply(s: Settings) -> Tracer:
@@ -229,7 +242,54 @@ def _apply(s: Settings) -> Tracer:
         tracer.update(**_runtime_kwargs(s))
     _state.settings = s
     _watch(s)
+    _poll_central(s, tracer)
     return tracer
+
+
+def _explicit_local() -> frozenset[str]:
+    """Settings this process sets itself (keywords, environment, config file)."""
+    names = {k for k in _state.explicit if not k.startswith("_")}
+    names |= set(_from_env(os.environ))
+    s = _state.settings
+    if s is not None and s.config_file:
+        names |= set(_read_file(s.config_file))
+    return frozenset(names)
+
+
+def _poll_central(s: Settings, tracer: Tracer) -> None:
+    """Start (or restart) polling central settings for *tracer*."""
+    url = s.sampling_url
+    if url is None and s.transport == "otlp" and "sampling_url" not in _explicit_local():
+        url = s.endpoint
+    old = _state.poller
+    if old is not None and (
+        url != old.url or old.tracer is not tracer or s.sampling_interval != old.interval_s
+    ):
+        old.stop(0.0)
+        _state.poller = old = None
+    if old is not None:
+        old.explicit = _explicit_local()
+        return
+    if url is None:
+        return
+    exporter = _state.exporter
+
+    def dropped() -> int:
+        return exporter.spans_dropped if exporter is not None else 0
+
+    try:
+        poller = SamplingPoller(
+            url,
+            tracer,
+            s.sampling_interval,
+            headers=dict(s.headers),
+            explicit=_explicit_local(),
+            dropped=dropped,
+        )
+    except ValueError as exc:
+        log.warning("crosstrace: central sampling settings off: %s", exc)
+        return
+    _state.poller = poller.start()
 
 
 def current_settings() -> Settings | None:
@@ -271,6 +331,9 @@ def shutdown(timeout_s: float = 5.0) -> None:
         _state.explicit = {}
         _state.watch_stop.set()
         _state.watcher = None
+        poller, _state.poller = _state.poller, None
+    if poller is not None:
+        poller.stop(0.0)
     if exporter is not None:
         exporter.shutdown(timeout_s)
 

@@ -70,6 +70,8 @@ class Settings:
     export_timeout: float = 10.0
     config_file: str | None = None
     reload_on_sighup: bool = False
+    sampling_url: str | None = None
+    sampling_interval: float = 30.0
 
 
 # Settings whose change needs a new exporter/tracer (the rest update in place).
@@ -225,6 +227,13 @@ def _optional_text(value: object, what: str) -> str | None:
     return _text(value, what)
 
 
+def _optional_url(value: object, what: str) -> str | None:
+    """A URL, or ``None`` for empty / ``"none"`` / ``"off"`` (no central settings)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "off")):
+        return None
+    return _url(value, ("http", "https"), what)
+
+
 def _bool(value: object, what: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -258,6 +267,8 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "export_timeout": parse_duration,
     "config_file": lambda v: _optional_text(v, "config_file"),
     "reload_on_sighup": lambda v: _bool(v, "reload_on_sighup"),
+    "sampling_url": lambda v: _optional_url(v, "sampling_url"),
+    "sampling_interval": parse_duration,
 }
 
 #: Environment variable for each setting.
@@ -284,6 +295,8 @@ ENV_VARS: dict[str, str] = {
     "export_timeout": "CROSSTRACE_EXPORT_TIMEOUT",
     "config_file": ENV_CONFIG_FILE,
     "reload_on_sighup": "CROSSTRACE_RELOAD_ON_SIGHUP",
+    "sampling_url": "CROSSTRACE_SAMPLING_URL",
+    "sampling_interval": "CROSSTRACE_SAMPLING_INTERVAL",
 }
 # Secrets are never logged back.
 _SECRET_SETTINGS = frozenset({"trigger_key", "osprofiler_keys", "headers"})

@@ -32,8 +32,11 @@ PasteDeploy::
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from random import getrandbits
+from time import time_ns
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -56,7 +59,6 @@ from crosstrace.httpnames import (
     ATTR_METHOD,
     ATTR_METHOD_ORIGINAL,
     ATTR_ROUTE,
-    ATTR_STATUS_CODE,
     ATTR_URL_PATH,
     ENV_ROUTE,
     PathNormalizer,
@@ -66,9 +68,9 @@ from crosstrace.httpnames import (
 )
 from crosstrace.ids import is_valid_request_id
 from crosstrace.propagation import extract_context, record_invalid
-from crosstrace.tracing.model import ATTR_REQUEST_ID, RemoteContext, SpanKind, StatusCode
+from crosstrace.tracing.model import ATTR_REQUEST_ID, RemoteContext, SpanKind
 from crosstrace.tracing.serve import Served, serve
-from crosstrace.tracing.tracer import DISABLED, Tracer, get_tracer, span
+from crosstrace.tracing.tracer import DISABLED, TRACE_ALL, Tracer, get_tracer, span
 
 __all__ = [
     "ENV_GLOBAL_REQUEST_ID",
@@ -98,6 +100,8 @@ class StartResponse(Protocol):
 
 
 WSGIApplication = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+log = logging.getLogger(__name__)
 
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_SPLIT_RE = re.compile(r"[\s,]+")
@@ -316,6 +320,12 @@ class RequestIdMiddleware:
             return start_response(status, headers, exc_info)
 
         tracer = self.tracer or self._default_tracer()
+        if tracer is not None and (
+            tracer.trace_threshold < TRACE_ALL and getrandbits(16) >= tracer.trace_threshold
+        ):
+            # Over a small budget: this request runs untraced; only a failure
+            # or a slow run exports its server span, built after the fact.
+            return self._untraced(environ, _start_response, context, tracer)
         if tracer is None:
             token = set_current(context)
             try:
@@ -340,12 +350,9 @@ class RequestIdMiddleware:
             headers: list[tuple[str, str]],
             exc_info: _ExcInfo | None = None,
         ) -> Callable[[bytes], object]:
-            code = status_code(status)
-            span.set_attribute(ATTR_STATUS_CODE, code)
+            served.status(status_code(status))
             if environ.get(ENV_REQUEST_ID) is not context.request_id:
                 span.set_attribute(ATTR_REQUEST_ID, _adopt_inner_id(environ, context))
-            if code >= 500:
-                span.set_status(StatusCode.ERROR, f"HTTP {code}")
             return _start_response(status, headers, exc_info)
 
         try:
@@ -364,6 +371,55 @@ class RequestIdMiddleware:
             served.finish()
             return body
         return _TracedBody(body, served)
+
+    def _untraced(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        context: RequestContext,
+        tracer: Tracer,
+    ) -> Iterable[bytes]:
+        start_ns = time_ns()
+        codes: list[int] = []
+
+        def _start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            codes.append(status_code(status))
+            return start_response(status, headers, exc_info)
+
+        token = set_current(context)
+        try:
+            body = self.app(environ, _start_response)
+        except Exception as exc:
+            self._after_the_fact(environ, context, tracer, start_ns, 0, exc)
+            raise
+        finally:
+            reset_current(token)
+        code = codes[-1] if codes else 0
+        if code >= 500 or time_ns() - start_ns >= tracer.slow_ns > 0:
+            self._after_the_fact(environ, context, tracer, start_ns, code, None)
+        if type(body) is list or type(body) is tuple:
+            return body
+        return _ContextBody(body, context)
+
+    def _after_the_fact(
+        self,
+        environ: dict[str, Any],
+        context: RequestContext,
+        tracer: Tracer,
+        start_ns: int,
+        code: int,
+        exc: BaseException | None,
+    ) -> None:
+        """The server span of an untraced request that failed or was slow."""
+        try:
+            served = self._serve(environ, context, tracer)
+            if exc is not None:
+                served.fail(exc)
+            served.export_after_the_fact(start_ns, code)
+        except Exception:  # tracing must never break the request
+            log.debug("exporting an untraced request failed", exc_info=True)
 
     #: The tracer of a request when none was given (the configured one).
     _default_tracer = staticmethod(get_tracer)

@@ -4,6 +4,7 @@
 - :mod:`~crosstrace.cli.query`: ``traces``, ``trace``, ``request``, reading the query API;
 - :mod:`~crosstrace.cli.analysis`: ``why`` and ``errors``, root cause and error groups;
 - :mod:`~crosstrace.cli.logs`: ``logs import`` (and ``logs search``, a query command);
+- :mod:`~crosstrace.cli.sampling`: ``sampling set`` and ``sampling show``;
 - :mod:`~crosstrace.cli.show`: ``show``, one trace or request as a tree, JSON, HTML or DOT;
 - :mod:`~crosstrace.cli.demo`: ``demo``.
 
@@ -19,6 +20,7 @@ from crosstrace.cli.analysis import errors, why
 from crosstrace.cli.demo import demo
 from crosstrace.cli.logs import logs
 from crosstrace.cli.query import request, trace, traces
+from crosstrace.cli.sampling import sampling
 from crosstrace.cli.serve import serve
 from crosstrace.cli.show import show
 
@@ -31,5 +33,5 @@ def main() -> None:
     """Global request ids, cross-service tracing and a trace backend."""
 
 
-for _command in (serve, logs, demo, traces, trace, request, why, errors, show):
+for _command in (serve, logs, demo, traces, trace, request, why, errors, show, sampling):
     main.add_command(_command)

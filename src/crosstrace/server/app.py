@@ -21,6 +21,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from crosstrace.redact import mask_password
@@ -30,6 +31,7 @@ from crosstrace.server.ingest.http import IngestApp, Receive, Scope, Send
 from crosstrace.server.ingest.pool import DecodePool
 from crosstrace.server.metrics import Metrics
 from crosstrace.server.query.api import create_api
+from crosstrace.server.sampling import SamplingRegistry
 from crosstrace.server.settings import Settings
 from crosstrace.server.store import Store, open_store
 from crosstrace.server.store.base import RetentionPass
@@ -78,6 +80,7 @@ def create_app(
     max_body_size: int = 16 * 1024**2,
     max_decompressed_size: int = 64 * 1024**2,
     decode_pool: DecodePool | None = None,
+    sampling: SamplingRegistry | None = None,
 ) -> ServerApp:
     """Build the one ASGI app over *store* (empty token sets: auth off; without a
     *decode_pool*, trace bodies are decoded in this process)."""
@@ -90,7 +93,13 @@ def create_app(
         max_decompressed_size=max_decompressed_size,
         decode_pool=decode_pool,
     )
-    api = mount_web(create_api(store, metrics, tokens=api_tokens), store, tokens=api_tokens)
+    api = mount_web(
+        create_api(
+            store, metrics, tokens=api_tokens, sampling=sampling, ingest_tokens=ingest_tokens
+        ),
+        store,
+        tokens=api_tokens,
+    )
     return ServerApp(store=store, metrics=metrics, ingest=ingest, api=api)
 
 
@@ -106,7 +115,15 @@ def app_from_settings(
         max_body_size=settings.max_body_size,
         max_decompressed_size=settings.max_decompressed_size,
         decode_pool=decode_pool,
+        sampling=SamplingRegistry(sampling_file(settings.db)),
     )
+
+
+def sampling_file(db: str) -> Path | None:
+    """Where central sampling settings persist: beside a SQLite store's file."""
+    if db.startswith("sqlite:///") and ":memory:" not in db:
+        return Path(db[len("sqlite:///") :]).with_name("crosstrace-sampling.json")
+    return None
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

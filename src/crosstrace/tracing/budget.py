@@ -30,17 +30,43 @@ prices once per window and adds the export thread's CPU.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["RECALIBRATE_S", "Accounting", "CostModel", "Probe"]
+from crosstrace.tracing.sampling import OverheadController
+
+__all__ = [
+    "CONTROL_EVERY",
+    "GROUP_CONTROL",
+    "GROUP_DEFERRED",
+    "GROUP_RECORDED",
+    "RECALIBRATE_S",
+    "SAMPLE_EVERY",
+    "Accounting",
+    "CostModel",
+    "Probe",
+]
 
 log = logging.getLogger("crosstrace.tracer")
 
 #: Seconds between two calibrations (the first runs when a budget is set).
 RECALIBRATE_S = 30.0
+#: One request in this many runs with tracing off, its CPU time measured (the
+#: control group; its failures and slow runs are still exported).
+CONTROL_EVERY = 64
+#: One request in this many of the others has its CPU time measured.
+SAMPLE_EVERY = 32
+#: Measured groups.
+GROUP_CONTROL = 0
+GROUP_DEFERRED = 1
+GROUP_RECORDED = 2
+#: Weight each window keeps of the measurements before it (about 5 windows).
+DECAY = 0.8
+#: Effective samples a group needs before its mean replaces the calibrated price.
+MIN_SAMPLES = 20.0
 
 #: ``probe(tracer, children)`` returns a function that runs one request through
 #: a copy of a middleware: traced by *tracer* (untraced when ``None``), its
@@ -101,17 +127,25 @@ class CostModel:
     """
 
     __slots__ = (
+        "_eff_n",
+        "_eff_sum",
+        "_last_controls",
         "_make_tracer",
+        "_n",
         "_next_ns",
         "_off",
         "_open_span",
         "_probe",
+        "_sum",
         "calibration_ns",
         "calibrations",
+        "control_every",
         "deferred_child_ns",
         "keep_ns",
         "root_ns",
+        "scaffold_ns",
         "span_ns",
+        "tickets",
         "unrecorded_ns",
     )
 
@@ -137,10 +171,23 @@ class CostModel:
         self.keep_ns = 1_000.0
         self.unrecorded_ns = 2_000.0
         self.deferred_child_ns = 0.0
+        #: What an entry point's tracing scaffolding costs a request whatever
+        #: its group (the control group pays it too, so it is priced apart).
+        self.scaffold_ns = 0.0
+        #: One request in this many is in the control group.
+        self.control_every = CONTROL_EVERY
         #: CPU spent calibrating so far (counted as tracing cost).
         self.calibration_ns = 0
         self.calibrations = 0
         self._next_ns = 0
+        #: Numbers the requests, for the control group and the measured sample.
+        self.tickets = itertools.count(1)
+        # Measured thread CPU per group: this window, and decayed over windows.
+        self._sum = [0, 0, 0]
+        self._n = [0, 0, 0]
+        self._eff_sum = [0.0, 0.0, 0.0]
+        self._eff_n = [0.0, 0.0, 0.0]
+        self._last_controls = 0
 
     @property
     def has_probe(self) -> bool:
@@ -154,20 +201,60 @@ class CostModel:
             self._probe = probe
             self._next_ns = 0
 
+    def observe(self, group: int, cpu_ns: int) -> None:
+        """One measured request: its thread CPU time, by group (no lock: a lost
+        update under a race is one sample less)."""
+        self._sum[group] += cpu_ns
+        self._n[group] += 1
+
+    def fold(self) -> None:
+        """Close a window: fold its measurements into the decayed sums."""
+        self._last_controls = self._n[GROUP_CONTROL]
+        for g in (GROUP_CONTROL, GROUP_DEFERRED, GROUP_RECORDED):
+            s, n = self._sum[g], self._n[g]
+            self._sum[g] = self._n[g] = 0
+            self._eff_sum[g] = self._eff_sum[g] * DECAY + s
+            self._eff_n[g] = self._eff_n[g] * DECAY + n
+
+    def measured(self, group: int) -> float | None:
+        """The decayed mean CPU of a group's requests, once it has enough samples."""
+        n = self._eff_n[group]
+        return self._eff_sum[group] / n if n >= MIN_SAMPLES else None
+
+    def baseline_ns(self, traced: int) -> float | None:
+        """What this window's requests would have cost without tracing: the
+        traced ones plus the control group, at the control group's mean CPU."""
+        control = self.measured(GROUP_CONTROL)
+        if control is None:
+            return None
+        return (traced + self._last_controls) * control
+
     def record_ns(self, roots: int, spans: int, kept: int, unrecorded: int) -> float:
         """The request-thread CPU the counted work cost.
 
-        Children of unrecorded roots are not counted (nothing runs for them);
-        they are estimated from the recorded traces' spans per root.
+        Measured where possible: a recorded (or deferred) request costs its
+        group's mean CPU minus the control group's (tracing off), corrected for
+        its children (a span under a non-recording root is cheaper than with
+        tracing off). Until a group has enough samples, the calibrated prices
+        stand in. Children of unrecorded roots are estimated from the recorded
+        traces' spans per root.
         """
         children = max(0, spans - roots)
         per_root = children / roots if roots else float(self.CHILDREN)
-        return (
-            roots * self.root_ns
-            + children * self.span_ns
-            + kept * self.keep_ns
-            + unrecorded * (self.unrecorded_ns + per_root * self.deferred_child_ns)
-        )
+        correction = per_root * self.deferred_child_ns
+        control = self.measured(GROUP_CONTROL)
+        recorded = self.measured(GROUP_RECORDED)
+        deferred = self.measured(GROUP_DEFERRED)
+        scaffold = (roots + unrecorded + self._last_controls) * self.scaffold_ns
+        if control is not None and recorded is not None:
+            rec_cost = roots * max(0.0, recorded - control + correction)
+        else:
+            rec_cost = roots * self.root_ns + children * self.span_ns + kept * self.keep_ns
+        if control is not None and deferred is not None:
+            def_cost = unrecorded * max(0.0, deferred - control + correction)
+        else:
+            def_cost = unrecorded * max(0.0, self.unrecorded_ns + correction)
+        return scaffold + rec_cost + def_cost
 
     def maybe_recalibrate(self) -> None:
         """Calibrate again when :data:`RECALIBRATE_S` passed since the last time."""
@@ -195,9 +282,12 @@ class CostModel:
         drop = make("calibrate", _DiscardSink(), sample_ratio=0.0)
         unrec = make("calibrate", None, sample_ratio=0.0)
         unrec.record_threshold = 0
+        control = make("calibrate", None, sample_ratio=0.0)
+        control.controller = OverheadController(1.0)
+        control.costs.control_every = 1  # every request in the control group
         probe = self._probe or self._span_probe(span, self._off)
         cost: dict[tuple[Any, int], float] = {}
-        runs = [(t, c) for t in (None, drop, keep, unrec) for c in (0, k)]
+        runs = [(t, c) for t in (None, drop, keep, unrec, control) for c in (0, k)]
         for t, c in runs:  # warm up
             probe(t, c)()
         for t, c in runs:
@@ -209,6 +299,7 @@ class CostModel:
         self.keep_ns = max(0.0, (cost[keep, k] - cost[drop, k]) / (k + 1))
         self.unrecorded_ns = max(0.0, cost[unrec, 0] - off0)
         self.deferred_child_ns = (cost[unrec, k] - cost[unrec, 0]) / k - off_child
+        self.scaffold_ns = max(0.0, cost[control, 0] - off0)
 
     def _time(self, run: Callable[[], None]) -> float:
         """Median CPU per call of three batches."""

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from crosstrace.context import get_current
 from crosstrace.tracing.model import INVALID_SPAN_CONTEXT, RemoteContext, SpanContext, StatusCode
-from crosstrace.tracing.sampling import RECORD_BITS
+from crosstrace.tracing.sampling import RANDOM_BITS, RECORD_BITS
 from crosstrace.tracing.spans import (
     NonRecordingSpan,
     SegmentOwner,
@@ -25,7 +25,7 @@ from crosstrace.tracing.spans import (
     _Segment,
 )
 
-__all__ = ["DeferredRoot", "Describe", "record_bits", "settle"]
+__all__ = ["DeferredRoot", "Describe", "record_bits", "sampled_bits", "settle"]
 
 log = logging.getLogger("crosstrace.tracer")
 
@@ -52,6 +52,17 @@ def record_bits(traceparent: str | None) -> int:
         except ValueError:
             pass
     return getrandbits(RECORD_BITS)
+
+
+def sampled_bits(traceparent: str | None) -> int:
+    """The trace id bits the head-sampling ratio compares (the low 56, the last
+    14 trace-id hex digits of a raw ``traceparent``), else drawn at random."""
+    if traceparent is not None:
+        try:
+            return int(traceparent.strip(" \t")[21:35], 16)
+        except ValueError:
+            pass
+    return getrandbits(RANDOM_BITS)
 
 
 class DeferredRoot(NonRecordingSpan):

@@ -139,6 +139,7 @@ class OverheadController:
         "next_tick_ns",
         "ratio_factor",
         "record_fraction",
+        "trace_fraction",
         "window_ns",
     )
 
@@ -148,6 +149,10 @@ class OverheadController:
     MAX_STEP = 2.0
     #: Smallest non-zero ratio factor the controller goes down to.
     FLOOR = 1e-6
+    #: Below this record fraction, the controller lowers the traced fraction.
+    MIN_RECORD = 0.01
+    #: Smallest traced fraction (the control group needs some traced requests).
+    MIN_TRACE = 0.02
 
     def __init__(self, budget: float, window_s: float = 1.0) -> None:
         if budget < 0.0 or budget > 1.0:
@@ -156,6 +161,7 @@ class OverheadController:
         self.window_ns = int(window_s * 1e9)
         self.ratio_factor = 1.0
         self.record_fraction = 1.0
+        self.trace_fraction = 1.0
         self.last_fraction = 0.0
         self._record_ns = 0
         self._export_cpu_now = 0
@@ -199,12 +205,15 @@ class OverheadController:
             return False
         if export_cpu_ns is not None:
             self._export_cpu_now = export_cpu_ns
+        base_ns: float | None = None
         if accounting is not None and costs is not None:
+            costs.fold()
             counts = accounting.snapshot()
             last = self._counts_last or counts
             self._counts_last = counts
             d = [a - b for a, b in zip(counts, last, strict=True)]
             self._record_ns += int(costs.record_ns(d[0], d[1], d[2], d[3]))
+            base_ns = costs.baseline_ns(d[0] + d[3])
             calib = costs.calibration_ns
             self._record_ns += max(0, calib - self._calib_last)
             self._calib_last = calib
@@ -220,11 +229,14 @@ class OverheadController:
         if self.budget <= 0.0 or proc_ns <= 0:
             self.ratio_factor = 1.0
             self.record_fraction = 1.0
+            self.trace_fraction = 1.0
             return True
-        self.adjust(record_ns, export_ns, proc_ns)
+        self.adjust(record_ns, export_ns, proc_ns, base_ns)
         return True
 
-    def adjust(self, record_ns: int, export_ns: int, proc_ns: int) -> None:
+    def adjust(
+        self, record_ns: int, export_ns: int, proc_ns: int, base_ns: float | None = None
+    ) -> None:
         """One control step from a window's measured costs.
 
         Recording cost scales with the record fraction, export cost with the
@@ -232,8 +244,10 @@ class OverheadController:
         bounded factor per window so the loop converges without oscillating.
         """
         spent = record_ns + export_ns
-        # The budget is a fraction of what the service uses without tracing.
-        base = max(proc_ns - spent, proc_ns // 2)
+        # The budget is a fraction of what the service uses without tracing:
+        # its requests at the control group's measured CPU each, else the
+        # process CPU less what tracing spent.
+        base = base_ns if base_ns else max(proc_ns - spent, proc_ns // 2)
         allowed = self.budget * base
         self.last_fraction = spent / base
         if spent <= 0:
@@ -244,17 +258,24 @@ class OverheadController:
             return
         if record_ns >= allowed:
             # Recording alone is over budget: stop exporting by ratio and
-            # record fewer traces.
+            # record fewer traces; when almost nothing is recorded any more,
+            # trace fewer requests at all (the rest run untraced, their
+            # failures still exported).
             self.ratio_factor = max(self.FLOOR, self.ratio_factor * self.MIN_STEP)
             step = max(self.MIN_STEP, 0.9 * allowed / record_ns)
-            self.record_fraction = max(0.0, self.record_fraction * step)
+            if self.record_fraction > self.MIN_RECORD:
+                self.record_fraction = max(0.0, self.record_fraction * step)
+            else:
+                self.trace_fraction = max(self.MIN_TRACE, self.trace_fraction * step)
             return
         room = allowed - record_ns
         step = max(self.MIN_STEP, room / export_ns) if export_ns > 0 else self.MIN_STEP
         self.ratio_factor = max(self.FLOOR, min(1.0, self.ratio_factor * step))
 
     def _raise(self, step: float) -> None:
-        if self.record_fraction < 1.0:
+        if self.trace_fraction < 1.0:
+            self.trace_fraction = min(1.0, self.trace_fraction * step)
+        elif self.record_fraction < 1.0:
             self.record_fraction = min(1.0, max(0.01, self.record_fraction) * step)
         else:
             self.ratio_factor = min(1.0, max(self.FLOOR, self.ratio_factor) * step)

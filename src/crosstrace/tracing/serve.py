@@ -27,12 +27,20 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from time import thread_time_ns, time_ns
 from typing import Any
 
 from crosstrace.context import RequestContext, reset_current, set_current
-from crosstrace.tracing.deferred import Describe
-from crosstrace.tracing.model import RemoteContext, SpanKind
+from crosstrace.httpnames import ATTR_STATUS_CODE
+from crosstrace.tracing.budget import (
+    GROUP_CONTROL,
+    GROUP_DEFERRED,
+    GROUP_RECORDED,
+    SAMPLE_EVERY,
+)
+from crosstrace.tracing.deferred import DeferredRoot, Describe, sampled_bits
+from crosstrace.tracing.model import RemoteContext, SpanKind, StatusCode
 from crosstrace.tracing.spans import (
     INVALID_SPAN,
     NonRecordingSpan,
@@ -51,21 +59,76 @@ class Served:
     """One request or message being served: its context and its local root span.
 
     Use it as a context manager, or call :meth:`enter`, :meth:`leave`,
-    :meth:`fail` and :meth:`finish` yourself. :attr:`span` is the server span
-    (a non-recording one when the trace is not recorded or tracing is off).
+    :meth:`fail` and :meth:`finish` yourself; report an HTTP status with
+    :meth:`status`. :attr:`span` is the server span (a non-recording one when
+    the trace is not recorded or tracing is off).
+
+    It is also where the overhead budget is measured from outside the tracer:
+    one request in :data:`~crosstrace.tracing.budget.CONTROL_EVERY` runs with
+    tracing off (its failures and slow runs are still exported), and one in
+    :data:`~crosstrace.tracing.budget.SAMPLE_EVERY` of the others has its
+    thread CPU time measured, so the tracer compares what traced requests cost
+    with what untraced ones cost (:meth:`~crosstrace.tracing.budget.CostModel.observe`).
     """
 
-    __slots__ = ("_ctx_token", "_span_token", "_start", "context", "span")
+    __slots__ = (
+        "_attributes",
+        "_control_ns",
+        "_ctx_token",
+        "_describe",
+        "_error",
+        "_exc",
+        "_forced",
+        "_kind",
+        "_name",
+        "_remote",
+        "_span_token",
+        "_t0",
+        "_traceparent",
+        "_tracer",
+        "context",
+        "span",
+    )
 
     def __init__(
         self,
         context: RequestContext,
-        span: Span | NonRecordingSpan = INVALID_SPAN,
-        start: Callable[[], Span | NonRecordingSpan] | None = None,
+        tracer: Tracer | None = None,
+        kind: int = SpanKind.SERVER,
+        describe: Describe | None = None,
+        traceparent: str | None = None,
+        forced: bool = False,
+        name: str = "",
+        attributes: Mapping[str, Any] | None = None,
+        remote: RemoteContext | None = None,
     ) -> None:
         self.context = context
-        self.span = span
-        self._start = start
+        self.span: Span | NonRecordingSpan = INVALID_SPAN
+        self._tracer = tracer
+        self._t0 = 0
+        self._control_ns = 0
+        if tracer is not None and tracer.controller is not None:  # a budget to hold
+            costs = tracer.costs
+            n = next(costs.tickets)
+            if n % costs.control_every == 0:
+                if not forced and sampled_bits(traceparent) >= tracer.threshold:
+                    # The control group (never a head-sampled trace): tracing
+                    # off for this request, kept only if it fails or is slow.
+                    self._control_ns = time_ns()
+            elif n % SAMPLE_EVERY != 1:
+                n = 0
+            if n:
+                # From here to finish(), less any calibration run in between.
+                self._t0 = thread_time_ns() - costs.calibration_ns
+        self._kind = kind
+        self._describe = describe
+        self._traceparent = traceparent
+        self._forced = forced
+        self._name = name
+        self._attributes = attributes
+        self._remote = remote
+        self._error: str | None = None
+        self._exc: BaseException | None = None
         self._ctx_token: contextvars.Token[RequestContext | None] | None = None
         self._span_token: contextvars.Token[Span | NonRecordingSpan | None] | None = None
 
@@ -73,14 +136,24 @@ class Served:
         """Make the request context and the span current (the first call
         starts the span, under the context, so it takes the context's ids)."""
         self._ctx_token = set_current(self.context)
-        start = self._start
-        if start is not None:
-            self._start = None
-            try:
-                self.span = start()
-            except Exception:  # tracing must never break the service
-                log.debug("span start failed", exc_info=True)
+        tracer = self._tracer
+        if tracer is not None and self.span is INVALID_SPAN and not self._control_ns:
+            self._start(tracer)
         self._span_token = _current.set(self.span)
+
+    def _start(self, tracer: Tracer) -> None:
+        try:
+            describe = self._describe
+            if describe is not None:
+                self.span = tracer.start_deferred(
+                    self._kind, describe, self._traceparent, self._forced
+                )
+            else:
+                self.span = tracer.start_root(
+                    self._name, self._kind, self._attributes, self._remote
+                )
+        except Exception:  # tracing must never break the service
+            log.debug("span start failed", exc_info=True)
 
     def leave(self) -> None:
         """Restore what was current before :meth:`enter`."""
@@ -99,17 +172,77 @@ class Served:
             except ValueError:
                 pass
 
+    def status(self, code: int) -> None:
+        """The response status: ``http.response.status_code``; 5xx is an error."""
+        self.span.set_attribute(ATTR_STATUS_CODE, code)
+        if code >= 500:
+            self.span.set_status(StatusCode.ERROR, f"HTTP {code}")
+            self._error = f"HTTP {code}"
+
     def fail(self, exc: BaseException) -> None:
         """Record *exc* escaping the handler on the span (error status)."""
         if isinstance(exc, Exception):
             record_failure(self.span, exc)
+            self._exc = exc
 
     def finish(self) -> None:
         """End the span (idempotent); ending the local root settles its trace."""
         try:
             self.span.end()
+            t0 = self._t0
+            if t0 and self._tracer is not None:
+                self._t0 = 0
+                self._observe(thread_time_ns() - self._tracer.costs.calibration_ns - t0)
         except Exception:  # tracing must never break the service
             log.debug("span end failed", exc_info=True)
+
+    def _observe(self, cpu_ns: int) -> None:
+        tracer = self._tracer
+        if tracer is None:
+            return
+        span = self.span
+        control = self._control_ns
+        if control:
+            group = GROUP_CONTROL
+            if (
+                self._error is not None
+                or self._exc is not None
+                or time_ns() - control >= tracer.slow_ns > 0
+            ):
+                self._export_control(tracer, control)
+        elif span._recording:
+            group = GROUP_RECORDED
+        else:
+            group = GROUP_DEFERRED
+        tracer.costs.observe(group, cpu_ns)
+
+    def export_after_the_fact(self, start_ns: int, code: int = 0) -> None:
+        """Export the root span of a request that ran untraced (started at
+        *start_ns*, answered *code*) because it failed or was slow."""
+        tracer = self._tracer
+        if tracer is None:
+            return
+        if code:
+            self.status(code)
+        self._export_control(tracer, start_ns)
+
+    def _export_control(self, tracer: Tracer, start_ns: int) -> None:
+        """A control request failed or was slow: export its root span alone."""
+        describe = self._describe
+        if describe is None:
+            name, attrs, remote = self._name, dict(self._attributes or {}), self._remote
+
+            def describe() -> tuple[str, dict[str, Any], RemoteContext]:
+                return name, attrs, remote or RemoteContext()
+
+        root = DeferredRoot(tracer, self._kind, describe, start_ns)
+        root._request = self.context
+        if self._error is not None:
+            root.set_status(StatusCode.ERROR, self._error)
+            root.set_attribute(ATTR_STATUS_CODE, int(self._error[5:]))
+        if self._exc is not None:
+            root._failed(self._exc)
+        root.end()
 
     def __enter__(self) -> Served:
         self.enter()
@@ -149,17 +282,4 @@ def serve(
     is the caller's raw header (for the record decision) and *forced* says a
     trigger header is present.
     """
-    if tracer is None:
-        return Served(context)
-    if describe is not None:
-        d = describe
-
-        def start_deferred() -> Span | NonRecordingSpan:
-            return tracer.start_deferred(kind, d, traceparent, forced)
-
-        return Served(context, INVALID_SPAN, start_deferred)
-
-    def start() -> Span | NonRecordingSpan:
-        return tracer.start_root(name, kind, attributes, remote)
-
-    return Served(context, INVALID_SPAN, start)
+    return Served(context, tracer, kind, describe, traceparent, forced, name, attributes, remote)

@@ -69,6 +69,7 @@ from crosstrace.trust import ATTR_OSPROFILER_BASE_ID, ATTR_OSPROFILER_PARENT_ID
 
 __all__ = [
     "DISABLED",
+    "TRACE_ALL",
     "Tracer",
     "get_tracer",
     "span",
@@ -78,6 +79,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _ALL_RECORDED = 1 << RECORD_BITS
+#: ``trace_threshold`` when every request is traced (16 random bits decide).
+TRACE_ALL = 1 << 16
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -98,6 +101,7 @@ _SHARED = (
     "trigger_keys",
     "osprofiler_keys",
     "redactor",
+    "trace_threshold",
     "accounting",
     "costs",
 )
@@ -115,12 +119,9 @@ class Tracer:
     """Tracing state of one service: resource, sampling knobs, keep rule, sink.
 
     Built by :func:`crosstrace.configure` (the process default) or directly
-    with a sink of your own; :meth:`for_service` (or
-    :func:`crosstrace.get_tracer` with a name) makes the tracer of another
-    service in the same process, sharing this one's sink and sampling state.
-    Settings that may change at run time (ratio, rate, budget, threshold, keys)
-    are plain attributes updated in place by :meth:`update`, so changes take
-    effect on the next trace.
+    with a sink of your own; :meth:`for_service` makes the tracer of another
+    service in the same process. Run-time settings (ratio, rate, budget,
+    threshold, keys) are attributes :meth:`update` changes for the next trace.
     """
 
     def __init__(
@@ -149,6 +150,8 @@ class Tracer:
         self.sample_ratio = 1.0
         self.threshold = 0
         self.record_threshold = record_threshold(1.0)
+        #: Requests whose 16 random bits fall below this are traced at all.
+        self.trace_threshold = TRACE_ALL
         self.slow_ns = 0
         self.trigger_keys: tuple[str, ...] = ()
         self.osprofiler_keys: tuple[str, ...] = ()
@@ -231,19 +234,14 @@ class Tracer:
         fraction = ctl.record_fraction if ctl is not None else 1.0
         main.threshold = ratio_threshold(main.sample_ratio * factor)
         main.record_threshold = record_threshold(fraction)
+        main.trace_threshold = int(ctl.trace_fraction * TRACE_ALL) if ctl else TRACE_ALL
         main._share()
 
     # -- several services in one process --------------------------------------
     def for_service(self, service_name: str, resource: Mapping[str, Any] | None = None) -> Tracer:
-        """The tracer of service *service_name* in this process (made once per name).
-
-        It shares this tracer's sink (so one exporter thread serves every
-        service, spans grouped by resource in each batch), sampling ratio,
-        rate limit, overhead budget (the budget covers all of them together),
-        slow threshold and keys; its resource differs in ``service.name`` (and
-        in the extra *resource* attributes, given on first use). Settings
-        changed later on either apply to both.
-        """
+        """The tracer of service *service_name* in this process (made once per name):
+        this tracer's sink, sampling state and budget (covering both), its own
+        ``service.name`` (and extra *resource*, on first use)."""
         if not service_name:
             raise ValueError("service_name must be a non-empty string")
         main = self._main

@@ -53,6 +53,8 @@ from crosstrace.server.query.models import (
     span_tree,
     summary_out,
 )
+from crosstrace.server.query.sampling_routes import auth_either, sampling_router
+from crosstrace.server.sampling import SamplingRegistry
 from crosstrace.server.settings import parse_duration_ns
 from crosstrace.server.store.base import Store
 
@@ -164,7 +166,14 @@ class _StoreUnavailable(Unavailable):
     """A store read failed for a reason that is not the caller's."""
 
 
-def create_api(store: Store, metrics: Metrics, *, tokens: TokenSet | None = None) -> FastAPI:
+def create_api(
+    store: Store,
+    metrics: Metrics,
+    *,
+    tokens: TokenSet | None = None,
+    sampling: SamplingRegistry | None = None,
+    ingest_tokens: TokenSet | None = None,
+) -> FastAPI:
     """The FastAPI app of the query API, ``/healthz`` and ``/metrics``."""
     tokens = tokens or TokenSet()
     diagnoser = Diagnoser(store)
@@ -205,6 +214,13 @@ def create_api(store: Store, metrics: Metrics, *, tokens: TokenSet | None = None
             headers={"Retry-After": "5"},
         )
 
+    reader = Depends(
+        auth_either(_auth_dependency(tokens), _auth_dependency(ingest_tokens or TokenSet()))
+        if tokens
+        else _auth_dependency(tokens)
+    )
+    app.state.sampling = sampling = sampling or SamplingRegistry()
+    app.include_router(sampling_router(sampling, authed, [reader]))
     app.include_router(
         analysis_router(
             diagnoser,
