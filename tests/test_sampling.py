@@ -133,3 +133,12 @@ def test_controller_tick_waits_for_the_window() -> None:
 def test_controller_rejects_a_bad_budget() -> None:
     with pytest.raises(ValueError, match="between 0 and 1"):
         OverheadController(1.5)
+
+
+def test_an_idle_process_keeps_its_knobs_up() -> None:
+    """Under 50 ms of process CPU in a window the fraction is noise: knobs rise."""
+    ctl = OverheadController(0.01)
+    ctl.record_fraction = 0.5
+    ctl.adjust(record_ns=5_000_000, export_ns=0, proc_ns=10_000_000)  # 50 % of almost nothing
+    assert ctl.record_fraction == 1.0
+    assert ctl.last_fraction == pytest.approx(0.5)

@@ -30,6 +30,7 @@ from crosstrace.tracing import (
     start_span,
 )
 from crosstrace.tracing import tracer as tr
+from crosstrace.tracing.sampling import OverheadController
 from crosstrace.trust import make_osprofiler_headers, make_trigger
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -530,7 +531,10 @@ def test_crosstrace_package_reexports_the_span_api() -> None:
 # -- overhead budget ---------------------------------------------------------------------------
 
 
-def test_budget_counts_once_per_trace_and_prices_the_counts(sink: Sink) -> None:
+def test_budget_counts_once_per_trace_and_prices_the_counts(
+    sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(OverheadController, "MIN_BUSY_NS", 0)  # this test process is idle
     t = install(sink, overhead_budget=0.01)
     ctl = t.controller
     assert ctl is not None

@@ -153,6 +153,8 @@ class OverheadController:
     MIN_RECORD = 0.01
     #: Smallest traced fraction (the control group needs some traced requests).
     MIN_TRACE = 0.02
+    #: Process CPU per window under which the process counts as idle (knobs rise).
+    MIN_BUSY_NS = 50_000_000
 
     def __init__(self, budget: float, window_s: float = 1.0) -> None:
         if budget < 0.0 or budget > 1.0:
@@ -244,6 +246,12 @@ class OverheadController:
         bounded factor per window so the loop converges without oscillating.
         """
         spent = record_ns + export_ns
+        if proc_ns < self.MIN_BUSY_NS:
+            # A nearly idle process: what tracing costs it is negligible in
+            # absolute terms, and a fraction of almost nothing is noise.
+            self.last_fraction = spent / proc_ns
+            self._raise(self.MAX_STEP)
+            return
         # The budget is a fraction of what the service uses without tracing:
         # its requests at the control group's measured CPU each, else the
         # process CPU less what tracing spent.
