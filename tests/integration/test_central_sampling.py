@@ -36,11 +36,15 @@ POLL_S = 0.5
 SERVICES = ("svc-a", "svc-b")
 
 
-def _until(condition: Callable[[], bool], deadline_s: float, what: str) -> None:
+def _until(
+    condition: Callable[[], bool], deadline_s: float, what: str, seen: Callable[[], Any] = str
+) -> None:
     deadline = time.monotonic() + deadline_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {deadline_s:g}s waiting for {what}")
+            raise AssertionError(
+                f"timed out after {deadline_s:g}s waiting for {what}; last seen: {seen()}"
+            )
         time.sleep(0.02)
 
 
@@ -138,8 +142,9 @@ def test_sampling_set_changes_two_running_services_within_one_poll(serve: str) -
                 and _reported(serve)[n]["overhead"] < before[n] / 2
                 for n in SERVICES
             ),
-            20,
+            45,
             "the reported overhead of both services to fall",
+            lambda: (before, _reported(serve)),
         )
         shown = runner.invoke(main, ["sampling", "show", "--url", serve, "--json"])
         assert shown.exit_code == 0, shown.output
