@@ -26,7 +26,7 @@ from oslo_context import context as _oslo
 from crosstrace.context import RequestContext, get_current
 from crosstrace.ids import generate_request_id, is_valid_request_id
 
-__all__ = ["from_oslo", "from_oslo_dict", "to_oslo", "to_oslo_dict"]
+__all__ = ["context_from_dict", "from_oslo", "from_oslo_dict", "to_oslo", "to_oslo_dict"]
 
 _MAX_IDENTITY_LEN = 255
 
@@ -129,13 +129,23 @@ def from_oslo_dict(
     *request_id*/*global_request_id* replace the dict's ids when given (a
     receiver makes its own local id); the identity comes from the dict.
     """
-    ctx = RequestContext.__new__(RequestContext)
     rid = request_id if request_id is not None else values.get("request_id")
-    ctx.request_id = (
-        rid if isinstance(rid, str) and is_valid_request_id(rid) else generate_request_id()
-    )
+    if not (isinstance(rid, str) and is_valid_request_id(rid)):
+        rid = generate_request_id()
     grid = global_request_id if global_request_id is not None else values.get("global_request_id")
-    ctx.global_request_id = grid if isinstance(grid, str) and is_valid_request_id(grid) else None
+    if not (isinstance(grid, str) and is_valid_request_id(grid)):
+        grid = None
+    return context_from_dict(values, rid, grid)
+
+
+def context_from_dict(
+    values: Mapping[str, Any], request_id: str, global_request_id: str | None
+) -> RequestContext:
+    """:func:`from_oslo_dict` with ids the caller already validated (or made):
+    the identity from *values*, the ids as given. For hot paths."""
+    ctx = RequestContext.__new__(RequestContext)
+    ctx.request_id = request_id
+    ctx.global_request_id = global_request_id
     # One call per RPC message: unrolled (oslo's to_dict() names first).
     get = values.get
     ctx.user_id = _identity(get("user") or get("user_id"))

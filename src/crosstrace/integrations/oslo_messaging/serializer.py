@@ -11,7 +11,7 @@ import oslo_messaging
 
 from crosstrace.context import get_current, set_current
 from crosstrace.ids import generate_request_id, is_valid_request_id
-from crosstrace.integrations.oslo_context import from_oslo_dict
+from crosstrace.integrations.oslo_context import context_from_dict
 from crosstrace.propagation import inject_context
 from crosstrace.tracecontext import TRACEPARENT_HEADER, TRACESTATE_HEADER
 from crosstrace.tracing.spans import _current, _get_current_span
@@ -187,16 +187,16 @@ class TracingSerializer(oslo_messaging.Serializer):  # type: ignore[misc]
 
     def deserialize_context(self, ctxt: Any) -> Any:
         """Start a clean request state from *ctxt*, then the base's context object."""
-
         # The worker thread may still hold the previous message's state.
         _current.set(None)
         values = dict(ctxt) if isinstance(ctxt, Mapping) else {}
         mine = {key: values.pop(key) for key in _KEYS if key in values}
         gid = mine.get(KEY_GLOBAL_REQUEST_ID)
-        if not (isinstance(gid, str) and is_valid_request_id(gid)):
+        if not (type(gid) is str and is_valid_request_id(gid)):
             gid = values.get("global_request_id") or values.get("request_id")
-        request = from_oslo_dict(values, generate_request_id(), gid)
-        set_current(request)
+            if not (type(gid) is str and is_valid_request_id(gid)):
+                gid = None
+        set_current(context_from_dict(values, generate_request_id(), gid))
         carrier = {
             k: v
             for k in (TRACEPARENT_HEADER, TRACESTATE_HEADER)
