@@ -6,7 +6,8 @@
 - :mod:`~crosstrace.cli.logs`: ``logs import`` (and ``logs search``, a query command);
 - :mod:`~crosstrace.cli.sampling`: ``sampling set`` and ``sampling show``;
 - :mod:`~crosstrace.cli.show`: ``show``, one trace or request as a tree, JSON, HTML or DOT;
-- :mod:`~crosstrace.cli.demo`: ``demo``.
+- :mod:`~crosstrace.cli.demo`: ``demo``;
+- :mod:`~crosstrace.cli.access`: ``token``, ``policy``.
 
 Commands import the backend only when they run, so ``crosstrace --help`` stays fast.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import click
 
 from crosstrace import __version__
+from crosstrace.cli.access import policy, token
 from crosstrace.cli.analysis import errors, why
 from crosstrace.cli.demo import demo
 from crosstrace.cli.logs import logs
@@ -33,5 +35,18 @@ def main() -> None:
     """Global request ids, cross-service tracing and a trace backend."""
 
 
-for _command in (serve, logs, demo, traces, trace, request, why, errors, show, sampling):
+for _command in (
+    serve,
+    logs,
+    demo,
+    traces,
+    trace,
+    request,
+    why,
+    errors,
+    show,
+    sampling,
+    token,
+    policy,
+):
     main.add_command(_command)

@@ -55,6 +55,24 @@ __all__ = ["serve"]
     help="Processes decoding OTLP trace bodies beside the writer; 0: decode in the server"
     " [one per core beyond the first, at most 4].",
 )
+@click.option(
+    "--auth-file",
+    default=None,
+    help="TOML identities ([[identity]] tables; see `crosstrace token`), reloaded when"
+    " changed [$CROSSTRACE_AUTH_FILE].",
+)
+@click.option(
+    "--policy-file",
+    default=None,
+    help="policy.yaml overriding the rules of `crosstrace policy defaults`.",
+)
+@click.option(
+    "--allowed-hosts",
+    default=None,
+    help="Host names answered besides the loopback ones and --host, comma separated; '*': any.",
+)
+@click.option("--tls-cert", default=None, help="Serve HTTPS with this PEM certificate.")
+@click.option("--tls-key", default=None, help="The PEM private key of --tls-cert.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def serve(config_file: Path | None, verbose: bool, **flags: object) -> None:
     """Run the backend: OTLP ingest, query API, optional RabbitMQ consumer.

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from crosstrace.redact import mask_password
 from crosstrace.server.auth import TokenSet
+from crosstrace.server.auth.access import Access
 from crosstrace.server.errors import ServerError
 from crosstrace.server.ingest.http import IngestApp, Receive, Scope, Send
 from crosstrace.server.ingest.pool import DecodePool
@@ -55,6 +56,25 @@ INGEST_PREFIX: Final = "/v1/"
 RETENTION_INTERVAL_SECONDS: Final = 600.0
 
 
+#: Host names a loopback server answers to by default (DNS rebinding defence).
+LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def host_allowed(host_header: str | None, allowed: frozenset[str] | None) -> bool:
+    """Whether a request's ``Host`` (port ignored) is one the server answers to;
+    *allowed* ``None`` means any."""
+    if allowed is None:
+        return True
+    if not host_header:
+        return False
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[: host.find("]") + 1] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host in allowed or host.strip("[]") in allowed
+
+
 @dataclass
 class ServerApp:
     """The ASGI callable, with the parts tests and the runner need to reach."""
@@ -63,8 +83,32 @@ class ServerApp:
     metrics: Metrics
     ingest: IngestApp
     api: Any  # FastAPI
+    #: Host names answered; others get 400 (``None``: any).
+    allowed_hosts: frozenset[str] | None = None
+    hosts_refused: int = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.allowed_hosts is not None:
+            host = None
+            for name, value in scope.get("headers") or ():
+                if name == b"host":
+                    host = bytes(value).decode("latin-1")
+                    break
+            if not host_allowed(host, self.allowed_hosts):
+                self.hosts_refused += 1
+                body = b"Host not allowed: add it with --allowed-hosts\n"
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 400,
+                        "headers": [
+                            (b"content-type", b"text/plain"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
         if scope["type"] == "http" and scope["path"].startswith(INGEST_PREFIX):
             await self.ingest(scope, receive, send)
             return
@@ -81,26 +125,67 @@ def create_app(
     max_decompressed_size: int = 64 * 1024**2,
     decode_pool: DecodePool | None = None,
     sampling: SamplingRegistry | None = None,
+    access: Access | None = None,
+    allowed_hosts: frozenset[str] | None = None,
+    max_concurrent_ingest: int = 64,
+    max_json_memory: int = 512 * 1024**2,
 ) -> ServerApp:
-    """Build the one ASGI app over *store* (empty token sets: auth off; without a
-    *decode_pool*, trace bodies are decoded in this process)."""
+    """Build the one ASGI app over *store* (empty token sets and no *access*: auth
+    off; without a *decode_pool*, trace bodies are decoded in this process;
+    *allowed_hosts* ``None`` answers any Host)."""
     metrics = metrics or Metrics()
+    access = access or Access(api_tokens=api_tokens, ingest_tokens=ingest_tokens)
     ingest = IngestApp(
         store,
         metrics,
-        tokens=ingest_tokens,
         max_body_size=max_body_size,
         max_decompressed_size=max_decompressed_size,
         decode_pool=decode_pool,
+        access=access,
+        max_concurrent=max_concurrent_ingest,
+        max_json_memory=max_json_memory,
     )
     api = mount_web(
-        create_api(
-            store, metrics, tokens=api_tokens, sampling=sampling, ingest_tokens=ingest_tokens
-        ),
-        store,
-        tokens=api_tokens,
+        create_api(store, metrics, access=access, sampling=sampling), store, access=access
     )
-    return ServerApp(store=store, metrics=metrics, ingest=ingest, api=api)
+    return ServerApp(
+        store=store, metrics=metrics, ingest=ingest, api=api, allowed_hosts=allowed_hosts
+    )
+
+
+def access_from_settings(store: Store, settings: Settings) -> Access:
+    """The identities, rules and audit log of a server with these settings."""
+    from crosstrace.server.auth.access import DEFAULT_SENSITIVE_ATTRIBUTES
+    from crosstrace.server.auth.audit import Auditor
+    from crosstrace.server.auth.identities import IdentityFile
+    from crosstrace.server.auth.policy import Policy
+
+    return Access(
+        identities=IdentityFile(settings.auth_file) if settings.auth_file else None,
+        api_tokens=settings.api_tokenset,
+        ingest_tokens=settings.ingest_tokenset,
+        policy=Policy(settings.policy_file),
+        auditor=Auditor(store),
+        sensitive_attributes=DEFAULT_SENSITIVE_ATTRIBUTES | set(settings.sensitive_attributes),
+    )
+
+
+def configure_redaction(settings: Settings) -> None:
+    """Make this process (and the decode workers it starts later, which inherit
+    the environment) redact with the configured keys and patterns."""
+    import os
+
+    from crosstrace.server.redaction import (
+        ENV_REDACT_KEYS,
+        ENV_REDACT_PATTERNS,
+        reset_default_redactor,
+    )
+
+    if settings.redact_keys:
+        os.environ[ENV_REDACT_KEYS] = ",".join(settings.redact_keys)
+    if settings.redact_patterns:
+        os.environ[ENV_REDACT_PATTERNS] = "\n".join(settings.redact_patterns)
+    reset_default_redactor()
 
 
 def app_from_settings(
@@ -110,12 +195,14 @@ def app_from_settings(
     return create_app(
         store,
         metrics=metrics,
-        ingest_tokens=settings.ingest_tokenset,
-        api_tokens=settings.api_tokenset,
         max_body_size=settings.max_body_size,
         max_decompressed_size=settings.max_decompressed_size,
         decode_pool=decode_pool,
         sampling=SamplingRegistry(sampling_file(settings.db)),
+        access=access_from_settings(store, settings),
+        allowed_hosts=settings.host_allow_list,
+        max_concurrent_ingest=settings.max_concurrent_ingest,
+        max_json_memory=settings.max_json_memory,
     )
 
 
@@ -170,6 +257,10 @@ def run(settings: Settings, echo: Callable[[str], None] = print) -> None:
         if sock is not None:
             sock.close()
         raise StartupError(f"cannot open the store {mask_password(settings.db)}: {exc}") from None
+    configure_redaction(settings)
+    warning = settings.argv_token_warning()
+    if warning:
+        echo(warning)
     metrics = Metrics()
     consumer = None
     retention = None
@@ -262,11 +353,14 @@ def _serve_http(
         access_log=False,
         timeout_graceful_shutdown=30,
         server_header=False,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
     )
     server = uvicorn.Server(config)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    echo(f"listening on http://{shown}:{port} (OTLP/HTTP /v1/traces /v1/logs, API /api/v1)")
+    scheme = "https" if settings.tls_cert else "http"
+    echo(f"listening on {scheme}://{shown}:{port} (OTLP/HTTP /v1/traces /v1/logs, API /api/v1)")
     echo(f"auth: {settings.describe_auth()}")
     # uvicorn installs its own SIGTERM/SIGINT handlers while serving and, once shut
     # down gracefully, re-raises the signal to the handler installed before it:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from crosstrace.server.scope import Scope
+
 # The span attributes the tracer fills from the request context; the store lifts
 # them out of spans and logs into columns.
 from crosstrace.spans import (
@@ -19,9 +21,14 @@ from crosstrace.spans import (
     ATTR_USER_ID,
 )
 
+#: The domain of the project (keystonemiddleware's X-Project-Domain-Id): a trace's
+#: and a log record's domain is this one, else ``openstack.domain_id``.
+ATTR_PROJECT_DOMAIN_ID: Final = "openstack.project_domain_id"
+
 __all__ = [
     "ATTR_DOMAIN_ID",
     "ATTR_GLOBAL_REQUEST_ID",
+    "ATTR_PROJECT_DOMAIN_ID",
     "ATTR_PROJECT_ID",
     "ATTR_REQUEST_ID",
     "ATTR_USER_ID",
@@ -35,6 +42,7 @@ __all__ = [
     "STATUS_UNSET",
     "ZERO_SPAN_ID",
     "ZERO_TRACE_ID",
+    "AuditEvent",
     "DependencyEdge",
     "ErrorCause",
     "LogQuery",
@@ -61,7 +69,7 @@ MAX_STATUS: Final = 2
 ZERO_TRACE_ID: Final = bytes(16)
 ZERO_SPAN_ID: Final = bytes(8)
 #: Identity attributes with a length limit (they are indexed columns).
-ID_ATTRS: Final = (ATTR_PROJECT_ID, ATTR_DOMAIN_ID, ATTR_USER_ID)
+ID_ATTRS: Final = (ATTR_PROJECT_ID, ATTR_DOMAIN_ID, ATTR_PROJECT_DOMAIN_ID, ATTR_USER_ID)
 
 
 @dataclass(slots=True)
@@ -163,8 +171,9 @@ class TraceQuery:
     attributes: dict[str, str] = field(default_factory=dict)
     limit: int = 20
     cursor: str | None = None
-    # Access-control scope (a later issue): when set, only traces whose project is
-    # in this set are visible; applied inside the store query.
+    # What the caller may see (applied inside the store query).
+    scope: Scope = Scope.ALL
+    # Narrows further to these projects (``None``: no such narrowing).
     allowed_projects: frozenset[str] | None = None
 
 
@@ -185,6 +194,7 @@ class LogQuery:
     start_ns: int | None = None
     end_ns: int | None = None
     limit: int = 100
+    scope: Scope = Scope.ALL
     allowed_projects: frozenset[str] | None = None
 
 
@@ -213,3 +223,27 @@ class ErrorCause:
     operation: str = ""
     exception_type: str = ""
     message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One audited action."""
+
+    time_ns: int
+    who: str  # identity name
+    source: str  # file, token, keystone, anonymous
+    action: str  # e.g. "GET /api/v1/traces", "token.create"
+    target: str  # path with its query, or the object acted on
+    scope: str  # Scope.describe()
+    outcome: int  # HTTP status, or 0 for a CLI action
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "time_ns": self.time_ns,
+            "who": self.who,
+            "source": self.source,
+            "action": self.action,
+            "target": self.target,
+            "scope": self.scope,
+            "outcome": self.outcome,
+        }

@@ -69,7 +69,7 @@ _SIZE_UNITS: Final = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE | re.ASCII)
 _OFF: Final = frozenset({"0", "off", "none", "no", ""})
 
 
@@ -100,7 +100,10 @@ def default_db_url() -> str:
 def parse_duration_ns(text: str) -> int:
     """``250ms``, ``2s``, ``15m``, ``1h``, ``7d`` -> nanoseconds (a unit is required;
     :func:`crosstrace.config.parse_duration` reads it). Raises ``ValueError``."""
-    return round(parse_duration(text, unit_required=True) * 1e9)
+    ns = parse_duration(text, unit_required=True) * 1e9
+    if not 0 <= ns < 2**63:
+        raise ValueError(f"{text!r} is out of range")
+    return round(ns)
 
 
 def parse_size(text: str) -> int:
@@ -109,7 +112,10 @@ def parse_size(text: str) -> int:
     if not match:
         raise ValueError(f"{text!r} is not a size like 512MB, 10GB or 1GiB")
     number, unit = match.groups()
-    return int(float(number) * _SIZE_UNITS[(unit or "").lower()])
+    value = float(number) * _SIZE_UNITS[(unit or "").lower()]
+    if not value < 2**63:
+        raise ValueError(f"{text!r} is out of range")
+    return int(value)
 
 
 def _optional(parser: Callable[[str], int]) -> Callable[[str], int | None]:
@@ -170,6 +176,14 @@ def _optional_text(text: str) -> str | None:
     return text.strip() or None
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _lines(text: str) -> tuple[str, ...]:
+    return tuple(t for t in text.splitlines() if t.strip())
+
+
 @dataclass(frozen=True, slots=True)
 class _Spec:
     name: str  # attribute of Settings, flag spelled with dashes
@@ -202,6 +216,16 @@ SETTINGS: Final[tuple[_Spec, ...]] = (
         parse_size,
         lambda: 64 * 1024**2,
     ),
+    _Spec("auth_file", "CROSSTRACE_AUTH_FILE", _optional_text, lambda: None),
+    _Spec("policy_file", "CROSSTRACE_POLICY_FILE", _optional_text, lambda: None),
+    _Spec("allowed_hosts", "CROSSTRACE_ALLOWED_HOSTS", _names, tuple),
+    _Spec("tls_cert", "CROSSTRACE_TLS_CERT", _optional_text, lambda: None),
+    _Spec("tls_key", "CROSSTRACE_TLS_KEY", _optional_text, lambda: None),
+    _Spec("max_concurrent_ingest", "CROSSTRACE_MAX_CONCURRENT_INGEST", _positive_int, lambda: 64),
+    _Spec("max_json_memory", "CROSSTRACE_MAX_JSON_MEMORY", parse_size, lambda: 512 * 1024**2),
+    _Spec("sensitive_attributes", "CROSSTRACE_SENSITIVE_ATTRIBUTES", _names, tuple),
+    _Spec("redact_keys", "CROSSTRACE_REDACT_KEYS", _names, tuple),
+    _Spec("redact_patterns", "CROSSTRACE_REDACT_PATTERNS", _lines, tuple),
 )
 _BY_NAME: Final = {spec.name: spec for spec in SETTINGS}
 
@@ -227,6 +251,18 @@ class Settings:
     decode_workers: int = 0
     max_body_size: int = 16 * 1024**2
     max_decompressed_size: int = 64 * 1024**2
+    auth_file: str | None = None
+    policy_file: str | None = None
+    #: Host names answered besides the loopback ones and the bound address ("*": any).
+    allowed_hosts: tuple[str, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_concurrent_ingest: int = 64
+    max_json_memory: int = 512 * 1024**2
+    #: Attribute keys masked for identities without ``sensitive``, beyond the defaults.
+    sensitive_attributes: tuple[str, ...] = ()
+    redact_keys: tuple[str, ...] = ()
+    redact_patterns: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -236,6 +272,34 @@ class Settings:
     @property
     def api_tokenset(self) -> TokenSet:
         return TokenSet(() if self.no_auth else self.api_tokens)
+
+    @property
+    def host_allow_list(self) -> frozenset[str] | None:
+        """Host names the server answers to (``None``: any): the loopback names,
+        the bound address and ``--allowed-hosts``."""
+        if "*" in self.allowed_hosts:
+            return None
+        names = {"localhost", "127.0.0.1", "::1", "[::1]"}
+        if self.host not in ("0.0.0.0", "::", "[::]"):  # noqa: S104 (names, not binds)
+            names.add(self.host.lower())
+        names.update(h.lower() for h in self.allowed_hosts)
+        return frozenset(names)
+
+    def argv_token_warning(self) -> str | None:
+        """A warning when tokens were given on the command line, where every
+        local user can read them (``ps``)."""
+        flags = [
+            "--" + name.removesuffix("s").replace("_", "-")
+            for name in ("ingest_tokens", "api_tokens")
+            if self.sources.get(name, "").startswith("--")
+        ]
+        if not flags:
+            return None
+        return (
+            f"warning: {' and '.join(flags)} on the command line can be read by other local "
+            "users; use CROSSTRACE_INGEST_TOKEN / CROSSTRACE_API_TOKEN, the config file, "
+            "or --auth-file"
+        )
 
     def describe_auth(self) -> str:
         if self.no_auth:
@@ -271,7 +335,17 @@ def _as_text(name: str, value: Any, where: str) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float | str):
         return str(value)
-    if isinstance(value, list) and name in ("ingest_tokens", "api_tokens"):
+    if isinstance(value, list) and name == "redact_patterns":
+        if not all(isinstance(v, str) and "\n" not in v for v in value):
+            raise SettingsError(name, f"{name} in {where} must be a list of strings")
+        return "\n".join(value)
+    if isinstance(value, list) and name in (
+        "ingest_tokens",
+        "api_tokens",
+        "allowed_hosts",
+        "sensitive_attributes",
+        "redact_keys",
+    ):
         if not all(isinstance(v, str) and "," not in v for v in value):
             raise SettingsError(name, f"{name} in {where} must be a list of strings")
         return ",".join(value)
@@ -335,9 +409,20 @@ def _check(settings: Settings) -> None:
         raise SettingsError("ingest_tokens", f"bad token: {exc}") from None
     if settings.no_http and not settings.consume:
         raise SettingsError("no_http", "--no-http needs --consume (there would be nothing to do)")
-    if settings.no_auth and (settings.ingest_tokens or settings.api_tokens):
+    if settings.no_auth and (settings.ingest_tokens or settings.api_tokens or settings.auth_file):
         raise SettingsError("no_auth", "--no-auth conflicts with configured tokens")
-    if settings.no_http or is_loopback(settings.host):
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise SettingsError("tls_cert", "--tls-cert and --tls-key go together")
+    for name in ("tls_cert", "tls_key", "policy_file", "auth_file"):
+        path = getattr(settings, name)
+        if path and not Path(path).is_file():
+            raise SettingsError(name, f"{path} is not a readable file")
+    for pattern in settings.redact_patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise SettingsError("redact_patterns", f"bad pattern {pattern!r}: {exc}") from None
+    if settings.no_http or is_loopback(settings.host) or settings.auth_file:
         return
     if settings.no_auth:
         raise SettingsError(

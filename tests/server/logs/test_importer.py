@@ -18,6 +18,7 @@ from crosstrace.logging import ContextFormatter, JSONFormatter
 from crosstrace.server.logs import importer
 from crosstrace.server.logs.importer import FileImportResult, import_file
 from crosstrace.server.model import LogQuery, LogRecord
+from crosstrace.server.redaction import default_redactor
 from crosstrace.server.store import Store, open_store
 
 
@@ -90,7 +91,8 @@ def test_c_api_every_line_is_accounted_for(store: Store) -> None:
     lines = file_lines(path)
     for r in records:
         first = lines[r.attributes["log.file.line"] - 1]
-        assert first.endswith(r.body.split("\n")[0])
+        # Stored as read, but for secrets (tokens in curl lines), which are masked.
+        assert default_redactor().text(first).endswith(r.body.split("\n")[0])
 
 
 def test_c_api_request_ids(store: Store) -> None:

@@ -4,7 +4,7 @@
   ``--api-token`` / ``--ingest-token`` sets;
 - :mod:`.identities`: the ``--auth-file`` identities and the token lookup;
 - :mod:`.policy`: the rules, as oslo.policy defaults;
-- :mod:`.redaction`: secrets masked at ingest.
+- :mod:`.audit`: the audit log.
 
 The scope an identity reads in is :class:`crosstrace.server.scope.Scope`.
 """

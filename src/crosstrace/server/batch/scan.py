@@ -62,6 +62,7 @@ from crosstrace.server.batch.values import (
 from crosstrace.server.model import (
     ATTR_DOMAIN_ID,
     ATTR_GLOBAL_REQUEST_ID,
+    ATTR_PROJECT_DOMAIN_ID,
     ATTR_PROJECT_ID,
     ATTR_REQUEST_ID,
     ID_ATTRS,
@@ -217,9 +218,11 @@ _LIFT_DOMAIN: Final = 2
 _LIFT_LOCAL: Final = 3
 _LIFT_GLOBAL: Final = 4
 _LIFT_DB: Final = 5
+_LIFT_PROJECT_DOMAIN: Final = 6  # wins over openstack.domain_id
 _LIFTS: Final = {
     ATTR_PROJECT_ID: _LIFT_PROJECT,
     ATTR_DOMAIN_ID: _LIFT_DOMAIN,
+    ATTR_PROJECT_DOMAIN_ID: _LIFT_PROJECT_DOMAIN,
     ATTR_REQUEST_ID: _LIFT_LOCAL,
     ATTR_GLOBAL_REQUEST_ID: _LIFT_GLOBAL,
     "db.system": _LIFT_DB,
@@ -359,6 +362,7 @@ def scan_traces(
                 if len(name) > MAX_NAME_BYTES // 4:
                     name = cap_name(name)
                 project = domain = None
+                project_domain = False
                 pairs: list[tuple[str, bytes]] = []
                 rids: list[tuple[str, int]] = []
                 is_db = False
@@ -388,7 +392,11 @@ def scan_traces(
                             elif lift == _LIFT_PROJECT:
                                 project = text
                             elif lift == _LIFT_DOMAIN:
+                                if not project_domain:
+                                    domain = text
+                            elif lift == _LIFT_PROJECT_DOMAIN:
                                 domain = text
+                                project_domain = True
                             elif text:
                                 rids.append(
                                     (text, RID_LOCAL if lift == _LIFT_LOCAL else RID_GLOBAL)

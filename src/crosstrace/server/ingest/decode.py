@@ -50,6 +50,7 @@ from crosstrace.server.batch.values import (
 )
 from crosstrace.server.ingest.json import decode_logs_json, decode_traces_json
 from crosstrace.server.ingest.result import DecodeResult, OtlpDecodeError, check_ids, make_log
+from crosstrace.server.redaction import default_redactor
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -196,9 +197,24 @@ _DECODERS: Final = {
 
 
 def decode(signal: str, body: bytes, *, as_json: bool) -> DecodeResult:
-    """Decode *body* of *signal* (``traces`` or ``logs``) in either encoding."""
+    """Decode *body* of *signal* (``traces`` or ``logs``) in either encoding.
+
+    Secrets in trace bodies are masked here, before anything else sees them (log
+    records are masked by the store, which imported logs reach too)."""
     try:
         decoder = _DECODERS[signal, as_json]
     except KeyError:
         raise OtlpDecodeError(f"unknown OTLP signal {signal!r}") from None
+    if signal == SIGNAL_TRACES:
+        redactor = default_redactor()
+        if not as_json:
+            try:
+                body = redactor.otlp_traces(body)
+            except (DecodeError, RecursionError, ValueError) as exc:
+                raise OtlpDecodeError(f"body is not a valid OTLP protobuf message: {exc}") from None
+            return decoder(body)
+        result = decoder(body)
+        for span in result.spans:
+            redactor.span(span)
+        return result
     return decoder(body)

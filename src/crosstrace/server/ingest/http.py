@@ -10,8 +10,11 @@ them. Every failure has its own status and a clear message:
 400    body is not OTLP (protobuf or JSON), bad gzip, bad Content-Length
 401    ingest token required and missing or wrong
 404    any other path; 405 for another method
-413    body larger than the limit, compressed or decompressed
+403    the token is valid but may not send telemetry (``ingest`` rule)
+413    body larger than the limit, compressed or decompressed; a JSON body
+       whose decoded form would need more memory than allowed
 415    Content-Type not protobuf/JSON, Content-Encoding not gzip/identity
+429    too many ingest requests at once (``Retry-After``); the client retries
 503    the store failed to commit (``Retry-After``); the client retries
 =====  ==============================================================
 """
@@ -20,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
-from crosstrace.server.auth import AUTH_HEADER, TokenSet, bearer_token
+from crosstrace.server.auth import AUTH_HEADER, TokenSet
+from crosstrace.server.auth.access import KEYSTONE_HEADER, Access
 from crosstrace.server.errors import PayloadTooLarge, ServerError
 from crosstrace.server.ingest.decode import (
     SIGNAL_LOGS,
@@ -44,6 +49,7 @@ __all__ = [
     "CONTENT_TYPE_JSON",
     "CONTENT_TYPE_PROTOBUF",
     "INGEST_PATHS",
+    "JSON_MEMORY_FACTOR",
     "OFFLOAD_BYTES",
     "RETRY_AFTER_SECONDS",
     "IngestApp",
@@ -68,9 +74,19 @@ RETRY_AFTER_SECONDS: Final = 5
 #: bodies in the decode workers, when there are some; the RabbitMQ consumer uses
 #: the same threshold).
 OFFLOAD_BYTES: Final = 64 * 1024
+#: Memory a JSON body may take while decoded, as a multiple of its size.
+JSON_MEMORY_FACTOR: Final = 20
+#: Rough bytes of Python objects per JSON token (see _json_cost).
+_COST_OBJECT: Final = 100
+_COST_ARRAY: Final = 72
+_COST_ITEM: Final = 16
+#: JSON nested this deep is refused before decoding (the decoder could not read it).
+_MAX_JSON_DEPTH: Final = 500
+_DEEP_JSON = re.compile(rb'[\[{](?:\s*(?:"(?:[^"\\]|\\.)*"\s*:\s*)?[\[{]){%d}' % _MAX_JSON_DEPTH)
 #: google.rpc.Code values used in error bodies.
 _RPC_INVALID_ARGUMENT: Final = 3
 _RPC_UNAUTHENTICATED: Final = 16
+_RPC_PERMISSION_DENIED: Final = 7
 _RPC_RESOURCE_EXHAUSTED: Final = 8
 _RPC_UNAVAILABLE: Final = 14
 
@@ -134,13 +150,22 @@ class IngestApp:
         max_body_size: int = 16 * 1024**2,
         max_decompressed_size: int = 64 * 1024**2,
         decode_pool: DecodePool | None = None,
+        access: Access | None = None,
+        max_concurrent: int = 64,
+        max_json_memory: int = 512 * 1024**2,
     ) -> None:
+        """*max_concurrent*: ingest requests handled at once (more get 429);
+        *max_json_memory*: bytes all JSON bodies being decoded may take together."""
         self.store = store
         self.decode_pool = decode_pool
         self.metrics = metrics
-        self.tokens = tokens or TokenSet()
+        self.access = access or Access(ingest_tokens=tokens)
         self.max_body_size = max_body_size
         self.max_decompressed_size = max_decompressed_size
+        self.max_concurrent = max_concurrent
+        self.max_json_memory = max_json_memory
+        self.active = 0
+        self.json_memory = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -151,8 +176,16 @@ class IngestApp:
             return
         as_json = False
         status = 500
+        reserved = 0
+        self.active += 1
         try:
+            if self.active > self.max_concurrent:
+                raise _HTTPError(
+                    429, "too many ingest requests at once, retry later", _RPC_RESOURCE_EXHAUSTED
+                )
             as_json, body = await self._read(scope, receive, signal)
+            if as_json:
+                reserved = self._reserve_json(body)
             status, payload = await self._handle(signal, body, as_json)
             await _respond(send, status, payload, _media(as_json))
         except _HTTPError as exc:
@@ -162,23 +195,53 @@ class IngestApp:
                 extra.append((b"www-authenticate", b"Bearer"))
             elif status == 405:
                 extra.append((b"allow", b"POST"))
-            elif status == 503:
+            elif status in (429, 503):
                 extra.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
             payload = encode_status(exc.rpc_code, exc.message, as_json=as_json)
             await _respond(send, status, payload, _media(as_json), extra)
         except _Disconnected:
             status = 499
         finally:
+            self.active -= 1
+            self.json_memory -= reserved
             self.metrics.count_request("http", signal, str(status))
+
+    def _reserve_json(self, body: bytes) -> int:
+        """Reserve the memory decoding JSON *body* will take, or refuse it (413)
+        when that is over :data:`JSON_MEMORY_FACTOR` times its size, or (429)
+        when the JSON bodies being decoded would together pass the total."""
+        cost = _json_cost(body)
+        if cost > JSON_MEMORY_FACTOR * max(len(body), 1024):
+            if _DEEP_JSON.search(body):  # looked for only here: it is slow
+                raise _HTTPError(400, "body is not valid OTLP JSON: nested too deeply")
+            raise _TooLarge(
+                f"JSON body would take about {cost} bytes to decode, over "
+                f"{JSON_MEMORY_FACTOR}x its size: send fewer, larger values, or protobuf"
+            )
+        if self.json_memory + cost > self.max_json_memory:
+            raise _HTTPError(
+                429 if cost <= self.max_json_memory else 413,
+                "JSON bodies being decoded would pass the memory limit",
+                _RPC_RESOURCE_EXHAUSTED,
+            )
+        self.json_memory += cost
+        return cost
 
     async def _read(self, scope: Scope, receive: Receive, signal: str) -> tuple[bool, bytes]:
         """Check method, auth and headers, then read and decompress the body."""
         if scope["method"] != "POST":
             raise _HTTPError(405, f"use POST to send {signal}")
-        if self.tokens and not self.tokens.check(
-            bearer_token(_header(scope, AUTH_HEADER.encode()))
-        ):
-            raise _HTTPError(401, "a valid ingest token is required", _RPC_UNAUTHENTICATED)
+        access = self.access
+        if not access.ingest_open:
+            who = access.identify(
+                _header(scope, AUTH_HEADER.encode()),
+                _header(scope, KEYSTONE_HEADER.encode()),
+                ingest=True,
+            )
+            if who is None:
+                raise _HTTPError(401, "a valid ingest token is required", _RPC_UNAUTHENTICATED)
+            if not access.may_ingest_as(who):
+                raise _HTTPError(403, f"{who.name} may not send telemetry", _RPC_PERMISSION_DENIED)
         media = (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
         if media in _PROTOBUF_TYPES:
             as_json = False
@@ -283,6 +346,18 @@ def _decode(signal: str, body: bytes, as_json: bool) -> DecodeResult:
     if signal == SIGNAL_TRACES:
         result.span_batch()
     return result
+
+
+def _json_cost(body: bytes) -> int:
+    """Bytes of Python objects decoding JSON *body* makes, about: its size (as
+    strings) plus a fixed cost per object, array and item. Counting braces and
+    commas inside strings too only ever overestimates."""
+    return (
+        4 * len(body)
+        + _COST_OBJECT * body.count(b"{")
+        + _COST_ARRAY * body.count(b"[")
+        + _COST_ITEM * (body.count(b",") + body.count(b":"))
+    )
 
 
 def _media(as_json: bool) -> str:

@@ -14,6 +14,7 @@ from crosstrace.server.errors import BadRequest
 from crosstrace.server.model import (
     ATTR_DOMAIN_ID,
     ATTR_GLOBAL_REQUEST_ID,
+    ATTR_PROJECT_DOMAIN_ID,
     ATTR_PROJECT_ID,
     ATTR_REQUEST_ID,
     ATTR_USER_ID,
@@ -185,7 +186,7 @@ def make_log(
         global_request_id=(global_request_id if is_valid_request_id(global_request_id) else None),
         user_id=ident(ATTR_USER_ID),
         project_id=ident(ATTR_PROJECT_ID),
-        domain_id=ident(ATTR_DOMAIN_ID),
+        domain_id=ident(ATTR_PROJECT_DOMAIN_ID) or ident(ATTR_DOMAIN_ID),
         logger=scope,
         attributes=attributes,
         resource=resource,

@@ -21,6 +21,7 @@ from crosstrace.server.query.analysis_models import (
     ErrorGroupsOut,
     GroupTraceOut,
 )
+from crosstrace.server.query.caller import Reader
 from crosstrace.server.query.diagnose import Diagnoser
 from crosstrace.server.query.models import rfc3339
 
@@ -53,32 +54,37 @@ def analysis_router(
 
     @router.get("/api/v1/traces/{trace_id}/analysis", response_model=AnalysisOut)
     def trace_analysis(
-        trace_id: str, slow: Annotated[str | None, Query(description=_SLOW_HELP)] = None
+        trace_id: str,
+        who: Reader,
+        slow: Annotated[str | None, Query(description=_SLOW_HELP)] = None,
     ) -> Any:
         """Root cause of one trace: verdict, ranked candidates with evidence, the
         chain down to the cause, consequences and the last traced element."""
         tid = trace_id_param("trace_id", trace_id)
         threshold = duration_param("slow", slow)
-        analysis = read(lambda: diagnoser.trace(tid, threshold))
+        analysis = read(lambda: diagnoser.trace(tid, threshold, who.scope))
         if analysis is None:
             raise HTTPException(status_code=404, detail=f"trace {tid.hex()} not found")
         return analysis.to_json()
 
     @router.get("/api/v1/requests/{request_id}/analysis", response_model=AnalysisOut)
     def request_analysis(
-        request_id: str, slow: Annotated[str | None, Query(description=_SLOW_HELP)] = None
+        request_id: str,
+        who: Reader,
+        slow: Annotated[str | None, Query(description=_SLOW_HELP)] = None,
     ) -> Any:
         """The same over every trace and log line of a global or local request id
         (a request known only from imported logs too)."""
         rid = request_id_param("request_id", request_id)
         threshold = duration_param("slow", slow)
-        analysis = read(lambda: diagnoser.request(rid, threshold))
+        analysis = read(lambda: diagnoser.request(rid, threshold, who.scope))
         if analysis is None:
             raise HTTPException(status_code=404, detail=f"request {rid} not found")
         return analysis.to_json()
 
     @router.get("/api/v1/errors", response_model=ErrorGroupsOut)
     def error_groups(
+        who: Reader,
         start: Annotated[str | None, Query(description="RFC 3339 or relative (1h)")] = None,
         end: Annotated[str | None, Query(description="RFC 3339 or relative (15m)")] = None,
         service: Annotated[str | None, Query(max_length=1024)] = None,
@@ -92,7 +98,11 @@ def analysis_router(
             raise bad("start", "start is after end")
         groups, lo, hi = read(
             lambda: diagnoser.groups(
-                start_ns, end_ns, service=service or None, project_id=project or None
+                start_ns,
+                end_ns,
+                service=service or None,
+                project_id=project or None,
+                scope=who.scope,
             )
         )
         return {"start_ns": lo, "end_ns": hi, "groups": [_group_out(g) for g in groups]}
@@ -100,6 +110,7 @@ def analysis_router(
     @router.get("/api/v1/errors/{group_id}", response_model=ErrorGroupDetailOut)
     def error_group(
         group_id: str,
+        who: Reader,
         start: Annotated[str | None, Query(description="RFC 3339 or relative (default 1d)")] = None,
         end: Annotated[str | None, Query(description="RFC 3339 or relative")] = None,
     ) -> Any:
@@ -110,7 +121,7 @@ def analysis_router(
         end_ns = time_param("end", end)
         if start_ns is not None and end_ns is not None and start_ns > end_ns:
             raise bad("start", "start is after end")
-        detail = read(lambda: diagnoser.group(group_id, start_ns, end_ns))
+        detail = read(lambda: diagnoser.group(group_id, start_ns, end_ns, scope=who.scope))
         if detail is None:
             raise HTTPException(status_code=404, detail=f"error group {group_id} not found")
         doc = _group_out(detail.group)

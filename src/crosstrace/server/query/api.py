@@ -25,7 +25,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from crosstrace import __version__
 from crosstrace.ids import is_valid_request_id
-from crosstrace.server.auth import TokenSet, bearer_token
+from crosstrace.server.auth import TokenSet
+from crosstrace.server.auth.access import Access, AuditMiddleware
+from crosstrace.server.auth.policy import ADMIN, INGEST, READ, SENSITIVE
 from crosstrace.server.errors import Unavailable
 from crosstrace.server.logs.follow import FollowedRequest, follow_request
 from crosstrace.server.metrics import Metrics
@@ -37,8 +39,10 @@ from crosstrace.server.model import (
     TraceSummary,
 )
 from crosstrace.server.query.analysis_routes import analysis_router
-from crosstrace.server.query.diagnose import Diagnoser
+from crosstrace.server.query.caller import AuditReader, MetricsReader, Reader, caller_dependency
+from crosstrace.server.query.diagnose import Diagnoser, scoped_logs
 from crosstrace.server.query.models import (
+    AuditOut,
     DependenciesOut,
     DependencyOut,
     LogsOut,
@@ -47,13 +51,14 @@ from crosstrace.server.query.models import (
     ServicesOut,
     TraceOut,
     TracePageOut,
+    audit_out,
     hop_out,
     log_out,
     span_out,
     span_tree,
     summary_out,
 )
-from crosstrace.server.query.sampling_routes import auth_either, sampling_router
+from crosstrace.server.query.sampling_routes import sampling_router
 from crosstrace.server.sampling import SamplingRegistry
 from crosstrace.server.settings import parse_duration_ns
 from crosstrace.server.store.base import Store
@@ -62,6 +67,7 @@ __all__ = [
     "ATTR_PARAM_PREFIX",
     "LEVELS",
     "MAX_ATTR_FILTERS",
+    "MAX_SPANS_PER_PAGE",
     "create_api",
     "parse_time",
     "span_tree",
@@ -117,22 +123,34 @@ def parse_time(text: str, now_ns: int | None = None) -> int:
     return seconds * 1_000_000_000 + moment.microsecond * 1000
 
 
+#: Largest nanosecond value a time or duration parameter may have (int64).
+_MAX_NS: Final = 2**63 - 1
+#: Most spans ``GET /api/v1/traces/{id}`` returns at once (``span_offset`` pages on).
+MAX_SPANS_PER_PAGE: Final = 10_000
+
+
 def _time_param(name: str, value: str | None) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return parse_time(value)
-    except ValueError as exc:
-        raise _bad(name, str(exc)) from None
+        ns = parse_time(value)
+    except (ValueError, OverflowError) as exc:
+        raise _bad(name, str(exc) or "out of range") from None
+    if not 0 <= ns <= _MAX_NS:
+        raise _bad(name, "the time is out of range (1970 to 2262)")
+    return ns
 
 
 def _duration_param(name: str, value: str | None) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return parse_duration_ns(value)
-    except ValueError as exc:
-        raise _bad(name, str(exc)) from None
+        ns = parse_duration_ns(value)
+    except (ValueError, OverflowError) as exc:
+        raise _bad(name, str(exc) or "out of range") from None
+    if not 0 <= ns <= _MAX_NS:
+        raise _bad(name, "the duration is out of range")
+    return ns
 
 
 def _trace_id_param(name: str, value: str) -> bytes:
@@ -150,18 +168,6 @@ def _request_id_param(name: str, value: str) -> str:
 # ------------------------------------------------------------------------------- app
 
 
-def _auth_dependency(tokens: TokenSet) -> Callable[[Request], None]:
-    def require_token(request: Request) -> None:
-        if tokens and not tokens.check(bearer_token(request.headers.get("authorization"))):
-            raise HTTPException(
-                status_code=401,
-                detail="a valid API token is required (Authorization: Bearer ...)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    return require_token
-
-
 class _StoreUnavailable(Unavailable):
     """A store read failed for a reason that is not the caller's."""
 
@@ -173,9 +179,12 @@ def create_api(
     tokens: TokenSet | None = None,
     sampling: SamplingRegistry | None = None,
     ingest_tokens: TokenSet | None = None,
+    access: Access | None = None,
 ) -> FastAPI:
-    """The FastAPI app of the query API, ``/healthz`` and ``/metrics``."""
-    tokens = tokens or TokenSet()
+    """The FastAPI app of the query API, ``/healthz`` and ``/metrics``. Without
+    *access*, the API is open unless *tokens* (legacy API tokens) are given.
+    Every route but ``/healthz`` and the docs is audited."""
+    access = access or Access(api_tokens=tokens, ingest_tokens=ingest_tokens)
     diagnoser = Diagnoser(store)
 
     @asynccontextmanager
@@ -194,7 +203,8 @@ def create_api(
         lifespan=lifespan,
     )
     app.state.diagnoser = diagnoser
-    authed = [Depends(_auth_dependency(tokens))]
+    app.state.access = access
+    app.add_middleware(AuditMiddleware, access=access)
 
     def read(call: Callable[[], Any]) -> Any:
         """Run a store read; a ValueError is the caller's (400), anything else 503."""
@@ -214,17 +224,17 @@ def create_api(
             headers={"Retry-After": "5"},
         )
 
-    reader = Depends(
-        auth_either(_auth_dependency(tokens), _auth_dependency(ingest_tokens or TokenSet()))
-        if tokens
-        else _auth_dependency(tokens)
-    )
+    # Changes and listings are the admin's; tracers (ingest or read identities)
+    # fetch their settings and report their overhead.
+    tracer_auth = Depends(caller_dependency(INGEST, READ))
     app.state.sampling = sampling = sampling or SamplingRegistry()
-    app.include_router(sampling_router(sampling, authed, [reader]))
+    app.include_router(
+        sampling_router(sampling, [Depends(caller_dependency(ADMIN))], [tracer_auth])
+    )
     app.include_router(
         analysis_router(
             diagnoser,
-            authed,
+            [],  # each route names its rule (query.caller.Reader)
             read,
             bad=_bad,
             time_param=_time_param,
@@ -234,9 +244,10 @@ def create_api(
         )
     )
 
-    @app.get("/api/v1/traces", response_model=TracePageOut, dependencies=authed)
+    @app.get("/api/v1/traces", response_model=TracePageOut)
     def search_traces(
         request: Request,
+        who: Reader,
         service: str | None = None,
         operation: str | None = None,
         error: Annotated[
@@ -263,6 +274,13 @@ def create_api(
                 attributes[name] = value
         if len(attributes) > MAX_ATTR_FILTERS:
             raise _bad("attr.*", f"at most {MAX_ATTR_FILTERS} attribute filters")
+        hidden = sorted(access.masker(who).keys.intersection(attributes))
+        if hidden:
+            # A filter on a masked value would tell the value: refuse it.
+            raise HTTPException(
+                status_code=403,
+                detail=f"filtering on {', '.join(hidden)} needs the {SENSITIVE} rule",
+            )
         query = TraceQuery(
             service=service or None,
             operation=operation or None,
@@ -277,64 +295,82 @@ def create_api(
             attributes=attributes,
             limit=limit,
             cursor=cursor or None,
+            scope=who.scope,
         )
         page = read(lambda: store.search_traces(query))
         return TracePageOut(
             traces=[summary_out(s) for s in page.traces], next_cursor=page.next_cursor
         )
 
-    @app.get("/api/v1/traces/{trace_id}", response_model=TraceOut, dependencies=authed)
-    def get_trace(trace_id: str) -> TraceOut:
-        """One whole trace: its spans depth first with parent links, children and depth."""
+    @app.get("/api/v1/traces/{trace_id}", response_model=TraceOut)
+    def get_trace(
+        trace_id: str,
+        who: Reader,
+        span_offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+        span_limit: Annotated[int, Query(ge=1, le=MAX_SPANS_PER_PAGE)] = MAX_SPANS_PER_PAGE,
+    ) -> TraceOut:
+        """One whole trace: its spans depth first with parent links, children and
+        depth, at most ``span_limit`` of them from ``span_offset`` on."""
         tid = _trace_id_param("trace_id", trace_id)
-        spans: list[SpanRecord] = read(lambda: store.get_trace(tid))
+        spans: list[SpanRecord] = read(lambda: store.get_trace(tid, who.scope))
         if not spans:
             raise HTTPException(status_code=404, detail=f"trace {tid.hex()} not found")
-        summary: TraceSummary | None = read(lambda: store.get_trace_summary(tid))
+        summary: TraceSummary | None = read(lambda: store.get_trace_summary(tid, who.scope))
+        masker = access.masker(who)
+        tree = list(span_tree(spans))
+        page = tree[span_offset : span_offset + span_limit]
+        end = span_offset + len(page)
         return TraceOut(
             trace_id=tid.hex(),
             summary=summary_out(summary) if summary else None,
-            spans=[span_out(s, d, c) for s, d, c in span_tree(spans)],
+            spans=[span_out(s, d, c, masker) for s, d, c in page],
+            span_total=len(tree),
+            next_span_offset=end if end < len(tree) else None,
         )
 
-    @app.get("/api/v1/requests/{request_id}", response_model=RequestOut, dependencies=authed)
+    @app.get("/api/v1/requests/{request_id}", response_model=RequestOut)
     def get_request(
-        request_id: str, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
+        request_id: str, who: Reader, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
     ) -> RequestOut:
         """Everything for a global or local request id: its traces, and its log lines
         with those of the calls they name (RPC message ids, "used request id"), oldest
         first, with the caller -> callee hops the lines show."""
         rid = _request_id_param("request_id", request_id)
-        traces: list[TraceSummary] = read(lambda: store.traces_for_request(rid))
-        followed: FollowedRequest = read(lambda: follow_request(store.search_logs, rid, limit))
+        traces: list[TraceSummary] = read(lambda: store.traces_for_request(rid, scope=who.scope))
+        followed: FollowedRequest = read(
+            lambda: follow_request(scoped_logs(store, who.scope), rid, limit)
+        )
         lines = followed.lines
+        masker = access.masker(who)
         return RequestOut(
             request_id=rid,
             traces=[summary_out(s) for s in sorted(traces, key=lambda s: s.start_ns)],
-            logs=[log_out(r) for r in lines],
+            logs=[log_out(r, masker) for r in lines],
             hops=[hop_out(h, lines) for h in followed.hops],
             followed=followed.followed,
             truncated=followed.truncated,
         )
 
-    @app.get("/api/v1/services", response_model=ServicesOut, dependencies=authed)
-    def list_services() -> ServicesOut:
-        """Every service name seen in stored spans."""
-        return ServicesOut(services=read(store.services))
+    @app.get("/api/v1/services", response_model=ServicesOut)
+    def list_services(who: Reader) -> ServicesOut:
+        """Every service name seen in stored spans (of the traces in the caller's scope)."""
+        return ServicesOut(services=read(lambda: store.services(who.scope)))
 
-    @app.get(
-        "/api/v1/services/{name}/operations", response_model=OperationsOut, dependencies=authed
-    )
-    def list_operations(name: str) -> OperationsOut:
+    @app.get("/api/v1/services/{name}/operations", response_model=OperationsOut)
+    def list_operations(name: str, who: Reader) -> OperationsOut:
         """Span names (operations) seen for one service."""
-        return OperationsOut(service=name, operations=read(lambda: store.operations(name)))
+        return OperationsOut(
+            service=name, operations=read(lambda: store.operations(name, who.scope))
+        )
 
-    @app.get("/api/v1/dependencies", response_model=DependenciesOut, dependencies=authed)
-    def dependencies(start: str | None = None, end: str | None = None) -> DependenciesOut:
+    @app.get("/api/v1/dependencies", response_model=DependenciesOut)
+    def dependencies(
+        who: Reader, start: str | None = None, end: str | None = None
+    ) -> DependenciesOut:
         """Caller -> callee service edges with call and error counts."""
         start_ns = _time_param("start", start)
         end_ns = _time_param("end", end)
-        edges = read(lambda: store.dependencies(start_ns, end_ns))
+        edges = read(lambda: store.dependencies(start_ns, end_ns, who.scope))
         return DependenciesOut(
             dependencies=[
                 DependencyOut(caller=e.caller, callee=e.callee, calls=e.calls, errors=e.errors)
@@ -342,8 +378,9 @@ def create_api(
             ]
         )
 
-    @app.get("/api/v1/logs", response_model=LogsOut, dependencies=authed)
+    @app.get("/api/v1/logs", response_model=LogsOut)
     def search_logs(
+        who: Reader,
         request_id: str | None = None,
         trace_id: str | None = None,
         service: str | None = None,
@@ -375,9 +412,23 @@ def create_api(
             start_ns=_time_param("start", start),
             end_ns=_time_param("end", end),
             limit=limit,
+            scope=who.scope,
         )
         records: list[LogRecord] = read(lambda: store.search_logs(query))
-        return LogsOut(logs=[log_out(r) for r in records])
+        masker = access.masker(who)
+        return LogsOut(logs=[log_out(r, masker) for r in records])
+
+    @app.get("/api/v1/audit", response_model=AuditOut)
+    def audit_log(
+        who: AuditReader,
+        start: str | None = None,
+        user: Annotated[str | None, Query(max_length=_MAX_PARAM_LENGTH)] = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+    ) -> AuditOut:
+        """Who read or changed what, newest first (administrators only)."""
+        start_ns = _time_param("start", start)
+        events = read(lambda: store.read_audit(start_ns, user or None, limit))
+        return AuditOut(events=[audit_out(e) for e in events])
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -389,8 +440,8 @@ def create_api(
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics", response_class=PlainTextResponse, dependencies=authed)
-    def prometheus_metrics() -> PlainTextResponse:
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus_metrics(who: MetricsReader) -> PlainTextResponse:
         """Prometheus text: ingest counters, write queue, latency, store stats."""
         try:
             stats = store.stats()

@@ -12,6 +12,7 @@ trace there not analysed yet (or changed since) is analysed first, at most
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import threading
@@ -32,7 +33,8 @@ from crosstrace.server.analysis import (
     signature_of,
 )
 from crosstrace.server.logs.follow import HOP_RPC, HOP_USED_REQUEST_ID, follow_request
-from crosstrace.server.model import ErrorCause, LogQuery, SpanRecord
+from crosstrace.server.model import ErrorCause, LogQuery, LogRecord, SpanRecord
+from crosstrace.server.scope import Scope
 from crosstrace.server.store.base import Store
 from crosstrace.server.store.causes import SqlScope
 
@@ -41,6 +43,7 @@ __all__ = [
     "DEFAULT_WINDOW_NS",
     "Diagnoser",
     "GroupDetail",
+    "scoped_logs",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,16 @@ class GroupDetail:
     traces: list[ErrorCause]
     start_ns: int
     end_ns: int
+
+
+def scoped_logs(store: Store, scope: Scope) -> Callable[[LogQuery], list[LogRecord]]:
+    """``store.search_logs`` reading only the lines in *scope* (for code that
+    builds its own queries, like :func:`follow_request`)."""
+
+    def search(query: LogQuery) -> list[LogRecord]:
+        return store.search_logs(dataclasses.replace(query, scope=scope))
+
+    return search
 
 
 class Diagnoser:
@@ -123,21 +136,28 @@ class Diagnoser:
         return self.usual_durations([(root.service, root.name)])
 
     # --------------------------------------------------------------- analyses
-    def trace(self, trace_id: bytes, slow_threshold_ns: int | None = None) -> Analysis | None:
-        """The analysis of one stored trace; ``None`` when it is unknown."""
-        spans = self.store.get_trace(trace_id)
+    def trace(
+        self, trace_id: bytes, slow_threshold_ns: int | None = None, scope: Scope = Scope.ALL
+    ) -> Analysis | None:
+        """The analysis of one stored trace; ``None`` when it is unknown or out of
+        *scope*."""
+        spans = self.store.get_trace(trace_id, scope)
         if not spans:
             return None
-        logs = self.store.search_logs(LogQuery(trace_id=trace_id, limit=MAX_TRACE_LOGS))
+        logs = self.store.search_logs(
+            LogQuery(trace_id=trace_id, limit=MAX_TRACE_LOGS, scope=scope)
+        )
         usual = self._root_usual(spans) if slow_threshold_ns is None else {}
         analysis = analyse_trace(spans, logs, slow_threshold_ns=slow_threshold_ns, usual=usual)
         return self._with_usual(analysis)
 
-    def request(self, request_id: str, slow_threshold_ns: int | None = None) -> Analysis | None:
+    def request(
+        self, request_id: str, slow_threshold_ns: int | None = None, scope: Scope = Scope.ALL
+    ) -> Analysis | None:
         """The analysis of every trace and log line of a global or local request
-        id; ``None`` when nothing is stored for it."""
-        summaries = self.store.traces_for_request(request_id, limit=MAX_REQUEST_TRACES)
-        followed = follow_request(self.store.search_logs, request_id, MAX_REQUEST_LOGS)
+        id (those in *scope*); ``None`` when nothing is stored for it."""
+        summaries = self.store.traces_for_request(request_id, limit=MAX_REQUEST_TRACES, scope=scope)
+        followed = follow_request(scoped_logs(self.store, scope), request_id, MAX_REQUEST_LOGS)
         # Asked by a callee's local id: the lines of the whole request carry its global id.
         globals_ = {r.global_request_id for r in followed.lines if r.global_request_id}
         for s in summaries:
@@ -146,17 +166,17 @@ class Diagnoser:
         if len(globals_) == 1:
             (gid,) = globals_
             seen = {s.trace_id for s in summaries}
-            for s in self.store.traces_for_request(gid, limit=MAX_REQUEST_TRACES):
+            for s in self.store.traces_for_request(gid, limit=MAX_REQUEST_TRACES, scope=scope):
                 if s.trace_id not in seen:
                     summaries.append(s)
-            followed = follow_request(self.store.search_logs, gid, MAX_REQUEST_LOGS)
+            followed = follow_request(scoped_logs(self.store, scope), gid, MAX_REQUEST_LOGS)
         logs = followed.lines
         # Only the hops a line names (an RPC message id, a callee's request id):
         # the others guess the caller from the line before.
         hops = [(h.caller, h.callee) for h in followed.hops if h.kind in PRECISE_HOPS]
         if not summaries and not logs:
             return None
-        traces = [self.store.get_trace(s.trace_id) for s in summaries]
+        traces = [self.store.get_trace(s.trace_id, scope) for s in summaries]
         usual: dict[tuple[str, str], int] = {}
         if slow_threshold_ns is None:
             for spans in traces:

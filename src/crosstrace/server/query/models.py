@@ -9,8 +9,9 @@ from typing import Any, Final
 
 from pydantic import BaseModel, Field
 
+from crosstrace.server.auth.access import NO_MASK, Masker
 from crosstrace.server.logs.follow import Hop, host_of
-from crosstrace.server.model import LogRecord, SpanRecord, TraceSummary
+from crosstrace.server.model import AuditEvent, LogRecord, SpanRecord, TraceSummary
 
 __all__ = [
     "DependenciesOut",
@@ -87,6 +88,10 @@ class TraceOut(BaseModel):
     trace_id: str
     summary: TraceSummaryOut | None
     spans: list[SpanOut] = Field(description="depth-first, children after their parent")
+    span_total: int = Field(0, description="spans in the whole trace")
+    next_span_offset: int | None = Field(
+        None, description="pass as ?span_offset= for the next spans of a large trace"
+    )
 
 
 class LogOut(BaseModel):
@@ -156,6 +161,21 @@ class DependenciesOut(BaseModel):
     dependencies: list[DependencyOut]
 
 
+class AuditEventOut(BaseModel):
+    time: str
+    time_ns: int
+    who: str = Field(description="identity name ('-' when none was recognised)")
+    source: str = Field(description="file, token, keystone or anonymous")
+    action: str
+    target: str
+    scope: str
+    outcome: int = Field(description="HTTP status")
+
+
+class AuditOut(BaseModel):
+    events: list[AuditEventOut] = Field(description="newest first")
+
+
 # ------------------------------------------------------------------------ converters
 
 
@@ -187,7 +207,8 @@ def summary_out(s: TraceSummary) -> TraceSummaryOut:
     )
 
 
-def log_out(r: LogRecord) -> LogOut:
+def log_out(r: LogRecord, masker: Masker = NO_MASK) -> LogOut:
+    """*r* for a response; *masker* hides sensitive attribute values."""
     return LogOut(
         time=rfc3339(r.time_ns),
         time_ns=r.time_ns,
@@ -203,8 +224,8 @@ def log_out(r: LogRecord) -> LogOut:
         user_id=r.user_id,
         project_id=r.project_id,
         domain_id=r.domain_id,
-        attributes=r.attributes,
-        resource=r.resource,
+        attributes=masker.attributes(r.attributes),
+        resource=masker.attributes(r.resource),
         host=host_of(r),
         imported_ns=r.imported_ns,
     )
@@ -262,7 +283,10 @@ def span_tree(spans: list[SpanRecord]) -> Iterator[tuple[SpanRecord, int, list[S
             yield from walk(i)
 
 
-def span_out(span: SpanRecord, depth: int, children: list[SpanRecord]) -> SpanOut:
+def span_out(
+    span: SpanRecord, depth: int, children: list[SpanRecord], masker: Masker = NO_MASK
+) -> SpanOut:
+    """*span* for a response; *masker* hides sensitive attribute values."""
     kind = span.kind
     code = span.status_code
     return SpanOut(
@@ -281,10 +305,14 @@ def span_out(span: SpanRecord, depth: int, children: list[SpanRecord]) -> SpanOu
         status_code=code,
         status=_STATUS_NAMES[code] if 0 <= code < len(_STATUS_NAMES) else "unset",
         status_message=span.status_message,
-        attributes=span.attributes,
-        events=span.events,
-        links=span.links,
-        resource=span.resource,
+        attributes=masker.attributes(span.attributes),
+        events=masker.items(span.events),
+        links=masker.items(span.links),
+        resource=masker.attributes(span.resource),
         scope=span.scope,
         trace_state=span.trace_state,
     )
+
+
+def audit_out(e: AuditEvent) -> AuditEventOut:
+    return AuditEventOut(time=rfc3339(e.time_ns), **e.as_dict())

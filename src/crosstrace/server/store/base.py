@@ -8,6 +8,12 @@ them, see :mod:`crosstrace.server.batch`), ``submit_spans`` (records, converted 
 ``asyncio.wrap_future``).
 Implementations batch several callers into one transaction. ``write_spans`` and
 ``write_logs`` are the blocking forms.
+
+Every read takes a :class:`~crosstrace.server.scope.Scope` (default: everything)
+and applies it inside its SQL: a trace out of scope is not found by id, not listed,
+not counted and not paged over; services, operations and dependencies are those
+of the traces in scope. A trace's owner (project, domain) is that of its root
+span; a later batch cannot change it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from crosstrace.server.batch.scan import from_records
 from crosstrace.server.batch.spanbatch import SpanBatch
 from crosstrace.server.model import (
+    AuditEvent,
     DependencyEdge,
     ErrorCause,
     LogQuery,
@@ -29,6 +36,7 @@ from crosstrace.server.model import (
     TraceQuery,
     TraceSummary,
 )
+from crosstrace.server.scope import Scope
 from crosstrace.server.store.causes import PendingTrace, SqlScope
 from crosstrace.server.store.prepare import Compression, PreparedBatch
 
@@ -60,7 +68,13 @@ class Store(abc.ABC):
 
     def submit_spans(self, spans: Sequence[SpanRecord]) -> Future[None]:
         """Queue *spans* (any traces, any order), as :meth:`submit_batch` does; a
-        record that cannot be stored (invalid ids) fails the future."""
+        record that cannot be stored (invalid ids) fails the future. Secrets in the
+        records are masked first (in place)."""
+        from crosstrace.server.redaction import default_redactor
+
+        redactor = default_redactor()
+        for span in spans:
+            redactor.span(span)
         try:
             batch = from_records(spans)
         except ValueError as exc:
@@ -86,29 +100,51 @@ class Store(abc.ABC):
     def search_traces(self, query: TraceQuery) -> TracePage: ...
 
     @abc.abstractmethod
-    def get_trace(self, trace_id: bytes) -> list[SpanRecord]:
-        """Every span of the trace, ordered by start time; empty if unknown."""
+    def get_trace(self, trace_id: bytes, scope: Scope = Scope.ALL) -> list[SpanRecord]:
+        """Every span of the trace, ordered by start time; empty if unknown or
+        out of *scope*."""
 
     @abc.abstractmethod
-    def get_trace_summary(self, trace_id: bytes) -> TraceSummary | None: ...
+    def get_trace_summary(
+        self, trace_id: bytes, scope: Scope = Scope.ALL
+    ) -> TraceSummary | None: ...
 
     @abc.abstractmethod
-    def traces_for_request(self, request_id: str, limit: int = 100) -> list[TraceSummary]:
-        """Traces that carry *request_id* as a global or a local id."""
+    def traces_for_request(
+        self, request_id: str, limit: int = 100, scope: Scope = Scope.ALL
+    ) -> list[TraceSummary]:
+        """Traces in *scope* that carry *request_id* as a global or a local id."""
 
     @abc.abstractmethod
     def search_logs(self, query: LogQuery) -> list[LogRecord]:
         """Matching logs in time order (oldest first)."""
 
     @abc.abstractmethod
-    def services(self) -> list[str]: ...
+    def services(self, scope: Scope = Scope.ALL) -> list[str]:
+        """Service names of the stored spans (of the traces in *scope*)."""
 
     @abc.abstractmethod
-    def operations(self, service: str) -> list[str]: ...
+    def operations(self, service: str, scope: Scope = Scope.ALL) -> list[str]: ...
 
     @abc.abstractmethod
-    def dependencies(self, start_ns: int | None, end_ns: int | None) -> list[DependencyEdge]:
-        """Caller → callee service edges from parent/child spans in different services."""
+    def dependencies(
+        self, start_ns: int | None, end_ns: int | None, scope: Scope = Scope.ALL
+    ) -> list[DependencyEdge]:
+        """Caller → callee service edges from parent/child spans in different
+        services (of the traces in *scope*)."""
+
+    def append_audit(self, events: Sequence[AuditEvent]) -> Future[None]:
+        """Queue audit events for storage (the caller need not wait). The SQL
+        stores keep them; a store without an audit table fails the future."""
+        failed: Future[None] = Future()
+        failed.set_exception(NotImplementedError(f"{type(self).__name__} keeps no audit log"))
+        return failed
+
+    def read_audit(
+        self, start_ns: int | None = None, who: str | None = None, limit: int = 100
+    ) -> list[AuditEvent]:
+        """Audit events, newest first."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no audit log")
 
     # -- the error index (see ``causes.py``) ----------------------------------
 

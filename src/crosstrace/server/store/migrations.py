@@ -16,7 +16,8 @@ Tables (both dialects):
 ``traces``
     one summary row per trace, merged in SQL as batches arrive: start = min,
     end = max, counts add, root = the parentless span (else the earliest span
-    whose parent is unknown), project and domain = first seen.
+    whose parent is unknown), project and domain = those of the root span, set by
+    the first batch that holds it and never changed after (the trace's owner).
 ``chunks``
     the spans: one compressed chunk per (trace, batch) with the digest of its span
     ids; see ``codec.py``. On PostgreSQL also the chunk's index entries (``keys``,

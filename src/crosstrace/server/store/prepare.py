@@ -184,16 +184,12 @@ def prepare_batch(batch: SpanBatch, comp: Compression) -> PreparedBatch:
             if pkind:
                 callers.append((span_id, svc))
             ops.add((svc, name))
-            if project is None and f[8] is not None:
-                project = f[8]
-            if domain is None and f[9] is not None:
-                domain = f[9]
         if root is None:  # every span's parent is in this group: a cycle
             root = min(facts, key=lambda f: f[5])
-        if root[8] is not None:
-            project = root[8]
-        if root[9] is not None:
-            domain = root[9]
+        if root_real:
+            # The owner is the project (and its domain) of the root span, the
+            # request at the edge; spans below it claim nothing.
+            project, domain = root[8], root[9]
         hashes: set[int] = set()
         for key, raw in g.pairs:
             h = _attr_hash(key, raw, flags)

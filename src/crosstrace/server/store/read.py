@@ -30,7 +30,6 @@ from typing import Any
 from crosstrace.server.batch.spanbatch import RID_GLOBAL, RID_LOCAL
 from crosstrace.server.batch.values import INDEXED_ATTRIBUTES
 from crosstrace.server.model import (
-    DependencyEdge,
     LogQuery,
     LogRecord,
     SpanRecord,
@@ -38,6 +37,7 @@ from crosstrace.server.model import (
     TraceQuery,
     TraceSummary,
 )
+from crosstrace.server.scope import Scope
 from crosstrace.server.store.base import RetentionPass
 from crosstrace.server.store.causes import ErrorIndexSQL
 from crosstrace.server.store.codec import (
@@ -55,7 +55,8 @@ from crosstrace.server.store.codec import (
 )
 from crosstrace.server.store.prepare import BUCKET_NS
 from crosstrace.server.store.sql import LOG_COLUMNS, chunks, marks
-from crosstrace.server.store.write import PARENT_LOOKUP_TTL_S, SQLWriter
+from crosstrace.server.store.sqlscope import SQLSummaries
+from crosstrace.server.store.write import PARENT_LOOKUP_TTL_S
 
 __all__ = ["ATTR_SCAN_BUDGET", "INDEXED_ATTRIBUTES", "SQLStore"]
 
@@ -77,7 +78,7 @@ _TRACE_COLS = (
 )
 
 
-class SQLStore(ErrorIndexSQL, SQLWriter):
+class SQLStore(ErrorIndexSQL, SQLSummaries):
     """The dialect-independent half of both stores (see the module docstring)."""
 
     # ---------------------------------------------------------- index hooks
@@ -146,9 +147,18 @@ class SQLStore(ErrorIndexSQL, SQLWriter):
         return services, rids
 
     # ------------------------------------------------------------------- read
-    def get_trace(self, trace_id: bytes) -> list[SpanRecord]:
+    def get_trace(self, trace_id: bytes, scope: Scope = Scope.ALL) -> list[SpanRecord]:
         with self._reader() as conn:
-            rows = self._q(conn, "SELECT data FROM chunks WHERE trace_id = ?", (trace_id,))
+            if scope.everything:
+                rows = self._q(conn, "SELECT data FROM chunks WHERE trace_id = ?", (trace_id,))
+            else:
+                cond, params = self._owned(scope)
+                rows = self._q(
+                    conn,
+                    "SELECT data FROM chunks WHERE trace_id = ? AND EXISTS"
+                    f" (SELECT 1 FROM traces t WHERE t.trace_id = ? AND {cond})",
+                    (trace_id, trace_id, *params),
+                )
             spans: list[SpanRecord] = []
             seen: set[bytes] = set()
             for (data,) in rows:
@@ -166,25 +176,31 @@ class SQLStore(ErrorIndexSQL, SQLWriter):
         spans.sort(key=lambda s: s.start_ns)
         return spans
 
-    def get_trace_summary(self, trace_id: bytes) -> TraceSummary | None:
+    def get_trace_summary(self, trace_id: bytes, scope: Scope = Scope.ALL) -> TraceSummary | None:
+        cond, params = self._owned(scope)
         with self._reader() as conn:
             rows = self._q(
-                conn, f"SELECT {_TRACE_COLS} FROM traces t WHERE t.trace_id = ?", (trace_id,)
+                conn,
+                f"SELECT {_TRACE_COLS} FROM traces t WHERE t.trace_id = ? AND {cond}",
+                (trace_id, *params),
             )
             out = self._summaries(conn, rows)
         return out[0] if out else None
 
-    def traces_for_request(self, request_id: str, limit: int = 100) -> list[TraceSummary]:
+    def traces_for_request(
+        self, request_id: str, limit: int = 100, scope: Scope = Scope.ALL
+    ) -> list[TraceSummary]:
         key = encode_rid(request_id)
         if key is None:
             return []
         sub, param = self._rid_sql(key)
+        cond, params = self._owned(scope)
         with self._reader() as conn:
             rows = self._q(
                 conn,
-                f"SELECT {_TRACE_COLS} FROM traces t WHERE t.trace_id IN ({sub})"
+                f"SELECT {_TRACE_COLS} FROM traces t WHERE t.trace_id IN ({sub}) AND {cond}"
                 " ORDER BY t.start_ns DESC, t.trace_id DESC LIMIT ?",
-                (param, int(limit)),
+                (param, *params, int(limit)),
             )
             return self._summaries(conn, rows)
 
@@ -328,6 +344,12 @@ class SQLStore(ErrorIndexSQL, SQLWriter):
             (q.project_id, "t.project_id = ?"),
             (q.domain_id, "t.domain_id = ?"),
         )
+        if q.scope.is_empty:
+            return None, [], {}
+        cond, scope_params = q.scope.sql("t.project_id", "t.domain_id")
+        if cond is not None:
+            where.append(cond)
+            params.extend(scope_params)
         if q.allowed_projects is not None:
             allowed = sorted(q.allowed_projects)
             if not allowed:
@@ -392,6 +414,12 @@ class SQLStore(ErrorIndexSQL, SQLWriter):
             escaped = query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append(f"body {self._like} ? ESCAPE '\\'")
             params.append(f"%{escaped}%")
+        if query.scope.is_empty:
+            return []
+        cond, scope_params = query.scope.sql("project_id", "domain_id")
+        if cond is not None:
+            where.append(cond)
+            params.extend(scope_params)
         if query.allowed_projects is not None:
             allowed = sorted(query.allowed_projects)
             if not allowed:
@@ -436,47 +464,6 @@ class SQLStore(ErrorIndexSQL, SQLWriter):
                     )
                 )
             return out
-
-    def services(self) -> list[str]:
-        with self._reader() as conn:
-            rows = self._q(
-                conn,
-                "SELECT name FROM names WHERE id IN (SELECT service_id FROM operations)"
-                " ORDER BY name",
-            )
-        return [str(r[0]) for r in rows]
-
-    def operations(self, service: str) -> list[str]:
-        with self._reader() as conn:
-            rows = self._q(
-                conn,
-                "SELECT n.name FROM operations o JOIN names n ON n.id = o.name_id"
-                " JOIN names s ON s.id = o.service_id WHERE s.name = ? ORDER BY n.name",
-                (service,),
-            )
-        return [str(r[0]) for r in rows]
-
-    def dependencies(self, start_ns: int | None, end_ns: int | None) -> list[DependencyEdge]:
-        """Edges counted in the hours that overlap [start_ns, end_ns]."""
-        where = []
-        params: list[Any] = []
-        if start_ns is not None:
-            where.append("bucket >= ?")
-            params.append(start_ns // BUCKET_NS)
-        if end_ns is not None:
-            where.append("bucket <= ?")
-            params.append(end_ns // BUCKET_NS)
-        sql = "SELECT caller, callee, SUM(calls), SUM(errors) FROM dep_edges"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " GROUP BY caller, callee"
-        with self._reader() as conn:
-            edges = [
-                DependencyEdge(self._name(conn, a), self._name(conn, b), int(n), int(e))
-                for a, b, n, e in self._q(conn, sql, params)
-            ]
-        edges.sort(key=lambda d: (d.caller, d.callee))
-        return edges
 
     # -------------------------------------------------------------- retention
     #: Log records deleted by retention since the store was opened.

@@ -59,7 +59,12 @@ class SQLiteStore(SQLStore):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Telemetry is private: a new directory is the owner's only (0700), a new
+        # database file too (0600; SQLite gives its WAL and shared-memory files
+        # the database file's mode).
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if str(path) != ":memory:" and not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()

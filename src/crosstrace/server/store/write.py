@@ -24,6 +24,7 @@ import zstandard
 from crosstrace.server.batch.spanbatch import SpanBatch
 from crosstrace.server.batch.values import INDEXED_ATTRIBUTES
 from crosstrace.server.model import RES_HOST_NAME, LogRecord
+from crosstrace.server.redaction import default_redactor
 from crosstrace.server.store.codec import chunk_compressor, compress_chunk, pack_blob
 from crosstrace.server.store.prepare import (
     BUCKET_NS,
@@ -177,6 +178,11 @@ class SQLWriter(SQLBase):
         return self._writer.submit("spans", batch, len(batch))
 
     def submit_logs(self, logs: Sequence[LogRecord]) -> Future[int]:
+        """Queue *logs*; secrets in them are masked first (in place), whichever
+        way they came (OTLP, the broker, ``crosstrace logs import``)."""
+        redactor = default_redactor()
+        for record in logs:
+            redactor.log(record)
         return self._writer.submit("logs", list(logs), len(logs))
 
     def _call(self, fn: Callable[[Any], Any]) -> Any:
@@ -431,8 +437,12 @@ class SQLWriter(SQLBase):
             f" root_real = {hi}(traces.root_real, excluded.root_real),"
             " span_count = traces.span_count + excluded.span_count,"
             " error_count = traces.error_count + excluded.error_count,"
-            " project_id = COALESCE(traces.project_id, excluded.project_id),"
-            " domain_id = COALESCE(traces.domain_id, excluded.domain_id)",
+            # The owner comes from the first batch holding the root span (a batch
+            # without it claims nothing, see prepare.py); later ones cannot change it.
+            " project_id = CASE WHEN traces.root_real = 0 AND excluded.root_real = 1"
+            " THEN excluded.project_id ELSE traces.project_id END,"
+            " domain_id = CASE WHEN traces.root_real = 0 AND excluded.root_real = 1"
+            " THEN excluded.domain_id ELSE traces.domain_id END",
         )
 
     def _resolve_dependencies(

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from crosstrace.server.auth import TokenSet
+    from crosstrace.server.auth.access import Access
     from crosstrace.server.store import Store
 
 __all__ = ["STATIC_DIR", "TEMPLATES_DIR", "mount_web", "templates"]
@@ -49,8 +50,16 @@ def templates() -> Any:
     return env
 
 
-def mount_web(app: FastAPI, store: Store, *, tokens: TokenSet | None = None) -> FastAPI:
-    """Add the UI to *app* (the query API) over *store*; returns *app*."""
+def mount_web(
+    app: FastAPI,
+    store: Store,
+    *,
+    tokens: TokenSet | None = None,
+    access: Access | None = None,
+) -> FastAPI:
+    """Add the UI to *app* (the query API) over *store*; returns *app*. Who may
+    read what is *access* (default: the API's, ``app.state.access``; else one of
+    *tokens*)."""
     from fastapi import Request
     from fastapi.responses import HTMLResponse, RedirectResponse
     from fastapi.staticfiles import StaticFiles
@@ -62,7 +71,9 @@ def mount_web(app: FastAPI, store: Store, *, tokens: TokenSet | None = None) -> 
     env = templates()
     # The API's diagnoser (its error index, its usual durations), else one of our own.
     diagnoser = getattr(app.state, "diagnoser", None) or Diagnoser(store)
-    app.include_router(build_router(store, diagnoser, WebAuth(tokens), env))
+    access = access or getattr(app.state, "access", None)
+    auth = WebAuth(tokens, access)
+    app.include_router(build_router(store, diagnoser, auth, env))
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
     @app.exception_handler(LoginRequired)
@@ -74,7 +85,7 @@ def mount_web(app: FastAPI, store: Store, *, tokens: TokenSet | None = None) -> 
         response: HTMLResponse = env.TemplateResponse(
             request,
             "error.html",
-            {"status": exc.status, "message": exc.message, "login_required": bool(tokens)},
+            {"status": exc.status, "message": exc.message, "login_required": auth.required},
             status_code=exc.status,
         )
         response.headers.update(SECURITY_HEADERS)

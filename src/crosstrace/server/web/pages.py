@@ -26,9 +26,9 @@ from fastapi.templating import Jinja2Templates
 from crosstrace.ids import is_valid_request_id
 from crosstrace.server.model import LogQuery, LogRecord, SpanRecord, TraceQuery, TraceSummary
 from crosstrace.server.query.diagnose import Diagnoser
+from crosstrace.server.scope import Scope
 from crosstrace.server.settings import parse_duration_ns as parse_duration
 from crosstrace.server.store import Store
-from crosstrace.server.store.causes import ProjectScope
 from crosstrace.server.web import present, verdicts
 from crosstrace.server.web.session import COOKIE_NAME, Viewer, WebAuth, login_form_token, safe_next
 from crosstrace.server.web.stats import window_stats
@@ -146,11 +146,21 @@ def _json_script(value: Any) -> str:
     )
 
 
-def sql_scope(viewer: Viewer) -> ProjectScope | None:
+def sql_scope(viewer: Viewer) -> Scope:
     """The viewer's scope as the error index filters by it."""
-    if viewer.allowed_projects is None:
-        return None
-    return ProjectScope(viewer.allowed_projects)
+    return viewer.scope
+
+
+def _masked(viewer: Viewer, spans: list[SpanRecord]) -> list[SpanRecord]:
+    """*spans* (fresh from the store) with sensitive values masked for *viewer*."""
+    m = viewer.masker
+    if m.keys:
+        for s in spans:
+            s.attributes = m.attributes(s.attributes)
+            s.resource = m.attributes(s.resource)
+            s.events = m.items(s.events)
+            s.links = m.items(s.links)
+    return spans
 
 
 def build_router(
@@ -182,7 +192,7 @@ def build_router(
         return {"rows": rows, "longest": longest}
 
     def trace_query(viewer: Viewer, **fields: Any) -> TraceQuery:
-        return TraceQuery(allowed_projects=viewer.allowed_projects, **fields)
+        return TraceQuery(scope=viewer.scope, **fields)
 
     # ---------------------------------------------------------------- errors now
 
@@ -241,10 +251,13 @@ def build_router(
             limit=50,
             cursor=_param("cursor", cursor),
         )
+        hidden = sorted(viewer.masker.keys.intersection(query.attributes))
+        if hidden:  # a filter on a masked value would tell the value
+            raise PageError(403, f"searching on {', '.join(hidden)} needs the sensitive role")
         result = read(lambda: store.search_traces(query))
-        services = read(store.services)
+        services = read(lambda: store.services(viewer.scope))
         chosen = query.service
-        operations = read(lambda: store.operations(chosen)) if chosen else []
+        operations = read(lambda: store.operations(chosen, viewer.scope)) if chosen else []
         form = {
             "service": query.service or "",
             "operation": query.operation or "",
@@ -275,20 +288,15 @@ def build_router(
     # --------------------------------------------------------------------- trace
 
     def load_trace(viewer: Viewer, tid: bytes) -> tuple[list[SpanRecord], TraceSummary | None]:
-        spans = read(lambda: store.get_trace(tid))
+        spans = read(lambda: store.get_trace(tid, viewer.scope))
         if not spans:
             raise PageError(404, f"trace {tid.hex()} not found")
-        summary = read(lambda: store.get_trace_summary(tid))
-        allowed = viewer.allowed_projects
-        if allowed is not None and (summary is None or summary.project_id not in allowed):
-            raise PageError(404, f"trace {tid.hex()} not found")
-        return spans, summary
+        summary = read(lambda: store.get_trace_summary(tid, viewer.scope))
+        return _masked(viewer, spans), summary
 
     def trace_logs(viewer: Viewer, tid: bytes) -> list[LogRecord]:
         return read(
-            lambda: store.search_logs(
-                LogQuery(trace_id=tid, limit=LOG_LIMIT, allowed_projects=viewer.allowed_projects)
-            )
+            lambda: store.search_logs(LogQuery(trace_id=tid, limit=LOG_LIMIT, scope=viewer.scope))
         )
 
     @router.get("/traces/{trace_id}", response_class=HTMLResponse)
@@ -358,22 +366,19 @@ def build_router(
     def request_view(request: Request, request_id: str) -> HTMLResponse:
         viewer = auth.viewer(request)
         rid = _request_id(request_id)
-        traces = read(lambda: store.traces_for_request(rid))
-        allowed = viewer.allowed_projects
-        if allowed is not None:
-            traces = [t for t in traces if t.project_id in allowed]
+        traces = read(lambda: store.traces_for_request(rid, scope=viewer.scope))
         traces.sort(key=lambda t: t.start_ns)
         logs = read(
-            lambda: store.search_logs(
-                LogQuery(request_id=rid, limit=LOG_LIMIT, allowed_projects=allowed)
-            )
+            lambda: store.search_logs(LogQuery(request_id=rid, limit=LOG_LIMIT, scope=viewer.scope))
         )
         logs.sort(key=lambda r: r.time_ns)
         if not traces and not logs:
             raise PageError(404, f"nothing is stored for request {rid}")
-        per_trace = [_read_trace(read, store, t.trace_id) for t in traces]
+        per_trace = [
+            _masked(viewer, _read_trace(read, store, t.trace_id, viewer.scope)) for t in traces
+        ]
         spans = [s for trace_spans in per_trace for s in trace_spans]
-        verdict = read(lambda: verdicts.request_verdict(diagnoser, rid))
+        verdict = read(lambda: verdicts.request_verdict(diagnoser, rid, viewer.scope))
         times = [t.start_ns for t in traces] + [r.time_ns for r in logs]
         ends = [t.end_ns for t in traces] + [r.time_ns for r in logs]
         start, end = min(times), max(ends)
@@ -400,7 +405,7 @@ def build_router(
     def service_map(request: Request, window: str | None = None) -> HTMLResponse:
         viewer = auth.viewer(request)
         window_text, start, end = _window(window)
-        edges = read(lambda: store.dependencies(start, end))
+        edges = read(lambda: store.dependencies(start, end, viewer.scope))
         stats = read(
             lambda: window_stats(
                 store.search_traces,
@@ -509,9 +514,12 @@ def build_router(
 
 
 def _read_trace(
-    read: Callable[[Callable[[], list[SpanRecord]]], list[SpanRecord]], store: Store, tid: bytes
+    read: Callable[[Callable[[], list[SpanRecord]]], list[SpanRecord]],
+    store: Store,
+    tid: bytes,
+    scope: Scope = Scope.ALL,
 ) -> list[SpanRecord]:
-    return read(lambda: store.get_trace(tid))
+    return read(lambda: store.get_trace(tid, scope))
 
 
 def _logs_of(logs: list[LogRecord], span_id: str | None) -> list[LogRecord]:

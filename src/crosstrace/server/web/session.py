@@ -4,9 +4,12 @@ When the query API requires a token, a page visited without one redirects to
 ``/login``, which asks for the API token and keeps it in an HttpOnly,
 SameSite=Strict session cookie (no expiry: it goes when the browser closes;
 ``Secure`` when the page came over HTTPS). Each page then checks the cookie's
-token exactly as the API checks a Bearer token, and reads the store with the
-same scope, so a token sees in the UI what it sees through the API. A Bearer
-``Authorization`` header is accepted too, for scripts.
+token exactly as the API checks a Bearer token (the same
+:class:`~crosstrace.server.auth.access.Access`: ``--auth-file`` identities,
+legacy API tokens, Keystone tokens) and reads the store with the same scope,
+masking the same sensitive values, so a token sees in the UI what it sees
+through the API. A Bearer ``Authorization`` or an ``X-Auth-Token`` header is
+accepted too, for scripts.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 from fastapi import Request
 
 from crosstrace.server.auth import MAX_TOKEN_LENGTH, TokenSet, bearer_token
+from crosstrace.server.auth.access import KEYSTONE_HEADER, NO_MASK, Access, Masker
+from crosstrace.server.auth.identities import Identity
+from crosstrace.server.auth.policy import READ
+from crosstrace.server.scope import Scope
 
 __all__ = [
     "COOKIE_NAME",
@@ -35,10 +42,12 @@ _MAX_FORM_BYTES: Final = 16 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Viewer:
-    """The identity a page reads the store as (``None`` scope: everything)."""
+    """The identity a page reads the store as: its scope, and what to mask."""
 
     authenticated: bool
-    allowed_projects: frozenset[str] | None = None
+    scope: Scope = Scope.ALL
+    masker: Masker = NO_MASK
+    identity: Identity | None = None
 
 
 class LoginRequired(Exception):
@@ -50,14 +59,14 @@ class LoginRequired(Exception):
 
 
 class WebAuth:
-    """Checks the UI's token with the API's own token set."""
+    """Checks the UI's token with the API's own access control."""
 
-    def __init__(self, tokens: TokenSet | None = None) -> None:
-        self.tokens = tokens or TokenSet()
+    def __init__(self, tokens: TokenSet | None = None, access: Access | None = None) -> None:
+        self.access = access or Access(api_tokens=tokens)
 
     @property
     def required(self) -> bool:
-        return bool(self.tokens)
+        return not self.access.api_open
 
     def token_of(self, request: Request) -> str | None:
         token = bearer_token(request.headers.get("authorization"))
@@ -67,19 +76,41 @@ class WebAuth:
             return None
         return token
 
+    def _identity(self, token: str | None, keystone: str | None) -> Identity | None:
+        who = self.access.identify(f"Bearer {token}" if token else None, keystone)
+        return who if who is not None and self.access.allows(READ, who) else None
+
     def check(self, token: str | None) -> bool:
-        return not self.required or self.tokens.check(token)
+        """Whether *token* (an API token or a Keystone token) may read."""
+        if not self.required:
+            return True
+        if token is None:
+            return False
+        return self._identity(token, None) is not None or (
+            self.access.keystone is not None and self._identity(None, token) is not None
+        )
 
     def viewer(self, request: Request) -> Viewer:
         """The request's viewer; raises :class:`LoginRequired` without a valid token."""
-        if not self.required:
-            return Viewer(authenticated=False)
-        if not self.tokens.check(self.token_of(request)):
+        token = self.token_of(request)
+        keystone = request.headers.get(KEYSTONE_HEADER)
+        who = self._identity(token, keystone)
+        if who is None and token is not None and self.access.keystone is not None:
+            who = self._identity(None, token)  # a Keystone token typed into the login form
+        if who is None:
+            if not self.required:
+                return Viewer(authenticated=False)
             path = request.url.path
             if request.url.query:
                 path += "?" + request.url.query
             raise LoginRequired(path)
-        return Viewer(authenticated=True)
+        request.state.crosstrace_identity = who  # for the audit log
+        return Viewer(
+            authenticated=self.required,
+            scope=who.scope,
+            masker=self.access.masker(who),
+            identity=who,
+        )
 
 
 def safe_next(value: str | None) -> str:

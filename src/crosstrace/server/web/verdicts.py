@@ -19,6 +19,7 @@ from crosstrace.server.analysis import Analysis, analyse_trace
 from crosstrace.server.analysis import Verdict as Outcome
 from crosstrace.server.analysis.result import explain
 from crosstrace.server.model import LogRecord, SpanRecord
+from crosstrace.server.scope import Scope
 from crosstrace.server.web.waterfall import Marks, first_line
 
 if TYPE_CHECKING:
@@ -139,13 +140,15 @@ def trace_verdict(
     return _verdict(analyse_trace(spans, logs, usual=usual), spans)
 
 
-def request_verdict(diagnoser: Diagnoser, request_id: str) -> Verdict | None:
+def request_verdict(
+    diagnoser: Diagnoser, request_id: str, scope: Scope = Scope.ALL
+) -> Verdict | None:
     """The root cause of one request: its traces and its log lines (or its log
-    lines alone); ``None`` when nothing is stored for it."""
-    analysis = diagnoser.request(request_id)
+    lines alone) in *scope*; ``None`` when nothing is stored for it."""
+    analysis = diagnoser.request(request_id, scope=scope)
     if analysis is None:
         return None
-    spans = [s for tid in analysis.trace_ids for s in diagnoser.store.get_trace(tid)]
+    spans = [s for tid in analysis.trace_ids for s in diagnoser.store.get_trace(tid, scope)]
     return _verdict(analysis, spans)
 
 
@@ -166,7 +169,7 @@ def error_groups(
     groups = []
     for g in found:
         sample = g.sample_trace_ids[0] if g.sample_trace_ids else None
-        summary = store.get_trace_summary(sample) if sample else None
+        summary = store.get_trace_summary(sample, scope) if sample else None
         ids = (summary.global_request_ids or summary.request_ids) if summary else []
         groups.append(
             ErrorGroup(

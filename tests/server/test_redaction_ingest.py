@@ -6,8 +6,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from crosstrace.server.auth.redaction import ServerRedactor, mask
 from crosstrace.server.model import LogRecord, SpanRecord
+from crosstrace.server.redaction import ServerRedactor, mask
 
 SECRET = "s3cr3t-VALUE-42"
 
