@@ -29,6 +29,7 @@ from crosstrace.server.model import (
     TraceQuery,
     TraceSummary,
 )
+from crosstrace.server.scope import Scope
 from crosstrace.server.store import Store, open_store
 
 PB = {"content-type": "application/x-protobuf"}
@@ -194,26 +195,30 @@ class DelegatingStore(Store):
     def search_traces(self, query: TraceQuery) -> TracePage:
         return self.inner.search_traces(query)
 
-    def get_trace(self, trace_id: bytes) -> list[SpanRecord]:
-        return self.inner.get_trace(trace_id)
+    def get_trace(self, trace_id: bytes, scope: Scope = Scope.ALL) -> list[SpanRecord]:
+        return self.inner.get_trace(trace_id, scope)
 
-    def get_trace_summary(self, trace_id: bytes) -> TraceSummary | None:
-        return self.inner.get_trace_summary(trace_id)
+    def get_trace_summary(self, trace_id: bytes, scope: Scope = Scope.ALL) -> TraceSummary | None:
+        return self.inner.get_trace_summary(trace_id, scope)
 
-    def traces_for_request(self, request_id: str, limit: int = 100) -> list[TraceSummary]:
-        return self.inner.traces_for_request(request_id, limit)
+    def traces_for_request(
+        self, request_id: str, limit: int = 100, scope: Scope = Scope.ALL
+    ) -> list[TraceSummary]:
+        return self.inner.traces_for_request(request_id, limit, scope)
 
     def search_logs(self, query: LogQuery) -> list[LogRecord]:
         return self.inner.search_logs(query)
 
-    def services(self) -> list[str]:
-        return self.inner.services()
+    def services(self, scope: Scope = Scope.ALL) -> list[str]:
+        return self.inner.services(scope)
 
-    def operations(self, service: str) -> list[str]:
-        return self.inner.operations(service)
+    def operations(self, service: str, scope: Scope = Scope.ALL) -> list[str]:
+        return self.inner.operations(service, scope)
 
-    def dependencies(self, start_ns: int | None, end_ns: int | None) -> list[DependencyEdge]:
-        return self.inner.dependencies(start_ns, end_ns)
+    def dependencies(
+        self, start_ns: int | None, end_ns: int | None, scope: Scope = Scope.ALL
+    ) -> list[DependencyEdge]:
+        return self.inner.dependencies(start_ns, end_ns, scope)
 
     def apply_retention(self, max_age_ns: int | None, max_bytes: int | None = None) -> int:
         return self.inner.apply_retention(max_age_ns, max_bytes)
