@@ -67,6 +67,7 @@ def _load(client: AppClient, ingest: str) -> Data:
             rid = _rid()
             root, client_span, db = os.urandom(8), os.urandom(8), os.urandom(8)
             start = BASE_NS + n * 10_000_000
+            failed = 2 if kind == "b" else 0  # the 'b' traces fail in their database
             owner = {"openstack.project_id": project, "openstack.project_domain_id": domain}
             t = Trace(tid, project, domain, rid)
             api = f"api-{project}"
@@ -78,6 +79,7 @@ def _load(client: AppClient, ingest: str) -> Data:
                     "kind": 2,
                     "start_ns": start,
                     "attributes": {**owner, "openstack.global_request_id": rid},
+                    "status_code": failed,
                 },
                 {
                     "trace_id": tid,
@@ -86,6 +88,7 @@ def _load(client: AppClient, ingest: str) -> Data:
                     "name": "db call",
                     "kind": 3,
                     "start_ns": start + 1000,
+                    "status_code": failed,
                 },
             ]
             body = span_request(spans, service=api)
@@ -102,8 +105,20 @@ def _load(client: AppClient, ingest: str) -> Data:
                 "name": f"query-{project}",
                 "kind": 2,
                 "start_ns": start + 2000,
-                "status_code": 2 if kind == "b" else 0,
+                "status_code": failed,
                 "attributes": {"db.statement": SECRET_SQL, **owner},
+                "events": [
+                    {
+                        "time_ns": start + 2500,
+                        "name": "exception",
+                        "attributes": {
+                            "exception.type": f"DBError{project}",
+                            "exception.message": f"disk full on {project}",
+                        },
+                    }
+                ]
+                if failed
+                else [],
             }
             body = span_request([db_span], service=f"db-{project}")
             assert client.post("/v1/traces", content=body, headers=headers).status_code == 200
@@ -309,7 +324,9 @@ def _edges(traces: list[Trace]) -> dict[tuple[str, str], list[int]]:
     return edges
 
 
-def _run(client: AppClient, data: Data, who: Who) -> Checker:
+def _run(
+    client: AppClient, data: Data, who: Who, group_owners: dict[str, tuple[str, str]]
+) -> Checker:
     """Every read path as *who*; the checker holds the mismatches."""
     c = Checker(client, who)
     visible = [t for t in data.traces if who.sees(t.owner, t.domain)]
@@ -439,10 +456,49 @@ def _run(client: AppClient, data: Data, who: Who) -> Checker:
         c.expect_by_id(f"/api/v1/traces/{t.trace_id.hex()}", r, masked)
     # A filter on a masked value would tell it: refused without the rule.
     c.expect(f"/api/v1/traces?attr.db.statement={SECRET_SQL}", r and who.sensitive)
+    # Root cause and error groups: by id like the traces; groups count only
+    # the failures in scope.
+    for t in data.traces:
+        c.expect_by_id(f"/api/v1/traces/{t.trace_id.hex()}/analysis", t.trace_id.hex() in ids)
+        c.expect_by_id(f"/api/v1/requests/{t.request_id}/analysis", t.trace_id.hex() in ids)
+    failed = [t for t in visible if t.spans[0][3].startswith("GET /b-")]
+    window = "start=2025-11-22T00:00:00Z&end=2025-11-23T00:00:00Z"
+
+    def groups(b: dict[str, Any]) -> str | None:
+        got = (
+            sum(g["count"] for g in b["groups"]),
+            sorted({p for g in b["groups"] for p in g["projects"]}),
+            sorted({t for g in b["groups"] for t in g["sample_trace_ids"]}),
+        )
+        want = (
+            len(failed),
+            sorted({t.owner for t in failed if t.owner}),
+            sorted(t.trace_id.hex() for t in failed),
+        )
+        return _same(got, want)
+
+    c.expect(f"/api/v1/errors?{window}", r, groups)
+    for group_id, (project, domain) in group_owners.items():
+        c.expect_by_id(f"/api/v1/errors/{group_id}?{window}", who.sees(project, domain))
     # Metrics and the audit log.
     c.expect("/metrics", who.metrics)
     c.expect("/api/v1/audit?limit=5", who.audit, lambda b: None if b["events"] else "no events")
     return c
+
+
+def _group_owners(client: AppClient, data: Data, admin: Who) -> dict[str, tuple[str, str]]:
+    """Error group id -> the project and domain of its failures (asked as admin)."""
+    r = client.get(
+        "/api/v1/errors?start=2025-11-22T00:00:00Z&end=2025-11-23T00:00:00Z",
+        headers={"authorization": f"Bearer {admin.token}"},
+    )
+    assert r.status_code == 200
+    owner_of = {t.trace_id.hex(): (t.owner, t.domain) for t in data.traces}
+    out = {}
+    for g in r.json()["groups"]:
+        (owner,) = {owner_of[t] for t in g["sample_trace_ids"]}
+        out[g["group_id"]] = owner
+    return out
 
 
 def test_every_identity_on_every_read_path(
@@ -452,8 +508,10 @@ def test_every_identity_on_every_read_path(
     client, data, whos, _ = matrix
     total = 0
     problems: list[str] = []
+    group_owners = _group_owners(client, data, whos[0])
+    assert len(group_owners) == len(PROJECTS)  # one failure signature per project
     for who in whos:
-        c = _run(client, data, who)
+        c = _run(client, data, who, group_owners)
         total += c.checks
         problems += c.problems
     assert not problems, f"{len(problems)} of {total} checks failed:\n" + "\n".join(problems)
