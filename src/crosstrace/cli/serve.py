@@ -71,6 +71,14 @@ __all__ = ["serve"]
     default=None,
     help="Host names answered besides the loopback ones and --host, comma separated; '*': any.",
 )
+@click.option(
+    "--keystone-url",
+    default=None,
+    help="Validate X-Auth-Token with this Keystone (service user from --keystone-user,"
+    " password from $CROSSTRACE_KEYSTONE_PASSWORD).",
+)
+@click.option("--keystone-user", default=None, help="Service user validating tokens [crosstrace].")
+@click.option("--keystone-project", default=None, help="Its project [service].")
 @click.option("--tls-cert", default=None, help="Serve HTTPS with this PEM certificate.")
 @click.option("--tls-key", default=None, help="The PEM private key of --tls-cert.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")

@@ -160,8 +160,23 @@ def access_from_settings(store: Store, settings: Settings) -> Access:
     from crosstrace.server.auth.identities import IdentityFile
     from crosstrace.server.auth.policy import Policy
 
+    keystone = None
+    if settings.keystone_url:
+        from crosstrace.server.auth.keystone import KeystoneValidator
+
+        keystone = KeystoneValidator(
+            settings.keystone_url,
+            username=settings.keystone_user,
+            password=settings.keystone_password or "",
+            project_name=settings.keystone_project,
+            user_domain_id=settings.keystone_user_domain,
+            project_domain_id=settings.keystone_project_domain,
+            system_scope="all" if settings.keystone_system_scope else None,
+            cache_ttl_s=settings.keystone_cache_ttl / 1e9,
+        )
     return Access(
         identities=IdentityFile(settings.auth_file) if settings.auth_file else None,
+        keystone=keystone,
         api_tokens=settings.api_tokenset,
         ingest_tokens=settings.ingest_tokenset,
         policy=Policy(settings.policy_file),

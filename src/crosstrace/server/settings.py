@@ -226,6 +226,22 @@ SETTINGS: Final[tuple[_Spec, ...]] = (
     _Spec("sensitive_attributes", "CROSSTRACE_SENSITIVE_ATTRIBUTES", _names, tuple),
     _Spec("redact_keys", "CROSSTRACE_REDACT_KEYS", _names, tuple),
     _Spec("redact_patterns", "CROSSTRACE_REDACT_PATTERNS", _lines, tuple),
+    _Spec("keystone_url", "CROSSTRACE_KEYSTONE_URL", _optional_text, lambda: None),
+    _Spec("keystone_user", "CROSSTRACE_KEYSTONE_USER", _text, lambda: "crosstrace"),
+    # The password only from the environment or the config file, never a flag.
+    _Spec("keystone_password", "CROSSTRACE_KEYSTONE_PASSWORD", _optional_text, lambda: None),
+    _Spec("keystone_project", "CROSSTRACE_KEYSTONE_PROJECT", _text, lambda: "service"),
+    _Spec("keystone_system_scope", "CROSSTRACE_KEYSTONE_SYSTEM_SCOPE", _bool, lambda: False),
+    _Spec("keystone_user_domain", "CROSSTRACE_KEYSTONE_USER_DOMAIN", _text, lambda: "default"),
+    _Spec(
+        "keystone_project_domain", "CROSSTRACE_KEYSTONE_PROJECT_DOMAIN", _text, lambda: "default"
+    ),
+    _Spec(
+        "keystone_cache_ttl",
+        "CROSSTRACE_KEYSTONE_CACHE_TTL",
+        parse_duration_ns,
+        lambda: 30_000_000_000,
+    ),
 )
 _BY_NAME: Final = {spec.name: spec for spec in SETTINGS}
 
@@ -263,6 +279,15 @@ class Settings:
     sensitive_attributes: tuple[str, ...] = ()
     redact_keys: tuple[str, ...] = ()
     redact_patterns: tuple[str, ...] = ()
+    #: Keystone validating X-Auth-Token (``None``: Keystone tokens not accepted).
+    keystone_url: str | None = None
+    keystone_user: str = "crosstrace"
+    keystone_password: str | None = field(default=None, repr=False)
+    keystone_project: str = "service"
+    keystone_system_scope: bool = False
+    keystone_user_domain: str = "default"
+    keystone_project_domain: str = "default"
+    keystone_cache_ttl: int = 30_000_000_000  # ns
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -304,9 +329,15 @@ class Settings:
     def describe_auth(self) -> str:
         if self.no_auth:
             return "off (--no-auth, loopback only)"
-        parts = []
+        parts = [f"identities from {self.auth_file}"] if self.auth_file else []
+        if self.keystone_url:
+            parts.append(f"Keystone tokens from {self.keystone_url}")
+        identities = bool(parts)
         for what, tokens in (("ingest", self.ingest_tokens), ("api", self.api_tokens)):
-            parts.append(f"{what}: {len(tokens)} token(s)" if tokens else f"{what}: open")
+            if tokens:
+                parts.append(f"{what}: {len(tokens)} token(s)")
+            elif not identities:
+                parts.append(f"{what}: open")
         return ", ".join(parts)
 
 
@@ -422,6 +453,12 @@ def _check(settings: Settings) -> None:
             re.compile(pattern)
         except re.error as exc:
             raise SettingsError("redact_patterns", f"bad pattern {pattern!r}: {exc}") from None
+    if settings.keystone_url and not settings.keystone_password:
+        raise SettingsError(
+            "keystone_url",
+            "--keystone-url needs the service user's password in CROSSTRACE_KEYSTONE_PASSWORD "
+            "(or keystone_password in the config file)",
+        )
     if settings.no_http or is_loopback(settings.host) or settings.auth_file:
         return
     if settings.no_auth:
