@@ -169,8 +169,16 @@ def test_no_inbound_id_local_only_and_compat_headers() -> None:
 
 
 def test_identity_headers_reach_the_context() -> None:
-    res = call(make_app(), headers=[(b"x-user-id", b"alice")])
+    res = call(make_app(trust_identity_headers=True), headers=[(b"x-user-id", b"alice")])
     assert json.loads(res.body)["user"] == "alice"
+
+
+def test_untrusted_identity_headers_are_dropped_and_counted() -> None:
+    """Without a validator in front, X-Roles: admin and friends mean nothing."""
+    app = make_app()
+    res = call(app, headers=[(b"x-user-id", b"alice"), (b"x-roles", b"admin")])
+    assert json.loads(res.body)["user"] is None
+    assert app.untrusted_identity_headers == 2
 
 
 def test_context_follows_into_sync_endpoint_thread() -> None:

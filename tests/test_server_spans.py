@@ -90,7 +90,7 @@ def test_wsgi_server_span_continues_the_callers_trace(sink: Sink, tracer: Tracer
         start_response("201 Created", [])
         return [b"ok"]
 
-    mw = RequestIdMiddleware(app, tracer=tracer)
+    mw = RequestIdMiddleware(app, tracer=tracer, trust_identity_headers=True)
     _, headers, _ = call(
         mw,
         environ(
@@ -343,7 +343,7 @@ async def asgi_get(app: Any, path: str, **headers: str) -> httpx.Response:
 
 @pytest.mark.anyio
 async def test_asgi_server_span_named_by_the_starlette_route(sink: Sink, tracer: Tracer) -> None:
-    app = AsgiMiddleware(starlette_app(), tracer=tracer)
+    app = AsgiMiddleware(starlette_app(), tracer=tracer, trust_identity_headers=True)
     resp = await asgi_get(
         app,
         f"/servers/{IMAGE}",

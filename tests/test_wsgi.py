@@ -378,3 +378,29 @@ def test_file_wrapper_body_is_passed_through() -> None:
     environ["wsgi.file_wrapper"] = FileWrapper
     body = crosstrace.wsgi.RequestIdMiddleware(app)(environ, lambda *a: None)
     assert isinstance(body, FileWrapper)
+
+
+def test_untrusted_identity_headers_are_dropped_and_counted_wsgi() -> None:
+    """Without authtoken in front, the client's X-Roles / X-Project-Id are removed."""
+    seen: dict[str, object] = {}
+
+    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+        seen.update(environ)
+        start_response("200 OK", [])  # type: ignore[operator]
+        return [b""]
+
+    mw = RequestIdMiddleware(app)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "HTTP_X_ROLES": "admin",
+        "HTTP_X_PROJECT_ID": "p1",
+    }
+    list(mw(environ, lambda status, headers, exc_info=None: None))
+    assert "HTTP_X_ROLES" not in seen
+    assert "HTTP_X_PROJECT_ID" not in seen
+    assert mw.untrusted_identity_headers == 2
+    trusted = RequestIdMiddleware(app, trust_identity_headers=True)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "HTTP_X_PROJECT_ID": "p1"}
+    list(trusted(environ, lambda status, headers, exc_info=None: None))
+    assert seen["HTTP_X_PROJECT_ID"] == "p1"

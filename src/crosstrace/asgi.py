@@ -124,9 +124,20 @@ class RequestIdMiddleware:
         looked up per request; with neither, no span).
     :param path_normalizer: turns the path into the span name's path part when
         no route template is known (default: ids become ``{id}``).
+    :param trust_identity_headers: whether a keystonemiddleware-like validator
+        runs in front, so ``X-Project-Id``, ``X-Roles`` ... are its own; else they
+        are removed from the request and counted (``untrusted_identity_headers``).
     """
 
-    __slots__ = ("_resp_headers", "app", "compat_headers", "path_normalizer", "tracer")
+    __slots__ = (
+        "_resp_headers",
+        "app",
+        "compat_headers",
+        "path_normalizer",
+        "tracer",
+        "trust_identity_headers",
+        "untrusted_identity_headers",
+    )
 
     def __init__(
         self,
@@ -134,10 +145,13 @@ class RequestIdMiddleware:
         compat_headers: str | Iterable[str] | None = (),
         tracer: Tracer | None = None,
         path_normalizer: PathNormalizer | None = None,
+        trust_identity_headers: bool = False,
     ) -> None:
         if not callable(app):
             raise ValueError("app must be an ASGI application (a callable)")
         self.app = app
+        self.trust_identity_headers = trust_identity_headers
+        self.untrusted_identity_headers = 0
         self.tracer = tracer
         self.path_normalizer: PathNormalizer = path_normalizer or normalize_path
         self.compat_headers = tuple(
@@ -156,14 +170,18 @@ class RequestIdMiddleware:
         raw: bytes | None = None
         tracer = self.tracer or get_tracer()
         trace_headers: dict[str, str] | None = {} if tracer is not None else None
+        untrusted = 0
         for raw_name, value in scope.get("headers") or ():
             name = bytes(raw_name).lower()
             if name == _INBOUND:
                 raw = value if raw is None else _REPEATED
             else:
                 key = _IDENTITY_HEADERS.get(name)
-                if key is not None and len(value) <= 255:
-                    environ[key] = bytes(value).decode("latin-1")
+                if key is not None:
+                    if not self.trust_identity_headers:
+                        untrusted += 1
+                    elif len(value) <= 255:
+                        environ[key] = bytes(value).decode("latin-1")
                 elif (
                     trace_headers is not None
                     and name in _TRACE_HEADERS
@@ -173,6 +191,12 @@ class RequestIdMiddleware:
                     k = name.decode("ascii")
                     # Repeated tracestate headers are one list (RFC 9110 field lines).
                     trace_headers[k] = f"{trace_headers[k]},{text}" if k in trace_headers else text
+        if untrusted:
+            # Dropped: neither the context nor the application sees them.
+            self.untrusted_identity_headers += untrusted
+            scope["headers"] = [
+                (n, v) for n, v in scope["headers"] if bytes(n).lower() not in _IDENTITY_HEADERS
+            ]
         # Reuse ids an earlier middleware of this kind left in the scope.
         for key in (ENV_REQUEST_ID, ENV_GLOBAL_REQUEST_ID):
             if key in scope:

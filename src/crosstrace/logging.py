@@ -39,6 +39,7 @@ from crosstrace.ids import is_valid_request_id
 from crosstrace.tracing import (
     ATTR_DOMAIN_ID,
     ATTR_GLOBAL_REQUEST_ID,
+    ATTR_PROJECT_DOMAIN_ID,
     ATTR_PROJECT_ID,
     ATTR_REQUEST_ID,
     ATTR_USER_ID,
@@ -437,15 +438,21 @@ def _record_context_attributes(d: dict[str, Any], attrs: dict[str, Any]) -> None
     if ctx is not None:
         request_id = request_id or ctx.request_id
         global_id = global_id or ctx.global_request_id
-        identity = (ctx.user_id, ctx.project_id, ctx.domain_id)
+        identity = (ctx.user_id, ctx.project_id, ctx.domain_id, ctx.project_domain_id)
     else:
-        identity = (d.get("user_id"), d.get("project_id"), d.get("domain_id"))
+        identity = (
+            d.get("user_id"),
+            d.get("project_id"),
+            d.get("domain_id"),
+            d.get("project_domain_id"),
+        )
     for key, value in (
         (ATTR_REQUEST_ID, request_id),
         (ATTR_GLOBAL_REQUEST_ID, global_id),
         (ATTR_USER_ID, identity[0]),
         (ATTR_PROJECT_ID, identity[1]),
         (ATTR_DOMAIN_ID, identity[2]),
+        (ATTR_PROJECT_DOMAIN_ID, identity[3]),
     ):
         if value and isinstance(value, str):
             attrs[key] = value

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from random import getrandbits
 from time import time_ns
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from crosstrace.context import (
     ENV_GLOBAL_REQUEST_ID,
@@ -68,8 +68,17 @@ from crosstrace.httpnames import (
 )
 from crosstrace.ids import is_valid_request_id
 from crosstrace.propagation import extract_context, record_invalid
-from crosstrace.tracing.model import ATTR_REQUEST_ID, RemoteContext, SpanKind
+from crosstrace.tracing.model import (
+    ATTR_DOMAIN_ID,
+    ATTR_PROJECT_DOMAIN_ID,
+    ATTR_PROJECT_ID,
+    ATTR_REQUEST_ID,
+    ATTR_USER_ID,
+    RemoteContext,
+    SpanKind,
+)
 from crosstrace.tracing.serve import Served, serve
+from crosstrace.tracing.spans import NonRecordingSpan, Span
 from crosstrace.tracing.tracer import DISABLED, TRACE_ALL, Tracer, get_tracer, span
 
 __all__ = [
@@ -78,6 +87,7 @@ __all__ = [
     "ENV_REQUEST_ID_HEADER",
     "ENV_ROUTE",
     "HTTP_RESP_HEADER_REQUEST_ID",
+    "IDENTITY_ENVIRON_KEYS",
     "RequestIdMiddleware",
     "filter_factory",
     "parse_header_list",
@@ -219,6 +229,34 @@ class _TracedBody:
             served.finish()
 
 
+#: The environ keys of keystonemiddleware's identity headers.
+IDENTITY_ENVIRON_KEYS: Final = (
+    "HTTP_X_USER_ID",
+    "HTTP_X_PROJECT_ID",
+    "HTTP_X_DOMAIN_ID",
+    "HTTP_X_USER_DOMAIN_ID",
+    "HTTP_X_PROJECT_DOMAIN_ID",
+    "HTTP_X_ROLES",
+    "HTTP_X_IS_ADMIN_PROJECT",
+)
+_IDENTITY_SPAN_ATTRS: Final = (
+    ("HTTP_X_PROJECT_ID", ATTR_PROJECT_ID),
+    ("HTTP_X_PROJECT_DOMAIN_ID", ATTR_PROJECT_DOMAIN_ID),
+    ("HTTP_X_DOMAIN_ID", ATTR_DOMAIN_ID),
+    ("HTTP_X_USER_ID", ATTR_USER_ID),
+)
+
+
+def _record_identity(span: Span | NonRecordingSpan, environ: Mapping[str, Any]) -> None:
+    """The validated identity of the request on its SERVER span."""
+    if not span._recording:
+        return
+    for key, attr in _IDENTITY_SPAN_ATTRS:
+        value = environ.get(key)
+        if type(value) is str and 0 < len(value) <= 255:
+            span.set_attribute(attr, value)
+
+
 def _adopt_inner_id(environ: Mapping[str, Any], context: RequestContext) -> str:
     """The request's one local id: the id an inner request-id filter put in the
     environ (oslo.middleware's ``RequestId`` inside the application always
@@ -258,7 +296,15 @@ class RequestIdMiddleware:
         (default :func:`crosstrace.httpnames.normalize_path`: ids become ``{id}``).
     """
 
-    __slots__ = ("_resp_headers", "app", "compat_headers", "path_normalizer", "tracer")
+    __slots__ = (
+        "_resp_headers",
+        "app",
+        "compat_headers",
+        "path_normalizer",
+        "tracer",
+        "trust_identity_headers",
+        "untrusted_identity_headers",
+    )
 
     def __init__(
         self,
@@ -266,10 +312,17 @@ class RequestIdMiddleware:
         compat_headers: str | Iterable[str] | None = (),
         tracer: Tracer | None = None,
         path_normalizer: PathNormalizer | None = None,
+        trust_identity_headers: bool = False,
     ) -> None:
         if not callable(app):
             raise ValueError("app must be a WSGI application (a callable)")
         self.app = app
+        #: Whether keystonemiddleware's ``authtoken`` runs in front (or inside,
+        #: rewriting the environ before the response starts): only then are the
+        #: identity headers (``X-Project-Id``, ``X-Roles`` ...) believed. Else they
+        #: are removed from the environ and counted.
+        self.trust_identity_headers = trust_identity_headers
+        self.untrusted_identity_headers = 0
         self.tracer = tracer
         self.path_normalizer: PathNormalizer = path_normalizer or normalize_path
         self.compat_headers = tuple(
@@ -279,6 +332,12 @@ class RequestIdMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Serve one request under its request context."""
+        trusted = self.trust_identity_headers
+        if not trusted:
+            for key in IDENTITY_ENVIRON_KEYS:
+                if key in environ:
+                    del environ[key]
+                    self.untrusted_identity_headers += 1
         # Reuse ids an earlier request-id filter (oslo.middleware's) put there.
         earlier_id = environ.get(ENV_REQUEST_ID)
         global_id = environ.get(ENV_GLOBAL_REQUEST_ID)
@@ -351,6 +410,10 @@ class RequestIdMiddleware:
             exc_info: _ExcInfo | None = None,
         ) -> Callable[[bytes], object]:
             served.status(status_code(status))
+            if trusted:
+                # authtoken, wherever it sits in the pipeline, has replaced the
+                # client's identity headers with the token's by now.
+                _record_identity(span, environ)
             if environ.get(ENV_REQUEST_ID) is not context.request_id:
                 span.set_attribute(ATTR_REQUEST_ID, _adopt_inner_id(environ, context))
             return _start_response(status, headers, exc_info)
@@ -521,6 +584,14 @@ def filter_factory(
     conf = dict(global_conf)
     conf.update(local_conf)
     compat = parse_header_list(conf.get("compat_headers"))
+    # A paste pipeline runs behind (or around) authtoken: identity headers are
+    # keystonemiddleware's unless the filter section says otherwise.
+    trust = str(conf.get("trust_identity_headers", "true")).strip().lower() not in (
+        "false",
+        "no",
+        "off",
+        "0",
+    )
 
     service = conf.get("service_name")
     wants_configure = str(conf.get("configure", "")).strip().lower() in ("1", "true", "yes", "on")
@@ -533,6 +604,8 @@ def filter_factory(
         # A named service gets its own tracer (resolved when the pipeline is
         # built, so configure() must run first); else the configured default.
         tracer = get_tracer(str(service)) if service else None
-        return RequestIdMiddleware(app, compat_headers=compat, tracer=tracer)
+        return RequestIdMiddleware(
+            app, compat_headers=compat, tracer=tracer, trust_identity_headers=trust
+        )
 
     return _filter

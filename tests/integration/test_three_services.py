@@ -272,7 +272,9 @@ class Cloud:
             return JSONResponse(result)
 
         app = asgi.RequestIdMiddleware(
-            Starlette(routes=[Route("/build/{server_id}", build)]), tracer=tracer
+            Starlette(routes=[Route("/build/{server_id}", build)]),
+            tracer=tracer,
+            trust_identity_headers=True,
         )
         server = serve_asgi(app, "svc2", start_timeout=DEADLINE)
         self._stops.append(lambda: server.stop(DEADLINE))
@@ -292,7 +294,9 @@ class Cloud:
             start_response(status, [("Content-Type", "application/json")])
             return [resp.content]
 
-        server = serve_wsgi(wsgi.RequestIdMiddleware(app, tracer=tracer), "svc1")
+        # The caller's identity headers stand for keystonemiddleware's here.
+        mw = wsgi.RequestIdMiddleware(app, tracer=tracer, trust_identity_headers=True)
+        server = serve_wsgi(mw, "svc1")
 
         def stop() -> None:
             server.stop(DEADLINE)

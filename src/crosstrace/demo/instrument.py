@@ -123,8 +123,13 @@ class ServiceKit:
     def wsgi(self, app: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap a WSGI app: request ids and context, its SERVER span, log routing."""
         name = self.name
+        # The demo's gateway validates tokens and sets the identity headers, the
+        # way keystonemiddleware does in a cloud: they are trusted.
         inner = ct_wsgi.RequestIdMiddleware(
-            app, compat_headers=COMPAT_HEADERS.get(name, ()), tracer=self.tracer
+            app,
+            compat_headers=COMPAT_HEADERS.get(name, ()),
+            tracer=self.tracer,
+            trust_identity_headers=True,
         )
 
         def service_app(environ: dict[str, Any], start_response: Any) -> Any:
@@ -141,7 +146,10 @@ class ServiceKit:
         """Wrap an ASGI app: request ids and context, its SERVER span, log routing."""
         name = self.name
         inner = ct_asgi.RequestIdMiddleware(
-            app, compat_headers=COMPAT_HEADERS.get(name, ()), tracer=self.tracer
+            app,
+            compat_headers=COMPAT_HEADERS.get(name, ()),
+            tracer=self.tracer,
+            trust_identity_headers=True,
         )
 
         async def service_app(scope: Any, receive: Any, send: Any) -> None:

@@ -16,14 +16,11 @@ from crosstrace.server.scope import Scope
 from crosstrace.spans import (
     ATTR_DOMAIN_ID,
     ATTR_GLOBAL_REQUEST_ID,
+    ATTR_PROJECT_DOMAIN_ID,
     ATTR_PROJECT_ID,
     ATTR_REQUEST_ID,
     ATTR_USER_ID,
 )
-
-#: The domain of the project (keystonemiddleware's X-Project-Domain-Id): a trace's
-#: and a log record's domain is this one, else ``openstack.domain_id``.
-ATTR_PROJECT_DOMAIN_ID: Final = "openstack.project_domain_id"
 
 __all__ = [
     "ATTR_DOMAIN_ID",
