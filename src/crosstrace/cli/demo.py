@@ -54,6 +54,12 @@ __all__ = ["demo"]
     help="Boot requests in flight at once.",
 )
 @click.option("--fast", is_flag=True, help="Shorter timeouts and delays (tests, quick looks).")
+@click.option(
+    "--auth",
+    is_flag=True,
+    help="Access control on: the backend takes only the tokens it prints (an admin, an"
+    " ingest token, a reader per domain).",
+)
 def demo(
     n_requests: int,
     seed: int,
@@ -64,6 +70,7 @@ def demo(
     volume_db: str | None,
     concurrency: int,
     fast: bool,
+    auth: bool,
 ) -> None:
     """Run a miniature cloud with injected faults, traced into a local backend.
 
@@ -86,6 +93,7 @@ def demo(
         volume_db_url=volume_db,
         concurrency=concurrency,
         timings=Timings.fast() if fast else Timings(),
+        auth=auth,
     )
     try:
         status = run(settings)

@@ -61,8 +61,10 @@ def start_backend(
     port: int = 4318,
     db_url: str | None = None,
     timeout: float = 60.0,
+    auth_file: Path | None = None,
 ) -> Backend:
     """Start ``crosstrace serve`` on loopback, storing into ``data_dir``; wait until healthy.
+    With *auth_file*, the backend requires the tokens of its identities.
 
     ``port=0`` lets the server pick a free port; the real one is read from its
     start-up line. The server's output goes to ``data_dir/serve.log``.
@@ -87,7 +89,7 @@ def start_backend(
         str(port),
         "--db",
         db,
-        "--no-auth",
+        *(["--auth-file", str(auth_file)] if auth_file is not None else ["--no-auth"]),
         "--verbose",
     ]
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
@@ -158,10 +160,12 @@ def _tail(path: Path, lines: int = 15) -> str:
 class BackendClient:
     """The parts of the query API the demo reads."""
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._session = requests.Session()
+        if token is not None:
+            self._session.headers["Authorization"] = f"Bearer {token}"
 
     def _get(self, path: str, **params: Any) -> Any:
         response = self._session.get(self.url + path, params=params, timeout=self.timeout)

@@ -214,7 +214,10 @@ class Tracing:
     service tracer per service (``crosstrace.get_tracer(name)``: its own
     ``service.name``, the one shared exporter), flush and shutdown."""
 
-    def __init__(self, endpoint: str, slow_threshold_s: float = 1.0) -> None:
+    def __init__(
+        self, endpoint: str, slow_threshold_s: float = 1.0, token: str | None = None
+    ) -> None:
+        """*token*: the backend's ingest token, when it requires one."""
         self.endpoint = endpoint
         # Record and keep every trace: the demo is the ground truth, so no head
         # sampling and no overhead budget here.
@@ -227,6 +230,7 @@ class Tracing:
             slow_threshold=slow_threshold_s,
             queue_size=16384,
             export_delay=0.5,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
         )
         self.tracers: dict[str, Tracer] = {}
 

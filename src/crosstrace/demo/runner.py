@@ -73,6 +73,8 @@ class DemoSettings:
     trickle_interval: float = 3.0
     #: How long to wait for the backend to hold every trace.
     verify_timeout: float = 60.0
+    #: Run the backend with access control on (identities in ``data_dir/auth.toml``).
+    auth: bool = False
 
 
 @dataclass(slots=True)
@@ -128,6 +130,7 @@ class Demo:
         self.driver: Driver | None = None
         self.started_ns = 0
         self.drive_seconds = 0.0
+        self.tokens: dict[str, str] = {}
 
     @property
     def ground_truth_path(self) -> Path:
@@ -139,9 +142,17 @@ class Demo:
         s = self.settings
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.console.status("starting crosstrace serve and the cloud..."):
-            self.backend = start_backend(self.data_dir, s.port)
-            self.client = BackendClient(self.backend.url)
-            self.tracing = Tracing(self.backend.url, slow_threshold_s=s.timings.slow_threshold)
+            tokens = _demo_identities(self.data_dir) if s.auth else {}
+            self.backend = start_backend(
+                self.data_dir, s.port, auth_file=self.data_dir / AUTH_FILE if s.auth else None
+            )
+            self.client = BackendClient(self.backend.url, token=tokens.get("demo-admin"))
+            self.tracing = Tracing(
+                self.backend.url,
+                slow_threshold_s=s.timings.slow_threshold,
+                token=tokens.get("demo-ingest"),
+            )
+            self.tokens = tokens
             cloud = Cloud(
                 CloudConfig(
                     injector=self.injector,
@@ -172,6 +183,18 @@ class Demo:
         volume_db = s.volume_db_url or f"sqlite:///{self.data_dir / 'volume.sqlite3'}"
         self.console.print(f"[bold]web UI[/]    {self.backend.url}/  (errors now: open this first)")
         self.console.print(f"[bold]backend[/]   {self.backend.url}  (store in {self.data_dir})")
+        if self.tokens:
+            self.console.print(
+                f"[bold]auth[/]      on: identities in {self.data_dir / AUTH_FILE}; tokens:"
+            )
+            for name, token in self.tokens.items():
+                self.console.print(f"            {name}: {token}", markup=False, highlight=False)
+            self.console.print(
+                "            e.g. curl -H 'Authorization: Bearer <token>' "
+                f"{self.backend.url}/api/v1/traces",
+                markup=False,
+                highlight=False,
+            )
         self.console.print(f"[bold]cloud[/]     compute API {self.cloud.compute_url}")
         self.console.print(f"[bold]RPC[/]       {_safe_url(s.broker_url)}")
         self.console.print(f"[bold]volume DB[/] {_safe_url(volume_db)}")
@@ -558,3 +581,26 @@ def run(settings: DemoSettings, console: Console | None = None) -> int:
     finally:
         demo.stop()
     return status
+
+
+#: The identities file of ``crosstrace demo --auth``, in the data directory.
+AUTH_FILE = "auth.toml"
+
+
+def _demo_identities(data_dir: Path) -> dict[str, str]:
+    """A fresh auth file: the demo's ingest and admin identities, and a reader of
+    each of the demo's domains; returns name -> token."""
+    from crosstrace.demo.identity import IDENTITIES
+    from crosstrace.server.auth.identities import add_identity
+
+    path = data_dir / AUTH_FILE
+    path.unlink(missing_ok=True)
+    tokens = {
+        "demo-ingest": add_identity(path, "demo-ingest", ["ingest"]),
+        "demo-admin": add_identity(path, "demo-admin", ["admin"]),
+    }
+    domains = {i.domain_name: i.domain_id for i in IDENTITIES}
+    for name, domain_id in sorted(domains.items()):
+        who = f"{name}-reader"
+        tokens[who] = add_identity(path, who, ["reader"], domains=[domain_id])
+    return tokens
