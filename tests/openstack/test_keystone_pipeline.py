@@ -172,7 +172,9 @@ def test_auth_token_in_front_the_spans_record_the_validated_project(
         "delay_auth_decision": "false",
     }
     tracer = sink_tracer(sink, "image-api")
-    app = auth_token.filter_factory({}, **conf)(RequestIdMiddleware(_service, tracer=tracer))
+    # auth_token in front: the identity headers are its own, so they are trusted.
+    inner = RequestIdMiddleware(_service, tracer=tracer, trust_identity_headers=True)
+    app = auth_token.filter_factory({}, **conf)(inner)
     good = webob.Request.blank("/v2/images", headers={"X-Auth-Token": user.token})
     assert good.get_response(app).status_int == 200
     bad = webob.Request.blank("/v2/images", headers={"X-Auth-Token": "not-a-token"})

@@ -11,6 +11,7 @@ cursors included.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -305,6 +306,23 @@ class Checker:
                 self.problems.append(f"{self.who.kind}: {url}: {problem}")
 
 
+def _ui(c: Checker, url: str, visible: bool, check: Any = None) -> None:
+    """A page of the web UI: readers get it (200) or 404 out of scope; anyone else
+    is sent to the login page (303)."""
+    c.checks += 1
+    status, body = c.get(url)
+    want = (200 if visible else 404) if c.who.reads else 303
+    if status != want:
+        c.problems.append(f"{c.who.kind}: UI {url} -> {status}, expected {want}")
+    elif want == 200 and check is not None:
+        problem = check(body)
+        if problem:
+            c.problems.append(f"{c.who.kind}: UI {url}: {problem}")
+
+
+_TRACE_LINK = re.compile(r"/traces/([0-9a-f]{32})")
+
+
 def _same(got: Any, want: Any) -> str | None:
     return None if got == want else f"got {got!r}, expected {want!r}"
 
@@ -480,6 +498,25 @@ def _run(
     c.expect(f"/api/v1/errors?{window}", r, groups)
     for group_id, (project, domain) in group_owners.items():
         c.expect_by_id(f"/api/v1/errors/{group_id}?{window}", who.sees(project, domain))
+    # The web UI: the same scope and masking as the API.
+    for t in data.traces:
+        _ui(c, f"/traces/{t.trace_id.hex()}", t.trace_id.hex() in ids)
+        _ui(c, f"/requests/{t.request_id}", t.trace_id.hex() in ids)
+    _ui(
+        c,
+        f"/traces?{window}",
+        True,
+        lambda b: _same(set(_TRACE_LINK.findall(b)), ids),
+    )
+    if visible and r:
+        t = visible[0]
+        db_span = t.spans[2][0].hex()  # its attributes hold the SQL text
+        _ui(
+            c,
+            f"/traces/{t.trace_id.hex()}/spans/{db_span}",
+            True,
+            lambda b: None if (SECRET_SQL in b) == who.sensitive else "masking is wrong",
+        )
     # Metrics and the audit log.
     c.expect("/metrics", who.metrics)
     c.expect("/api/v1/audit?limit=5", who.audit, lambda b: None if b["events"] else "no events")
