@@ -209,6 +209,7 @@ class IdentityFile:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._entries: tuple[IdentityEntry, ...] = ()
+        self._table: tuple[tuple[bytes, IdentityEntry, Identity], ...] = ()
         self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
         self.reloads = 0
@@ -226,7 +227,10 @@ class IdentityFile:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _load(self, stamp: tuple[int, int, int] | None) -> None:
-        self._entries = tuple(load_identities(self.path))
+        entries = tuple(load_identities(self.path))
+        # Identities are built here, not per lookup: a match costs no more than a miss.
+        self._table = tuple((e.digest, e, e.identity()) for e in entries)
+        self._entries = entries
         self._stamp = stamp
 
     def refresh(self, force: bool = False) -> None:
@@ -254,17 +258,18 @@ class IdentityFile:
 
         Every digest is compared, whatever matches, in constant time each."""
         self.refresh()
-        entries = self._entries
-        presented = hash_token(token) if token is not None else bytes(32)
-        found: IdentityEntry | None = None
-        for entry in entries:
-            if hmac.compare_digest(presented, entry.digest):
-                found = entry
-        if token is None or found is None:
+        presented = hash_token(token if token is not None else "")
+        now = dt.datetime.now(dt.UTC)
+        found = _NO_MATCH
+        for digest, entry, identity in self._table:
+            if hmac.compare_digest(presented, digest):
+                found = (digest, entry, identity)
+        # The same steps whatever matched (or not), so the time tells nothing.
+        _, entry, identity = found
+        expired = entry.expired(now)
+        if token is None or entry is _NOBODY or expired:
             return None
-        if found.expired(dt.datetime.now(dt.UTC)):
-            return None
-        return found.identity()
+        return identity
 
     def entries(self) -> tuple[IdentityEntry, ...]:
         self.refresh(force=True)
@@ -272,6 +277,10 @@ class IdentityFile:
 
 
 # ------------------------------------------------------------- editing the file
+
+
+_NOBODY: Final = IdentityEntry("-", b"", ())
+_NO_MATCH: Final = (b"", _NOBODY, Identity("-", frozenset(), Scope.NOTHING))
 
 
 def parse_expiry(text: str | None, now: dt.datetime | None = None) -> dt.datetime | None:
