@@ -140,3 +140,18 @@ def test_bad_expiry_is_refused(text: str) -> None:
 def test_never_expires() -> None:
     assert parse_expiry("never") is None
     assert parse_expiry(None) is None
+
+
+def test_reload_reports_created_and_revoked_identities(tmp_path: Path) -> None:
+    """Token create / revoke reach the listener (the server's audit log) on reload."""
+    path = tmp_path / "auth.toml"
+    add_identity(path, "a", ["reader"])
+    changes: list[tuple[list[str], list[str]]] = []
+    ids = IdentityFile(path, on_change=lambda added, removed: changes.append((added, removed)))
+    add_identity(path, "b", ["reader"])
+    os.utime(path, ns=(1, 1))
+    ids.refresh(force=True)
+    revoke_identity(path, "a")
+    os.utime(path, ns=(2, 2))
+    ids.refresh(force=True)
+    assert changes == [(["b"], []), ([], ["a"])]

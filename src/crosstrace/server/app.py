@@ -174,13 +174,24 @@ def access_from_settings(store: Store, settings: Settings) -> Access:
             system_scope="all" if settings.keystone_system_scope else None,
             cache_ttl_s=settings.keystone_cache_ttl / 1e9,
         )
+    auditor = Auditor(store)
+
+    def identities_changed(added: list[str], removed: list[str]) -> None:
+        for name in added:
+            auditor.record("auth-file", "file", "identity.create", name, "-", 0)
+        for name in removed:
+            auditor.record("auth-file", "file", "identity.revoke", name, "-", 0)
+
+    identities = None
+    if settings.auth_file:
+        identities = IdentityFile(settings.auth_file, on_change=identities_changed)
     return Access(
-        identities=IdentityFile(settings.auth_file) if settings.auth_file else None,
+        identities=identities,
         keystone=keystone,
         api_tokens=settings.api_tokenset,
         ingest_tokens=settings.ingest_tokenset,
         policy=Policy(settings.policy_file),
-        auditor=Auditor(store),
+        auditor=auditor,
         sensitive_attributes=DEFAULT_SENSITIVE_ATTRIBUTES | set(settings.sensitive_attributes),
     )
 

@@ -28,7 +28,7 @@ import secrets
 import threading
 import time
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -204,9 +204,16 @@ def load_identities(path: str | os.PathLike[str]) -> list[IdentityEntry]:
 class IdentityFile:
     """The identities of an auth file, reloaded when the file changes."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        """Load *path* now; raises :class:`AuthFileError` if it is invalid."""
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        on_change: Callable[[list[str], list[str]], None] | None = None,
+    ) -> None:
+        """Load *path* now; raises :class:`AuthFileError` if it is invalid.
+        *on_change(added, removed)* is told the identity names a reload added and
+        removed (token create / revoke), e.g. for the audit log."""
         self.path = Path(path)
+        self.on_change = on_change
         self._lock = threading.Lock()
         self._entries: tuple[IdentityEntry, ...] = ()
         self._table: tuple[tuple[bytes, IdentityEntry, Identity], ...] = ()
@@ -243,6 +250,7 @@ class IdentityFile:
             stamp = self._file_stamp()
             if stamp == self._stamp:
                 return
+            before = {e.name for e in self._entries}
             try:
                 self._load(stamp)
             except AuthFileError as exc:
@@ -252,6 +260,12 @@ class IdentityFile:
                 return
             self.reloads += 1
             log.info("auth file reloaded: %d identities", len(self._entries))
+            after = {e.name for e in self._entries}
+            if self.on_change is not None and before != after:
+                try:
+                    self.on_change(sorted(after - before), sorted(before - after))
+                except Exception:  # a failing listener must not stop the reload
+                    log.exception("auth file change listener failed")
 
     def lookup(self, token: str | None) -> Identity | None:
         """The identity whose token is *token*, unless unknown or expired.
