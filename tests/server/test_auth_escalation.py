@@ -195,3 +195,15 @@ def test_secrets_are_in_neither_the_database_nor_a_response(server: Server, tmp_
     assert SECRET.encode() not in on_disk
     # The chunks are compressed: look in the decoded spans too.
     assert SECRET not in repr(server.store.get_trace(tid))
+
+
+def test_open_server_ignores_tokens_and_closed_one_needs_them(tmp_path: Path) -> None:
+    """Auth off (nothing configured): any token, or none, reads as before."""
+    open_access = Access()
+    assert open_access.identify("Bearer whatever", None) is not None
+    assert open_access.identify(None, None) is not None
+    auth = tmp_path / "auth.toml"
+    add_identity(auth, "r", ["reader"])
+    closed = Access(identities=IdentityFile(auth))
+    assert closed.identify(None, None) is None
+    assert closed.identify("Bearer whatever", None) is None

@@ -147,8 +147,8 @@ class Access:
         self, authorization: str | None, keystone_token: str | None, *, ingest: bool = False
     ) -> Identity | None:
         """The caller of a request with these header values, or ``None``."""
-        if (self.ingest_open if ingest else self.api_open) and not authorization:
-            return ANONYMOUS_ADMIN
+        if self.ingest_open if ingest else self.api_open:
+            return ANONYMOUS_ADMIN  # auth is off: a token, if any, means nothing
         token = bearer_token(authorization)
         if token is not None:
             who = self.identities.lookup(token) if self.identities is not None else None
@@ -160,8 +160,6 @@ class Access:
             return None
         if keystone_token and self.keystone is not None:
             return self.keystone.validate(keystone_token)
-        if self.ingest_open if ingest else self.api_open:
-            return ANONYMOUS_ADMIN
         return None
 
     def allows(self, rule: str, identity: Identity) -> bool:
