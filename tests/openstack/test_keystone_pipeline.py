@@ -88,17 +88,21 @@ def traced_keystone(
     process.stop()
 
 
-def _wait_for_trace(client: BackendClient, trace_id: str, services: set[str]) -> dict[str, Any]:
+def _wait_for_trace(
+    client: BackendClient, trace_id: str, spans: set[tuple[str, str]]
+) -> dict[str, Any]:
+    """The trace once it holds every (service, span name) in *spans*: Keystone exports
+    the token request's span and the call's span separately."""
     deadline = time.monotonic() + 30
     while True:
         try:
             trace = client.trace(trace_id)
-            if services <= {s.get("service") for s in trace["spans"]}:
+            if spans <= {(s.get("service"), s.get("name")) for s in trace["spans"]}:
                 return trace
         except Exception:
             trace = {}
         if time.monotonic() > deadline:
-            raise AssertionError(f"trace {trace_id} with {services} never arrived: {trace}")
+            raise AssertionError(f"trace {trace_id} with {spans} never arrived: {trace}")
         time.sleep(0.2)
 
 
@@ -134,7 +138,11 @@ def test_keystone_behind_the_paste_filter_one_request_id_and_one_trace(
     # One trace in crosstrace serve: our client span, Keystone's server span below it.
     client = BackendClient(backend.url)
     try:
-        trace = _wait_for_trace(client, f"{root.trace_id:032x}", {"nova-api", "keystone"})
+        trace = _wait_for_trace(
+            client,
+            f"{root.trace_id:032x}",
+            {("nova-api", "GET /v3/projects"), ("keystone", "GET /v3/projects")},
+        )
     finally:
         client.close()
     spans = trace["spans"]
