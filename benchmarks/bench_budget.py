@@ -31,7 +31,7 @@ requests are still exported when the budget leaves little room. Servers: WSGI
 
 Printed per case: the budget, the measured added CPU (median of ``--repeats``
 windows), the tracer's own estimate (``controller.last_fraction``, averaged
-over the same windows), the effective ratio and record fraction, and the share
+over the same windows), the effective ratio, record and traced fractions, and the share
 of failed / slow requests whose root span reached the exporter.
 """
 
@@ -270,6 +270,7 @@ class Case:
             "estimate": statistics.fmean(estimates) if estimates else float("nan"),
             "ratio": self.tracer.effective_ratio,
             "record": self.tracer.record_fraction,
+            "traced": ctl.trace_fraction if ctl is not None else 1.0,
             "reqs": reqs,
         }
 
@@ -298,6 +299,7 @@ def run_case(
         "estimate": statistics.median(w["estimate"] for w in windows),
         "ratio": windows[-1]["ratio"],
         "record": windows[-1]["record"],
+        "traced": windows[-1]["traced"],
         "errors_kept": case.transport.errors / max(1, served // ERROR_EVERY),
         "slow_kept": case.transport.slow / max(1, served // SLOW_EVERY),
         "calibrations": case.tracer.costs.calibrations,
@@ -331,9 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "| server | request | budget | measured added CPU (median) | windows | "
         "tracer's estimate | export thread | eff. ratio | record fraction | "
-        "errors exported | slow exported |"
+        "traced fraction | errors exported | slow exported |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for server in args.servers.split(","):
             for kind in args.kinds.split(","):
@@ -345,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"| {server} | {kind} | {budget * 100:g} % | "
                         f"{r['added'] * 100:+.2f} % | {windows} | "
                         f"{r['estimate'] * 100:.2f} % | {r['export_share'] * 100:.2f} % | "
-                        f"{r['ratio']:.3f} | {r['record']:.3f} | "
+                        f"{r['ratio']:.3f} | {r['record']:.3f} | {r['traced']:.3f} | "
                         f"{r['errors_kept'] * 100:.0f} % | {r['slow_kept'] * 100:.0f} % |",
                         flush=True,
                     )

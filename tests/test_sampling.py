@@ -105,10 +105,22 @@ def test_controller_raises_knobs_again_when_under_budget() -> None:
     ctl = OverheadController(0.01)
     ctl.ratio_factor = 0.1
     ctl.adjust(record_ns=1_000_000, export_ns=1_000_000, proc_ns=1_000_000_000)
-    assert ctl.ratio_factor == pytest.approx(0.2)  # at most doubled per window
+    assert ctl.ratio_factor == pytest.approx(0.125)  # at most x1.25 per window
     ctl.record_fraction = 0.5
     ctl.adjust(record_ns=1_000_000, export_ns=1_000_000, proc_ns=1_000_000_000)
-    assert ctl.record_fraction == pytest.approx(1.0)
+    assert ctl.record_fraction == pytest.approx(0.625)
+    ctl.trace_fraction = 0.5  # the traced fraction rises first
+    ctl.adjust(record_ns=1_000_000, export_ns=1_000_000, proc_ns=1_000_000_000)
+    assert ctl.trace_fraction == pytest.approx(0.625)
+    assert ctl.record_fraction == pytest.approx(0.625)
+
+
+def test_controller_lowers_the_traced_fraction_once_almost_nothing_is_recorded() -> None:
+    ctl = OverheadController(0.01)
+    ctl.record_fraction = 0.005
+    ctl.adjust(record_ns=40_000_000, export_ns=0, proc_ns=1_000_000_000)
+    assert ctl.record_fraction == 0.005
+    assert ctl.trace_fraction == pytest.approx(0.25)  # the smallest step: 0.9 x 9.6 / 40
 
 
 def test_controller_converges_on_a_simulated_load() -> None:
@@ -140,5 +152,5 @@ def test_an_idle_process_keeps_its_knobs_up() -> None:
     ctl = OverheadController(0.01)
     ctl.record_fraction = 0.5
     ctl.adjust(record_ns=5_000_000, export_ns=0, proc_ns=10_000_000)  # 50 % of almost nothing
-    assert ctl.record_fraction == 1.0
+    assert ctl.record_fraction == pytest.approx(0.625)  # rises instead of falling
     assert ctl.last_fraction == pytest.approx(0.5)

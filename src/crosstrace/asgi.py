@@ -240,6 +240,7 @@ class RequestIdMiddleware:
         if tracer.trace_threshold < TRACE_ALL and getrandbits(16) >= tracer.trace_threshold:
             # Over a small budget: this request runs untraced; only a failure
             # or a slow run exports its server span, built after the fact.
+            tracer.accounting.bypassed += 1
             await self._untraced(scope, receive, send_with_id, context, tracer, trace_headers)
             return
         try:

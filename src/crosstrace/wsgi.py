@@ -384,6 +384,7 @@ class RequestIdMiddleware:
         ):
             # Over a small budget: this request runs untraced; only a failure
             # or a slow run exports its server span, built after the fact.
+            tracer.accounting.bypassed += 1
             return self._untraced(environ, _start_response, context, tracer)
         if tracer is None:
             token = set_current(context)

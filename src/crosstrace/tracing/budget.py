@@ -77,7 +77,7 @@ Probe = Callable[[Any, int], Callable[[], None]]
 class Accounting:
     """Counters the tracer updates once per trace (plain ints, no lock)."""
 
-    __slots__ = ("kept_spans", "roots", "spans", "unrecorded")
+    __slots__ = ("bypassed", "kept_spans", "roots", "spans", "unrecorded")
 
     def __init__(self) -> None:
         #: Local roots recorded (their segment settled, kept or dropped).
@@ -88,10 +88,12 @@ class Accounting:
         self.kept_spans = 0
         #: Local roots of traces not recorded (a non-recording span).
         self.unrecorded = 0
+        #: Requests an entry point ran untraced (outside the traced fraction).
+        self.bypassed = 0
 
-    def snapshot(self) -> tuple[int, int, int, int]:
-        """``(roots, spans, kept_spans, unrecorded)``."""
-        return self.roots, self.spans, self.kept_spans, self.unrecorded
+    def snapshot(self) -> tuple[int, int, int, int, int]:
+        """``(roots, spans, kept_spans, unrecorded, bypassed)``."""
+        return self.roots, self.spans, self.kept_spans, self.unrecorded, self.bypassed
 
 
 class _DiscardSink:
@@ -137,6 +139,7 @@ class CostModel:
         "_open_span",
         "_probe",
         "_sum",
+        "bypass_ns",
         "calibration_ns",
         "calibrations",
         "control_every",
@@ -174,6 +177,8 @@ class CostModel:
         #: What an entry point's tracing scaffolding costs a request whatever
         #: its group (the control group pays it too, so it is priced apart).
         self.scaffold_ns = 0.0
+        #: What a request run untraced (outside the traced fraction) still costs.
+        self.bypass_ns = 0.0
         #: One request in this many is in the control group.
         self.control_every = CONTROL_EVERY
         #: CPU spent calibrating so far (counted as tracing cost).
@@ -221,15 +226,18 @@ class CostModel:
         n = self._eff_n[group]
         return self._eff_sum[group] / n if n >= MIN_SAMPLES else None
 
-    def baseline_ns(self, traced: int) -> float | None:
+    def baseline_ns(self, requests: int) -> float | None:
         """What this window's requests would have cost without tracing: the
-        traced ones plus the control group, at the control group's mean CPU."""
+        traced and untraced ones plus the control group, at the control
+        group's mean CPU."""
         control = self.measured(GROUP_CONTROL)
         if control is None:
             return None
-        return (traced + self._last_controls) * control
+        return (requests + self._last_controls) * control
 
-    def record_ns(self, roots: int, spans: int, kept: int, unrecorded: int) -> float:
+    def record_ns(
+        self, roots: int, spans: int, kept: int, unrecorded: int, bypassed: int = 0
+    ) -> float:
         """The request-thread CPU the counted work cost.
 
         Measured where possible: a recorded (or deferred) request costs its
@@ -246,6 +254,7 @@ class CostModel:
         recorded = self.measured(GROUP_RECORDED)
         deferred = self.measured(GROUP_DEFERRED)
         scaffold = (roots + unrecorded + self._last_controls) * self.scaffold_ns
+        scaffold += bypassed * self.bypass_ns
         if control is not None and recorded is not None:
             rec_cost = roots * max(0.0, recorded - control + correction)
         else:
@@ -285,9 +294,11 @@ class CostModel:
         control = make("calibrate", None, sample_ratio=0.0)
         control.controller = OverheadController(1.0)
         control.costs.control_every = 1  # every request in the control group
+        bypass = make("calibrate", None, sample_ratio=0.0)
+        bypass.trace_threshold = 0  # every request untraced
         probe = self._probe or self._span_probe(span, self._off)
         cost: dict[tuple[Any, int], float] = {}
-        runs = [(t, c) for t in (None, drop, keep, unrec, control) for c in (0, k)]
+        runs = [(t, c) for t in (None, drop, keep, unrec, control, bypass) for c in (0, k)]
         for t, c in runs:  # warm up
             probe(t, c)()
         for t, c in runs:
@@ -300,6 +311,7 @@ class CostModel:
         self.unrecorded_ns = max(0.0, cost[unrec, 0] - off0)
         self.deferred_child_ns = (cost[unrec, k] - cost[unrec, 0]) / k - off_child
         self.scaffold_ns = max(0.0, cost[control, 0] - off0)
+        self.bypass_ns = max(0.0, cost[bypass, 0] - off0)
 
     def _time(self, run: Callable[[], None]) -> float:
         """Median CPU per call of three batches."""

@@ -146,7 +146,7 @@ class OverheadController:
     #: Smallest adjustment step per window (avoids oscillating to zero).
     MIN_STEP = 0.25
     #: Largest increase per window.
-    MAX_STEP = 2.0
+    MAX_STEP = 1.25
     #: Smallest non-zero ratio factor the controller goes down to.
     FLOOR = 1e-6
     #: Below this record fraction, the controller lowers the traced fraction.
@@ -168,7 +168,7 @@ class OverheadController:
         self._record_ns = 0
         self._export_cpu_now = 0
         self._export_cpu_last = 0
-        self._counts_last: tuple[int, int, int, int] | None = None
+        self._counts_last: tuple[int, int, int, int, int] | None = None
         self._calib_last = 0
         self._proc_last = time.process_time_ns()
         self.next_tick_ns = time.monotonic_ns() + self.window_ns
@@ -214,8 +214,8 @@ class OverheadController:
             last = self._counts_last or counts
             self._counts_last = counts
             d = [a - b for a, b in zip(counts, last, strict=True)]
-            self._record_ns += int(costs.record_ns(d[0], d[1], d[2], d[3]))
-            base_ns = costs.baseline_ns(d[0] + d[3])
+            self._record_ns += int(costs.record_ns(d[0], d[1], d[2], d[3], d[4]))
+            base_ns = costs.baseline_ns(d[0] + d[3] + d[4])
             calib = costs.calibration_ns
             self._record_ns += max(0, calib - self._calib_last)
             self._calib_last = calib
