@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from crosstrace.server.auth.tokens import hash_token
+from crosstrace.server.errors import BadRequest
 from crosstrace.server.scope import Scope
 
 __all__ = [
@@ -77,7 +78,7 @@ _RELOAD_CHECK_S: Final = 1.0
 _KEYS: Final = frozenset({"name", "token_sha256", "roles", "domains", "projects", "expires"})
 
 
-class AuthFileError(ValueError):
+class AuthFileError(BadRequest, ValueError):
     """The auth file cannot be read or is invalid."""
 
 

@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from crosstrace.ids import is_valid_request_id
+from crosstrace.server.errors import ServerError
 from crosstrace.server.model import LogQuery, LogRecord, SpanRecord, TraceQuery, TraceSummary
 from crosstrace.server.query.diagnose import Diagnoser
 from crosstrace.server.scope import Scope
@@ -59,12 +60,12 @@ SECURITY_HEADERS: Final = {
 T = TypeVar("T")
 
 
-class PageError(Exception):
+class PageError(ServerError):
     """A page that cannot be shown: status and a message for the reader."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.status = self.status_code = status
         self.message = message
 
 
