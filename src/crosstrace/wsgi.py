@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from random import getrandbits
 from time import time_ns
 from types import TracebackType
@@ -80,6 +80,7 @@ from crosstrace.tracing.model import (
 from crosstrace.tracing.serve import Served, serve
 from crosstrace.tracing.spans import NonRecordingSpan, Span
 from crosstrace.tracing.tracer import DISABLED, TRACE_ALL, Tracer, get_tracer, span
+from crosstrace.wsgibody import ContextBody, TracedBody
 
 __all__ = [
     "ENV_GLOBAL_REQUEST_ID",
@@ -136,97 +137,6 @@ def parse_header_list(value: str | Iterable[str] | None) -> tuple[str, ...]:
         if name not in names:
             names.append(name)
     return tuple(names)
-
-
-class _ContextBody:
-    """A response iterable that makes the request context current while the
-    application's iterable produces each chunk and while it is closed."""
-
-    __slots__ = ("_close", "_context", "_iter")
-
-    def __init__(self, body: Iterable[bytes], context: RequestContext) -> None:
-        self._context = context
-        self._iter: Iterator[bytes] | None = None
-        self._close = getattr(body, "close", None)
-        token = set_current(context)
-        try:
-            # A generator's code first runs on next(); other iterables may run
-            # application code in __iter__ itself.
-            self._iter = iter(body)
-        finally:
-            reset_current(token)
-
-    def __iter__(self) -> _ContextBody:
-        return self
-
-    def __next__(self) -> bytes:
-        token = set_current(self._context)
-        try:
-            return next(self._iter)  # type: ignore[arg-type]
-        finally:
-            reset_current(token)
-
-    def close(self) -> None:
-        close = self._close
-        if close is not None:
-            token = set_current(self._context)
-            try:
-                close()
-            finally:
-                reset_current(token)
-
-
-class _TracedBody:
-    """A streamed body produced under the request context *and* the server
-    span (:class:`~crosstrace.tracing.serve.Served`); the span ends when the
-    server closes the body."""
-
-    __slots__ = ("_close", "_iter", "_served")
-
-    def __init__(self, body: Iterable[bytes], served: Served) -> None:
-        self._served = served
-        self._close = getattr(body, "close", None)
-        served.enter()
-        try:
-            self._iter: Iterator[bytes] = iter(body)
-        except BaseException as exc:
-            served.fail(exc)
-            served.leave()
-            served.finish()
-            raise
-        served.leave()
-
-    def __iter__(self) -> _TracedBody:
-        return self
-
-    def __next__(self) -> bytes:
-        served = self._served
-        served.enter()
-        try:
-            return next(self._iter)
-        except StopIteration:
-            raise
-        except Exception as exc:
-            served.fail(exc)
-            raise
-        finally:
-            served.leave()
-
-    def close(self) -> None:
-        served = self._served
-        close = self._close
-        try:
-            if close is not None:
-                served.enter()
-                try:
-                    close()
-                except Exception as exc:
-                    served.fail(exc)
-                    raise
-                finally:
-                    served.leave()
-        finally:
-            served.finish()
 
 
 #: The environ keys of keystonemiddleware's identity headers.
@@ -397,7 +307,7 @@ class RequestIdMiddleware:
             file_wrapper = environ.get("wsgi.file_wrapper")
             if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
                 return body
-            return _ContextBody(body, context)
+            return ContextBody(body, context)
         try:
             served = self._serve(environ, context, tracer)
         except Exception:  # tracing must never break the request
@@ -434,7 +344,7 @@ class RequestIdMiddleware:
         if type(body) is list or type(body) is tuple:
             served.finish()
             return body
-        return _TracedBody(body, served)
+        return TracedBody(body, served)
 
     def _untraced(
         self,
@@ -465,7 +375,7 @@ class RequestIdMiddleware:
             self._after_the_fact(environ, context, tracer, start_ns, code, None)
         if type(body) is list or type(body) is tuple:
             return body
-        return _ContextBody(body, context)
+        return ContextBody(body, context)
 
     def _after_the_fact(
         self,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["IDENTITIES", "Identity", "identity_headers"]
+__all__ = ["AUTH_FILE", "IDENTITIES", "Identity", "identity_headers", "write_auth_file"]
 
 _NAMESPACE = uuid.UUID("6d1c8c4e-3c59-4f77-9b0e-5b1de5a1f0c7")
 
@@ -66,3 +67,25 @@ def identity_headers(identity: Identity) -> dict[str, str]:
         HEADER_PROJECT_DOMAIN_ID: identity.domain_id,
         HEADER_ROLES: ",".join(identity.roles),
     }
+
+
+#: The identities file of ``crosstrace demo --auth``, in the data directory.
+AUTH_FILE = "auth.toml"
+
+
+def write_auth_file(data_dir: Path) -> dict[str, str]:
+    """A fresh auth file: the demo's ingest and admin identities, and a reader of
+    each of the demo's domains; returns name -> token."""
+    from crosstrace.server.auth.identities import add_identity
+
+    path = data_dir / AUTH_FILE
+    path.unlink(missing_ok=True)
+    tokens = {
+        "demo-ingest": add_identity(path, "demo-ingest", ["ingest"]),
+        "demo-admin": add_identity(path, "demo-admin", ["admin"]),
+    }
+    domains = {i.domain_name: i.domain_id for i in IDENTITIES}
+    for name, domain_id in sorted(domains.items()):
+        who = f"{name}-reader"
+        tokens[who] = add_identity(path, who, ["reader"], domains=[domain_id])
+    return tokens

@@ -39,7 +39,7 @@ from crosstrace.demo.cloud import Cloud, CloudConfig, Timings
 from crosstrace.demo.driver import Driver
 from crosstrace.demo.faults import CATALOGUE, FaultInjector, FaultKind
 from crosstrace.demo.groundtruth import GroundTruth, RequestOutcome
-from crosstrace.demo.identity import IDENTITIES
+from crosstrace.demo.identity import AUTH_FILE, IDENTITIES, write_auth_file
 from crosstrace.demo.instrument import Tracing
 from crosstrace.demo.verdicts import KindScore, score_verdicts
 from crosstrace.redact import mask_password
@@ -142,7 +142,7 @@ class Demo:
         s = self.settings
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.console.status("starting crosstrace serve and the cloud..."):
-            tokens = _demo_identities(self.data_dir) if s.auth else {}
+            tokens = write_auth_file(self.data_dir) if s.auth else {}
             self.backend = start_backend(
                 self.data_dir, s.port, auth_file=self.data_dir / AUTH_FILE if s.auth else None
             )
@@ -581,26 +581,3 @@ def run(settings: DemoSettings, console: Console | None = None) -> int:
     finally:
         demo.stop()
     return status
-
-
-#: The identities file of ``crosstrace demo --auth``, in the data directory.
-AUTH_FILE = "auth.toml"
-
-
-def _demo_identities(data_dir: Path) -> dict[str, str]:
-    """A fresh auth file: the demo's ingest and admin identities, and a reader of
-    each of the demo's domains; returns name -> token."""
-    from crosstrace.demo.identity import IDENTITIES
-    from crosstrace.server.auth.identities import add_identity
-
-    path = data_dir / AUTH_FILE
-    path.unlink(missing_ok=True)
-    tokens = {
-        "demo-ingest": add_identity(path, "demo-ingest", ["ingest"]),
-        "demo-admin": add_identity(path, "demo-admin", ["admin"]),
-    }
-    domains = {i.domain_name: i.domain_id for i in IDENTITIES}
-    for name, domain_id in sorted(domains.items()):
-        who = f"{name}-reader"
-        tokens[who] = add_identity(path, who, ["reader"], domains=[domain_id])
-    return tokens
