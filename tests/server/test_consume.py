@@ -7,6 +7,7 @@ processes on the real RabbitMQ sharing one queue.
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from serve_samples import DelegatingStore, log_request, opened, simple_batch, sq
 
 from crosstrace.server.batch.spanbatch import SpanBatch
 from crosstrace.server.ingest.consume import HEADER_SIGNAL, Consumer
-from crosstrace.server.ingest.http import OFFLOAD_BYTES
+from crosstrace.server.ingest.http import OFFLOAD_BYTES, JsonBudget, JsonRefused
 from crosstrace.server.ingest.pool import DecodePool
 from crosstrace.server.metrics import Metrics
 from crosstrace.server.model import LogQuery, SpanRecord
@@ -52,6 +53,7 @@ def _publish(
     signal_name: str = "traces",
     headers: dict[str, Any] | None = None,
     content_type: str = "application/x-protobuf",
+    content_encoding: str = "binary",
 ) -> None:
     """Publish like the tracer's AMQP transport does (persistent, header, exchange)."""
     kombu = _kombu()
@@ -64,7 +66,7 @@ def _publish(
                 body,
                 routing_key=queue,
                 content_type=content_type,
-                content_encoding="binary",
+                content_encoding=content_encoding,
                 headers={HEADER_SIGNAL: signal_name} if headers is None else headers,
                 delivery_mode=2,
                 declare=[q],
@@ -227,6 +229,42 @@ def test_store_failure_requeues_and_the_retry_is_stored(store: Store, memory_url
 
 
 # ------------------------------------------------------------------ real RabbitMQ
+
+
+def test_json_bomb_over_rabbitmq_is_rejected_within_the_memory_bound(
+    store: Store, amqp_url: str, amqp_queue_name: str
+) -> None:
+    """A small gzip message whose JSON would take far more than 20x its size to
+    decode is refused before decoding (as on HTTP ingest), rejected without
+    requeue and counted; the good message after it is stored."""
+    inflated = b'{"resourceSpans":[' + b",".join([b"{}"] * 400_000) + b"]}"
+    bomb = gzip.compress(inflated, compresslevel=9)
+    assert len(bomb) < 8 * 1024 < len(inflated) // 100
+    cost = JsonBudget(2**62).reserve
+    with pytest.raises(JsonRefused) as refused:
+        cost(inflated)
+    assert refused.value.status_code == 413
+    good, ids = simple_batch(2)
+    with _consumer(amqp_url, store, amqp_queue_name) as consumer:
+        _publish(
+            amqp_url,
+            amqp_queue_name,
+            [bomb],
+            content_type="application/json",
+            content_encoding="gzip",
+        )
+        _publish(amqp_url, amqp_queue_name, [good])
+        _wait_for(lambda: consumer.acked == 1 and consumer.rejected == 1, what="settle")
+        assert consumer.requeued == 0
+        assert consumer.metrics.request_count("amqp", "traces", "rejected") == 1
+        assert consumer.json_budget.used == 0
+    assert {s.span_id for s in _all_spans(store, good)} == set(ids)
+    kombu = _kombu()
+    with kombu.Connection(amqp_url) as conn:  # nothing left, nothing redelivered
+        queue = kombu.Queue(amqp_queue_name, durable=True)(conn.channel())
+        _, left, _ = queue.queue_declare(passive=True)
+        queue.delete()
+    assert left == 0
 
 
 def _serve_consume(db: str, amqp_url: str, queue: str, log: Path) -> subprocess.Popen[bytes]:

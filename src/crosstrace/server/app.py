@@ -335,6 +335,7 @@ def run(settings: Settings, echo: Callable[[str], None] = print) -> None:
                 routing_key=settings.amqp_routing_key,
                 prefetch=settings.prefetch,
                 decode_pool=pool,
+                max_json_memory=settings.max_json_memory,
             )
             consumer.start()
             echo(

@@ -12,6 +12,11 @@ Delivery guarantees:
 * a message is acknowledged only after the store has committed its records;
 * a malformed message (unknown signal, undecodable body) is rejected without
   requeue, counted and logged; it would fail the same way forever;
+* a JSON body goes through the same memory bound as on HTTP ingest
+  (:class:`~crosstrace.server.ingest.http.JsonBudget`): one that would take more
+  than 20x its size to decode, or more than ``max_json_memory`` alone, is
+  rejected like a malformed one; one over the total only because of the
+  messages being decoded now is requeued after a brief pause;
 * a store failure requeues the message, and the consumer pauses briefly;
 * at most ``prefetch`` messages are unacknowledged at a time, so several
   ``serve --consume`` processes on one queue share the work;
@@ -40,7 +45,13 @@ from crosstrace.server.ingest.decode import (
     OtlpDecodeError,
     decode,
 )
-from crosstrace.server.ingest.http import CONTENT_TYPE_JSON, OFFLOAD_BYTES, gunzip_capped
+from crosstrace.server.ingest.http import (
+    CONTENT_TYPE_JSON,
+    OFFLOAD_BYTES,
+    JsonBudget,
+    JsonRefused,
+    gunzip_capped,
+)
 from crosstrace.server.ingest.pool import DecodePool
 from crosstrace.server.metrics import Metrics
 from crosstrace.server.settings import DEFAULT_EXCHANGE, DEFAULT_QUEUE, DEFAULT_ROUTING_KEY
@@ -97,6 +108,8 @@ class _Pending:
     started: float
     #: True while *future* is the decode worker's, not yet the store's commit.
     decoding: bool = False
+    #: JSON memory reserved while decoding (released once decoded).
+    json_cost: int = 0
 
 
 class Consumer(threading.Thread):
@@ -115,7 +128,9 @@ class Consumer(threading.Thread):
         max_message_size: int = 64 * 1024**2,
         heartbeat: float = 20.0,
         decode_pool: DecodePool | None = None,
+        max_json_memory: int = 512 * 1024**2,
     ) -> None:
+        """*max_json_memory*: bytes all JSON messages being decoded may take together."""
         super().__init__(name="crosstrace-consumer", daemon=True)
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
@@ -130,6 +145,7 @@ class Consumer(threading.Thread):
         self.max_message_size = max_message_size
         self.heartbeat = heartbeat
         self.decode_pool = decode_pool
+        self.json_budget = JsonBudget(max_json_memory)
         #: Set once consuming (again, after a reconnect); cleared while disconnected.
         self.ready = threading.Event()
         self._stopping = threading.Event()
@@ -160,6 +176,8 @@ class Consumer(threading.Thread):
             except errors as exc:
                 self.ready.clear()
                 dropped = len(self._pending)
+                for item in self._pending:
+                    self.json_budget.release(item.json_cost)
                 self._pending.clear()  # unacked: the broker redelivers them
                 if self._stopping.is_set():
                     break
@@ -228,20 +246,35 @@ class Consumer(threading.Thread):
             body = body.encode("utf-8")
         as_json = (message.content_type or "").split(";", 1)[0].strip() == CONTENT_TYPE_JSON
         started = time.perf_counter()
+        json_cost = 0
         try:
             if len(body) > self.max_message_size:
                 raise OtlpDecodeError(f"message exceeds {self.max_message_size} bytes")
             if (message.content_encoding or "").lower() == "gzip":
                 body = gunzip_capped(body, self.max_message_size)
+            if as_json:
+                json_cost = self.json_budget.reserve(body)
             pool = self.decode_pool
             if pool is not None and signal == SIGNAL_TRACES and len(body) > OFFLOAD_BYTES:
                 decoding = pool.submit_traces(body, as_json, self.store.compression())
-                self._pending.append(_Pending(decoding, message, signal, 0, started, True))
+                self._pending.append(
+                    _Pending(decoding, message, signal, 0, started, True, json_cost)
+                )
+                json_cost = 0  # released once the worker has decoded it
                 return
             result = decode(signal, body, as_json=as_json)
+        except JsonRefused as exc:
+            if exc.status_code == 429:
+                self._requeue(message, signal, str(exc))
+                self._paused_until = time.monotonic() + _STORE_FAILURE_PAUSE
+            else:
+                self._reject(message, signal, str(exc))
+            return
         except _DECODE_ERRORS as exc:
             self._reject(message, signal, str(exc))
             return
+        finally:
+            self.json_budget.release(json_cost)
         item = self._store(message, signal, result, started)
         if item is not None:
             self._pending.append(item)
@@ -282,6 +315,13 @@ class Consumer(threading.Thread):
             _TRANSPORT, signal if signal in _SIGNALS else "unknown", "rejected"
         )
 
+    def _requeue(self, message: Any, signal: str, reason: str) -> None:
+        """Give *message* back to the broker for a later try."""
+        log.warning("%s message requeued: %s", signal, reason)
+        message.requeue()
+        self.requeued += 1
+        self.metrics.count_request(_TRANSPORT, signal, "requeued")
+
     def _settle(self) -> None:
         """Ack every message whose commit finished; requeue those whose commit failed."""
         if not self._pending:
@@ -292,6 +332,7 @@ class Consumer(threading.Thread):
                 still.append(item)
                 continue
             if item.decoding:
+                self.json_budget.release(item.json_cost)
                 exc = item.future.exception()
                 if exc is None:
                     result = item.future.result()
@@ -301,10 +342,7 @@ class Consumer(threading.Thread):
                 elif isinstance(exc, _DECODE_ERRORS):
                     self._reject(item.message, item.signal, str(exc))
                 else:  # the pool itself failed (e.g. it is shutting down): redeliver
-                    log.warning("decoding a message failed, requeued: %s", exc)
-                    item.message.requeue()
-                    self.requeued += 1
-                    self.metrics.count_request(_TRANSPORT, item.signal, "requeued")
+                    self._requeue(item.message, item.signal, f"decoding failed: {exc}")
                 continue
             self.metrics.write_finished(time.perf_counter() - item.started)
             exc = item.future.exception()

@@ -53,6 +53,8 @@ __all__ = [
     "OFFLOAD_BYTES",
     "RETRY_AFTER_SECONDS",
     "IngestApp",
+    "JsonBudget",
+    "JsonRefused",
     "gunzip_capped",
 ]
 
@@ -131,6 +133,52 @@ def gunzip_capped(data: bytes, limit: int) -> bytes:
     return bytes(out)
 
 
+class JsonRefused(ServerError, ValueError):
+    """A JSON body refused before decoding; ``status_code`` is the HTTP answer: 400 (nested
+    too deeply), 413 (too costly for its size, or alone over the total) or 429 (over
+    the total only because of the bodies being decoded now: retry later)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status
+        self.rpc_code = _RPC_INVALID_ARGUMENT if status == 400 else _RPC_RESOURCE_EXHAUSTED
+
+
+class JsonBudget:
+    """The memory JSON bodies being decoded may take: each at most
+    :data:`JSON_MEMORY_FACTOR` times its size, all together at most *total* bytes.
+    Shared by the HTTP ingest and the RabbitMQ consumer; not thread-safe (each
+    user calls it from one thread)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+
+    def reserve(self, body: bytes) -> int:
+        """Reserve the memory decoding JSON *body* will take and return it (give
+        it back with :meth:`release`), or raise :class:`JsonRefused`."""
+        cost = _json_cost(body)
+        if cost > JSON_MEMORY_FACTOR * max(len(body), 1024):
+            if _DEEP_JSON.search(body):  # looked for only here: it is slow
+                raise JsonRefused(400, "body is not valid OTLP JSON: nested too deeply")
+            raise JsonRefused(
+                413,
+                f"JSON body would take about {cost} bytes to decode, over "
+                f"{JSON_MEMORY_FACTOR}x its size: send fewer, larger values, or protobuf",
+            )
+        if self.used + cost > self.total:
+            raise JsonRefused(
+                429 if cost <= self.total else 413,
+                "JSON bodies being decoded would pass the memory limit",
+            )
+        self.used += cost
+        return cost
+
+    def release(self, cost: int) -> None:
+        """Give back what :meth:`reserve` returned."""
+        self.used -= cost
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -163,9 +211,8 @@ class IngestApp:
         self.max_body_size = max_body_size
         self.max_decompressed_size = max_decompressed_size
         self.max_concurrent = max_concurrent
-        self.max_json_memory = max_json_memory
+        self.json_budget = JsonBudget(max_json_memory)
         self.active = 0
-        self.json_memory = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -185,7 +232,10 @@ class IngestApp:
                 )
             as_json, body = await self._read(scope, receive, signal)
             if as_json:
-                reserved = self._reserve_json(body)
+                try:
+                    reserved = self.json_budget.reserve(body)
+                except JsonRefused as exc:
+                    raise _HTTPError(exc.status_code, str(exc), exc.rpc_code) from None
             status, payload = await self._handle(signal, body, as_json)
             await _respond(send, status, payload, _media(as_json))
         except _HTTPError as exc:
@@ -203,29 +253,8 @@ class IngestApp:
             status = 499
         finally:
             self.active -= 1
-            self.json_memory -= reserved
+            self.json_budget.release(reserved)
             self.metrics.count_request("http", signal, str(status))
-
-    def _reserve_json(self, body: bytes) -> int:
-        """Reserve the memory decoding JSON *body* will take, or refuse it (413)
-        when that is over :data:`JSON_MEMORY_FACTOR` times its size, or (429)
-        when the JSON bodies being decoded would together pass the total."""
-        cost = _json_cost(body)
-        if cost > JSON_MEMORY_FACTOR * max(len(body), 1024):
-            if _DEEP_JSON.search(body):  # looked for only here: it is slow
-                raise _HTTPError(400, "body is not valid OTLP JSON: nested too deeply")
-            raise _TooLarge(
-                f"JSON body would take about {cost} bytes to decode, over "
-                f"{JSON_MEMORY_FACTOR}x its size: send fewer, larger values, or protobuf"
-            )
-        if self.json_memory + cost > self.max_json_memory:
-            raise _HTTPError(
-                429 if cost <= self.max_json_memory else 413,
-                "JSON bodies being decoded would pass the memory limit",
-                _RPC_RESOURCE_EXHAUSTED,
-            )
-        self.json_memory += cost
-        return cost
 
     async def _read(self, scope: Scope, receive: Receive, signal: str) -> tuple[bool, bytes]:
         """Check method, auth and headers, then read and decompress the body."""
