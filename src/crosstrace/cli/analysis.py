@@ -18,13 +18,13 @@ from rich.table import Table
 from rich.text import Text
 
 from crosstrace.cli.query import (
-    _TRACE_ID_RE,
-    _common_options,
-    _console,
-    _duration,
-    _echo_json,
-    _get,
-    _time,
+    TRACE_ID_RE,
+    api_get,
+    common_options,
+    echo_json,
+    format_duration,
+    format_time,
+    make_console,
 )
 from crosstrace.ids import is_valid_request_id
 
@@ -34,7 +34,7 @@ _VERDICT_STYLE = {"error": "bold red", "slow": "bold yellow", "ok": "bold green"
 
 
 def _check_id(value: str) -> str:
-    if _TRACE_ID_RE.fullmatch(value):
+    if TRACE_ID_RE.fullmatch(value):
         return value.lower()
     if is_valid_request_id(value):
         return value
@@ -59,11 +59,13 @@ def _print_candidate(console: Any, c: dict[str, Any], rank: int) -> None:
         console.print(Text(f"   error     {error}", style="red"))
     if c.get("span_id"):
         console.print(Text(f"   span      {c['span_id']} ({ev.get('kind', '')})", style="dim"))
-    timing = f"   took      {_duration(ev.get('duration_ns'))}"
+    timing = f"   took      {format_duration(ev.get('duration_ns'))}"
     if ev.get("self_time_ns") is not None:
-        timing += f", own time on the critical path {_duration(ev['self_time_ns'])}"
+        timing += f", own time on the critical path {format_duration(ev['self_time_ns'])}"
     if ev.get("usual_duration_ns"):
-        timing += f"; usually {_duration(ev['usual_duration_ns'])} (x{ev.get('ratio_to_usual')})"
+        timing += (
+            f"; usually {format_duration(ev['usual_duration_ns'])} (x{ev.get('ratio_to_usual')})"
+        )
     console.print(Text(timing))
     if ev.get("db_statement"):
         console.print(Text(f"   statement {ev['db_statement'][:300]}"))
@@ -83,7 +85,7 @@ def _print_candidate(console: Any, c: dict[str, Any], rank: int) -> None:
         body = str(record.get("body", "")).split("\n", 1)[0][:200]
         console.print(
             Text(
-                f"   log       {_time(record.get('time_ns'))} {record.get('service')} "
+                f"   log       {format_time(record.get('time_ns'))} {record.get('service')} "
                 f"{record.get('severity')} {body}"
             )
         )
@@ -92,20 +94,20 @@ def _print_candidate(console: Any, c: dict[str, Any], rank: int) -> None:
 @click.command()
 @click.argument("ident", metavar="ID", callback=lambda ctx, param, value: _check_id(value))
 @click.option("--slow", default=None, help="Slow from this duration on, e.g. 1s (default: usual).")
-@_common_options
+@common_options
 def why(ident: str, slow: str | None, url: str, as_json: bool) -> None:
     """Why a trace or a request failed (or was slow): verdict, chain, evidence."""
     kind = "requests" if ident.startswith("req-") else "traces"
     params = {"slow": slow} if slow else {}
-    doc = _get(url, f"/{kind}/{quote(ident, safe='')}/analysis", params)
+    doc = api_get(url, f"/{kind}/{quote(ident, safe='')}/analysis", params)
     if as_json:
-        _echo_json(doc)
+        echo_json(doc)
         return
-    console = _console()
+    console = make_console()
     verdict = str(doc.get("verdict", ""))
     head = Text(f"{kind[:-1]} {ident}: ")
     head.append(verdict, style=_VERDICT_STYLE.get(verdict, ""))
-    head.append(f"  ({_duration(doc.get('duration_ns'))}, {doc.get('span_count', 0)} spans)")
+    head.append(f"  ({format_duration(doc.get('duration_ns'))}, {doc.get('span_count', 0)} spans)")
     console.print(head)
     candidates = doc.get("candidates") or []
     if not candidates:
@@ -153,7 +155,7 @@ def why(ident: str, slow: str | None, url: str, as_json: bool) -> None:
 @click.option("--until", "until", default=None, help="Window end (default now).")
 @click.option("--service", default=None, help="Only root causes in this service.")
 @click.option("--project", default=None, help="Only failures of this project.")
-@_common_options
+@common_options
 def errors(
     since: str,
     until: str | None,
@@ -164,11 +166,11 @@ def errors(
 ) -> None:
     """Error groups: failures grouped by root cause, most frequent first."""
     params = {"start": since, "end": until, "service": service, "project": project}
-    doc = _get(url, "/errors", {k: v for k, v in params.items() if v})
+    doc = api_get(url, "/errors", {k: v for k, v in params.items() if v})
     if as_json:
-        _echo_json(doc)
+        echo_json(doc)
         return
-    console = _console()
+    console = make_console()
     groups = doc.get("groups") or []
     if not groups:
         console.print(f"no failures since {since}")
@@ -194,7 +196,7 @@ def errors(
             Text(str(g.get("group_id", "")), style="dim"),
             Text(f"{sig.get('service', '')} / {sig.get('operation', '')}"),
             Text(error[:160]),
-            Text(_time(g.get("last_seen_ns"))),
+            Text(format_time(g.get("last_seen_ns"))),
             Text(str(len(g.get("projects") or []))),
             Text(samples[0] if samples else "-", style="dim"),
         )

@@ -63,7 +63,7 @@ EXIT_UNAVAILABLE: Final = 1
 #: The backend refused the query: 4xx (bad parameter, unknown trace, auth).
 EXIT_REFUSED: Final = 2
 
-_TRACE_ID_RE = re.compile(r"[0-9a-fA-F]{32}", re.ASCII)
+TRACE_ID_RE = re.compile(r"[0-9a-fA-F]{32}", re.ASCII)
 _EXCEPTION_EVENT: Final = "exception"
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,7 +88,7 @@ class QueryRefused(QueryError):
 # --------------------------------------------------------------------------- HTTP
 
 
-def _base_url(url: str) -> str:
+def base_url(url: str) -> str:
     try:
         parts = urlsplit(url)
         valid = parts.scheme in ("http", "https") and bool(parts.hostname)
@@ -102,7 +102,7 @@ def _base_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _detail(response: Any) -> str:
+def response_detail(response: Any) -> str:
     """The API's error text: FastAPI's ``detail`` (a string or a list of problems)."""
     try:
         body = response.json()
@@ -122,7 +122,7 @@ def _detail(response: Any) -> str:
     return str(response.reason_phrase or "request refused")
 
 
-def _get(url: str, path: str, params: Mapping[str, str | int] | None = None) -> Any:
+def api_get(url: str, path: str, params: Mapping[str, str | int] | None = None) -> Any:
     """GET *path* of the API at *url*; the decoded JSON, or :class:`QueryError`."""
     try:
         import httpx
@@ -130,7 +130,7 @@ def _get(url: str, path: str, params: Mapping[str, str | int] | None = None) -> 
         raise BackendUnavailable(
             "the query commands need httpx: pip install 'crosstrace[integrations]'"
         ) from None
-    base = _base_url(url)
+    base = base_url(url)
     headers = {"Accept": "application/json"}
     token = os.environ.get(ENV_API_TOKEN, "").strip()
     if token:
@@ -157,10 +157,10 @@ def _get(url: str, path: str, params: Mapping[str, str | int] | None = None) -> 
         hint = "the token was refused" if token else f"set ${ENV_API_TOKEN}"
         raise QueryRefused(f"the backend at {base} requires an API token ({hint})")
     if 400 <= status < 500:
-        raise QueryRefused(f"{_detail(response)} (HTTP {status})")
+        raise QueryRefused(f"{response_detail(response)} (HTTP {status})")
     if status != 200:
         raise BackendUnavailable(
-            f"the backend at {base} answered HTTP {status}: {_detail(response)}"
+            f"the backend at {base} answered HTTP {status}: {response_detail(response)}"
         )
     try:
         return response.json()
@@ -173,7 +173,7 @@ def _get(url: str, path: str, params: Mapping[str, str | int] | None = None) -> 
 # --------------------------------------------------------------------------- output
 
 
-def _console() -> Console:
+def make_console() -> Console:
     """Rich console on stdout; off a terminal, wide enough never to cut an id."""
     console = Console(highlight=False)
     if not console.is_terminal:
@@ -181,11 +181,11 @@ def _console() -> Console:
     return console
 
 
-def _echo_json(doc: Any) -> None:
+def echo_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
 
 
-def _time(ns: Any) -> str:
+def format_time(ns: Any) -> str:
     """UTC ``YYYY-MM-DD HH:MM:SS.mmm`` of nanoseconds since the epoch."""
     try:
         moment = datetime.fromtimestamp(int(ns) / 1e9, UTC)
@@ -194,7 +194,7 @@ def _time(ns: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
 
 
-def _duration(ns: Any) -> str:
+def format_duration(ns: Any) -> str:
     try:
         value = int(ns)
     except (TypeError, ValueError):
@@ -223,10 +223,10 @@ def _traces_table(rows: list[dict[str, Any]], title: str) -> Table:
     for row in rows:
         errors = int(row.get("error_count", 0))
         table.add_row(
-            Text(_time(row.get("start_ns"))),
+            Text(format_time(row.get("start_ns"))),
             Text(str(row.get("trace_id", ""))),
             Text(f"{row.get('root_service', '')} {row.get('root_operation', '')}"),
-            Text(_duration(row.get("duration_ns"))),
+            Text(format_duration(row.get("duration_ns"))),
             Text(str(row.get("span_count", ""))),
             Text(str(errors), style="bold red" if errors else ""),
             Text(_request_id_of(row)),
@@ -248,7 +248,7 @@ def _exception_of(span: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------- options
 
 
-def _common_options(func: F) -> F:
+def common_options(func: F) -> F:
     """``--url`` and ``--json``, shared by every query command."""
     func = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")(func)
     func = click.option(
@@ -262,7 +262,7 @@ def _common_options(func: F) -> F:
 
 
 def _check_trace_id(value: str) -> str:
-    if not _TRACE_ID_RE.fullmatch(value):
+    if not TRACE_ID_RE.fullmatch(value):
         raise click.BadParameter(f"{value!r}: a trace id is 32 hex digits", param_hint="TRACE_ID")
     return value.lower()
 
@@ -290,7 +290,7 @@ def _check_request_id(value: str) -> str:
 @click.option(
     "--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Traces shown."
 )
-@_common_options
+@common_options
 def traces(
     errors_only: bool,
     service: str | None,
@@ -316,12 +316,12 @@ def traces(
         "project": project,
     }
     params.update({k: v for k, v in optional.items() if v})
-    page = _get(url, "/traces", params)
+    page = api_get(url, "/traces", params)
     if as_json:
-        _echo_json(page)
+        echo_json(page)
         return
     rows = page.get("traces", []) if isinstance(page, dict) else []
-    console = _console()
+    console = make_console()
     if not rows:
         console.print("no traces match")
         return
@@ -332,20 +332,21 @@ def traces(
 
 @click.command()
 @click.argument("trace_id", callback=lambda ctx, param, value: _check_trace_id(value))
-@_common_options
+@common_options
 def trace(trace_id: str, url: str, as_json: bool) -> None:
     """Show one trace as a span tree; error spans with their exception."""
-    doc = _get(url, "/traces/" + quote(trace_id, safe=""))
+    doc = api_get(url, "/traces/" + quote(trace_id, safe=""))
     if as_json:
-        _echo_json(doc)
+        echo_json(doc)
         return
-    console = _console()
+    console = make_console()
     summary = doc.get("summary") or {}
     spans = doc.get("spans") or []
     head = Text(f"trace {doc.get('trace_id', trace_id)}")
     if summary:
         head.append(
-            f"  {_time(summary.get('start_ns'))} UTC, {_duration(summary.get('duration_ns'))}, "
+            f"  {format_time(summary.get('start_ns'))} UTC, "
+            f"{format_duration(summary.get('duration_ns'))}, "
             f"{summary.get('span_count', len(spans))} spans, "
         )
         errors = int(summary.get("error_count", 0))
@@ -371,7 +372,7 @@ def trace(trace_id: str, url: str, as_json: bool) -> None:
             Text("  " * depth + str(span.get("name", "")), style=style),
             Text(str(span.get("service", ""))),
             Text(str(span.get("kind_name", ""))),
-            Text(_duration(span.get("duration_ns"))),
+            Text(format_duration(span.get("duration_ns"))),
             Text(status, style=style),
             Text(str(span.get("span_id", "")), style="dim"),
         )
@@ -387,14 +388,14 @@ def trace(trace_id: str, url: str, as_json: bool) -> None:
     show_default=True,
     help="Log lines shown.",
 )
-@_common_options
+@common_options
 def request(request_id: str, limit: int, url: str, as_json: bool) -> None:
     """Show one request (global or local id): its traces and its log lines."""
-    doc = _get(url, "/requests/" + quote(request_id, safe=""), {"limit": limit})
+    doc = api_get(url, "/requests/" + quote(request_id, safe=""), {"limit": limit})
     if as_json:
-        _echo_json(doc)
+        echo_json(doc)
         return
-    console = _console()
+    console = make_console()
     rows = doc.get("traces") or []
     logs = doc.get("logs") or []
     console.print(Text(f"request {doc.get('request_id', request_id)}"))
@@ -432,7 +433,7 @@ def request(request_id: str, limit: int, url: str, as_json: bool) -> None:
 @click.option(
     "--limit", type=click.IntRange(1, 10_000), default=100, show_default=True, help="Lines shown."
 )
-@_common_options
+@common_options
 def logs_search(
     request_id: str | None,
     service: str | None,
@@ -457,12 +458,12 @@ def logs_search(
         "end": until,
     }
     params.update({k: v for k, v in optional.items() if v})
-    doc = _get(url, "/logs", params)
+    doc = api_get(url, "/logs", params)
     if as_json:
-        _echo_json(doc)
+        echo_json(doc)
         return
     logs = doc.get("logs", []) if isinstance(doc, dict) else []
-    console = _console()
+    console = make_console()
     if not logs:
         console.print("no log lines match")
         return
@@ -504,7 +505,7 @@ def _logs_table(logs: list[dict[str, Any]], title: str, hops: list[dict[str, Any
         severity = int(record.get("severity_number") or 0)
         style = "bold red" if severity >= 17 else ("yellow" if severity >= 13 else "")
         cells = [
-            Text(_time(record.get("time_ns"))),
+            Text(format_time(record.get("time_ns"))),
             Text(str(record.get("host") or "-")),
             Text(str(record.get("service", ""))),
             Text(level, style=style),

@@ -24,12 +24,12 @@ from crosstrace.cli.query import (
     TIMEOUT_SECONDS,
     BackendUnavailable,
     QueryRefused,
-    _base_url,
-    _common_options,
-    _console,
-    _detail,
-    _echo_json,
-    _get,
+    api_get,
+    base_url,
+    common_options,
+    echo_json,
+    make_console,
+    response_detail,
 )
 from crosstrace.settings import parse_duration
 
@@ -53,7 +53,7 @@ def parse_fraction(text: str, what: str) -> float:
 def _put(url: str, path: str, body: dict[str, Any]) -> Any:
     import httpx
 
-    base = _base_url(url)
+    base = base_url(url)
     headers = {"Accept": "application/json"}
     token = os.environ.get(ENV_API_TOKEN, "").strip()
     if token:
@@ -67,7 +67,7 @@ def _put(url: str, path: str, body: dict[str, Any]) -> Any:
     if response.status_code == 401:
         raise QueryRefused(f"the backend at {base} requires an API token (${ENV_API_TOKEN})")
     if 400 <= response.status_code < 500:
-        raise QueryRefused(f"{_detail(response)} (HTTP {response.status_code})")
+        raise QueryRefused(f"{response_detail(response)} (HTTP {response.status_code})")
     if response.status_code != 200:
         raise BackendUnavailable(f"the backend at {base} answered HTTP {response.status_code}")
     return response.json()
@@ -90,7 +90,7 @@ def sampling() -> None:
     type=click.Choice(["ratio", "budget", "rate_limit", "slow_threshold"]),
     help="Follow the default again for this setting (repeatable).",
 )
-@_common_options
+@common_options
 def set_(
     service: str,
     ratio: str | None,
@@ -120,7 +120,7 @@ def set_(
         raise click.UsageError("nothing to set: give --ratio, --budget, --rate-limit, ...")
     doc = _put(url, "/sampling/" + quote(service, safe=""), body)
     if as_json:
-        _echo_json(doc)
+        echo_json(doc)
         return
     settings = doc.get("settings", {})
     shown = ", ".join(f"{k}={_show(k, v)}" for k, v in sorted(settings.items())) or "defaults"
@@ -139,22 +139,22 @@ def _show(name: str, value: Any) -> str:
 
 @sampling.command("show")
 @click.option("--service", default=None, help="Only this service.")
-@_common_options
+@common_options
 def show(service: str | None, url: str, as_json: bool) -> None:
     """Print the settings, and budget against actual overhead per service."""
     if service is not None:
-        doc = _get(url, "/sampling/" + quote(service, safe=""))
+        doc = api_get(url, "/sampling/" + quote(service, safe=""))
         if as_json:
-            _echo_json(doc)
+            echo_json(doc)
             return
         settings = doc.get("settings", {})
         for name in ("ratio", "budget", "rate_limit", "slow_threshold"):
             click.echo(f"{name:15} {_show(name, settings.get(name))}")
         return
-    settings_doc = _get(url, "/sampling")
-    overhead_doc = _get(url, "/overhead")
+    settings_doc = api_get(url, "/sampling")
+    overhead_doc = api_get(url, "/overhead")
     if as_json:
-        _echo_json({"sampling": settings_doc, "overhead": overhead_doc})
+        echo_json({"sampling": settings_doc, "overhead": overhead_doc})
         return
     table = Table(box=box.SIMPLE_HEAD, title="tracing settings and overhead")
     for col in ("service", "ratio", "budget", "rate limit", "slow", "overhead", "eff. ratio"):
@@ -173,4 +173,4 @@ def show(service: str | None, url: str, as_json: bool) -> None:
             _show("budget", rep.get("overhead")),
             _show("ratio", rep.get("effective_ratio")),
         )
-    _console().print(table)
+    make_console().print(table)

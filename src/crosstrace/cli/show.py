@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import click
 
-from crosstrace.cli.query import DEFAULT_URL, ENV_API_TOKEN, ENV_URL, QueryRefused, _get
+from crosstrace.cli.query import DEFAULT_URL, ENV_API_TOKEN, ENV_URL, QueryRefused, api_get
 from crosstrace.ids import is_valid_request_id
 
 __all__ = ["FORMATS", "MAX_TRACES", "show"]
@@ -29,13 +29,13 @@ __all__ = ["FORMATS", "MAX_TRACES", "show"]
 FORMATS: Final = ("tree", "json", "html", "dot")
 #: Traces of one request shown at most.
 MAX_TRACES: Final = 20
-_TRACE_ID_RE: Final = re.compile(r"[0-9a-fA-F]{32}", re.ASCII)
+TRACE_ID_RE: Final = re.compile(r"[0-9a-fA-F]{32}", re.ASCII)
 
 
 def _analysis(url: str, trace_id: str) -> dict[str, Any] | None:
     """The trace's analysis, or ``None`` when this server gives none."""
     try:
-        doc = _get(url, f"/traces/{trace_id}/analysis")
+        doc = api_get(url, f"/traces/{trace_id}/analysis")
     except QueryRefused:
         return None
     return doc if isinstance(doc, dict) else None
@@ -43,16 +43,16 @@ def _analysis(url: str, trace_id: str) -> dict[str, Any] | None:
 
 def _load(url: str, ident: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """(the request's document or ``None``, [{"trace": ..., "analysis": ...}])."""
-    if _TRACE_ID_RE.fullmatch(ident):
+    if TRACE_ID_RE.fullmatch(ident):
         tid = ident.lower()
-        trace = _get(url, "/traces/" + tid)
+        trace = api_get(url, "/traces/" + tid)
         return None, [{"trace": trace, "analysis": _analysis(url, tid)}]
-    request = _get(url, "/requests/" + quote(ident, safe=""))
+    request = api_get(url, "/requests/" + quote(ident, safe=""))
     items = []
     for summary in (request.get("traces") or [])[:MAX_TRACES]:
         tid = str(summary.get("trace_id", ""))
-        if _TRACE_ID_RE.fullmatch(tid):
-            trace = _get(url, "/traces/" + tid)
+        if TRACE_ID_RE.fullmatch(tid):
+            trace = api_get(url, "/traces/" + tid)
             items.append({"trace": trace, "analysis": _analysis(url, tid)})
     return request, items
 
@@ -108,7 +108,7 @@ def show(
     ident: str, fmt: str, full: bool, width: int | None, output: Path | None, url: str
 ) -> None:
     """Show one trace, or every trace of a request id, marking the root cause."""
-    if not (_TRACE_ID_RE.fullmatch(ident) or is_valid_request_id(ident)):
+    if not (TRACE_ID_RE.fullmatch(ident) or is_valid_request_id(ident)):
         raise click.BadParameter(
             f"{ident!r}: give a trace id (32 hex digits) or a request id (req-<uuid>)",
             param_hint="TRACE_ID|REQUEST_ID",
