@@ -40,13 +40,11 @@ from crosstrace.context import (
 )
 from crosstrace.httpnames import (
     ATTR_METHOD,
-    ATTR_METHOD_ORIGINAL,
     ATTR_ROUTE,
-    ATTR_URL_PATH,
     ENV_ROUTE,
     PathNormalizer,
-    known_method,
     normalize_path,
+    server_span_name,
 )
 from crosstrace.ids import MAX_REQUEST_ID_LENGTH
 from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, extract_context, record_invalid
@@ -313,14 +311,11 @@ class RequestIdMiddleware:
         normalize = self.path_normalizer
 
         def describe() -> tuple[str, dict[str, Any], RemoteContext]:
-            raw_method = scope.get("method") or "GET"
-            method = known_method(raw_method)
-            path = scope.get("path") or "/"
-            attrs: dict[str, Any] = {ATTR_METHOD: method, ATTR_URL_PATH: path}
-            if method != raw_method:
-                attrs[ATTR_METHOD_ORIGINAL] = str(raw_method)[:32]
+            name, attrs = server_span_name(
+                scope.get("method") or "GET", scope.get("path") or "/", normalize
+            )
             remote = extract_context(lambda name: trace_headers.get(name.lower()), tracer)
-            return f"{method} {normalize(path)}", attrs, remote
+            return name, attrs, remote
 
         forced = (tracer.trigger_keys and _TRIGGER in trace_headers) or (
             tracer.osprofiler_keys and _OSPROFILER_INFO in trace_headers

@@ -33,6 +33,7 @@ __all__ = [
     "PathNormalizer",
     "known_method",
     "normalize_path",
+    "server_span_name",
     "status_code",
 ]
 
@@ -75,6 +76,18 @@ def normalize_path(path: str) -> str:
 def known_method(method: str) -> str:
     """*method* if it is a standard HTTP method, else ``"_OTHER"``."""
     return method if method in _METHODS else "_OTHER"
+
+
+def server_span_name(
+    raw_method: str, path: str, normalize: Callable[[str], str]
+) -> tuple[str, dict[str, Any]]:
+    """The name and first attributes of a SERVER span for a request: method and
+    normalised path, the raw method kept aside when it is not a standard one."""
+    method = known_method(raw_method)
+    attrs: dict[str, Any] = {ATTR_METHOD: method, ATTR_URL_PATH: path}
+    if method != raw_method:
+        attrs[ATTR_METHOD_ORIGINAL] = str(raw_method)[:32]
+    return f"{method} {normalize(path)}", attrs
 
 
 def status_code(status: Any) -> int:

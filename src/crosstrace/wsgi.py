@@ -57,13 +57,11 @@ from crosstrace.headers import (
 )
 from crosstrace.httpnames import (
     ATTR_METHOD,
-    ATTR_METHOD_ORIGINAL,
     ATTR_ROUTE,
-    ATTR_URL_PATH,
     ENV_ROUTE,
     PathNormalizer,
-    known_method,
     normalize_path,
+    server_span_name,
     status_code,
 )
 from crosstrace.ids import is_valid_request_id
@@ -423,14 +421,11 @@ class RequestIdMiddleware:
         normalize = self.path_normalizer
 
         def describe() -> tuple[str, dict[str, Any], RemoteContext]:
-            raw_method = environ.get("REQUEST_METHOD") or "GET"
-            method = known_method(raw_method)
-            path = environ.get("PATH_INFO") or "/"
-            attrs: dict[str, Any] = {ATTR_METHOD: method, ATTR_URL_PATH: path}
-            if method != raw_method:
-                attrs[ATTR_METHOD_ORIGINAL] = str(raw_method)[:32]
+            name, attrs = server_span_name(
+                environ.get("REQUEST_METHOD") or "GET", environ.get("PATH_INFO") or "/", normalize
+            )
             remote = extract_context(_environ_getter(environ), tracer)
-            return f"{method} {normalize(path)}", attrs, remote
+            return name, attrs, remote
 
         forced = (tracer.trigger_keys and ENV_TRIGGER in environ) or (
             tracer.osprofiler_keys and ENV_OSPROFILER_INFO in environ
