@@ -699,9 +699,9 @@ def test_chunks_use_a_trained_zstd_dictionary(
 ) -> None:
     """Once enough chunks were written a dictionary is trained and stored; chunks
     written before and after it, and after re-opening, read back exactly."""
-    from crosstrace.server.store import write as sqlwrite
+    from crosstrace.server.store import zdict
 
-    monkeypatch.setattr(sqlwrite, "DICT_SAMPLES", 150)
+    monkeypatch.setattr(zdict, "DICT_SAMPLES", 150)
     s = opener()
     written = {}
     for n in range(1, 301):

@@ -26,12 +26,14 @@ came and reads them as before (``spanbatch.segment_records``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 
 from crosstrace.server.batch.spanbatch import SpanBatch, TraceGroup, segment_records
 from crosstrace.server.model import SpanRecord
 
-__all__ = ["decode_columns", "encode_columns", "unpack_columns"]
+__all__ = ["decode_columns", "encode_columns", "merge_columns", "unpack_columns"]
 
 _TRACE_TAG = b"\x0a\x10"  # field 1 (trace_id), 16 bytes
 _SPAN_TAG = b"\x12\x08"  # field 2 (span_id), 8 bytes
@@ -178,3 +180,35 @@ def decode_columns(trace_id: bytes, payload: bytes) -> list[SpanRecord]:
     for service, resource, scope, wire in segments:
         out.extend(segment_records(trace_id, service, resource, scope, wire, flags))
     return out
+
+
+def merge_columns(payloads: list[bytes]) -> bytes | None:
+    """One :func:`encode_columns` payload holding the spans of *payloads* (chunks
+    of one trace from several writes), or ``None`` when their batch flags differ.
+    The columns are put one after the other (a segment may come more than once);
+    each span's bytes are kept as they are."""
+    unpacked = [msgpack.unpackb(p, raw=False, use_list=True) for p in payloads]
+    flags = unpacked[0][0]
+    if any(u[0] != flags for u in unpacked):
+        return None
+    base = min(u[3] for u in unpacked)
+    segments: list[Any] = []
+    ids: list[bytes] = []
+    starts: list[int] = []
+    durations: list[int] = []
+    places: list[int] = []
+    rests: list[bytes] = []
+    whole: list[int] = []
+    for _, segs, span_ids, b, offsets, durs, at, rest, kept in unpacked:
+        whole.extend(len(rests) + i for i in kept)
+        segments.extend(segs)
+        ids.append(span_ids)
+        shift = b - base
+        starts.extend([o + shift for o in offsets] if shift else offsets)
+        durations.extend(durs)
+        places.extend(at)
+        rests.extend(rest)
+    return msgpack.packb(  # type: ignore[no-any-return]
+        (flags, segments, b"".join(ids), base, starts, durations, places, rests, whole),
+        use_bin_type=True,
+    )

@@ -20,15 +20,17 @@ Tables (both dialects):
     the first batch that holds it and never changed after (the trace's owner).
 ``chunks``
     the spans: one compressed chunk per (trace, batch) with the digest of its span
-    ids; see ``codec.py``. On PostgreSQL also the chunk's index entries (``keys``,
-    ``attrs`` with a GIN index, ``rids``), in place of the three tables below.
+    ids, see ``codec.py``; SQLite merges a trace's chunks of one commit into one,
+    with their digests packed (``merge.py``). On PostgreSQL also the chunk's
+    index entries (``keys``, ``attrs`` with a GIN index, ``rids``), in place of
+    the three tables below.
 ``key_chunks`` (SQLite)
     service id -> chunks and -operation id -> chunks, for the service / operation
     search filters; each chunk carries its keys in ``keys`` (the services of a
-    trace are read from there). A row is a *posting*: the chunks of one batch
-    that have the key, as the first chunk id (``chunk_id``) and the gaps to the
-    others (``more``, unsigned varints; NULL for one chunk; see ``codec.py``).
-    Chunk ids only grow within and between batches, so the postings of a key
+    trace are read from there). A row is a *posting*: the chunks of one commit
+    that have the key, as the first chunk id (``chunk_id``) and a bitmap of the
+    chunks after it (``more``; NULL for one chunk; see ``codec.py``).
+    Chunk ids only grow within and between commits, so the postings of a key
     cover ranges that do not overlap, and the one that may hold a chunk is the
     last that starts at or before it.
 ``request_ids`` (SQLite)
@@ -41,9 +43,9 @@ Tables (both dialects):
     ever-growing chunk id: new entries land at the end of each key's range, so a
     commit touches few pages.
 ``span_parents`` / ``dep_pending``
-    short-lived lookups, one packed row per trace and write, that let a caller ->
-    callee edge be counted when the parent and child spans arrive in different
-    writes.
+    short-lived lookups, one packed row per trace and write (SQLite's
+    ``span_parents``: per trace and second), that let a caller -> callee edge be
+    counted when the parent and child spans arrive in different writes.
 ``dep_edges``
     caller -> callee call and error counts per hour.
 ``logs``
@@ -64,7 +66,13 @@ from collections.abc import Callable
 from typing import Any
 
 from crosstrace.server.errors import Unavailable
-from crosstrace.server.store.codec import HASH_WIDTH, KEY_WIDTH, pack_ints, pack_rids
+from crosstrace.server.store.codec import (
+    HASH_WIDTH,
+    KEY_WIDTH,
+    pack_ints,
+    pack_rids,
+    posting_from_bytes,
+)
 
 __all__ = ["LATEST_VERSION", "MIGRATIONS", "SchemaVersionError", "migrate", "schema_version"]
 
@@ -341,6 +349,45 @@ _SQLITE_V8 = [
     "ALTER TABLE attr_chunks ADD COLUMN more BLOB",
 ]
 
+
+def _sqlite_v9_bitmaps(conn: Any) -> None:
+    """Rewrite the postings' ``more`` from a byte per chunk to a bit per chunk."""
+    for table, col in (("key_chunks", "key"), ("attr_chunks", "h")):
+        rows = conn.execute(
+            f"SELECT {col}, chunk_id, more FROM {table} WHERE more IS NOT NULL"
+        ).fetchall()
+        conn.executemany(
+            f"UPDATE {table} SET more = ? WHERE {col} = ? AND chunk_id = ?",
+            [(posting_from_bytes(more) or None, key, cid) for key, cid, more in rows],
+        )
+
+
+def _sqlite_v9_parents(conn: Any) -> None:
+    """Copy the callers of ``span_parents`` into the new table, one row per trace
+    and second."""
+    merged: dict[tuple[bytes, int], bytes] = {}
+    for tid, t, data in conn.execute("SELECT trace_id, t, data FROM span_parents ORDER BY id"):
+        merged[tid, t] = merged.get((tid, t), b"") + data
+    conn.executemany(
+        "INSERT INTO span_parents_v9 (trace_id, t, data) VALUES (?, ?, ?)",
+        [(tid, t, data) for (tid, t), data in merged.items()],
+    )
+
+
+# v9: postings' chunks after the first as a bitmap instead of a byte each; a
+# chunk may hold a trace's spans of several writes of one commit, with their
+# digests packed in ``digest`` (``merge.py``), which earlier versions cannot read;
+# ``span_parents`` keyed by trace and second (the callers of a trace written in
+# the same second share a row), without a rowid and a second index.
+_SQLITE_V9: list[str | Callable[[Any], None]] = [
+    _sqlite_v9_bitmaps,
+    "CREATE TABLE span_parents_v9 (trace_id BLOB NOT NULL, t INTEGER NOT NULL,"
+    " data BLOB NOT NULL, PRIMARY KEY (trace_id, t)) WITHOUT ROWID",
+    _sqlite_v9_parents,
+    "DROP TABLE span_parents",
+    "ALTER TABLE span_parents_v9 RENAME TO span_parents",
+]
+
 #: dialect -> [(version, description, steps)], in order; a step is a statement
 #: or a function of the connection.
 MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
@@ -353,6 +400,11 @@ MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
         (6, "error causes and error groups", _error_index("BLOB", "INTEGER")),
         (7, "log records' host and import time", _SQLITE_V7),
         (8, "service, operation and attribute index rows as postings per batch", _SQLITE_V8),
+        (
+            9,
+            "postings as bitmaps; a trace's chunks of one commit merged; parents by second",
+            _SQLITE_V9,
+        ),
     ],
     "postgresql": [
         (1, "traces, span chunks, search indexes, dependencies", _PG_V1),
@@ -363,9 +415,10 @@ MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
         (6, "error causes and error groups", _error_index("BYTEA", "BIGINT")),
         (7, "log records' host and import time", _PG_V7),
         (8, "none (SQLite's index rows became postings; here they are arrays on chunks)", []),
+        (9, "none (SQLite's postings and merged chunks)", []),
     ],
 }
-LATEST_VERSION = 8
+LATEST_VERSION = 9
 
 #: Arbitrary key of the PostgreSQL advisory lock held while migrating.
 _PG_LOCK_KEY = 0x63727374  # "crst"

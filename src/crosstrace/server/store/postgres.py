@@ -235,8 +235,11 @@ class PostgresStore(SQLStore):
             f" AND c.keys && ARRAY[{marks(n)}]::integer[])"
         )
 
-    def _has_attr_sql(self, conn: Any, h: int) -> str:
-        return "t.trace_id IN (SELECT c.trace_id FROM chunks c WHERE c.attrs @> ARRAY[?::bigint])"
+    def _has_attr_sql(self, conn: Any, h: int) -> tuple[str, list[Any]]:
+        return (
+            "t.trace_id IN (SELECT c.trace_id FROM chunks c WHERE c.attrs @> ARRAY[?::bigint])",
+            [h],
+        )
 
     def _rid_sql(self, key: bytes) -> tuple[str, Any]:
         return "SELECT c.trace_id FROM chunks c WHERE c.attrs @> ARRAY[?::bigint]", rid_term(key)

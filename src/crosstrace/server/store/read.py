@@ -41,7 +41,6 @@ from crosstrace.server.scope import Scope
 from crosstrace.server.store.base import RetentionPass
 from crosstrace.server.store.causes import ErrorIndexSQL
 from crosstrace.server.store.codec import (
-    KEY_WIDTH,
     attr_hash,
     attr_text,
     decode_chunk,
@@ -49,8 +48,9 @@ from crosstrace.server.store.codec import (
     decode_rid,
     encode_cursor,
     encode_rid,
+    posting_ids,
     unpack_blob,
-    unpack_ints,
+    unpack_keys,
     unpack_rids,
 )
 from crosstrace.server.store.prepare import BUCKET_NS
@@ -69,9 +69,17 @@ RARE_ATTR_CHUNKS = 2_000
 #: Traces removed per retention transaction.
 RETENTION_BATCH = 2_000
 
-#: SQLite: whether the posting of index row {0} holds chunk ``c`` (see
-#: ``codec.pack_posting``).
-_HOLDS = "({0}.chunk_id = c.id OR substr({0}.more, c.id - {0}.chunk_id, 1) = x'01')"
+#: The 256 byte values in order: ``instr`` of a one-byte blob in it is the
+#: byte's value plus one (SQLite has no function that reads a byte as a number).
+_BYTE_VALUES = "x'" + bytes(range(256)).hex() + "'"
+#: SQLite: whether the posting of index row {0} holds chunk ``c``: its first
+#: chunk, or bit ``d % 8`` of byte ``d // 8`` of its bitmap, d = c - first - 1
+#: (see ``codec.pack_posting``).
+_HOLDS = (
+    "({0}.chunk_id = c.id OR ((instr(" + _BYTE_VALUES + ","
+    " substr({0}.more, (c.id - {0}.chunk_id - 1) / 8 + 1, 1)) - 1)"
+    " >> ((c.id - {0}.chunk_id - 1) % 8)) & 1)"
+)
 _TRACE_COLS = (
     "t.trace_id, t.start_ns, t.end_ns, t.root_service, t.root_op, t.span_count,"
     " t.error_count, t.project_id, t.domain_id"
@@ -95,29 +103,28 @@ class SQLStore(ErrorIndexSQL, SQLSummaries):
             f" AND ({' OR '.join([probe] * n)}))"
         )
 
-    def _has_attr_sql(self, conn: Any, h: int) -> str:
-        """Condition: trace ``t`` has the attribute hash *h* (given as the
-        parameter). A rare value is looked up once, a common one trace by trace
-        while the newest traces are walked."""
-        # Chunks with the value, at most (a posting has a byte per chunk after
-        # its first up to its last, held or not).
+    def _has_attr_sql(self, conn: Any, h: int) -> tuple[str, list[Any]]:
+        """Condition: trace ``t`` has the attribute hash *h*, and its parameters.
+        A rare value's chunks are read from its postings first and their traces
+        looked up by chunk id; a common one is tested trace by trace while the
+        newest traces are walked."""
         rows = self._q(
             conn,
-            "SELECT count(*) + coalesce(sum(length(more)), 0)"
-            " FROM (SELECT more FROM attr_chunks WHERE h = ? LIMIT ?)",
+            "SELECT chunk_id, more FROM attr_chunks WHERE h = ? LIMIT ?",
             (h, RARE_ATTR_CHUNKS),
         )
-        if int(rows[0][0]) < RARE_ATTR_CHUNKS:
-            return (
-                "t.trace_id IN (SELECT c.trace_id FROM attr_chunks a JOIN chunks c"
-                " ON c.id BETWEEN a.chunk_id AND a.chunk_id + coalesce(length(a.more), 0)"
-                f" WHERE a.h = ? AND {_HOLDS.format('a')})"
-            )
+        if len(rows) < RARE_ATTR_CHUNKS:
+            ids = [c for first, more in rows for c in posting_ids(first, more)]
+            if len(ids) < RARE_ATTR_CHUNKS:
+                # Integers from the database, written into the statement: one
+                # parameter per chunk would hit SQLite's limit on parameters.
+                listed = ", ".join(str(int(c)) for c in ids)
+                return f"t.trace_id IN (SELECT trace_id FROM chunks WHERE id IN ({listed}))", []
         return (
             "EXISTS (SELECT 1 FROM chunks c WHERE c.trace_id = t.trace_id"
             f" AND (SELECT {_HOLDS.format('a')} FROM attr_chunks a"
             " WHERE a.h = ? AND a.chunk_id <= c.id ORDER BY a.chunk_id DESC LIMIT 1))"
-        )
+        ), [h]
 
     def _rid_sql(self, key: bytes) -> tuple[str, Any]:
         """Subquery of the trace ids carrying request id *key*, and its parameter."""
@@ -125,7 +132,7 @@ class SQLStore(ErrorIndexSQL, SQLSummaries):
 
     def _unpack_keys(self, keys: Any) -> list[int]:
         """The keys column of a chunk as service ids and -operation ids."""
-        return unpack_ints(bytes(keys), KEY_WIDTH) if keys else []
+        return unpack_keys(bytes(keys)) if keys else []
 
     def _trace_sets(
         self, conn: Any, tids: list[bytes]
@@ -390,8 +397,9 @@ class SQLStore(ErrorIndexSQL, SQLSummaries):
         for akey, value in sorted(q.attributes.items()):
             if self._is_indexed(akey):
                 h = attr_hash(akey, value)
-                where.append(self._has_attr_sql(conn, h))
-                params.append(h)
+                cond, args = self._has_attr_sql(conn, h)
+                where.append(cond)
+                params.extend(args)
             else:
                 scan[akey] = value
         return where, params, scan

@@ -39,7 +39,7 @@ class ChunkRow(NamedTuple):
 
     trace_id: bytes
     start_ns: int
-    digest: int
+    digest: int | bytes  # several packed when chunks were merged (``merge.py``)
     data: bytes
     keys: set[int]  # service ids, and -operation ids
     attrs: set[int]  # attribute hashes

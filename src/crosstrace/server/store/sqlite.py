@@ -24,13 +24,14 @@ from typing import Any
 
 from crosstrace.server.store.codec import (
     HASH_WIDTH,
-    KEY_WIDTH,
     pack_ints,
+    pack_keys,
     pack_posting,
     pack_rids,
     posting_ids,
     posting_last,
     unpack_ints,
+    unpack_keys,
     unpack_rids,
 )
 from crosstrace.server.store.migrations import migrate
@@ -56,6 +57,11 @@ class SQLiteStore(SQLStore):
     """A :class:`~crosstrace.server.store.base.Store` in one SQLite file."""
 
     dialect = "sqlite"
+    _merges_chunks = True
+    _parents_conflict = (
+        "ON CONFLICT (trace_id, t) DO UPDATE SET"
+        " data = CAST(span_parents.data || excluded.data AS BLOB)"
+    )
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -171,14 +177,14 @@ class SQLiteStore(SQLStore):
                     r.trace_id,
                     r.digest,
                     r.data,
-                    pack_ints(r.keys, KEY_WIDTH) if r.keys else None,
+                    pack_keys(r.keys) if r.keys else None,
                     pack_ints(r.attrs, HASH_WIDTH) if r.attrs else None,
                     pack_rids(r.rids) if r.rids else None,
                 )
                 for cid, r in zip(ids, rows, strict=True)
             ],
         )
-        # One posting per key and batch: the chunks of this batch that have it.
+        # One posting per key and commit: the chunks of this commit that have it.
         for table, col, attr in (("key_chunks", "key", "keys"), ("attr_chunks", "h", "attrs")):
             postings: dict[int, list[int]] = {}
             for cid, r in zip(ids, rows, strict=True):
@@ -206,7 +212,7 @@ class SQLiteStore(SQLStore):
                 part,
             ).fetchall():
                 if packed_keys:
-                    keys.extend((k, cid) for k in unpack_ints(packed_keys, KEY_WIDTH))
+                    keys.extend((k, cid) for k in unpack_keys(packed_keys))
                 if packed_attrs:
                     attrs.extend((h, cid) for h in unpack_ints(packed_attrs, HASH_WIDTH))
                 if packed_rids:

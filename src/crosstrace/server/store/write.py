@@ -19,16 +19,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-import zstandard
-
 from crosstrace.server.batch.spanbatch import SpanBatch
 from crosstrace.server.batch.values import INDEXED_ATTRIBUTES
 from crosstrace.server.model import RES_HOST_NAME, LogRecord
 from crosstrace.server.redaction import default_redactor
-from crosstrace.server.store.codec import chunk_compressor, compress_chunk, pack_blob
+from crosstrace.server.store.codec import compress_chunk, pack_blob
+from crosstrace.server.store.merge import digests_of, merge_chunk_rows
 from crosstrace.server.store.prepare import (
     BUCKET_NS,
-    Compression,
     PreparedBatch,
     PreparedTrace,
     prepare_batch,
@@ -36,6 +34,7 @@ from crosstrace.server.store.prepare import (
 )
 from crosstrace.server.store.sql import LOG_COLUMNS, ChunkRow, SQLBase, chunks
 from crosstrace.server.store.writer import GroupWriter, Job, JobFailed
+from crosstrace.server.store.zdict import DICT_SAMPLES, ChunkDictionary
 
 __all__ = [
     "BUCKET_NS",
@@ -49,10 +48,6 @@ log = logging.getLogger(__name__)
 
 #: How long the cross-write parent lookups are kept (seconds).
 PARENT_LOOKUP_TTL_S = 3600
-#: The zstd dictionary is trained once this many chunks (or bytes) were written.
-DICT_SAMPLES = 1_000
-DICT_SAMPLE_BYTES = 8 * 2**20
-DICT_SIZE = 64 * 1024
 #: Traces whose index entries are remembered as written, per generation (two
 #: generations are kept).
 WRITTEN_GENERATION = 20_000
@@ -90,21 +85,22 @@ class _Written:
         self.old.clear()
 
 
-class SQLWriter(SQLBase):
+class SQLWriter(ChunkDictionary, SQLBase):
     """The write path of both stores."""
+
+    #: Whether the chunks of one trace from the writes of one commit are merged.
+    _merges_chunks = False
+    #: How a ``span_parents`` row meets one of the same key (SQLite: one row per
+    #: trace and second, the packed callers appended).
+    _parents_conflict = ""
 
     def __init__(self) -> None:
         super().__init__()
         self._op_cache: dict[tuple[int, str], int] = {}
         self._written = _Written(WRITTEN_GENERATION)
         self._txn_written: list[tuple[bytes, set[Any]]] = []
-        self._published: Compression = None
-        self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
-        self._zdict: tuple[int, zstandard.ZstdCompressor] | None = None
-        self._samples: list[bytes] = []
-        self._sample_bytes = 0
-        self._train_failures = 0
-        self._txn_dict: int | None = None
+        self._txn_chunks: list[ChunkRow] = []
+        self._init_dictionary()
         self._counter_lock = threading.Lock()
         self.spans_written = 0
         self.logs_written = 0
@@ -112,59 +108,7 @@ class SQLWriter(SQLBase):
         self._writer = GroupWriter(f"crosstrace-{self.dialect}-writer", self._run_group)
         self._call(self._load_dictionary)
 
-    # ------------------------------------------------------ zstd dictionary
-    def _load_dictionary(self, conn: Any) -> None:
-        """Compress new chunks with the newest dictionary in the database, if any."""
-        rows = self._q(conn, "SELECT id, data FROM zdicts ORDER BY id DESC LIMIT 1")
-        if rows:
-            did, data = int(rows[0][0]), bytes(rows[0][1])
-            d = zstandard.ZstdCompressionDict(data)
-            self._dicts[did] = d
-            self._zdict = (did, chunk_compressor(d))
-            self._published = (did, data)
-
-    def _dictionary(self, conn: Any, did: int) -> zstandard.ZstdCompressionDict:
-        d = self._dicts.get(did)
-        if d is None:
-            rows = self._q(conn, "SELECT data FROM zdicts WHERE id = ?", (did,))
-            if not rows:
-                raise ValueError(f"span chunk needs zstd dictionary {did}, which is missing")
-            d = self._dicts[did] = zstandard.ZstdCompressionDict(bytes(rows[0][0]))
-        return d
-
-    def _sample(self, conn: Any, raw: bytes) -> None:
-        """Keep chunk payloads until there are enough to train the dictionary."""
-        self._samples.append(raw)
-        self._sample_bytes += len(raw)
-        if len(self._samples) < DICT_SAMPLES and self._sample_bytes < DICT_SAMPLE_BYTES:
-            return
-        samples, self._samples, self._sample_bytes = self._samples, [], 0
-        try:
-            d = zstandard.train_dictionary(DICT_SIZE, list[Any](samples))
-        except zstandard.ZstdError as exc:
-            self._train_failures += 1
-            log.info("zstd dictionary training failed (%s); chunks stay plain zstd", exc)
-            if self._train_failures >= 3:
-                self._samples = []
-                self._sample_bytes = -(2**62)  # stop trying
-            return
-        data = d.as_bytes()
-        self._x(
-            conn,
-            "INSERT INTO zdicts (data, created_ns) VALUES (?, ?)",
-            (data, time.time_ns()),
-        )
-        did = int(self._q(conn, "SELECT max(id) FROM zdicts")[0][0])
-        self._dicts[did] = d
-        self._zdict = (did, chunk_compressor(d))
-        self._txn_dict = did
-
     # ------------------------------------------------------------------ write
-    def compression(self) -> Compression:
-        """The committed dictionary new chunks are compressed with, for batches
-        prepared outside the writer (:mod:`crosstrace.server.store.prepare`)."""
-        return self._published
-
     def submit_batch(self, batch: SpanBatch | PreparedBatch) -> Future[None]:
         """Queue a batch for the writer; a :class:`SpanBatch` is prepared first, in
         the calling thread."""
@@ -198,6 +142,7 @@ class SQLWriter(SQLBase):
         self._txn_ops.clear()
         self._txn_dict = None
         self._txn_written.clear()
+        self._txn_chunks.clear()
         self._begin(conn)
         results: list[Any] = []
         spans = logs = 0
@@ -209,6 +154,9 @@ class SQLWriter(SQLBase):
                     self._txn_dict,
                     len(self._txn_written),
                 )
+                pending = len(self._txn_chunks)
+                if job.kind != "spans":
+                    self._flush_chunks(conn)  # in the order the jobs came
                 self._x(conn, "SAVEPOINT job")
                 try:
                     if job.kind == "spans":
@@ -223,11 +171,13 @@ class SQLWriter(SQLBase):
                     self._x(conn, "ROLLBACK TO SAVEPOINT job")
                     self._x(conn, "RELEASE SAVEPOINT job")
                     self._forget_rolled_back(*marks)
+                    del self._txn_chunks[pending:]
                     log.warning("store write failed: %s", exc)
                     results.append(JobFailed(exc))
                     continue
                 self._x(conn, "RELEASE SAVEPOINT job")
                 results.append(result)
+            self._flush_chunks(conn)
             self._commit(conn)
         except BaseException:
             try:
@@ -277,7 +227,7 @@ class SQLWriter(SQLBase):
                 f"SELECT trace_id, digest FROM chunks WHERE {cond} AND digest IS NOT NULL",
                 params,
             ):
-                out.add((bytes(tid), int(digest)))
+                out.update((bytes(tid), d) for d in digests_of(digest))
         return out
 
     def _write_batch(self, conn: Any, pb: PreparedBatch | SpanBatch) -> int:
@@ -291,6 +241,7 @@ class SQLWriter(SQLBase):
             return 0
         intern = self._intern
         seen = self._stored_digests(conn, [t.trace_id for t in traces])
+        seen.update((r.trace_id, d) for r in self._txn_chunks for d in digests_of(r.digest))
         now_s = int(time.time())
         ops = self._op_cache
         written = self._written
@@ -360,14 +311,17 @@ class SQLWriter(SQLBase):
             new_entries.append((tid, entries))
             data = t.data
             if not pb.compressed:
-                if self._zdict is None:
-                    self._sample(conn, data)
+                if self._zdict is None and not self._merges_chunks:
+                    self._sample(conn, data)  # (merged chunks are sampled when inserted)
                 data = compress_chunk(data, self._zdict)
             chunk_rows.append(ChunkRow(tid, t.start_ns, t.digest, data, keys, hashes, rids))
         if not chunk_rows:
             return 0
         self._resolve_dependencies(conn, group_traces, orphans, edges, now_s)
-        self._insert_chunks(conn, chunk_rows)
+        if self._merges_chunks:
+            self._txn_chunks.extend(chunk_rows)  # inserted at the end of the commit
+        else:
+            self._insert_chunks(conn, chunk_rows)
         self._merge_summaries(conn, trace_rows)
         if parents:
             self._insert(
@@ -376,6 +330,7 @@ class SQLWriter(SQLBase):
                 ("trace_id", "t", "data"),
                 ("bytea", "bigint", "bytea"),
                 parents,
+                self._parents_conflict,
             )
         if edges:
             self._insert(
@@ -389,6 +344,17 @@ class SQLWriter(SQLBase):
                 " errors = dep_edges.errors + excluded.errors",
             )
         return stored
+
+    def _flush_chunks(self, conn: Any) -> None:
+        """Insert the chunks the commit's writes left pending, a trace's chunks
+        merged into one (``merge.py``)."""
+        rows, self._txn_chunks = self._txn_chunks, []
+        if rows:
+            sample = None if self._zdict else (lambda raw: self._sample(conn, raw))
+            rows = merge_chunk_rows(
+                rows, lambda d: self._dictionary(conn, d), self._merge_compressor(), sample
+            )
+            self._insert_chunks(conn, rows)
 
     def _merge_summaries(self, conn: Any, trace_rows: list[tuple[Any, ...]]) -> None:
         lo, hi = self._least, self._greatest
