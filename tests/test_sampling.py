@@ -93,12 +93,27 @@ def test_controller_lowers_the_ratio_when_export_is_over_budget() -> None:
     assert ctl.last_fraction == pytest.approx(20 / 980)
 
 
-def test_controller_lowers_the_record_fraction_when_recording_alone_is_over() -> None:
+def test_controller_lowers_the_traced_fraction_when_recording_alone_is_over() -> None:
     ctl = OverheadController(0.01)
     ctl.adjust(record_ns=20_000_000, export_ns=1_000_000, proc_ns=1_000_000_000)
-    # 1 % of 979 ms is 9.79 ms; recording costs 20 ms, so record 90 % of 9.79/20.
-    assert ctl.record_fraction == pytest.approx(0.9 * 9.79 / 20)
+    # 1 % of 979 ms is 9.79 ms; recording costs 20 ms: trace 9.79/20 of the requests.
+    assert ctl.trace_fraction == pytest.approx(9.79 / 20)
+    assert ctl.record_fraction == 1.0
     assert ctl.ratio_factor < 1.0
+
+
+def test_controller_scales_only_what_the_knobs_act_on() -> None:
+    """Requests run untraced still cost something (*fixed_ns*): the traced
+    fraction is scaled so that the rest fits in what that leaves."""
+    ctl = OverheadController(0.01)
+    # 1 % of 979 ms is 9.79 ms, of which 4 ms go to untraced requests whatever
+    # the knobs: 16 ms of traced requests must shrink to 5.79 ms.
+    ctl.adjust(record_ns=20_000_000, export_ns=1_000_000, proc_ns=1_000_000_000, fixed_ns=4e6)
+    assert ctl.trace_fraction == pytest.approx(5.79 / 16)
+    # Fixed cost alone over the budget: the smallest step, every window.
+    ctl = OverheadController(0.01)
+    ctl.adjust(record_ns=12_000_000, export_ns=0, proc_ns=1_000_000_000, fixed_ns=11e6)
+    assert ctl.trace_fraction == OverheadController.MIN_STEP
 
 
 def test_controller_raises_knobs_again_when_under_budget() -> None:
@@ -106,21 +121,24 @@ def test_controller_raises_knobs_again_when_under_budget() -> None:
     ctl.ratio_factor = 0.1
     ctl.adjust(record_ns=1_000_000, export_ns=1_000_000, proc_ns=1_000_000_000)
     assert ctl.ratio_factor == pytest.approx(0.125)  # at most x1.25 per window
-    ctl.record_fraction = 0.5
-    ctl.adjust(record_ns=1_000_000, export_ns=1_000_000, proc_ns=1_000_000_000)
-    assert ctl.record_fraction == pytest.approx(0.625)
-    ctl.trace_fraction = 0.5  # the traced fraction rises first
+    ctl.trace_fraction = 0.5
     ctl.adjust(record_ns=1_000_000, export_ns=1_000_000, proc_ns=1_000_000_000)
     assert ctl.trace_fraction == pytest.approx(0.625)
+    assert ctl.ratio_factor == pytest.approx(0.125)  # the traced fraction rises first
+    ctl.record_fraction = 0.5  # and the record fraction before it
+    ctl.adjust(record_ns=1_000_000, export_ns=1_000_000, proc_ns=1_000_000_000)
     assert ctl.record_fraction == pytest.approx(0.625)
+    assert ctl.trace_fraction == pytest.approx(0.625)
 
 
-def test_controller_lowers_the_traced_fraction_once_almost_nothing_is_recorded() -> None:
+def test_controller_lowers_the_record_fraction_once_the_traced_fraction_is_at_its_floor() -> None:
+    """Roots no entry point asks about (``span()`` in a worker) follow the
+    record fraction, lowered once the traced fraction can go no lower."""
     ctl = OverheadController(0.01)
-    ctl.record_fraction = 0.005
+    ctl.trace_fraction = OverheadController.MIN_TRACE
     ctl.adjust(record_ns=40_000_000, export_ns=0, proc_ns=1_000_000_000)
-    assert ctl.record_fraction == 0.005
-    assert ctl.trace_fraction == pytest.approx(0.25)  # the smallest step: 0.9 x 9.6 / 40
+    assert ctl.trace_fraction == OverheadController.MIN_TRACE
+    assert ctl.record_fraction == pytest.approx(0.25)  # the smallest step (9.6 / 40 is less)
 
 
 def test_controller_converges_on_a_simulated_load() -> None:
@@ -129,10 +147,11 @@ def test_controller_converges_on_a_simulated_load() -> None:
     proc = 1_000_000_000
     full_record, full_export = 5_000_000, 200_000_000  # 0.5 % + 20 % at ratio 1
     for _ in range(30):
-        rec = full_record * ctl.record_fraction
+        rec = full_record * ctl.record_fraction * ctl.trace_fraction
         exp = full_export * ctl.ratio_factor
         ctl.adjust(int(rec), int(exp), proc)
-    spent = full_record * ctl.record_fraction + full_export * ctl.ratio_factor
+    spent = full_record * ctl.record_fraction * ctl.trace_fraction
+    spent += full_export * ctl.ratio_factor
     assert spent / proc == pytest.approx(0.02, rel=0.25)
 
 
@@ -150,7 +169,7 @@ def test_controller_rejects_a_bad_budget() -> None:
 def test_an_idle_process_keeps_its_knobs_up() -> None:
     """Under 50 ms of process CPU in a window the fraction is noise: knobs rise."""
     ctl = OverheadController(0.01)
-    ctl.record_fraction = 0.5
+    ctl.trace_fraction = 0.5
     ctl.adjust(record_ns=5_000_000, export_ns=0, proc_ns=10_000_000)  # 50 % of almost nothing
-    assert ctl.record_fraction == pytest.approx(0.625)  # rises instead of falling
+    assert ctl.trace_fraction == pytest.approx(0.625)  # rises instead of falling
     assert ctl.last_fraction == pytest.approx(0.5)

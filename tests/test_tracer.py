@@ -547,10 +547,10 @@ def test_budget_counts_once_per_trace_and_prices_the_counts(
     t.costs.span_ns = 1e12  # one child priced at 1000 s: nothing else matters
     with span("root", attributes={"a": 1}), span("child"):
         pass
-    assert t.accounting.snapshot() == (1, 2, 2, 0, 0)
+    assert t.accounting.snapshot() == (1, 2, 2, 0, 0, 0)
     assert ctl.tick(t.accounting, t.costs, 0, now_ns=1 << 63)
     assert ctl.last_fraction > 1.0
-    assert ctl.record_fraction < 1.0
+    assert ctl.trace_fraction < 1.0
 
 
 def test_controller_decision_changes_which_traces_are_sampled(sink: Sink) -> None:

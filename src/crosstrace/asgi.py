@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from random import getrandbits
-from time import time_ns
+from time import thread_time_ns, time_ns
 from typing import Any
 
 from crosstrace.context import (
@@ -49,9 +48,18 @@ from crosstrace.httpnames import (
 from crosstrace.ids import MAX_REQUEST_ID_LENGTH
 from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, extract_context, record_invalid
 from crosstrace.tracecontext import TRACEPARENT_HEADER, TRACESTATE_HEADER
+from crosstrace.tracing.budget import GROUP_SKIPPED
 from crosstrace.tracing.model import RemoteContext, SpanKind
 from crosstrace.tracing.serve import Served, serve
-from crosstrace.tracing.tracer import TRACE_ALL, Tracer, get_tracer
+from crosstrace.tracing.spans import INVALID_SPAN, activate, deactivate
+from crosstrace.tracing.tracer import (
+    DISABLED,
+    SKIP_MEASURED,
+    TRACE_ALL,
+    Tracer,
+    get_tracer,
+    span,
+)
 from crosstrace.trust import OSPROFILER_HMAC_HEADER, OSPROFILER_INFO_HEADER, TRIGGER_HEADER
 from crosstrace.wsgi import parse_header_list
 
@@ -97,6 +105,23 @@ _TRIGGER = TRIGGER_HEADER.lower()
 _OSPROFILER_INFO = OSPROFILER_INFO_HEADER.lower()
 # Longest trace header value looked at (traceparent is 55, tracestate <= 512 x 32).
 _MAX_TRACE_HEADER = 8192
+
+
+def _add_trace_header(trace_headers: dict[str, str], name: bytes, value: bytes) -> None:
+    text = bytes(value).decode("latin-1")
+    k = name.decode("ascii")
+    # Repeated tracestate headers are one list (RFC 9110 field lines).
+    trace_headers[k] = f"{trace_headers[k]},{text}" if k in trace_headers else text
+
+
+def _trace_headers(scope: Scope) -> dict[str, str]:
+    """The trace headers of a request, read from its scope."""
+    found: dict[str, str] = {}
+    for raw_name, value in scope.get("headers") or ():
+        name = bytes(raw_name).lower()
+        if name in _TRACE_HEADERS and len(value) <= _MAX_TRACE_HEADER:
+            _add_trace_header(found, name, value)
+    return found
 
 
 def _route_template(scope: Scope) -> str | None:
@@ -158,6 +183,16 @@ class RequestIdMiddleware:
         self._resp_headers = tuple(
             h.encode("ascii") for h in (HEADER_REQUEST_ID_LOWER, *self.compat_headers)
         )
+        if tracer is not None:
+            self._price_with(tracer)
+
+    def _price_with(self, tracer: Tracer) -> None:
+        """Let *tracer*'s budget price requests through this middleware."""
+        if not tracer.costs.has_probe:
+            tracer.costs.add_probe(self._probe)
+
+    #: The tracer of a request when none was given (the configured one).
+    _default_tracer = staticmethod(get_tracer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request (or pass a non-http scope through)."""
@@ -166,7 +201,15 @@ class RequestIdMiddleware:
             return
         environ: dict[str, Any] = {}
         raw: bytes | None = None
-        tracer = self.tracer or get_tracer()
+        tracer = self.tracer or self._default_tracer()
+        watched: Tracer | None = None
+        skip = 0
+        if tracer is not None and tracer.trace_threshold < TRACE_ALL:
+            skip = tracer.skip_request()
+            if skip:
+                # Over a small budget: this request runs as with tracing off;
+                # only a failure or a slow run exports its server span.
+                watched, tracer = tracer, None
         trace_headers: dict[str, str] | None = {} if tracer is not None else None
         untrusted = 0
         for raw_name, value in scope.get("headers") or ():
@@ -185,10 +228,7 @@ class RequestIdMiddleware:
                     and name in _TRACE_HEADERS
                     and len(value) <= _MAX_TRACE_HEADER
                 ):
-                    text = bytes(value).decode("latin-1")
-                    k = name.decode("ascii")
-                    # Repeated tracestate headers are one list (RFC 9110 field lines).
-                    trace_headers[k] = f"{trace_headers[k]},{text}" if k in trace_headers else text
+                    _add_trace_header(trace_headers, name, value)
         if untrusted:
             # Dropped: neither the context nor the application sees them.
             self.untrusted_identity_headers += untrusted
@@ -216,8 +256,12 @@ class RequestIdMiddleware:
         id_bytes = request_id.encode("ascii")
         resp_headers = self._resp_headers
 
+        status = 0
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+                nonlocal status
+                status = message.get("status") or 0
                 headers = list(message.get("headers") or ())
                 for wanted in resp_headers:
                     for existing, _ in headers:
@@ -228,18 +272,37 @@ class RequestIdMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        if watched is not None:
+            start_ns = time_ns()
+            if self.tracer is None:  # the configured tracer, which may have changed
+                self._price_with(watched)
+            # One in 64 is measured: the budget's control group (a coroutine's
+            # thread CPU time covers only its own steps between suspensions
+            # when nothing else runs in between; the app here does not yield).
+            t0 = thread_time_ns() if skip == SKIP_MEASURED else 0
+            token = set_current(context)
+            span_token = activate(INVALID_SPAN)  # the application's spans are no-ops
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                self._after_the_fact(scope, context, watched, start_ns, 0, exc)
+                raise
+            finally:
+                deactivate(span_token)
+                reset_current(token)
+            if t0:
+                watched.costs.observe(GROUP_SKIPPED, thread_time_ns() - t0)
+            if (type(status) is int and status >= 500) or (
+                time_ns() - start_ns >= watched.slow_ns > 0
+            ):
+                self._after_the_fact(scope, context, watched, start_ns, status, None)
+            return
         if tracer is None or trace_headers is None:
             token = set_current(context)
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
                 reset_current(token)
-            return
-        if tracer.trace_threshold < TRACE_ALL and getrandbits(16) >= tracer.trace_threshold:
-            # Over a small budget: this request runs untraced; only a failure
-            # or a slow run exports its server span, built after the fact.
-            tracer.accounting.bypassed += 1
-            await self._untraced(scope, receive, send_with_id, context, tracer, trace_headers)
             return
         try:
             served = self._serve(scope, context, tracer, trace_headers)
@@ -269,45 +332,49 @@ class RequestIdMiddleware:
                     span.set_attribute(ATTR_ROUTE, route)
             served.finish()
 
-    async def _untraced(
+    def _after_the_fact(
         self,
         scope: Scope,
-        receive: Receive,
-        send: Send,
         context: RequestContext,
         tracer: Tracer,
-        trace_headers: dict[str, str],
+        start_ns: int,
+        code: Any,
+        exc: BaseException | None,
     ) -> None:
-        start_ns = time_ns()
-        codes: list[int] = []
-
-        async def send_status(message: Message) -> None:
-            if message["type"] == "http.response.start" and type(message.get("status")) is int:
-                codes.append(message["status"])
-            await send(message)
-
-        token = set_current(context)
-        failure: BaseException | None = None
+        """The server span of an untraced request that failed or was slow (the
+        trace headers are read only now)."""
         try:
-            await self.app(scope, receive, send_status)
-        except Exception as exc:
-            failure = exc
-            raise
-        finally:
-            reset_current(token)
-            code = codes[-1] if codes else 0
-            if failure is not None or code >= 500 or time_ns() - start_ns >= tracer.slow_ns > 0:
-                try:
-                    served = self._serve(scope, context, tracer, trace_headers)
-                    if failure is not None:
-                        served.fail(failure)
-                    served.export_after_the_fact(start_ns, code)
-                except Exception:  # tracing must never break the request
-                    log.debug("exporting an untraced request failed", exc_info=True)
+            served = self._serve(scope, context, tracer, _trace_headers(scope))
+            if exc is not None:
+                served.fail(exc)
+            served.export_after_the_fact(start_ns, code if type(code) is int else 0)
+        except Exception:  # tracing must never break the request
+            log.debug("exporting an untraced request failed", exc_info=True)
+
+    def _probe(self, tracer: Tracer | None, children: int) -> Callable[[], None]:
+        """One request through a copy of this middleware, for the cost model:
+        traced by *tracer*, or with tracing off when it is ``None``; the
+        application opens *children* spans of three attributes. It never
+        awaits anything that suspends, so one ``send`` runs it to the end."""
+        cls = RequestIdMiddleware if tracer is not None else _UntracedCopy
+        mw = cls(_probe_app(children, tracer or DISABLED), self.compat_headers, tracer)
+        scope = {"type": "http", "method": "GET", "path": "/probe/1", "headers": []}
+
+        def run() -> None:
+            coro = mw(dict(scope), _probe_receive, _probe_send)
+            try:
+                coro.send(None)
+            except StopIteration:
+                return
+            coro.close()  # it suspended after all: not a fair probe, but no leak
+
+        return run
 
     def _serve(
         self, scope: Scope, context: RequestContext, tracer: Tracer, trace_headers: dict[str, str]
     ) -> Served:
+        if self.tracer is None:  # the configured tracer, which may have changed
+            self._price_with(tracer)
         normalize = self.path_normalizer
 
         def describe() -> tuple[str, dict[str, Any], RemoteContext]:
@@ -328,3 +395,35 @@ class RequestIdMiddleware:
             traceparent=trace_headers.get(TRACEPARENT_HEADER),
             forced=bool(forced),
         )
+
+
+def _no_tracer(service_name: str | None = None) -> Tracer | None:
+    return None
+
+
+class _UntracedCopy(RequestIdMiddleware):
+    """The middleware with tracing off whatever is configured (cost probes)."""
+
+    __slots__ = ()
+    _default_tracer = staticmethod(_no_tracer)
+
+
+async def _probe_receive() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _probe_send(message: Message) -> None:
+    return None
+
+
+def _probe_app(children: int, tracer: Tracer) -> ASGIApp:
+    attrs = {"probe.a": 1, "probe.b": "x", "probe.c": True}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        for _ in range(children):
+            with span("probe.child", SpanKind.INTERNAL, attrs, tracer):
+                pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app

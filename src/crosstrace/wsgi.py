@@ -35,8 +35,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from random import getrandbits
-from time import time_ns
+from time import thread_time_ns, time_ns
 from types import TracebackType
 from typing import Any, Final, Protocol
 
@@ -66,6 +65,7 @@ from crosstrace.httpnames import (
 )
 from crosstrace.ids import is_valid_request_id
 from crosstrace.propagation import extract_context, record_invalid
+from crosstrace.tracing.budget import GROUP_SKIPPED
 from crosstrace.tracing.model import (
     ATTR_DOMAIN_ID,
     ATTR_PROJECT_DOMAIN_ID,
@@ -76,8 +76,15 @@ from crosstrace.tracing.model import (
     SpanKind,
 )
 from crosstrace.tracing.serve import Served, serve
-from crosstrace.tracing.spans import NonRecordingSpan, Span
-from crosstrace.tracing.tracer import DISABLED, TRACE_ALL, Tracer, get_tracer, span
+from crosstrace.tracing.spans import INVALID_SPAN, NonRecordingSpan, Span, activate, deactivate
+from crosstrace.tracing.tracer import (
+    DISABLED,
+    SKIP_MEASURED,
+    TRACE_ALL,
+    Tracer,
+    get_tracer,
+    span,
+)
 from crosstrace.wsgibody import ContextBody, TracedBody
 
 __all__ = [
@@ -237,6 +244,13 @@ class RequestIdMiddleware:
             h for h in parse_header_list(compat_headers) if h != HTTP_RESP_HEADER_REQUEST_ID
         )
         self._resp_headers = (HTTP_RESP_HEADER_REQUEST_ID, *self.compat_headers)
+        if tracer is not None:
+            self._price_with(tracer)
+
+    def _price_with(self, tracer: Tracer) -> None:
+        """Let *tracer*'s budget price requests through this middleware."""
+        if not tracer.costs.has_probe:
+            tracer.costs.add_probe(self._probe)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Serve one request under its request context."""
@@ -269,12 +283,15 @@ class RequestIdMiddleware:
         if request_id is not earlier_id:
             environ[ENV_REQUEST_ID] = request_id
         resp_headers = self._resp_headers
+        status_line = ""
 
         def _start_response(
             status: str,
             headers: list[tuple[str, str]],
             exc_info: _ExcInfo | None = None,
         ) -> Callable[[bytes], object]:
+            nonlocal status_line
+            status_line = status
             request_id = _adopt_inner_id(environ, context)
             for name in resp_headers:
                 for existing, _ in headers:
@@ -287,25 +304,21 @@ class RequestIdMiddleware:
             return start_response(status, headers, exc_info)
 
         tracer = self.tracer or self._default_tracer()
-        if tracer is not None and (
-            tracer.trace_threshold < TRACE_ALL and getrandbits(16) >= tracer.trace_threshold
-        ):
-            # Over a small budget: this request runs untraced; only a failure
-            # or a slow run exports its server span, built after the fact.
-            tracer.accounting.bypassed += 1
-            return self._untraced(environ, _start_response, context, tracer)
         if tracer is None:
             token = set_current(context)
             try:
                 body = self.app(environ, _start_response)
             finally:
                 reset_current(token)
-            if type(body) is list or type(body) is tuple:
-                return body
-            file_wrapper = environ.get("wsgi.file_wrapper")
-            if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
-                return body
-            return ContextBody(body, context)
+            return _context_body(body, environ, context)
+        if tracer.trace_threshold < TRACE_ALL:
+            skip = tracer.skip_request()
+            if skip:
+                # Over a small budget: this request runs as with tracing off;
+                # only a failure or a slow run exports its server span.
+                return self._untraced(
+                    environ, _start_response, context, tracer, lambda: status_line, skip
+                )
         try:
             served = self._serve(environ, context, tracer)
         except Exception:  # tracing must never break the request
@@ -350,30 +363,36 @@ class RequestIdMiddleware:
         start_response: StartResponse,
         context: RequestContext,
         tracer: Tracer,
+        status: Callable[[], str],
+        skip: int,
     ) -> Iterable[bytes]:
+        """Serve a request the budget left untraced: as with tracing off, its
+        spans no-ops; a failure or a slow run exports its server span. When
+        *skip* says so, its CPU time is measured (the budget's control group)."""
         start_ns = time_ns()
-        codes: list[int] = []
-
-        def _start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None
-        ) -> Callable[[bytes], object]:
-            codes.append(status_code(status))
-            return start_response(status, headers, exc_info)
-
+        if self.tracer is None:  # the configured tracer, which may have changed
+            self._price_with(tracer)
+        t0 = thread_time_ns() if skip == SKIP_MEASURED else 0
         token = set_current(context)
+        span_token = activate(INVALID_SPAN)  # the application's spans are no-ops
         try:
-            body = self.app(environ, _start_response)
+            body = self.app(environ, start_response)
         except Exception as exc:
             self._after_the_fact(environ, context, tracer, start_ns, 0, exc)
             raise
         finally:
+            deactivate(span_token)
             reset_current(token)
-        code = codes[-1] if codes else 0
-        if code >= 500 or time_ns() - start_ns >= tracer.slow_ns > 0:
-            self._after_the_fact(environ, context, tracer, start_ns, code, None)
-        if type(body) is list or type(body) is tuple:
-            return body
-        return ContextBody(body, context)
+        if t0:
+            tracer.costs.observe(GROUP_SKIPPED, thread_time_ns() - t0)
+        line = status()
+        try:
+            failed = "5" <= line < "6"
+        except TypeError:  # not a str: not a status this can read
+            failed = False
+        if failed or time_ns() - start_ns >= tracer.slow_ns > 0:
+            self._after_the_fact(environ, context, tracer, start_ns, status_code(line), None)
+        return _context_body(body, environ, context)
 
     def _after_the_fact(
         self,
@@ -416,8 +435,8 @@ class RequestIdMiddleware:
         return run
 
     def _serve(self, environ: dict[str, Any], context: RequestContext, tracer: Tracer) -> Served:
-        if not tracer.costs.has_probe:
-            tracer.costs.add_probe(self._probe)
+        if self.tracer is None:  # the configured tracer, which may have changed
+            self._price_with(tracer)
         normalize = self.path_normalizer
 
         def describe() -> tuple[str, dict[str, Any], RemoteContext]:
@@ -438,6 +457,19 @@ class RequestIdMiddleware:
             traceparent=environ.get(ENV_TRACEPARENT),
             forced=bool(forced),
         )
+
+
+def _context_body(
+    body: Iterable[bytes], environ: Mapping[str, Any], context: RequestContext
+) -> Iterable[bytes]:
+    """The response body as returned, or wrapped so that the request context
+    is current while the application's iterable produces it."""
+    if type(body) is list or type(body) is tuple:
+        return body
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
+        return body
+    return ContextBody(body, context)
 
 
 def _no_tracer(service_name: str | None = None) -> Tracer | None:

@@ -34,6 +34,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from random import getrandbits
 from typing import Any
 
 from crosstrace.tracing.sampling import OverheadController
@@ -43,11 +44,16 @@ __all__ = [
     "GROUP_CONTROL",
     "GROUP_DEFERRED",
     "GROUP_RECORDED",
+    "GROUP_SKIPPED",
+    "MEASURE_ALL_BELOW",
     "RECALIBRATE_S",
     "SAMPLE_EVERY",
+    "SKIP_MEASURED",
     "Accounting",
     "CostModel",
     "Probe",
+    "close_window",
+    "skip_request",
 ]
 
 log = logging.getLogger("crosstrace.tracer")
@@ -59,14 +65,26 @@ RECALIBRATE_S = 30.0
 CONTROL_EVERY = 64
 #: One request in this many of the others has its CPU time measured.
 SAMPLE_EVERY = 32
-#: Measured groups.
+#: Measured groups: requests a traced entry point ran with tracing off (the
+#: control group), unrecorded and recorded traces, and requests the budget
+#: left untraced (one in :data:`CONTROL_EVERY` of those is measured).
 GROUP_CONTROL = 0
 GROUP_DEFERRED = 1
 GROUP_RECORDED = 2
+GROUP_SKIPPED = 3
+_GROUPS = (GROUP_CONTROL, GROUP_DEFERRED, GROUP_RECORDED, GROUP_SKIPPED)
+#: Below this traced fraction every traced request is measured (they are few,
+#: and each costs more than in a busy loop: its code and data are cold).
+MEASURE_ALL_BELOW = 0.25
 #: Weight each window keeps of the measurements before it (about 5 windows).
 DECAY = 0.8
 #: Effective samples a group needs before its mean replaces the calibrated price.
 MIN_SAMPLES = 20.0
+
+#: What :func:`skip_request` returns for a skipped request to measure.
+SKIP_MEASURED = 2
+#: ``trace_threshold`` when every request is traced (16 random bits decide).
+TRACE_ALL = 1 << 16
 
 #: ``probe(tracer, children)`` returns a function that runs one request through
 #: a copy of a middleware: traced by *tracer* (untraced when ``None``), its
@@ -77,7 +95,7 @@ Probe = Callable[[Any, int], Callable[[], None]]
 class Accounting:
     """Counters the tracer updates once per trace (plain ints, no lock)."""
 
-    __slots__ = ("bypassed", "kept_spans", "roots", "spans", "unrecorded")
+    __slots__ = ("bypassed", "kept_spans", "late", "roots", "spans", "unrecorded")
 
     def __init__(self) -> None:
         #: Local roots recorded (their segment settled, kept or dropped).
@@ -90,10 +108,13 @@ class Accounting:
         self.unrecorded = 0
         #: Requests an entry point ran untraced (outside the traced fraction).
         self.bypassed = 0
+        #: Root spans of untraced requests exported after the fact (failed or
+        #: slow); also counted in :attr:`roots`.
+        self.late = 0
 
-    def snapshot(self) -> tuple[int, int, int, int, int]:
-        """``(roots, spans, kept_spans, unrecorded, bypassed)``."""
-        return self.roots, self.spans, self.kept_spans, self.unrecorded, self.bypassed
+    def snapshot(self) -> tuple[int, int, int, int, int, int]:
+        """``(roots, spans, kept_spans, unrecorded, bypassed, late)``."""
+        return self.roots, self.spans, self.kept_spans, self.unrecorded, self.bypassed, self.late
 
 
 class _DiscardSink:
@@ -132,6 +153,8 @@ class CostModel:
         "_eff_n",
         "_eff_sum",
         "_last_controls",
+        "_late_last",
+        "_late_window",
         "_make_tracer",
         "_n",
         "_next_ns",
@@ -139,21 +162,26 @@ class CostModel:
         "_open_span",
         "_probe",
         "_sum",
+        "bypass_child_ns",
         "bypass_ns",
         "calibration_ns",
         "calibrations",
+        "children_per_root",
         "control_every",
         "deferred_child_ns",
         "keep_ns",
         "root_ns",
+        "sample_every",
         "scaffold_ns",
         "span_ns",
         "tickets",
         "unrecorded_ns",
     )
 
-    #: Requests per calibration run, and children per request.
-    ROUNDS = 150
+    #: Requests per variant in one calibration (split over interleaved
+    #: passes), and children per request.
+    ROUNDS = 120
+    PASSES = 12
     CHILDREN = 4
 
     def __init__(
@@ -177,10 +205,20 @@ class CostModel:
         #: What an entry point's tracing scaffolding costs a request whatever
         #: its group (the control group pays it too, so it is priced apart).
         self.scaffold_ns = 0.0
-        #: What a request run untraced (outside the traced fraction) still costs.
+        #: What a request run untraced (outside the traced fraction) still costs,
+        #: and what each of its spans costs against tracing off (negative: a
+        #: span under the untraced request's no-op span is cheaper than one
+        #: that looks for a tracer).
         self.bypass_ns = 0.0
-        #: One request in this many is in the control group.
+        self.bypass_child_ns = 0.0
+        #: Spans per local root beside the root itself, decayed over windows
+        #: (what untraced and unrecorded requests are assumed to open).
+        self.children_per_root = float(self.CHILDREN)
+        #: One traced request in this many is in the control group (0: none,
+        #: while the budget leaves requests untraced: they are the control).
         self.control_every = CONTROL_EVERY
+        #: One traced request in this many has its CPU time measured.
+        self.sample_every = SAMPLE_EVERY
         #: CPU spent calibrating so far (counted as tracing cost).
         self.calibration_ns = 0
         self.calibrations = 0
@@ -188,11 +226,14 @@ class CostModel:
         #: Numbers the requests, for the control group and the measured sample.
         self.tickets = itertools.count(1)
         # Measured thread CPU per group: this window, and decayed over windows.
-        self._sum = [0, 0, 0]
-        self._n = [0, 0, 0]
-        self._eff_sum = [0.0, 0.0, 0.0]
-        self._eff_n = [0.0, 0.0, 0.0]
+        self._sum = [0, 0, 0, 0]
+        self._n = [0, 0, 0, 0]
+        self._eff_sum = [0.0, 0.0, 0.0, 0.0]
+        self._eff_n = [0.0, 0.0, 0.0, 0.0]
         self._last_controls = 0
+        # CPU of the root spans exported after the fact: this window, the last.
+        self._late_window = 0
+        self._late_last = 0
 
     @property
     def has_probe(self) -> bool:
@@ -212,10 +253,23 @@ class CostModel:
         self._sum[group] += cpu_ns
         self._n[group] += 1
 
+    def add_late(self, cpu_ns: int) -> None:
+        """The measured CPU of exporting one root span after the fact."""
+        self._late_window += cpu_ns
+
+    def follow(self, trace_fraction: float) -> None:
+        """Adapt the measurement to the traced fraction: below 1 the untraced
+        requests are the control group; below :data:`MEASURE_ALL_BELOW` every
+        traced request is measured."""
+        self.control_every = CONTROL_EVERY if trace_fraction >= 1.0 else 0
+        self.sample_every = SAMPLE_EVERY if trace_fraction >= MEASURE_ALL_BELOW else 1
+
     def fold(self) -> None:
         """Close a window: fold its measurements into the decayed sums."""
         self._last_controls = self._n[GROUP_CONTROL]
-        for g in (GROUP_CONTROL, GROUP_DEFERRED, GROUP_RECORDED):
+        self._late_last = self._late_window
+        self._late_window = 0
+        for g in _GROUPS:
             s, n = self._sum[g], self._n[g]
             self._sum[g] = self._n[g] = 0
             self._eff_sum[g] = self._eff_sum[g] * DECAY + s
@@ -226,44 +280,71 @@ class CostModel:
         n = self._eff_n[group]
         return self._eff_sum[group] / n if n >= MIN_SAMPLES else None
 
-    def baseline_ns(self, requests: int) -> float | None:
-        """What this window's requests would have cost without tracing: the
-        traced and untraced ones plus the control group, at the control
-        group's mean CPU."""
+    def off_ns(self) -> float | None:
+        """The mean CPU of a request with tracing off: a measured untraced
+        request's, less what running it untraced still costs (calibrated)."""
+        child = self.children_per_root * self.bypass_child_ns
+        skipped = self.measured(GROUP_SKIPPED)
+        if skipped is not None:
+            return skipped - self.bypass_ns - child
         control = self.measured(GROUP_CONTROL)
-        if control is None:
+        if control is not None:
+            return control - self.scaffold_ns - child
+        return None
+
+    def baseline_ns(self, requests: int) -> float | None:
+        """What this window's requests (the control group's included) would
+        have cost without tracing."""
+        off = self.off_ns()
+        if off is None:
             return None
-        return (requests + self._last_controls) * control
+        return (requests + self._last_controls) * off
 
     def record_ns(
-        self, roots: int, spans: int, kept: int, unrecorded: int, bypassed: int = 0
-    ) -> float:
-        """The request-thread CPU the counted work cost.
+        self,
+        roots: int,
+        spans: int,
+        kept: int,
+        unrecorded: int,
+        bypassed: int = 0,
+        late: int = 0,
+    ) -> tuple[float, float]:
+        """The request-thread CPU the counted work cost: ``(total, fixed)``,
+        where *fixed* is the part the traced fraction does not scale (requests
+        run untraced, and the root spans of those exported after the fact).
 
-        Measured where possible: a recorded (or deferred) request costs its
-        group's mean CPU minus the control group's (tracing off), corrected for
-        its children (a span under a non-recording root is cheaper than with
-        tracing off). Until a group has enough samples, the calibrated prices
-        stand in. Children of unrecorded roots are estimated from the recorded
-        traces' spans per root.
+        Measured where possible: a recorded (or unrecorded) trace costs its
+        group's mean CPU less a request's with tracing off (:meth:`off_ns`), so
+        that what tracing costs in the running service (its code and data
+        gone cold between traced requests, the garbage collector) is counted.
+        Until the groups have enough samples, the calibrated prices stand in.
+        The root spans exported after the fact are measured one by one.
         """
+        roots -= late
+        spans -= late
+        kept -= late
         children = max(0, spans - roots)
-        per_root = children / roots if roots else float(self.CHILDREN)
-        correction = per_root * self.deferred_child_ns
-        control = self.measured(GROUP_CONTROL)
+        if roots > 0:
+            self.children_per_root = DECAY * self.children_per_root + (1 - DECAY) * (
+                children / roots
+            )
+        child = self.children_per_root * self.bypass_child_ns
+        fixed = bypassed * (self.bypass_ns + child) + self._late_last
+        controls = self._last_controls * (self.scaffold_ns + child)
+        roots = max(0, roots)
+        off = self.off_ns()
         recorded = self.measured(GROUP_RECORDED)
         deferred = self.measured(GROUP_DEFERRED)
-        scaffold = (roots + unrecorded + self._last_controls) * self.scaffold_ns
-        scaffold += bypassed * self.bypass_ns
-        if control is not None and recorded is not None:
-            rec_cost = roots * max(0.0, recorded - control + correction)
+        if off is not None and recorded is not None:
+            rec_cost = roots * max(0.0, recorded - off)
         else:
-            rec_cost = roots * self.root_ns + children * self.span_ns + kept * self.keep_ns
-        if control is not None and deferred is not None:
-            def_cost = unrecorded * max(0.0, deferred - control + correction)
+            rec_cost = roots * self.root_ns + children * self.span_ns + max(0, kept) * self.keep_ns
+        if off is not None and deferred is not None:
+            def_cost = unrecorded * max(0.0, deferred - off)
         else:
-            def_cost = unrecorded * max(0.0, self.unrecorded_ns + correction)
-        return scaffold + rec_cost + def_cost
+            per_root = self.children_per_root
+            def_cost = unrecorded * max(0.0, self.unrecorded_ns + per_root * self.deferred_child_ns)
+        return fixed + controls + rec_cost + def_cost, fixed
 
     def maybe_recalibrate(self) -> None:
         """Calibrate again when :data:`RECALIBRATE_S` passed since the last time."""
@@ -297,32 +378,50 @@ class CostModel:
         bypass = make("calibrate", None, sample_ratio=0.0)
         bypass.trace_threshold = 0  # every request untraced
         probe = self._probe or self._span_probe(span, self._off)
-        cost: dict[tuple[Any, int], float] = {}
-        runs = [(t, c) for t in (None, drop, keep, unrec, control, bypass) for c in (0, k)]
-        for t, c in runs:  # warm up
-            probe(t, c)()
-        for t, c in runs:
-            cost[t, c] = self._time(probe(t, c))
+        variants = [(t, c) for t in (None, drop, keep, unrec, control, bypass) for c in (0, k)]
+        runs = [probe(t, c) for t, c in variants]
+        for run in runs:  # warm up
+            run()
+        # Interleaved rounds: each round times every variant once, and each
+        # price is the median of its per-round values, so that a slow drift
+        # of the machine (another process, frequency) cancels out.
+        prices: dict[str, list[float]] = {}
+        n = max(1, self.ROUNDS // self.PASSES)
+        for _ in range(self.PASSES):
+            cost: dict[tuple[Any, int], float] = {}
+            for (t, c), run in zip(variants, runs, strict=True):
+                t0 = time.thread_time_ns()
+                for _ in range(n):
+                    run()
+                cost[t, c] = (time.thread_time_ns() - t0) / n
+            for name, value in self._prices(cost, drop, keep, unrec, control, bypass).items():
+                prices.setdefault(name, []).append(value)
+        for name, values in prices.items():
+            setattr(self, name, sorted(values)[len(values) // 2])
+
+    def _prices(
+        self,
+        cost: dict[tuple[Any, int], float],
+        drop: Any,
+        keep: Any,
+        unrec: Any,
+        control: Any,
+        bypass: Any,
+    ) -> dict[str, float]:
+        """The prices one calibration round gives (see the class docstring)."""
+        k = self.CHILDREN
         off0, offk = cost[None, 0], cost[None, k]
         off_child = (offk - off0) / k
-        self.root_ns = max(100.0, cost[drop, 0] - off0)
-        self.span_ns = max(100.0, (cost[drop, k] - cost[drop, 0]) / k - off_child)
-        self.keep_ns = max(0.0, (cost[keep, k] - cost[drop, k]) / (k + 1))
-        self.unrecorded_ns = max(0.0, cost[unrec, 0] - off0)
-        self.deferred_child_ns = (cost[unrec, k] - cost[unrec, 0]) / k - off_child
-        self.scaffold_ns = max(0.0, cost[control, 0] - off0)
-        self.bypass_ns = max(0.0, cost[bypass, 0] - off0)
-
-    def _time(self, run: Callable[[], None]) -> float:
-        """Median CPU per call of three batches."""
-        n = self.ROUNDS // 3
-        out = []
-        for _ in range(3):
-            t0 = time.thread_time_ns()
-            for _ in range(n):
-                run()
-            out.append((time.thread_time_ns() - t0) / n)
-        return sorted(out)[1]
+        return {
+            "root_ns": max(100.0, cost[drop, 0] - off0),
+            "span_ns": max(100.0, (cost[drop, k] - cost[drop, 0]) / k - off_child),
+            "keep_ns": max(0.0, (cost[keep, k] - cost[drop, k]) / (k + 1)),
+            "unrecorded_ns": max(0.0, cost[unrec, 0] - off0),
+            "deferred_child_ns": (cost[unrec, k] - cost[unrec, 0]) / k - off_child,
+            "scaffold_ns": max(0.0, cost[control, 0] - off0),
+            "bypass_ns": max(0.0, cost[bypass, 0] - off0),
+            "bypass_child_ns": (cost[bypass, k] - cost[bypass, 0]) / k - off_child,
+        }
 
     @staticmethod
     def _span_probe(span: Callable[..., Any], off: Any) -> Probe:
@@ -341,3 +440,45 @@ class CostModel:
             return run
 
         return probe
+
+
+# -- the tracer's budget hooks (methods of Tracer) ----------------------------------------
+
+
+def skip_request(tracer: Any) -> int:
+    """Whether the overhead budget leaves this request untraced: 0 (no), 1
+    (yes) or :data:`SKIP_MEASURED` (yes, and measure its CPU time).
+
+    Entry points ask only when ``tracer.trace_threshold`` is below
+    :data:`TRACE_ALL`. A skipped request runs as with tracing off (its failures
+    and slow runs are still exported, built after the fact); it is counted,
+    and every 64th one is measured (the control group of the budget) and lets
+    the controller close its window (no trace may start for a while when
+    almost every request is skipped).
+    """
+    if getrandbits(16) < tracer.trace_threshold:
+        return 0
+    acct = tracer.accounting
+    acct.bypassed += 1
+    if acct.bypassed & 63:
+        return 1
+    ctl = tracer.controller
+    if ctl is not None and time.monotonic_ns() >= ctl.next_tick_ns:
+        tracer._tick()
+    return SKIP_MEASURED
+
+
+def close_window(tracer: Any) -> None:
+    """Close the controller's window: estimate what tracing spent, adjust the
+    knobs, recalibrate the prices when due."""
+    ctl = tracer.controller
+    if ctl is None:
+        return
+    try:
+        sink = tracer.sink
+        export_cpu = sink.cpu_ns() if sink is not None else 0
+        if ctl.tick(tracer.accounting, tracer.costs, export_cpu):
+            tracer._main._apply_knobs()
+        tracer.costs.maybe_recalibrate()
+    except Exception:
+        log.debug("overhead controller tick failed", exc_info=True)

@@ -132,6 +132,7 @@ class OverheadController:
         "_counts_last",
         "_export_cpu_last",
         "_export_cpu_now",
+        "_fixed_ns",
         "_proc_last",
         "_record_ns",
         "budget",
@@ -149,10 +150,11 @@ class OverheadController:
     MAX_STEP = 1.25
     #: Smallest non-zero ratio factor the controller goes down to.
     FLOOR = 1e-6
-    #: Below this record fraction, the controller lowers the traced fraction.
-    MIN_RECORD = 0.01
-    #: Smallest traced fraction (the control group needs some traced requests).
-    MIN_TRACE = 0.02
+    #: Smallest record fraction.
+    MIN_RECORD = 1e-4
+    #: Smallest traced fraction (one request in 65,536: what the entry
+    #: points' 16 random bits can express).
+    MIN_TRACE = 1.0 / 65536
     #: Process CPU per window under which the process counts as idle (knobs rise).
     MIN_BUSY_NS = 50_000_000
 
@@ -168,7 +170,8 @@ class OverheadController:
         self._record_ns = 0
         self._export_cpu_now = 0
         self._export_cpu_last = 0
-        self._counts_last: tuple[int, int, int, int, int] | None = None
+        self._counts_last: tuple[int, ...] | None = None
+        self._fixed_ns = 0.0
         self._calib_last = 0
         self._proc_last = time.process_time_ns()
         self.next_tick_ns = time.monotonic_ns() + self.window_ns
@@ -214,8 +217,10 @@ class OverheadController:
             last = self._counts_last or counts
             self._counts_last = counts
             d = [a - b for a, b in zip(counts, last, strict=True)]
-            self._record_ns += int(costs.record_ns(d[0], d[1], d[2], d[3], d[4]))
-            base_ns = costs.baseline_ns(d[0] + d[3] + d[4])
+            total, fixed = costs.record_ns(*d)
+            self._record_ns += int(total)
+            self._fixed_ns += fixed
+            base_ns = costs.baseline_ns(d[0] - d[5] + d[3] + d[4])
             calib = costs.calibration_ns
             self._record_ns += max(0, calib - self._calib_last)
             self._calib_last = calib
@@ -224,7 +229,9 @@ class OverheadController:
         proc_ns = proc - self._proc_last
         self._proc_last = proc
         record_ns = self._record_ns
+        fixed_ns = self._fixed_ns
         self._record_ns = 0
+        self._fixed_ns = 0.0
         export_now = self._export_cpu_now
         export_ns = max(0, export_now - self._export_cpu_last)
         self._export_cpu_last = export_now
@@ -233,17 +240,25 @@ class OverheadController:
             self.record_fraction = 1.0
             self.trace_fraction = 1.0
             return True
-        self.adjust(record_ns, export_ns, proc_ns, base_ns)
+        self.adjust(record_ns, export_ns, proc_ns, base_ns, fixed_ns)
         return True
 
     def adjust(
-        self, record_ns: int, export_ns: int, proc_ns: int, base_ns: float | None = None
+        self,
+        record_ns: int,
+        export_ns: int,
+        proc_ns: int,
+        base_ns: float | None = None,
+        fixed_ns: float = 0.0,
     ) -> None:
         """One control step from a window's measured costs.
 
-        Recording cost scales with the record fraction, export cost with the
-        share of traces kept (mostly the effective ratio). The knobs move by a
-        bounded factor per window so the loop converges without oscillating.
+        *fixed_ns* is the part of *record_ns* no knob scales (requests run
+        untraced, failures exported after the fact). Export cost scales with
+        the share of traces kept (mostly the effective ratio), the rest of the
+        recording cost with the traced and record fractions. Each knob moves by
+        the factor that would bring the window to the budget, bounded per
+        window, so the loop converges without oscillating.
         """
         spent = record_ns + export_ns
         if proc_ns < self.MIN_BUSY_NS:
@@ -258,32 +273,35 @@ class OverheadController:
         base = base_ns if base_ns else max(proc_ns - spent, proc_ns // 2)
         allowed = self.budget * base
         self.last_fraction = spent / base
-        if spent <= 0:
+        scaled = spent - fixed_ns  # what the knobs act on
+        room = allowed - fixed_ns
+        if scaled <= 0:
             self._raise(self.MAX_STEP)
             return
         if spent <= allowed:
-            self._raise(min(self.MAX_STEP, allowed / spent))
+            self._raise(min(self.MAX_STEP, room / scaled))
             return
-        if record_ns >= allowed:
+        recording = record_ns - fixed_ns
+        if recording >= room:
             # Recording alone is over budget: stop exporting by ratio and
-            # record fewer traces; when almost nothing is recorded any more,
-            # trace fewer requests at all (the rest run untraced, their
-            # failures still exported).
+            # trace fewer requests (the rest run untraced, their failures and
+            # slow runs still exported); once the traced fraction is at its
+            # floor (or no entry point asks it), record fewer traces.
             self.ratio_factor = max(self.FLOOR, self.ratio_factor * self.MIN_STEP)
-            step = max(self.MIN_STEP, 0.9 * allowed / record_ns)
-            if self.record_fraction > self.MIN_RECORD:
-                self.record_fraction = max(0.0, self.record_fraction * step)
-            else:
+            step = max(self.MIN_STEP, room / recording) if room > 0 else self.MIN_STEP
+            if self.trace_fraction > self.MIN_TRACE:
                 self.trace_fraction = max(self.MIN_TRACE, self.trace_fraction * step)
+            else:
+                self.record_fraction = max(self.MIN_RECORD, self.record_fraction * step)
             return
-        room = allowed - record_ns
-        step = max(self.MIN_STEP, room / export_ns) if export_ns > 0 else self.MIN_STEP
+        step = max(self.MIN_STEP, (room - recording) / export_ns) if export_ns > 0 else 1.0
         self.ratio_factor = max(self.FLOOR, min(1.0, self.ratio_factor * step))
 
     def _raise(self, step: float) -> None:
-        if self.trace_fraction < 1.0:
-            self.trace_fraction = min(1.0, self.trace_fraction * step)
-        elif self.record_fraction < 1.0:
-            self.record_fraction = min(1.0, max(0.01, self.record_fraction) * step)
+        # The reverse of lowering: the record fraction, the traced fraction, the ratio.
+        if self.record_fraction < 1.0:
+            self.record_fraction = min(1.0, max(self.MIN_RECORD, self.record_fraction) * step)
+        elif self.trace_fraction < 1.0:
+            self.trace_fraction = min(1.0, max(self.MIN_TRACE, self.trace_fraction) * step)
         else:
             self.ratio_factor = min(1.0, max(self.FLOOR, self.ratio_factor) * step)

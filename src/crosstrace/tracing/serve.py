@@ -33,12 +33,7 @@ from typing import Any
 
 from crosstrace.context import RequestContext, reset_current, set_current
 from crosstrace.httpnames import ATTR_STATUS_CODE
-from crosstrace.tracing.budget import (
-    GROUP_CONTROL,
-    GROUP_DEFERRED,
-    GROUP_RECORDED,
-    SAMPLE_EVERY,
-)
+from crosstrace.tracing.budget import GROUP_CONTROL, GROUP_DEFERRED, GROUP_RECORDED
 from crosstrace.tracing.deferred import DeferredRoot, Describe, sampled_bits
 from crosstrace.tracing.model import RemoteContext, SpanKind, StatusCode
 from crosstrace.tracing.spans import (
@@ -110,12 +105,13 @@ class Served:
         if tracer is not None and tracer.controller is not None:  # a budget to hold
             costs = tracer.costs
             n = next(costs.tickets)
-            if n % costs.control_every == 0:
+            control, every = costs.control_every, costs.sample_every
+            if control and n % control == 0:
                 if not forced and sampled_bits(traceparent) >= tracer.threshold:
                     # The control group (never a head-sampled trace): tracing
                     # off for this request, kept only if it fails or is slow.
                     self._control_ns = time_ns()
-            elif n % SAMPLE_EVERY != 1:
+            elif every > 1 and n % every != 1:
                 n = 0
             if n:
                 # From here to finish(), less any calibration run in between.
@@ -227,7 +223,10 @@ class Served:
         self._export_control(tracer, start_ns)
 
     def _export_control(self, tracer: Tracer, start_ns: int) -> None:
-        """A control request failed or was slow: export its root span alone."""
+        """A request run untraced failed or was slow: export its root span alone
+        (its CPU time measured: this is tracing cost however rare)."""
+        t0 = thread_time_ns()
+        tracer.accounting.late += 1
         describe = self._describe
         if describe is None:
             name, attrs, remote = self._name, dict(self._attributes or {}), self._remote
@@ -243,6 +242,7 @@ class Served:
         if self._exc is not None:
             root._failed(self._exc)
         root.end()
+        tracer.costs.add_late(thread_time_ns() - t0)
 
     def __enter__(self) -> Served:
         self.enter()

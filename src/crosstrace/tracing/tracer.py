@@ -36,7 +36,14 @@ from typing import Any, ParamSpec, TypeVar
 
 from crosstrace.redact import Redactor
 from crosstrace.tracecontext import FLAG_RANDOM, FLAG_SAMPLED
-from crosstrace.tracing.budget import Accounting, CostModel
+from crosstrace.tracing.budget import (
+    SKIP_MEASURED,
+    TRACE_ALL,
+    Accounting,
+    CostModel,
+    close_window,
+    skip_request,
+)
 from crosstrace.tracing.deferred import DeferredRoot, Describe, record_bits, settle
 from crosstrace.tracing.model import (
     RemoteContext,
@@ -69,6 +76,7 @@ from crosstrace.trust import ATTR_OSPROFILER_BASE_ID, ATTR_OSPROFILER_PARENT_ID
 
 __all__ = [
     "DISABLED",
+    "SKIP_MEASURED",
     "TRACE_ALL",
     "Tracer",
     "get_tracer",
@@ -79,8 +87,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _ALL_RECORDED = 1 << RECORD_BITS
-#: ``trace_threshold`` when every request is traced (16 random bits decide).
-TRACE_ALL = 1 << 16
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -235,6 +241,7 @@ class Tracer:
         main.threshold = ratio_threshold(main.sample_ratio * factor)
         main.record_threshold = record_threshold(fraction)
         main.trace_threshold = int(ctl.trace_fraction * TRACE_ALL) if ctl else TRACE_ALL
+        main.costs.follow(ctl.trace_fraction if ctl else 1.0)
         main._share()
 
     # -- several services in one process --------------------------------------
@@ -396,6 +403,11 @@ class Tracer:
         name, attrs, remote = describe()
         return self.start_root(name, kind, attrs, remote, 0, record)
 
+    #: Whether the budget leaves this request untraced (entry points ask).
+    skip_request = skip_request
+    #: Close the controller's window (once per window, from a request).
+    _tick = close_window
+
     def _settle_deferred(self, root: DeferredRoot, end_ns: int) -> None:
         """Export a deferred root alone when it failed or was slower than the threshold."""
         settle(self, root, end_ns, self.slow_ns)
@@ -431,20 +443,6 @@ class Tracer:
         else:
             self.segments_dropped += 1
         seg.spans = []
-
-    def _tick(self) -> None:
-        """Close the controller's window: estimate what tracing spent, adjust."""
-        ctl = self.controller
-        if ctl is None:
-            return
-        try:
-            sink = self.sink
-            export_cpu = sink.cpu_ns() if sink is not None else 0
-            if ctl.tick(self.accounting, self.costs, export_cpu):
-                self._main._apply_knobs()
-            self.costs.maybe_recalibrate()
-        except Exception:
-            log.debug("overhead controller tick failed", exc_info=True)
 
     def _export_late(self, span: Span) -> None:
         try:

@@ -1,0 +1,199 @@
+"""Requests the overhead budget leaves untraced, on the WSGI and ASGI middleware.
+
+Below a small budget an entry point runs most requests exactly as with tracing
+off. What must still hold: the request keeps its ids, a failed or slow request
+still exports its server span (built after the fact, with the caller's trace
+and the request's real start), a fast successful one exports nothing, and the
+tracer counts both (so the budget can price them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from crosstrace import get_current
+from crosstrace.asgi import RequestIdMiddleware as AsgiMiddleware
+from crosstrace.tracing import SpanKind, StatusCode, Tracer, current_span
+from crosstrace.tracing.spans import INVALID_SPAN
+from crosstrace.wsgi import RequestIdMiddleware as WsgiMiddleware
+from tracing_support import Sink, sink_tracer
+
+PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+GLOBAL_ID = "req-3f1e2d4c-5b6a-4789-8abc-def012345678"
+
+
+def untraced_tracer(sink: Sink, slow_s: float = 10.0) -> Tracer:
+    """A tracer whose budget leaves every request untraced."""
+    t = sink_tracer(sink, "api", slow_threshold_s=slow_s)
+    t.trace_threshold = 0
+    return t
+
+
+class Seen:
+    """What the application saw while it ran."""
+
+    span: Any = None
+    request_id: str | None = None
+    global_id: str | None = None
+
+    def look(self) -> None:
+        self.span = current_span()
+        ctx = get_current()
+        assert ctx is not None
+        self.request_id, self.global_id = ctx.request_id, ctx.global_request_id
+
+
+def run_wsgi(tracer: Tracer, status: str = "200 OK", fail: bool = False, sleep: float = 0.0):
+    seen = Seen()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.look()
+        if sleep:
+            time.sleep(sleep)
+        if fail:
+            raise RuntimeError("boom")
+        start_response(status, [])
+        return [b"ok"]
+
+    mw = WsgiMiddleware(app, tracer=tracer)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/v2.1/servers/42",
+        "SERVER_NAME": "t",
+        "SERVER_PORT": "80",
+        "HTTP_TRACEPARENT": PARENT,
+        "HTTP_X_OPENSTACK_REQUEST_ID": GLOBAL_ID,
+    }
+    responses: list[str] = []
+    try:
+        body = mw(environ, lambda s, h, e=None: responses.append(s))
+        assert b"".join(body) == b"ok"
+    except RuntimeError:
+        assert fail
+    return seen, responses
+
+
+def run_asgi(tracer: Tracer, status: int = 200, fail: bool = False, sleep: float = 0.0):
+    seen = Seen()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.look()
+        if sleep:
+            time.sleep(sleep)
+        if fail:
+            raise RuntimeError("boom")
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = AsgiMiddleware(app, tracer=tracer)
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/v2.1/servers/42",
+        "headers": [
+            (b"traceparent", PARENT.encode()),
+            (b"x-openstack-request-id", GLOBAL_ID.encode()),
+        ],
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    try:
+        asyncio.run(mw(scope, receive, send))
+    except RuntimeError:
+        assert fail
+    return seen, [m["status"] for m in sent if m["type"] == "http.response.start"]
+
+
+SERVERS = {
+    "wsgi": (run_wsgi, "500 Internal Server Error"),
+    "asgi": (run_asgi, 500),
+}
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_an_untraced_request_runs_as_with_tracing_off(server: str) -> None:
+    sink = Sink()
+    t = untraced_tracer(sink)
+    run, _ = SERVERS[server]
+    seen, _ = run(t)
+    assert seen.span is INVALID_SPAN  # no span current: the app's spans are no-ops
+    assert seen.global_id == GLOBAL_ID  # the request ids are there as ever
+    assert seen.request_id is not None and seen.request_id.startswith("req-")
+    assert sink.spans == []
+    assert t.accounting.bypassed == 1
+    assert t.accounting.late == 0
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_an_untraced_request_that_fails_exports_its_server_span(server: str) -> None:
+    sink = Sink()
+    t = untraced_tracer(sink)
+    run, error_status = SERVERS[server]
+    before = time.time_ns()
+    run(t, error_status)
+    (s,) = sink.spans
+    assert s.kind == SpanKind.SERVER
+    assert s.name == "GET /v2.1/servers/{id}"
+    assert s.status_code == StatusCode.ERROR
+    assert s.attributes["http.response.status_code"] == 500
+    assert s.trace_id == int(PARENT[3:35], 16)  # continues the caller's trace
+    assert s.parent_id == int(PARENT[36:52], 16)
+    assert s.attributes["openstack.global_request_id"] == GLOBAL_ID
+    assert before <= s.start_ns <= s.end_ns
+    assert t.accounting.late == 1
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_an_untraced_request_that_raises_exports_the_exception(server: str) -> None:
+    sink = Sink()
+    t = untraced_tracer(sink)
+    run, _ = SERVERS[server]
+    run(t, fail=True)
+    (s,) = sink.spans
+    assert s.status_code == StatusCode.ERROR
+    (event,) = [e for e in s.events if e[0] == "exception"]
+    assert event[2]["exception.type"] == "RuntimeError"
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_an_untraced_slow_request_exports_its_server_span(server: str) -> None:
+    sink = Sink()
+    t = untraced_tracer(sink, slow_s=0.001)
+    run, _ = SERVERS[server]
+    run(t, sleep=0.002)  # slower than the threshold, whatever the machine
+    (s,) = sink.spans
+    assert s.status_code != StatusCode.ERROR
+    assert s.end_ns - s.start_ns >= 1_000_000
+
+
+def test_skip_request_follows_the_traced_fraction_and_counts() -> None:
+    t = sink_tracer(Sink(), "api")
+    t.trace_threshold = 0
+    assert all(t.skip_request() for _ in range(100))
+    assert t.accounting.bypassed == 100
+    t.trace_threshold = 1 << 15  # one request in two
+    skipped = sum(t.skip_request() for _ in range(4000))
+    assert 1700 < skipped < 2300
+
+
+def test_skipped_requests_let_the_controller_close_its_window() -> None:
+    """When (almost) every request is skipped no trace starts, so the skips
+    themselves must let the controller tick."""
+    t = sink_tracer(Sink(), "api", overhead_budget=0.01)
+    ctl = t.controller
+    assert ctl is not None
+    t.trace_threshold = 0
+    ctl.next_tick_ns = 0  # the window is over
+    for _ in range(64):
+        t.skip_request()
+    assert ctl.next_tick_ns > 0  # one of them closed it
