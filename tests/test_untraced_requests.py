@@ -18,6 +18,7 @@ import pytest
 from crosstrace import get_current
 from crosstrace.asgi import RequestIdMiddleware as AsgiMiddleware
 from crosstrace.tracing import SpanKind, StatusCode, Tracer, current_span
+from crosstrace.tracing.budget import GROUP_OFF, GROUP_SKIPPED, SKIP_MEASURED, SKIP_OFF
 from crosstrace.tracing.spans import INVALID_SPAN
 from crosstrace.wsgi import RequestIdMiddleware as WsgiMiddleware
 from tracing_support import Sink, sink_tracer
@@ -28,8 +29,11 @@ GLOBAL_ID = "req-3f1e2d4c-5b6a-4789-8abc-def012345678"
 
 def untraced_tracer(sink: Sink, slow_s: float = 10.0) -> Tracer:
     """A tracer whose budget leaves every request untraced."""
-    t = sink_tracer(sink, "api", slow_threshold_s=slow_s)
-    t.trace_threshold = 0
+    t = sink_tracer(sink, "api", slow_threshold_s=slow_s, overhead_budget=0.01)
+    assert t.controller is not None
+    t.controller.trace_fraction = 0.0
+    t.controller.next_tick_ns = 1 << 62  # no window closes during the test
+    t._apply_knobs()
     return t
 
 
@@ -177,12 +181,19 @@ def test_an_untraced_slow_request_exports_its_server_span(server: str) -> None:
 
 
 def test_skip_request_follows_the_traced_fraction_and_counts() -> None:
-    t = sink_tracer(Sink(), "api")
-    t.trace_threshold = 0
-    assert all(t.skip_request() for _ in range(100))
-    assert t.accounting.bypassed == 100
+    t = sink_tracer(Sink(), "api", overhead_budget=0.01)
+    assert t.controller is not None
+    t.controller.trace_fraction = 0.0  # what a budget far too small comes to
+    t.controller.next_tick_ns = 1 << 62  # no window closes during the test
+    t._apply_knobs()
+    assert t.trace_threshold == 0
+    answers = [t.skip_request() for _ in range(128)]
+    assert all(answers)
+    assert t.accounting.bypassed == 128
+    # One in 64 is measured, alternately as it runs and as if tracing were off.
+    assert sorted(a for a in answers if a > 1) == [SKIP_MEASURED, SKIP_OFF]
     t.trace_threshold = 1 << 15  # one request in two
-    skipped = sum(t.skip_request() for _ in range(4000))
+    skipped = sum(bool(t.skip_request()) for _ in range(4000))
     assert 1700 < skipped < 2300
 
 
@@ -197,3 +208,22 @@ def test_skipped_requests_let_the_controller_close_its_window() -> None:
     for _ in range(64):
         t.skip_request()
     assert ctl.next_tick_ns > 0  # one of them closed it
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_untraced_requests_are_measured_as_the_control_group(server: str) -> None:
+    """One untraced request in 64 is measured as it runs, one as if tracing
+    were off (its spans take the tracing-off path: they see no span)."""
+    sink = Sink()
+    t = untraced_tracer(sink)
+    run, _ = SERVERS[server]
+    seen_off = []
+    for _ in range(128):
+        seen, _ = run(t)
+        if seen.span is not INVALID_SPAN:
+            seen_off.append(seen.span)
+    assert t.costs._n[GROUP_SKIPPED] == 1
+    assert t.costs._n[GROUP_OFF] == 1
+    (off,) = seen_off  # the one measured as if tracing were off
+    assert not off.is_recording()
+    assert sink.spans == []

@@ -38,17 +38,20 @@ from random import getrandbits
 from typing import Any
 
 from crosstrace.tracing.sampling import OverheadController
+from crosstrace.tracing.spans import TRACING_OFF, activate, deactivate
 
 __all__ = [
     "CONTROL_EVERY",
     "GROUP_CONTROL",
     "GROUP_DEFERRED",
+    "GROUP_OFF",
     "GROUP_RECORDED",
     "GROUP_SKIPPED",
     "MEASURE_ALL_BELOW",
     "RECALIBRATE_S",
     "SAMPLE_EVERY",
     "SKIP_MEASURED",
+    "SKIP_OFF",
     "Accounting",
     "CostModel",
     "Probe",
@@ -72,7 +75,10 @@ GROUP_CONTROL = 0
 GROUP_DEFERRED = 1
 GROUP_RECORDED = 2
 GROUP_SKIPPED = 3
-_GROUPS = (GROUP_CONTROL, GROUP_DEFERRED, GROUP_RECORDED, GROUP_SKIPPED)
+#: Untraced requests measured as if tracing were off: their spans take the
+#: tracing-off path (:data:`~crosstrace.tracing.spans.TRACING_OFF` current).
+GROUP_OFF = 4
+_GROUPS = (GROUP_CONTROL, GROUP_DEFERRED, GROUP_RECORDED, GROUP_SKIPPED, GROUP_OFF)
 #: Below this traced fraction every traced request is measured (they are few,
 #: and each costs more than in a busy loop: its code and data are cold).
 MEASURE_ALL_BELOW = 0.25
@@ -81,8 +87,10 @@ DECAY = 0.8
 #: Effective samples a group needs before its mean replaces the calibrated price.
 MIN_SAMPLES = 20.0
 
-#: What :func:`skip_request` returns for a skipped request to measure.
+#: What :func:`skip_request` returns for a skipped request to measure, and for
+#: one to measure as if tracing were off.
 SKIP_MEASURED = 2
+SKIP_OFF = 3
 #: ``trace_threshold`` when every request is traced (16 random bits decide).
 TRACE_ALL = 1 << 16
 
@@ -95,7 +103,7 @@ Probe = Callable[[Any, int], Callable[[], None]]
 class Accounting:
     """Counters the tracer updates once per trace (plain ints, no lock)."""
 
-    __slots__ = ("bypassed", "kept_spans", "late", "roots", "spans", "unrecorded")
+    __slots__ = ("bypassed", "kept_spans", "late", "mask", "roots", "spans", "unrecorded")
 
     def __init__(self) -> None:
         #: Local roots recorded (their segment settled, kept or dropped).
@@ -111,6 +119,9 @@ class Accounting:
         #: Root spans of untraced requests exported after the fact (failed or
         #: slow); also counted in :attr:`roots`.
         self.late = 0
+        #: Untraced requests measured: one in ``mask + 1`` (twice that, each
+        #: kind of measurement); more when few requests run untraced.
+        self.mask = 63
 
     def snapshot(self) -> tuple[int, int, int, int, int, int]:
         """``(roots, spans, kept_spans, unrecorded, bypassed, late)``."""
@@ -170,6 +181,7 @@ class CostModel:
         "control_every",
         "deferred_child_ns",
         "keep_ns",
+        "marker_ns",
         "root_ns",
         "sample_every",
         "scaffold_ns",
@@ -211,6 +223,8 @@ class CostModel:
         #: that looks for a tracer).
         self.bypass_ns = 0.0
         self.bypass_child_ns = 0.0
+        #: Making a marker span current and restoring the previous one.
+        self.marker_ns = 0.0
         #: Spans per local root beside the root itself, decayed over windows
         #: (what untraced and unrecorded requests are assumed to open).
         self.children_per_root = float(self.CHILDREN)
@@ -226,10 +240,10 @@ class CostModel:
         #: Numbers the requests, for the control group and the measured sample.
         self.tickets = itertools.count(1)
         # Measured thread CPU per group: this window, and decayed over windows.
-        self._sum = [0, 0, 0, 0]
-        self._n = [0, 0, 0, 0]
-        self._eff_sum = [0.0, 0.0, 0.0, 0.0]
-        self._eff_n = [0.0, 0.0, 0.0, 0.0]
+        self._sum = [0] * len(_GROUPS)
+        self._n = [0] * len(_GROUPS)
+        self._eff_sum = [0.0] * len(_GROUPS)
+        self._eff_n = [0.0] * len(_GROUPS)
         self._last_controls = 0
         # CPU of the root spans exported after the fact: this window, the last.
         self._late_window = 0
@@ -257,12 +271,14 @@ class CostModel:
         """The measured CPU of exporting one root span after the fact."""
         self._late_window += cpu_ns
 
-    def follow(self, trace_fraction: float) -> None:
-        """Adapt the measurement to the traced fraction: below 1 the untraced
-        requests are the control group; below :data:`MEASURE_ALL_BELOW` every
-        traced request is measured."""
-        self.control_every = CONTROL_EVERY if trace_fraction >= 1.0 else 0
+    def follow(self, trace_fraction: float, accounting: Accounting) -> None:
+        """Adapt the measurement to the traced fraction: the untraced requests
+        are the control group, helped by one traced request in
+        :data:`CONTROL_EVERY` run with tracing off while few run untraced;
+        below :data:`MEASURE_ALL_BELOW` every traced request is measured."""
+        self.control_every = CONTROL_EVERY if trace_fraction >= 0.5 else 0
         self.sample_every = SAMPLE_EVERY if trace_fraction >= MEASURE_ALL_BELOW else 1
+        accounting.mask = 63 if trace_fraction < 0.5 else 3
 
     def fold(self) -> None:
         """Close a window: fold its measurements into the decayed sums."""
@@ -281,16 +297,27 @@ class CostModel:
         return self._eff_sum[group] / n if n >= MIN_SAMPLES else None
 
     def off_ns(self) -> float | None:
-        """The mean CPU of a request with tracing off: a measured untraced
-        request's, less what running it untraced still costs (calibrated)."""
-        child = self.children_per_root * self.bypass_child_ns
-        skipped = self.measured(GROUP_SKIPPED)
-        if skipped is not None:
-            return skipped - self.bypass_ns - child
+        """The mean CPU of a request with tracing off: an untraced request's
+        measured as if tracing were off (less making that marker current),
+        else a control request's less its calibrated extra cost."""
+        off = self.measured(GROUP_OFF)
+        if off is not None:
+            return off - self.marker_ns
         control = self.measured(GROUP_CONTROL)
         if control is not None:
-            return control - self.scaffold_ns - child
+            return control - self.scaffold_ns - self.children_per_root * self.bypass_child_ns
         return None
+
+    def skipped_ns(self) -> float:
+        """What one request run untraced costs against tracing off: the
+        calibrated entry-point floor, plus the difference its spans make
+        (measured in place when both kinds of untraced request have
+        samples: a span under the no-op span is cheaper than one looking for
+        a tracer)."""
+        skipped, off = self.measured(GROUP_SKIPPED), self.measured(GROUP_OFF)
+        if skipped is not None and off is not None:
+            return self.bypass_ns + skipped - off
+        return self.bypass_ns + self.children_per_root * self.bypass_child_ns
 
     def baseline_ns(self, requests: int) -> float | None:
         """What this window's requests (the control group's included) would
@@ -329,7 +356,7 @@ class CostModel:
                 children / roots
             )
         child = self.children_per_root * self.bypass_child_ns
-        fixed = bypassed * (self.bypass_ns + child) + self._late_last
+        fixed = bypassed * self.skipped_ns() + self._late_last
         controls = self._last_controls * (self.scaffold_ns + child)
         roots = max(0, roots)
         off = self.off_ns()
@@ -378,8 +405,12 @@ class CostModel:
         bypass = make("calibrate", None, sample_ratio=0.0)
         bypass.trace_threshold = 0  # every request untraced
         probe = self._probe or self._span_probe(span, self._off)
-        variants = [(t, c) for t in (None, drop, keep, unrec, control, bypass) for c in (0, k)]
+        variants: list[tuple[Any, int]] = [
+            (t, c) for t in (None, drop, keep, unrec, control, bypass) for c in (0, k)
+        ]
         runs = [probe(t, c) for t, c in variants]
+        variants.append(("marker", 0))
+        runs.append(_marker)
         for run in runs:  # warm up
             run()
         # Interleaved rounds: each round times every variant once, and each
@@ -421,6 +452,7 @@ class CostModel:
             "scaffold_ns": max(0.0, cost[control, 0] - off0),
             "bypass_ns": max(0.0, cost[bypass, 0] - off0),
             "bypass_child_ns": (cost[bypass, k] - cost[bypass, 0]) / k - off_child,
+            "marker_ns": cost["marker", 0],
         }
 
     @staticmethod
@@ -442,6 +474,10 @@ class CostModel:
         return probe
 
 
+def _marker() -> None:
+    deactivate(activate(TRACING_OFF))
+
+
 # -- the tracer's budget hooks (methods of Tracer) ----------------------------------------
 
 
@@ -459,13 +495,14 @@ def skip_request(tracer: Any) -> int:
     if getrandbits(16) < tracer.trace_threshold:
         return 0
     acct = tracer.accounting
-    acct.bypassed += 1
-    if acct.bypassed & 63:
+    n = acct.bypassed = acct.bypassed + 1
+    mask = acct.mask
+    if n & mask:
         return 1
     ctl = tracer.controller
     if ctl is not None and time.monotonic_ns() >= ctl.next_tick_ns:
         tracer._tick()
-    return SKIP_MEASURED
+    return SKIP_OFF if n & (mask + 1) else SKIP_MEASURED
 
 
 def close_window(tracer: Any) -> None:

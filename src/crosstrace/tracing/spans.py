@@ -46,6 +46,7 @@ from crosstrace.tracing.model import (
 __all__ = [
     "INVALID_SPAN",
     "MAX_ATTRIBUTES",
+    "TRACING_OFF",
     "NonRecordingSpan",
     "SegmentOwner",
     "Span",
@@ -247,6 +248,10 @@ class NonRecordingSpan:
 
 #: The shared do-nothing span: the current span when there is none.
 INVALID_SPAN = NonRecordingSpan(INVALID_SPAN_CONTEXT)
+#: Made current for a request run as if tracing were off (the overhead
+#: budget's control group): spans opened under it take the path they take
+#: with no tracer at all, and do nothing.
+TRACING_OFF = NonRecordingSpan(INVALID_SPAN_CONTEXT)
 
 
 class Span:

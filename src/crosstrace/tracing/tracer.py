@@ -63,6 +63,7 @@ from crosstrace.tracing.sampling import (
 from crosstrace.tracing.spans import (
     _REQUEST_KINDS,
     INVALID_SPAN,
+    TRACING_OFF,
     NonRecordingSpan,
     Span,
     _current,
@@ -241,7 +242,7 @@ class Tracer:
         main.threshold = ratio_threshold(main.sample_ratio * factor)
         main.record_threshold = record_threshold(fraction)
         main.trace_threshold = int(ctl.trace_fraction * TRACE_ALL) if ctl else TRACE_ALL
-        main.costs.follow(ctl.trace_fraction if ctl else 1.0)
+        main.costs.follow(ctl.trace_fraction if ctl else 1.0, main.accounting)
         main._share()
 
     # -- several services in one process --------------------------------------
@@ -479,7 +480,7 @@ class _RootStarter:
 
     def __enter__(self) -> Span | NonRecordingSpan:
         tracer = self._tracer or _tracer
-        if tracer is None or tracer is DISABLED:
+        if tracer is None or tracer is DISABLED or _get_current_span() is TRACING_OFF:
             return INVALID_SPAN
         try:
             s = tracer.start_root(self.name, self.kind, self.attributes)
@@ -531,6 +532,8 @@ def span(
     if cur is None:
         return _RootStarter(name, kind, attributes, tracer)
     if not cur._recording:
+        if cur is TRACING_OFF:
+            return _RootStarter(name, kind, attributes, tracer)
         return cur
     try:
         return Span(name, kind, attributes, cur.segment, cur.span_id)  # type: ignore[union-attr]
