@@ -132,7 +132,8 @@ def test_an_untraced_request_runs_as_with_tracing_off(server: str) -> None:
     seen, _ = run(t)
     assert seen.span is INVALID_SPAN  # no span current: the app's spans are no-ops
     assert seen.global_id == GLOBAL_ID  # the request ids are there as ever
-    assert seen.request_id is not None and seen.request_id.startswith("req-")
+    assert seen.request_id is not None
+    assert seen.request_id.startswith("req-")
     assert sink.spans == []
     assert t.accounting.bypassed == 1
     assert t.accounting.late == 0
@@ -190,8 +191,8 @@ def test_skip_request_follows_the_traced_fraction_and_counts() -> None:
     answers = [t.skip_request() for _ in range(128)]
     assert all(answers)
     assert t.accounting.bypassed == 128
-    # One in 64 is measured, alternately as it runs and as if tracing were off.
-    assert sorted(a for a in answers if a > 1) == [SKIP_MEASURED, SKIP_OFF]
+    # One in 16 is measured, alternately as it runs and as if tracing were off.
+    assert answers.count(SKIP_MEASURED) == answers.count(SKIP_OFF) == 4
     t.trace_threshold = 1 << 15  # one request in two
     skipped = sum(bool(t.skip_request()) for _ in range(4000))
     assert 1700 < skipped < 2300
@@ -212,13 +213,13 @@ def test_skipped_requests_let_the_controller_close_its_window() -> None:
 
 @pytest.mark.parametrize("server", SERVERS)
 def test_untraced_requests_are_measured_as_the_control_group(server: str) -> None:
-    """One untraced request in 64 is measured as it runs, one as if tracing
-    were off (its spans take the tracing-off path: they see no span)."""
+    """One untraced request in 16 is measured, alternately as it runs and as
+    if tracing were off (its spans take the tracing-off path: they see no span)."""
     sink = Sink()
     t = untraced_tracer(sink)
     run, _ = SERVERS[server]
     seen_off = []
-    for _ in range(128):
+    for _ in range(32):
         seen, _ = run(t)
         if seen.span is not INVALID_SPAN:
             seen_off.append(seen.span)

@@ -276,7 +276,7 @@ class RequestIdMiddleware:
             start_ns = time_ns()
             if self.tracer is None:  # the configured tracer, which may have changed
                 self._price_with(watched)
-            # One in 64 is measured: the budget's control group (a coroutine's
+            # Some are measured: the budget's control group (a coroutine's
             # thread CPU time covers only its own steps between suspensions
             # when nothing else runs in between; the app here does not yield).
             t0 = thread_time_ns() if skip >= SKIP_MEASURED else 0

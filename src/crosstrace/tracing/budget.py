@@ -30,8 +30,10 @@ prices once per window and adds the export thread's CPU.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from random import getrandbits
@@ -86,6 +88,9 @@ MEASURE_ALL_BELOW = 0.25
 DECAY = 0.8
 #: Effective samples a group needs before its mean replaces the calibrated price.
 MIN_SAMPLES = 20.0
+#: Untraced requests of each kind kept for their median, and how many it needs.
+RECENT = 2000
+MIN_MEDIAN = 100
 
 #: What :func:`skip_request` returns for a skipped request to measure, and for
 #: one to measure as if tracing were off.
@@ -172,6 +177,7 @@ class CostModel:
         "_off",
         "_open_span",
         "_probe",
+        "_recent",
         "_sum",
         "bypass_child_ns",
         "bypass_ns",
@@ -244,6 +250,12 @@ class CostModel:
         self._n = [0] * len(_GROUPS)
         self._eff_sum = [0.0] * len(_GROUPS)
         self._eff_n = [0.0] * len(_GROUPS)
+        #: The latest CPU times of untraced requests measured as they ran and
+        #: as if tracing were off (for :meth:`skipped_ns`).
+        self._recent: tuple[collections.deque[int], collections.deque[int]] = (
+            collections.deque(maxlen=RECENT),
+            collections.deque(maxlen=RECENT),
+        )
         self._last_controls = 0
         # CPU of the root spans exported after the fact: this window, the last.
         self._late_window = 0
@@ -266,6 +278,8 @@ class CostModel:
         update under a race is one sample less)."""
         self._sum[group] += cpu_ns
         self._n[group] += 1
+        if group >= GROUP_SKIPPED:
+            self._recent[group - GROUP_SKIPPED].append(cpu_ns)
 
     def add_late(self, cpu_ns: int) -> None:
         """The measured CPU of exporting one root span after the fact."""
@@ -278,7 +292,7 @@ class CostModel:
         below :data:`MEASURE_ALL_BELOW` every traced request is measured."""
         self.control_every = CONTROL_EVERY if trace_fraction >= 0.5 else 0
         self.sample_every = SAMPLE_EVERY if trace_fraction >= MEASURE_ALL_BELOW else 1
-        accounting.mask = 63 if trace_fraction < 0.5 else 3
+        accounting.mask = 15 if trace_fraction < 0.5 else 3
 
     def fold(self) -> None:
         """Close a window: fold its measurements into the decayed sums."""
@@ -314,9 +328,12 @@ class CostModel:
         (measured in place when both kinds of untraced request have
         samples: a span under the no-op span is cheaper than one looking for
         a tracer)."""
-        skipped, off = self.measured(GROUP_SKIPPED), self.measured(GROUP_OFF)
-        if skipped is not None and off is not None:
-            return self.bypass_ns + skipped - off
+        # Medians: the difference is a shift of the whole distribution, and
+        # a median is not moved by the rare interrupted request the way a
+        # mean of a few hundred samples is.
+        skipped, off = self._recent
+        if len(skipped) >= MIN_MEDIAN and len(off) >= MIN_MEDIAN:
+            return self.bypass_ns + statistics.median(skipped) - statistics.median(off)
         return self.bypass_ns + self.children_per_root * self.bypass_child_ns
 
     def baseline_ns(self, requests: int) -> float | None:
@@ -404,6 +421,7 @@ class CostModel:
         control.costs.control_every = 1  # every request in the control group
         bypass = make("calibrate", None, sample_ratio=0.0)
         bypass.trace_threshold = 0  # every request untraced
+        bypass.accounting.mask = (1 << 62) - 1  # and none measured
         probe = self._probe or self._span_probe(span, self._off)
         variants: list[tuple[Any, int]] = [
             (t, c) for t in (None, drop, keep, unrec, control, bypass) for c in (0, k)
@@ -488,7 +506,7 @@ def skip_request(tracer: Any) -> int:
     Entry points ask only when ``tracer.trace_threshold`` is below
     :data:`TRACE_ALL`. A skipped request runs as with tracing off (its failures
     and slow runs are still exported, built after the fact); it is counted,
-    and every 64th one is measured (the control group of the budget) and lets
+    and one in ``accounting.mask + 1`` is measured (the budget's control group) and lets
     the controller close its window (no trace may start for a while when
     almost every request is skipped).
     """

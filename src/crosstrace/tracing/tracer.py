@@ -529,11 +529,9 @@ def span(
     configured one).
     """
     cur = _get_current_span()
-    if cur is None:
+    if cur is None or cur is TRACING_OFF:
         return _RootStarter(name, kind, attributes, tracer)
     if not cur._recording:
-        if cur is TRACING_OFF:
-            return _RootStarter(name, kind, attributes, tracer)
         return cur
     try:
         return Span(name, kind, attributes, cur.segment, cur.span_id)  # type: ignore[union-attr]
