@@ -18,8 +18,8 @@ import pytest
 from crosstrace import get_current
 from crosstrace.asgi import RequestIdMiddleware as AsgiMiddleware
 from crosstrace.tracing import SpanKind, StatusCode, Tracer, current_span
-from crosstrace.tracing.budget import GROUP_OFF, GROUP_SKIPPED, SKIP_MEASURED, SKIP_OFF
-from crosstrace.tracing.spans import INVALID_SPAN
+from crosstrace.tracing.budget import GROUP_SKIPPED, SKIP_MEASURED
+from crosstrace.tracing.spans import TRACING_OFF
 from crosstrace.wsgi import RequestIdMiddleware as WsgiMiddleware
 from tracing_support import Sink, sink_tracer
 
@@ -130,7 +130,9 @@ def test_an_untraced_request_runs_as_with_tracing_off(server: str) -> None:
     t = untraced_tracer(sink)
     run, _ = SERVERS[server]
     seen, _ = run(t)
-    assert seen.span is INVALID_SPAN  # no span current: the app's spans are no-ops
+    # The app's spans take the tracing-off path (and do not start roots).
+    assert seen.span is TRACING_OFF
+    assert not seen.span.is_recording()
     assert seen.global_id == GLOBAL_ID  # the request ids are there as ever
     assert seen.request_id is not None
     assert seen.request_id.startswith("req-")
@@ -191,8 +193,8 @@ def test_skip_request_follows_the_traced_fraction_and_counts() -> None:
     answers = [t.skip_request() for _ in range(128)]
     assert all(answers)
     assert t.accounting.bypassed == 128
-    # One in 16 is measured, alternately as it runs and as if tracing were off.
-    assert answers.count(SKIP_MEASURED) == answers.count(SKIP_OFF) == 4
+    # One in 32 is measured (the budget's control group).
+    assert answers.count(SKIP_MEASURED) == 4
     t.trace_threshold = 1 << 15  # one request in two
     skipped = sum(bool(t.skip_request()) for _ in range(4000))
     assert 1700 < skipped < 2300
@@ -213,18 +215,32 @@ def test_skipped_requests_let_the_controller_close_its_window() -> None:
 
 @pytest.mark.parametrize("server", SERVERS)
 def test_untraced_requests_are_measured_as_the_control_group(server: str) -> None:
-    """One untraced request in 16 is measured, alternately as it runs and as
-    if tracing were off (its spans take the tracing-off path: they see no span)."""
+    """One untraced request in 32 has its CPU time measured (tracing off, as
+    far as the application can tell: the budget's control group)."""
+    t = untraced_tracer(Sink())
+    run, _ = SERVERS[server]
+    for _ in range(64):
+        run(t)
+    assert t.costs._n[GROUP_SKIPPED] == 2
+    assert t.costs._sum[GROUP_SKIPPED] > 0
+
+
+def test_a_configured_tracer_does_not_root_the_spans_of_an_untraced_request() -> None:
+    """With tracing configured, a span opened with nothing current starts a
+    trace; under an untraced request it must not."""
     sink = Sink()
     t = untraced_tracer(sink)
-    run, _ = SERVERS[server]
-    seen_off = []
-    for _ in range(32):
-        seen, _ = run(t)
-        if seen.span is not INVALID_SPAN:
-            seen_off.append(seen.span)
-    assert t.costs._n[GROUP_SKIPPED] == 1
-    assert t.costs._n[GROUP_OFF] == 1
-    (off,) = seen_off  # the one measured as if tracing were off
-    assert not off.is_recording()
-    assert sink.spans == []
+    t.controller.next_tick_ns = 1 << 62  # type: ignore[union-attr]
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with t.span("db.query"):
+            pass
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    mw = WsgiMiddleware(app, tracer=t)
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "t", "SERVER_PORT": "80"}
+    assert b"".join(mw(env, lambda s, h, e=None: None)) == b"ok"
+    with t.span("outside a request"):
+        pass
+    assert [s.name for s in sink.spans] == ["outside a request"]

@@ -48,10 +48,10 @@ from crosstrace.httpnames import (
 from crosstrace.ids import MAX_REQUEST_ID_LENGTH
 from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, extract_context, record_invalid
 from crosstrace.tracecontext import TRACEPARENT_HEADER, TRACESTATE_HEADER
-from crosstrace.tracing.budget import GROUP_OFF, GROUP_SKIPPED, SKIP_OFF
+from crosstrace.tracing.budget import GROUP_SKIPPED
 from crosstrace.tracing.model import RemoteContext, SpanKind
 from crosstrace.tracing.serve import Served, serve
-from crosstrace.tracing.spans import INVALID_SPAN, TRACING_OFF, activate, deactivate
+from crosstrace.tracing.spans import TRACING_OFF, activate, deactivate
 from crosstrace.tracing.tracer import (
     DISABLED,
     SKIP_MEASURED,
@@ -279,11 +279,10 @@ class RequestIdMiddleware:
             # Some are measured: the budget's control group (a coroutine's
             # thread CPU time covers only its own steps between suspensions
             # when nothing else runs in between; the app here does not yield).
-            t0 = thread_time_ns() if skip >= SKIP_MEASURED else 0
+            t0 = thread_time_ns() if skip == SKIP_MEASURED else 0
             token = set_current(context)
-            # The application's spans are no-ops (or, measured as the control
-            # group, take the path they take with tracing off).
-            span_token = activate(TRACING_OFF if skip == SKIP_OFF else INVALID_SPAN)
+            # The application's spans take the tracing-off path, and do nothing.
+            span_token = activate(TRACING_OFF)
             try:
                 await self.app(scope, receive, send_with_id)
             except Exception as exc:
@@ -293,8 +292,7 @@ class RequestIdMiddleware:
                 deactivate(span_token)
                 reset_current(token)
             if t0:
-                group = GROUP_OFF if skip == SKIP_OFF else GROUP_SKIPPED
-                watched.costs.observe(group, thread_time_ns() - t0)
+                watched.costs.observe(GROUP_SKIPPED, thread_time_ns() - t0)
             if (type(status) is int and status >= 500) or (
                 time_ns() - start_ns >= watched.slow_ns > 0
             ):

@@ -65,7 +65,7 @@ from crosstrace.httpnames import (
 )
 from crosstrace.ids import is_valid_request_id
 from crosstrace.propagation import extract_context, record_invalid
-from crosstrace.tracing.budget import GROUP_OFF, GROUP_SKIPPED, SKIP_OFF
+from crosstrace.tracing.budget import GROUP_SKIPPED
 from crosstrace.tracing.model import (
     ATTR_DOMAIN_ID,
     ATTR_PROJECT_DOMAIN_ID,
@@ -77,7 +77,6 @@ from crosstrace.tracing.model import (
 )
 from crosstrace.tracing.serve import Served, serve
 from crosstrace.tracing.spans import (
-    INVALID_SPAN,
     TRACING_OFF,
     NonRecordingSpan,
     Span,
@@ -379,11 +378,10 @@ class RequestIdMiddleware:
         start_ns = time_ns()
         if self.tracer is None:  # the configured tracer, which may have changed
             self._price_with(tracer)
-        t0 = thread_time_ns() if skip >= SKIP_MEASURED else 0
+        t0 = thread_time_ns() if skip == SKIP_MEASURED else 0
         token = set_current(context)
-        # The application's spans are no-ops (or, measured as the control
-        # group, take the path they take with tracing off).
-        span_token = activate(TRACING_OFF if skip == SKIP_OFF else INVALID_SPAN)
+        # The application's spans take the tracing-off path, and do nothing.
+        span_token = activate(TRACING_OFF)
         try:
             body = self.app(environ, start_response)
         except Exception as exc:
@@ -393,8 +391,7 @@ class RequestIdMiddleware:
             deactivate(span_token)
             reset_current(token)
         if t0:
-            group = GROUP_OFF if skip == SKIP_OFF else GROUP_SKIPPED
-            tracer.costs.observe(group, thread_time_ns() - t0)
+            tracer.costs.observe(GROUP_SKIPPED, thread_time_ns() - t0)
         line = status()
         try:
             failed = "5" <= line < "6"

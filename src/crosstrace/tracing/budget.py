@@ -30,10 +30,8 @@ prices once per window and adds the export thread's CPU.
 
 from __future__ import annotations
 
-import collections
 import itertools
 import logging
-import statistics
 import time
 from collections.abc import Callable
 from random import getrandbits
@@ -46,14 +44,12 @@ __all__ = [
     "CONTROL_EVERY",
     "GROUP_CONTROL",
     "GROUP_DEFERRED",
-    "GROUP_OFF",
     "GROUP_RECORDED",
     "GROUP_SKIPPED",
     "MEASURE_ALL_BELOW",
     "RECALIBRATE_S",
     "SAMPLE_EVERY",
     "SKIP_MEASURED",
-    "SKIP_OFF",
     "Accounting",
     "CostModel",
     "Probe",
@@ -77,10 +73,7 @@ GROUP_CONTROL = 0
 GROUP_DEFERRED = 1
 GROUP_RECORDED = 2
 GROUP_SKIPPED = 3
-#: Untraced requests measured as if tracing were off: their spans take the
-#: tracing-off path (:data:`~crosstrace.tracing.spans.TRACING_OFF` current).
-GROUP_OFF = 4
-_GROUPS = (GROUP_CONTROL, GROUP_DEFERRED, GROUP_RECORDED, GROUP_SKIPPED, GROUP_OFF)
+_GROUPS = (GROUP_CONTROL, GROUP_DEFERRED, GROUP_RECORDED, GROUP_SKIPPED)
 #: Below this traced fraction every traced request is measured (they are few,
 #: and each costs more than in a busy loop: its code and data are cold).
 MEASURE_ALL_BELOW = 0.25
@@ -88,14 +81,9 @@ MEASURE_ALL_BELOW = 0.25
 DECAY = 0.8
 #: Effective samples a group needs before its mean replaces the calibrated price.
 MIN_SAMPLES = 20.0
-#: Untraced requests of each kind kept for their median, and how many it needs.
-RECENT = 2000
-MIN_MEDIAN = 100
 
-#: What :func:`skip_request` returns for a skipped request to measure, and for
-#: one to measure as if tracing were off.
+#: What :func:`skip_request` returns for a skipped request to measure.
 SKIP_MEASURED = 2
-SKIP_OFF = 3
 #: ``trace_threshold`` when every request is traced (16 random bits decide).
 TRACE_ALL = 1 << 16
 
@@ -124,8 +112,8 @@ class Accounting:
         #: Root spans of untraced requests exported after the fact (failed or
         #: slow); also counted in :attr:`roots`.
         self.late = 0
-        #: Untraced requests measured: one in ``mask + 1`` (twice that, each
-        #: kind of measurement); more when few requests run untraced.
+        #: Untraced requests measured: one in ``mask + 1`` (more when few
+        #: requests run untraced).
         self.mask = 63
 
     def snapshot(self) -> tuple[int, int, int, int, int, int]:
@@ -177,7 +165,6 @@ class CostModel:
         "_off",
         "_open_span",
         "_probe",
-        "_recent",
         "_sum",
         "bypass_child_ns",
         "bypass_ns",
@@ -250,12 +237,7 @@ class CostModel:
         self._n = [0] * len(_GROUPS)
         self._eff_sum = [0.0] * len(_GROUPS)
         self._eff_n = [0.0] * len(_GROUPS)
-        #: The latest CPU times of untraced requests measured as they ran and
-        #: as if tracing were off (for :meth:`skipped_ns`).
-        self._recent: tuple[collections.deque[int], collections.deque[int]] = (
-            collections.deque(maxlen=RECENT),
-            collections.deque(maxlen=RECENT),
-        )
+
         self._last_controls = 0
         # CPU of the root spans exported after the fact: this window, the last.
         self._late_window = 0
@@ -278,8 +260,6 @@ class CostModel:
         update under a race is one sample less)."""
         self._sum[group] += cpu_ns
         self._n[group] += 1
-        if group >= GROUP_SKIPPED:
-            self._recent[group - GROUP_SKIPPED].append(cpu_ns)
 
     def add_late(self, cpu_ns: int) -> None:
         """The measured CPU of exporting one root span after the fact."""
@@ -292,7 +272,7 @@ class CostModel:
         below :data:`MEASURE_ALL_BELOW` every traced request is measured."""
         self.control_every = CONTROL_EVERY if trace_fraction >= 0.5 else 0
         self.sample_every = SAMPLE_EVERY if trace_fraction >= MEASURE_ALL_BELOW else 1
-        accounting.mask = 15 if trace_fraction < 0.5 else 3
+        accounting.mask = 31 if trace_fraction < 0.5 else 3
 
     def fold(self) -> None:
         """Close a window: fold its measurements into the decayed sums."""
@@ -312,11 +292,11 @@ class CostModel:
 
     def off_ns(self) -> float | None:
         """The mean CPU of a request with tracing off: an untraced request's
-        measured as if tracing were off (less making that marker current),
+        (its spans take the tracing-off path) less making the marker current,
         else a control request's less its calibrated extra cost."""
-        off = self.measured(GROUP_OFF)
-        if off is not None:
-            return off - self.marker_ns
+        skipped = self.measured(GROUP_SKIPPED)
+        if skipped is not None:
+            return skipped - self.marker_ns
         control = self.measured(GROUP_CONTROL)
         if control is not None:
             return control - self.scaffold_ns - self.children_per_root * self.bypass_child_ns
@@ -324,16 +304,8 @@ class CostModel:
 
     def skipped_ns(self) -> float:
         """What one request run untraced costs against tracing off: the
-        calibrated entry-point floor, plus the difference its spans make
-        (measured in place when both kinds of untraced request have
-        samples: a span under the no-op span is cheaper than one looking for
-        a tracer)."""
-        # Medians: the difference is a shift of the whole distribution, and
-        # a median is not moved by the rare interrupted request the way a
-        # mean of a few hundred samples is.
-        skipped, off = self._recent
-        if len(skipped) >= MIN_MEDIAN and len(off) >= MIN_MEDIAN:
-            return self.bypass_ns + statistics.median(skipped) - statistics.median(off)
+        entry point's floor (a random draw, two clock reads, a marker made
+        current), calibrated; its spans cost what they cost with tracing off."""
         return self.bypass_ns + self.children_per_root * self.bypass_child_ns
 
     def baseline_ns(self, requests: int) -> float | None:
@@ -513,14 +485,13 @@ def skip_request(tracer: Any) -> int:
     if getrandbits(16) < tracer.trace_threshold:
         return 0
     acct = tracer.accounting
-    n = acct.bypassed = acct.bypassed + 1
-    mask = acct.mask
-    if n & mask:
+    acct.bypassed += 1
+    if acct.bypassed & acct.mask:
         return 1
     ctl = tracer.controller
     if ctl is not None and time.monotonic_ns() >= ctl.next_tick_ns:
         tracer._tick()
-    return SKIP_OFF if n & (mask + 1) else SKIP_MEASURED
+    return SKIP_MEASURED
 
 
 def close_window(tracer: Any) -> None:
