@@ -17,8 +17,10 @@ import pytest
 
 from crosstrace import get_current
 from crosstrace.asgi import RequestIdMiddleware as AsgiMiddleware
+from crosstrace.context import RequestContext
 from crosstrace.tracing import SpanKind, StatusCode, Tracer, current_span
 from crosstrace.tracing.budget import GROUP_SKIPPED, SKIP_MEASURED
+from crosstrace.tracing.serve import serve
 from crosstrace.tracing.spans import TRACING_OFF
 from crosstrace.wsgi import RequestIdMiddleware as WsgiMiddleware
 from tracing_support import Sink, sink_tracer
@@ -244,3 +246,25 @@ def test_a_configured_tracer_does_not_root_the_spans_of_an_untraced_request() ->
     with t.span("outside a request"):
         pass
     assert [s.name for s in sink.spans] == ["outside a request"]
+
+
+def test_a_consumer_served_over_a_small_budget_runs_untraced_and_exports_its_failure() -> None:
+    """Message consumers (kombu, oslo.messaging) go through ``serve()``, which
+    asks the budget itself: an untraced message's failure is still exported."""
+    sink = Sink()
+    t = untraced_tracer(sink)
+    ctx = RequestContext()
+    with serve(ctx, t, "process compute", SpanKind.CONSUMER, {"messaging.system": "rabbitmq"}):
+        assert current_span() is TRACING_OFF
+    assert sink.spans == []
+    with (
+        pytest.raises(RuntimeError),
+        serve(ctx, t, "process compute", SpanKind.CONSUMER, {"messaging.system": "rabbitmq"}),
+    ):
+        raise RuntimeError("boom")
+    (s,) = sink.spans
+    assert s.name == "process compute"
+    assert s.kind == SpanKind.CONSUMER
+    assert s.status_code == StatusCode.ERROR
+    assert s.attributes["messaging.system"] == "rabbitmq"
+    assert t.accounting.bypassed == 2

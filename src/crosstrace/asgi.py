@@ -48,10 +48,10 @@ from crosstrace.httpnames import (
 from crosstrace.ids import MAX_REQUEST_ID_LENGTH
 from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, extract_context, record_invalid
 from crosstrace.tracecontext import TRACEPARENT_HEADER, TRACESTATE_HEADER
-from crosstrace.tracing.budget import GROUP_SKIPPED
+from crosstrace.tracing.budget import GROUP_SKIPPED, churn
 from crosstrace.tracing.model import RemoteContext, SpanKind
 from crosstrace.tracing.serve import Served, serve
-from crosstrace.tracing.spans import TRACING_OFF, activate, deactivate
+from crosstrace.tracing.spans import TRACING_OFF, reset_current_span, set_current_span
 from crosstrace.tracing.tracer import (
     DISABLED,
     SKIP_MEASURED,
@@ -282,14 +282,14 @@ class RequestIdMiddleware:
             t0 = thread_time_ns() if skip == SKIP_MEASURED else 0
             token = set_current(context)
             # The application's spans take the tracing-off path, and do nothing.
-            span_token = activate(TRACING_OFF)
+            span_token = set_current_span(TRACING_OFF)
             try:
                 await self.app(scope, receive, send_with_id)
             except Exception as exc:
                 self._after_the_fact(scope, context, watched, start_ns, 0, exc)
                 raise
             finally:
-                deactivate(span_token)
+                reset_current_span(span_token)
                 reset_current(token)
             if t0:
                 watched.costs.observe(GROUP_SKIPPED, thread_time_ns() - t0)
@@ -395,6 +395,7 @@ class RequestIdMiddleware:
             describe=describe,
             traceparent=trace_headers.get(TRACEPARENT_HEADER),
             forced=bool(forced),
+            budget=False,  # asked already
         )
 
 
@@ -421,9 +422,10 @@ def _probe_app(children: int, tracer: Tracer) -> ASGIApp:
     attrs = {"probe.a": 1, "probe.b": "x", "probe.c": True}
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        churn()
         for _ in range(children):
             with span("probe.child", SpanKind.INTERNAL, attrs, tracer):
-                pass
+                churn()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 

@@ -65,7 +65,7 @@ from crosstrace.httpnames import (
 )
 from crosstrace.ids import is_valid_request_id
 from crosstrace.propagation import extract_context, record_invalid
-from crosstrace.tracing.budget import GROUP_SKIPPED
+from crosstrace.tracing.budget import GROUP_SKIPPED, churn
 from crosstrace.tracing.model import (
     ATTR_DOMAIN_ID,
     ATTR_PROJECT_DOMAIN_ID,
@@ -80,8 +80,8 @@ from crosstrace.tracing.spans import (
     TRACING_OFF,
     NonRecordingSpan,
     Span,
-    activate,
-    deactivate,
+    reset_current_span,
+    set_current_span,
 )
 from crosstrace.tracing.tracer import (
     DISABLED,
@@ -317,14 +317,35 @@ class RequestIdMiddleware:
             finally:
                 reset_current(token)
             return _context_body(body, environ, context)
-        if tracer.trace_threshold < TRACE_ALL:
-            skip = tracer.skip_request()
-            if skip:
-                # Over a small budget: this request runs as with tracing off;
-                # only a failure or a slow run exports its server span.
-                return self._untraced(
-                    environ, _start_response, context, tracer, lambda: status_line, skip
-                )
+        if tracer.trace_threshold < TRACE_ALL and (skip := tracer.skip_request()):
+            # Over a small budget: this request runs as with tracing off (its
+            # spans take the tracing-off path, and do nothing); only a failure
+            # or a slow run exports its server span, built after the fact. One
+            # in a few is measured: the budget's control group.
+            start_ns = time_ns()
+            if self.tracer is None:  # the configured tracer, which may have changed
+                self._price_with(tracer)
+            t0 = thread_time_ns() if skip == SKIP_MEASURED else 0
+            token = set_current(context)
+            span_token = set_current_span(TRACING_OFF)
+            try:
+                body = self.app(environ, _start_response)
+            except Exception as exc:
+                self._after_the_fact(environ, context, tracer, start_ns, 0, exc)
+                raise
+            finally:
+                reset_current_span(span_token)
+                reset_current(token)
+            if t0:
+                tracer.costs.observe(GROUP_SKIPPED, thread_time_ns() - t0)
+            try:
+                failed = "5" <= status_line < "6"
+            except TypeError:  # not a str: not a status this can read
+                failed = False
+            if failed or time_ns() - start_ns >= tracer.slow_ns > 0:
+                code = status_code(status_line)
+                self._after_the_fact(environ, context, tracer, start_ns, code, None)
+            return _context_body(body, environ, context)
         try:
             served = self._serve(environ, context, tracer)
         except Exception:  # tracing must never break the request
@@ -362,44 +383,6 @@ class RequestIdMiddleware:
             served.finish()
             return body
         return TracedBody(body, served)
-
-    def _untraced(
-        self,
-        environ: dict[str, Any],
-        start_response: StartResponse,
-        context: RequestContext,
-        tracer: Tracer,
-        status: Callable[[], str],
-        skip: int,
-    ) -> Iterable[bytes]:
-        """Serve a request the budget left untraced: as with tracing off, its
-        spans no-ops; a failure or a slow run exports its server span. When
-        *skip* says so, its CPU time is measured (the budget's control group)."""
-        start_ns = time_ns()
-        if self.tracer is None:  # the configured tracer, which may have changed
-            self._price_with(tracer)
-        t0 = thread_time_ns() if skip == SKIP_MEASURED else 0
-        token = set_current(context)
-        # The application's spans take the tracing-off path, and do nothing.
-        span_token = activate(TRACING_OFF)
-        try:
-            body = self.app(environ, start_response)
-        except Exception as exc:
-            self._after_the_fact(environ, context, tracer, start_ns, 0, exc)
-            raise
-        finally:
-            deactivate(span_token)
-            reset_current(token)
-        if t0:
-            tracer.costs.observe(GROUP_SKIPPED, thread_time_ns() - t0)
-        line = status()
-        try:
-            failed = "5" <= line < "6"
-        except TypeError:  # not a str: not a status this can read
-            failed = False
-        if failed or time_ns() - start_ns >= tracer.slow_ns > 0:
-            self._after_the_fact(environ, context, tracer, start_ns, status_code(line), None)
-        return _context_body(body, environ, context)
 
     def _after_the_fact(
         self,
@@ -463,6 +446,7 @@ class RequestIdMiddleware:
             describe=describe,
             traceparent=environ.get(ENV_TRACEPARENT),
             forced=bool(forced),
+            budget=False,  # asked already
         )
 
 
@@ -504,9 +488,10 @@ def _probe_app(children: int, tracer: Tracer) -> WSGIApplication:
     attrs = {"probe.a": 1, "probe.b": "x", "probe.c": True}
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        churn()
         for _ in range(children):
             with span("probe.child", SpanKind.INTERNAL, attrs, tracer):
-                pass
+                churn()
         start_response("200 OK", [])
         return [b""]
 

@@ -53,6 +53,7 @@ __all__ = [
     "Accounting",
     "CostModel",
     "Probe",
+    "churn",
     "close_window",
     "skip_request",
 ]
@@ -86,6 +87,12 @@ MIN_SAMPLES = 20.0
 SKIP_MEASURED = 2
 #: ``trace_threshold`` when every request is traced (16 random bits decide).
 TRACE_ALL = 1 << 16
+
+#: Iterations of busy work a probe's application does before its spans and in
+#: each of them: calibration then runs with the caches and branch predictors
+#: an application leaves behind, not the warm ones of a tight loop (tracing
+#: code between application code costs about twice what it does in a loop).
+CHURN = 48
 
 #: ``probe(tracer, children)`` returns a function that runs one request through
 #: a copy of a middleware: traced by *tracer* (untraced when ``None``), its
@@ -455,13 +462,22 @@ class CostModel:
 
             def run() -> None:
                 with span("calibrate", 2, attrs, t):
+                    churn()
                     for _ in range(children):
                         with span("calibrate.child", 1, attrs, t):
-                            pass
+                            churn()
 
             return run
 
         return probe
+
+
+def churn() -> int:
+    """Application-like busy work for the cost probes (see :data:`CHURN`)."""
+    x = 0
+    for i in range(CHURN):
+        x ^= i
+    return x
 
 
 def _marker() -> None:

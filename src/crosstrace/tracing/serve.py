@@ -33,11 +33,19 @@ from typing import Any
 
 from crosstrace.context import RequestContext, reset_current, set_current
 from crosstrace.httpnames import ATTR_STATUS_CODE
-from crosstrace.tracing.budget import GROUP_CONTROL, GROUP_DEFERRED, GROUP_RECORDED
+from crosstrace.tracing.budget import (
+    GROUP_CONTROL,
+    GROUP_DEFERRED,
+    GROUP_RECORDED,
+    GROUP_SKIPPED,
+    SKIP_MEASURED,
+    TRACE_ALL,
+)
 from crosstrace.tracing.deferred import DeferredRoot, Describe, sampled_bits
 from crosstrace.tracing.model import RemoteContext, SpanKind, StatusCode
 from crosstrace.tracing.spans import (
     INVALID_SPAN,
+    TRACING_OFF,
     NonRecordingSpan,
     Span,
     _current,
@@ -77,6 +85,7 @@ class Served:
         "_kind",
         "_name",
         "_remote",
+        "_skipped",
         "_span_token",
         "_t0",
         "_traceparent",
@@ -96,13 +105,24 @@ class Served:
         name: str = "",
         attributes: Mapping[str, Any] | None = None,
         remote: RemoteContext | None = None,
+        budget: bool = True,
     ) -> None:
         self.context = context
         self.span: Span | NonRecordingSpan = INVALID_SPAN
         self._tracer = tracer
         self._t0 = 0
         self._control_ns = 0
-        if tracer is not None and tracer.controller is not None:  # a budget to hold
+        self._skipped = 0
+        if tracer is None or tracer.controller is None:  # no budget to hold
+            pass
+        elif budget and tracer.trace_threshold < TRACE_ALL and (skip := tracer.skip_request()):
+            # Over a small budget: this request runs as with tracing off; only
+            # a failure or a slow run exports its root span, after the fact.
+            self._control_ns = time_ns()
+            self._skipped = skip
+            if skip == SKIP_MEASURED:
+                self._t0 = thread_time_ns() - tracer.costs.calibration_ns
+        else:
             costs = tracer.costs
             n = next(costs.tickets)
             control, every = costs.control_every, costs.sample_every
@@ -135,7 +155,8 @@ class Served:
         tracer = self._tracer
         if tracer is not None and self.span is INVALID_SPAN and not self._control_ns:
             self._start(tracer)
-        self._span_token = _current.set(self.span)
+        # Run untraced, the handler's spans take the tracing-off path.
+        self._span_token = _current.set(TRACING_OFF if self._control_ns else self.span)
 
     def _start(self, tracer: Tracer) -> None:
         try:
@@ -186,9 +207,12 @@ class Served:
         try:
             self.span.end()
             t0 = self._t0
-            if t0 and self._tracer is not None:
+            tracer = self._tracer
+            if t0 and tracer is not None:
                 self._t0 = 0
-                self._observe(thread_time_ns() - self._tracer.costs.calibration_ns - t0)
+                self._observe(thread_time_ns() - tracer.costs.calibration_ns - t0)
+            elif self._control_ns and tracer is not None:
+                self._settle_untraced(tracer)
         except Exception:  # tracing must never break the service
             log.debug("span end failed", exc_info=True)
 
@@ -197,20 +221,26 @@ class Served:
         if tracer is None:
             return
         span = self.span
-        control = self._control_ns
-        if control:
-            group = GROUP_CONTROL
-            if (
-                self._error is not None
-                or self._exc is not None
-                or time_ns() - control >= tracer.slow_ns > 0
-            ):
-                self._export_control(tracer, control)
+        if self._control_ns:
+            group = GROUP_SKIPPED if self._skipped else GROUP_CONTROL
+            self._settle_untraced(tracer)
         elif span._recording:
             group = GROUP_RECORDED
         else:
             group = GROUP_DEFERRED
         tracer.costs.observe(group, cpu_ns)
+
+    def _settle_untraced(self, tracer: Tracer) -> None:
+        """A request run untraced ended: export its root span if it failed or
+        was slow."""
+        control = self._control_ns
+        self._control_ns = 0
+        if (
+            self._error is not None
+            or self._exc is not None
+            or time_ns() - control >= tracer.slow_ns > 0
+        ):
+            self._export_control(tracer, control)
 
     def export_after_the_fact(self, start_ns: int, code: int = 0) -> None:
         """Export the root span of a request that ran untraced (started at
@@ -266,6 +296,7 @@ def serve(
     describe: Describe | None = None,
     traceparent: str | None = None,
     forced: bool = False,
+    budget: bool = True,
 ) -> Served:
     """Prepare to serve one request or message (nothing is current yet).
 
@@ -280,6 +311,11 @@ def serve(
     request fails, is slow or propagates its trace; see
     :meth:`~crosstrace.tracing.tracer.Tracer.start_deferred`). *traceparent*
     is the caller's raw header (for the record decision) and *forced* says a
-    trigger header is present.
+    trigger header is present. Unless *budget* is false (the entry point asked
+    :meth:`~crosstrace.tracing.tracer.Tracer.skip_request` itself), a tracer
+    over a small overhead budget may run the request untraced: its failure or
+    slow run is then exported after the fact.
     """
-    return Served(context, tracer, kind, describe, traceparent, forced, name, attributes, remote)
+    return Served(
+        context, tracer, kind, describe, traceparent, forced, name, attributes, remote, budget
+    )

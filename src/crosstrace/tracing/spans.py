@@ -55,6 +55,8 @@ __all__ = [
     "deactivate",
     "decorate",
     "record_failure",
+    "reset_current_span",
+    "set_current_span",
     "set_span_opener",
     "use_span",
 ]
@@ -446,6 +448,12 @@ def current_span() -> Span | NonRecordingSpan:
     """The current span, or :data:`INVALID_SPAN` when there is none."""
     cur = _get_current_span()
     return INVALID_SPAN if cur is None else cur
+
+
+#: The current span's variable, set and reset directly (no checks) by entry
+#: points on their hot path; everyone else uses :func:`activate` / :func:`deactivate`.
+set_current_span = _current.set
+reset_current_span = _current.reset
 
 
 def activate(s: Span | NonRecordingSpan) -> contextvars.Token[Span | NonRecordingSpan | None]:

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from crosstrace.context import RequestContext, set_current
+from crosstrace.context import RequestContext, get_current, set_current
 from crosstrace.integrations.oslo_messaging.serializer import (
     ATTR_DESTINATION,
     ATTR_OPERATION_NAME,
@@ -17,15 +17,10 @@ from crosstrace.integrations.oslo_messaging.serializer import (
     RPC_SYSTEM,
     _received,
 )
-from crosstrace.propagation import start_server_span
-from crosstrace.tracing import (
-    INVALID_SPAN,
-    NonRecordingSpan,
-    Span,
-    SpanKind,
-    record_failure,
-)
+from crosstrace.propagation import extract_context
+from crosstrace.tracing import SpanKind
 from crosstrace.tracing import tracer as _tracer_mod
+from crosstrace.tracing.serve import Served, serve
 from crosstrace.tracing.spans import _current
 from crosstrace.tracing.tracer import Tracer
 
@@ -52,7 +47,7 @@ def _run_traced(
     try:
         if t is None:
             return fn(*args, **kwargs)
-        span: Span | NonRecordingSpan
+        context = get_current() or RequestContext()
         try:
             kind = (
                 SpanKind.CONSUMER if notification or op in ("cast", "notify") else SpanKind.SERVER
@@ -68,17 +63,14 @@ def _run_traced(
             if topic:
                 attrs[ATTR_RPC_SERVICE] = topic
             name = f"process {destination}.{method}" if destination else f"process {method}"
-            span = start_server_span(name, carrier, kind, attrs, tracer=t)
+            remote = extract_context(carrier, t)
+            # Under the overhead budget like any entry point: a message may
+            # run untraced, its failure or slow run exported after the fact.
+            served = serve(context, t, name, kind, attrs, remote)
         except Exception:  # tracing must never break the endpoint
-            span = INVALID_SPAN
-        _current.set(span)
-        try:
+            served = Served(context)
+        with served:
             return fn(*args, **kwargs)
-        except Exception as exc:
-            record_failure(span, exc)
-            raise
-        finally:
-            span.end()
     finally:
         # Nothing of this message stays in the (reused) worker thread.
         _current.set(None)
