@@ -1,31 +1,39 @@
-"""What tracing costs: counted on the hot path, priced off it.
+"""What tracing costs: counted on the hot path, measured where it is paid.
 
 The overhead budget needs the CPU time tracing adds to the service. Timing
-every span would itself cost more than a small budget allows, and timing only
-the tracer's own functions misses most of the cost (the ``with`` protocol,
-allocation, the garbage collector, context variables, the middleware's share).
+every span would itself cost more than a small budget allows, and timing the
+tracer's own functions in a loop misses most of the cost: a traced request
+among many untraced ones costs two to four times what it costs in a loop of
+traced requests (its code and data have gone cold in between), and the
+garbage collector, context variables and the middleware's share come on top.
 So the work is split:
 
 * **Counting** (:class:`Accounting`): the tracer adds a few integers once per
   trace, when its local root ends (recorded roots, spans, kept spans) or when a
-  trace is not recorded. Nothing is timed per span.
-* **Pricing** (:class:`CostModel`): the cost of each unit is measured by
-  running the real code paths (a recorded and an unrecorded local root, child
-  spans with three attributes, kept spans handed to a discarding sink) in a
-  private tracer, timed with :func:`time.thread_time_ns` so that only this
-  thread's CPU counts, garbage collections included. It runs when the budget is
-  set and again every :data:`RECALIBRATE_S` seconds from the controller's tick
-  (never from a span), and its own CPU time is part of what tracing spent.
-  Middleware may add a *probe* (:meth:`CostModel.add_probe`): one request
-  through its own code with tracing on and off, so the per-request cost
-  includes the work it does for tracing (reading the trace headers, the span's
-  attributes, the status hook).
+  trace is not recorded, and once per request the budget leaves untraced
+  (:func:`skip_request`). Nothing is timed per span.
+* **Measuring in place** (:meth:`CostModel.observe`): some untraced requests
+  (the control group: tracing off, as far as the application can tell) and
+  some or all traced ones have their thread CPU time measured; a traced
+  request costs its group's mean less the control group's. Root spans built
+  after the fact for untraced requests that failed or were slow are timed one
+  by one (:meth:`CostModel.add_late`).
+* **Pricing** (:class:`CostModel`): what the measurements cannot see, and
+  what stands in until they have enough samples, is measured by running the
+  real code paths (a recorded and an unrecorded local root, child spans with
+  three attributes, kept spans handed to a discarding sink, an untraced
+  request) in private tracers, between bits of application-like work
+  (:func:`churn`), timed with :func:`time.thread_time_ns`. It runs when the
+  budget is set and again every :data:`RECALIBRATE_S` seconds from the
+  controller's tick (never from a span), and its own CPU time is part of what
+  tracing spent. Middleware adds a *probe* (:meth:`CostModel.add_probe`): one
+  request through its own code with tracing on and off.
 * **The export thread** measures its own CPU with :func:`time.thread_time_ns`
   (:meth:`crosstrace.export.BatchExporter.cpu_ns`): encoding, compression and
   I/O are measured, not estimated.
 
-:class:`~crosstrace.tracing.sampling.OverheadController` multiplies counts by
-prices once per window and adds the export thread's CPU.
+:class:`~crosstrace.tracing.sampling.OverheadController` turns these into
+what tracing spent in each window and adjusts its knobs.
 """
 
 from __future__ import annotations

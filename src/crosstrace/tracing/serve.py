@@ -66,12 +66,13 @@ class Served:
     :meth:`status`. :attr:`span` is the server span (a non-recording one when
     the trace is not recorded or tracing is off).
 
-    It is also where the overhead budget is measured from outside the tracer:
-    one request in :data:`~crosstrace.tracing.budget.CONTROL_EVERY` runs with
-    tracing off (its failures and slow runs are still exported), and one in
-    :data:`~crosstrace.tracing.budget.SAMPLE_EVERY` of the others has its
-    thread CPU time measured, so the tracer compares what traced requests cost
-    with what untraced ones cost (:meth:`~crosstrace.tracing.budget.CostModel.observe`).
+    It is also where the overhead budget acts and is measured: unless the
+    entry point asked already, a tracer over a small budget may run the
+    request untraced (its failure or slow run still exported, after the
+    fact); some requests run with tracing off as a control group, and some or
+    all traced ones have their thread CPU time measured, so the tracer
+    compares what traced requests cost with what untraced ones cost
+    (:meth:`~crosstrace.tracing.budget.CostModel.observe`).
     """
 
     __slots__ = (
