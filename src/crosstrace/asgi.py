@@ -276,9 +276,9 @@ class RequestIdMiddleware:
             start_ns = time_ns()
             if self.tracer is None:  # the configured tracer, which may have changed
                 self._price_with(watched)
-            # Some are measured: the budget's control group (a coroutine's
-            # thread CPU time covers only its own steps between suspensions
-            # when nothing else runs in between; the app here does not yield).
+            # Some are measured: the budget's control group. (Under concurrent
+            # requests the thread CPU between here and the end includes other
+            # tasks' steps: noisier, but alike for every group.)
             t0 = thread_time_ns() if skip == SKIP_MEASURED else 0
             token = set_current(context)
             # The application's spans take the tracing-off path, and do nothing.
