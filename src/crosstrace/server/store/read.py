@@ -23,6 +23,7 @@ Search notes:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -105,21 +106,24 @@ class SQLStore(ErrorIndexSQL, SQLSummaries):
 
     def _has_attr_sql(self, conn: Any, h: int) -> tuple[str, list[Any]]:
         """Condition: trace ``t`` has the attribute hash *h*, and its parameters.
-        A rare value's chunks are read from its postings first and their traces
-        looked up by chunk id; a common one is tested trace by trace while the
-        newest traces are walked."""
+        A rare value's postings are read first: their first chunks are joined by
+        id, the chunks their bitmaps hold are passed as one JSON list (one
+        statement whatever the count, so SQLite prepares it once); a common value
+        is tested trace by trace while the newest traces are walked."""
         rows = self._q(
             conn,
             "SELECT chunk_id, more FROM attr_chunks WHERE h = ? LIMIT ?",
             (h, RARE_ATTR_CHUNKS),
         )
         if len(rows) < RARE_ATTR_CHUNKS:
-            ids = [c for first, more in rows for c in posting_ids(first, more)]
-            if len(ids) < RARE_ATTR_CHUNKS:
-                # Integers from the database, written into the statement: one
-                # parameter per chunk would hit SQLite's limit on parameters.
-                listed = ", ".join(str(int(c)) for c in ids)
-                return f"t.trace_id IN (SELECT trace_id FROM chunks WHERE id IN ({listed}))", []
+            more = [c for first, bits in rows if bits for c in posting_ids(first, bits)[1:]]
+            if len(rows) + len(more) < RARE_ATTR_CHUNKS:
+                return (
+                    "t.trace_id IN (SELECT c.trace_id FROM attr_chunks a JOIN chunks c"
+                    " ON c.id = a.chunk_id WHERE a.h = ? UNION ALL SELECT trace_id FROM chunks"
+                    " WHERE id IN (SELECT value FROM json_each(?)))",
+                    [h, json.dumps(more)],
+                )
         return (
             "EXISTS (SELECT 1 FROM chunks c WHERE c.trace_id = t.trace_id"
             f" AND (SELECT {_HOLDS.format('a')} FROM attr_chunks a"
