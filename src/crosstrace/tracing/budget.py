@@ -314,14 +314,16 @@ class CostModel:
             return skipped - self.marker_ns
         control = self.measured(GROUP_CONTROL)
         if control is not None:
-            return control - self.scaffold_ns - self.children_per_root * self.bypass_child_ns
+            return control - self.scaffold_ns
         return None
 
     def skipped_ns(self) -> float:
         """What one request run untraced costs against tracing off: the
         entry point's floor (a random draw, two clock reads, a marker made
-        current), calibrated; its spans cost what they cost with tracing off."""
-        return self.bypass_ns + self.children_per_root * self.bypass_child_ns
+        current), calibrated. Its spans take the tracing-off path, so they
+        add nothing (``bypass_child_ns`` stays a check of that: a difference
+        of two noisy timings, not multiplied into the estimate)."""
+        return self.bypass_ns
 
     def baseline_ns(self, requests: int) -> float | None:
         """What this window's requests (the control group's included) would
@@ -359,9 +361,8 @@ class CostModel:
             self.children_per_root = DECAY * self.children_per_root + (1 - DECAY) * (
                 children / roots
             )
-        child = self.children_per_root * self.bypass_child_ns
         fixed = bypassed * self.skipped_ns() + self._late_last
-        controls = self._last_controls * (self.scaffold_ns + child)
+        controls = self._last_controls * self.scaffold_ns
         roots = max(0, roots)
         off = self.off_ns()
         recorded = self.measured(GROUP_RECORDED)
