@@ -16,8 +16,13 @@ takes telemetry from other senders and log files, so it redacts again:
 A masked value becomes stars whose number tells its length class (``***`` up to 8
 characters, ``******`` up to 32, ``*********`` beyond), never the secret.
 
-OTLP protobuf trace bodies are checked with one byte pattern first; only a body
-that may hold a secret is decoded, redacted and encoded again.
+OTLP protobuf trace bodies are rewritten only when they may hold a secret: when
+operator patterns are set, when the body's bytes match the text forms above
+(:meth:`ServerRedactor.may_hold_secrets`, looser than the masking patterns, so
+that it never misses one), or when an attribute key looks secret (which the
+ingest scan tells, as it reads every key anyway). Only such a body is decoded,
+redacted and encoded again; an OpenStack URL such as ``/v3/auth/tokens`` alone
+does not make one suspect.
 """
 
 from __future__ import annotations
@@ -40,47 +45,68 @@ __all__ = [
 ENV_REDACT_KEYS: Final = "CROSSTRACE_REDACT_KEYS"
 ENV_REDACT_PATTERNS: Final = "CROSSTRACE_REDACT_PATTERNS"
 
-# Names of secret parameters (not secrets).
-_SECRET_WORDS = "|".join(
-    (
-        "password",
-        "passwd",
-        "pwd",
-        "secret",
-        "token",
-        "access_token",
-        "refresh_token",
-        "id_token",
-        "api_?key",
-        "apikey",
-        "key",
-        "sig",
-        "temp_url_sig",
-        "signature",
-        "credential",
-        "private_key",
-        "client_secret",
-    )
+# Names of secret headers and parameters (not secrets), lowercase.
+_HEADERS: Final = (
+    "x-auth-token",
+    "x-subject-token",
+    "x-service-token",
+    "x-storage-token",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
 )
+_PARAMS: Final = (
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "api_key",
+    "apikey",
+    "key",
+    "sig",
+    "temp_url_sig",
+    "signature",
+    "credential",
+    "private_key",
+    "client_secret",
+)
+#: Words that make a quoted name (``"admin_password": ...``) secret.
+_QUOTED_WORDS: Final = ("password", "passwd", "secret", "token", "credential", "api_key", "apikey")
+
+
+def _either(words: tuple[str, ...], *, reverse: bool = False) -> str:
+    return "|".join(re.escape(w[::-1] if reverse else w) for w in words)
+
+
 _HEADER_RE = re.compile(
-    r"\b(x-auth-token|x-subject-token|x-service-token|x-storage-token|authorization"
-    r"|proxy-authorization|cookie|set-cookie)(\s*[:=]\s*[\"']?)"
+    rf"\b({_either(_HEADERS)})(\s*[:=]\s*[\"']?)"
     r"((?:(?:bearer|basic|negotiate|digest|token)\s+)?[^\s\"',;}&]+)",
     re.IGNORECASE | re.ASCII,
 )
 _PARAM_RE = re.compile(
-    rf"(?<![A-Za-z0-9])({_SECRET_WORDS})(=)([^&\s#\"';,]+)", re.IGNORECASE | re.ASCII
+    rf"(?<![A-Za-z0-9])({_either(_PARAMS)})(=)([^&\s#\"';,]+)", re.IGNORECASE | re.ASCII
 )
 _QUOTED_RE = re.compile(
-    r"([\"'][A-Za-z0-9_.-]*(?:password|passwd|secret|token|credential|api_?key)"
+    rf"([\"'][A-Za-z0-9_.-]*(?:{_either(_QUOTED_WORDS)})"
     r"[A-Za-z0-9_.-]*[\"']\s*[:=]\s*)([\"'])((?:\\.|(?!\2).)*)\2",
     re.IGNORECASE | re.ASCII,
 )
-#: Bytes that must appear in a protobuf body for it to possibly hold a secret.
-_SUSPECT = (
-    rb"token|passw|pwd|secret|auth|credential|api_?key|apikey|private|cookie|session"
-    rb"|signature|hmac|key=|sig=|bearer"
+# What a protobuf body holds, read lowercased and backwards, wherever the three
+# patterns above would mask something: each cut after its separator, without its
+# word-boundary check (the byte before a string in a body is its length). Read
+# backwards, each starts with a separator, which the regular expression engine
+# finds fast; read forwards, it would try every word at every byte.
+_NAME_BEFORE: Final = (
+    rf"\s*(?:[\"'][a-z0-9_.-]*(?:{_either(_QUOTED_WORDS, reverse=True)})"
+    rf"|{_either(_HEADERS, reverse=True)})"
 )
+_SUSPECT_EQ: Final = re.compile(rf"=(?:{_either(_PARAMS, reverse=True)}|{_NAME_BEFORE})".encode())
+_SUSPECT_COLON: Final = re.compile(rf":{_NAME_BEFORE}".encode())
 
 
 def mask(value: str) -> str:
@@ -92,15 +118,13 @@ def mask(value: str) -> str:
 class ServerRedactor:
     """Masks secrets in records and bodies; one per process (see :func:`default_redactor`)."""
 
-    __slots__ = ("_keys", "_patterns", "_suspect")
+    __slots__ = ("_keys", "_patterns")
 
     def __init__(self, extra_keys: Iterable[str] = (), patterns: Iterable[str] = ()) -> None:
         """*patterns*: regular expressions; raises ``re.error`` for a bad one."""
         keys = [k.strip().lower() for k in extra_keys if k.strip()]
         self._keys = Redactor(keys)
         self._patterns = tuple(re.compile(p) for p in patterns if p.strip())
-        words = [_SUSPECT] + [re.escape(k.encode("utf-8")) for k in keys]
-        self._suspect = re.compile(b"|".join(words), re.IGNORECASE)
 
     # ------------------------------------------------------------------ values
     def text(self, text: str) -> str:
@@ -159,13 +183,19 @@ class ServerRedactor:
 
     # ---------------------------------------------------------------- protobuf
     def may_hold_secrets(self, body: bytes) -> bool:
-        return bool(self._patterns) or self._suspect.search(body) is not None
+        """Whether a protobuf *body* may hold a secret in a text (never ``False``
+        for one that does); secret attribute keys are not looked for here."""
+        if self._patterns:
+            return True
+        backwards = body.lower()[::-1]
+        return (
+            _SUSPECT_EQ.search(backwards) is not None
+            or _SUSPECT_COLON.search(backwards) is not None
+        )
 
     def otlp_traces(self, body: bytes) -> bytes:
         """An ``ExportTraceServiceRequest`` body with its secrets masked (the same
         object when it holds none). Raises protobuf's ``DecodeError`` if invalid."""
-        if not self.may_hold_secrets(body):
-            return body
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
             ExportTraceServiceRequest,
         )

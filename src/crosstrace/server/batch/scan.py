@@ -26,6 +26,12 @@ normalises values the way the ingest contract says (see ``otlp.py``).
 
 OTLP/JSON and the ``SpanRecord`` writers go the same way: :func:`from_records`
 encodes records as an OTLP request and scans it like any other.
+
+Given a *secret_key* predicate, the scan also looks at every attribute key (of the
+resources, spans, events and links, nested ones included) and stops with
+:class:`SecretKeySeen` at the first the predicate calls secret, so that ingest
+redacts the request before it is scanned again. A key is looked at once per
+distinct encoding, like the rest, so asking costs nothing on the usual request.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from typing import Any, Final
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
@@ -72,13 +78,17 @@ from crosstrace.server.model import (
     SpanRecord,
 )
 
-__all__ = ["from_records", "scan_traces"]
+__all__ = ["SecretKeySeen", "from_records", "scan_traces"]
 
 _PARENT_KINDS: Final = (3, 4)  # CLIENT, PRODUCER: their children run elsewhere
 #: First byte of an ``AnyValue`` whose value may nest (array, kvlist) or is bytes.
 _TAG_NESTING: Final = 0x2A
 _MISS: Final = object()
 _INDEX_CACHE_MAX: Final = 10_000
+
+
+class SecretKeySeen(Exception):
+    """A scan given *secret_key* met an attribute key it calls secret."""
 
 
 # ----------------------------------------------------------------- reduced schemas
@@ -177,10 +187,39 @@ def _text(raw: bytes) -> str | None:
     return v if isinstance(v, str) else None
 
 
-def _resource(raw: bytes) -> tuple[str, str | None]:
-    """Service name of a resource and a rejection reason (or ``None``)."""
+def _secret_kvs(kvs: Any, secret: Callable[[str], bool]) -> bool:
+    """Whether a repeated protobuf ``KeyValue`` has a key *secret* calls secret,
+    at any depth."""
+    return any(secret(kv.key) or _secret_value(kv.value, secret) for kv in kvs)
+
+
+def _secret_value(v: Any, secret: Callable[[str], bool]) -> bool:
+    kind = v.WhichOneof("value")
+    if kind == "kvlist_value":
+        return _secret_kvs(v.kvlist_value.values, secret)
+    if kind == "array_value":
+        return any(_secret_value(x, secret) for x in v.array_value.values)
+    return False
+
+
+def _secret_raw(raw: bytes, secret: Callable[[str], bool]) -> bool:
+    """Whether the raw ``AnyValue`` *raw* nests a secret key."""
+    if not raw or raw[0] < _TAG_NESTING:
+        return False
     try:
-        attrs = pb_attrs(Resource.FromString(raw).attributes)
+        return _secret_value(AnyValue.FromString(raw), secret)
+    except (DecodeError, RecursionError, ValueError):
+        return False  # not reached: the request was parsed whole before
+
+
+def _resource(raw: bytes, secret: Callable[[str], bool] | None) -> tuple[str, str | None]:
+    """Service name of a resource and a rejection reason (or ``None``);
+    :class:`SecretKeySeen` if *secret* calls one of its keys secret."""
+    try:
+        res = Resource.FromString(raw)
+        if secret is not None and _secret_kvs(res.attributes, secret):
+            raise SecretKeySeen
+        attrs = pb_attrs(res.attributes)
     except Rejected as exc:
         return UNKNOWN_SERVICE, str(exc)
     except (DecodeError, RecursionError, ValueError):
@@ -195,20 +234,25 @@ def _resource(raw: bytes) -> tuple[str, str | None]:
     return cap_name(service), None
 
 
-def _check_extras(sp: Any) -> None:
-    """Checks of the rare parts of a span: events, links, nested values."""
+def _check_extras(sp: Any, secret: Callable[[str], bool] | None) -> None:
+    """Checks of the rare parts of a span: events, links, nested values (and
+    their keys, given *secret*)."""
     for ev in sp.events:
         if ev.time > INT64_MAX:
             raise Rejected("event time beyond int64")
-        for raw in ev.attrs.values():
-            if raw and raw[0] >= _TAG_NESTING and too_deep(raw):
-                raise Rejected(f"attribute value nested deeper than {MAX_VALUE_DEPTH}")
+        _check_attrs(ev.attrs, secret)
     for ln in sp.links:
         if len(ln.trace_id) != 16 or len(ln.span_id) != 8:
             raise Rejected("invalid link id")
-        for raw in ln.attrs.values():
-            if raw and raw[0] >= _TAG_NESTING and too_deep(raw):
-                raise Rejected(f"attribute value nested deeper than {MAX_VALUE_DEPTH}")
+        _check_attrs(ln.attrs, secret)
+
+
+def _check_attrs(attrs: Any, secret: Callable[[str], bool] | None) -> None:
+    for key, raw in attrs.items():
+        if secret is not None and (secret(key) or _secret_raw(raw, secret)):
+            raise SecretKeySeen
+        if raw and raw[0] >= _TAG_NESTING and too_deep(raw):
+            raise Rejected(f"attribute value nested deeper than {MAX_VALUE_DEPTH}")
 
 
 # What an attribute is to the store; see _classify.
@@ -230,11 +274,23 @@ _LIFTS: Final = {
 _KV_CACHE_MAX: Final = 50_000
 _kv_cache: dict[bytes, Any] = {}
 _plain_keys: dict[bytes, bool] = {}
+#: The secret-key predicate the caches were filled under (a secret key is never
+#: plain, so that every scan asking about secrets classifies it).
+_plain_for: Callable[[str], bool] | None = None
+
+
+def _caches_for(secret: Callable[[str], bool] | None) -> None:
+    """Forget what was worked out under another secret-key predicate."""
+    global _plain_for
+    if secret is not None and secret != _plain_for:
+        _plain_keys.clear()
+        _kv_cache.clear()
+        _plain_for = secret
 
 
 def _plain(kv: bytes) -> bool:
     """Whether the ``KeyValue`` bytes *kv* are an attribute the store ignores: a
-    canonical encoding, a key neither indexed nor lifted, a scalar value."""
+    canonical encoding, a key neither indexed nor lifted nor secret, a scalar value."""
     n = len(kv)
     if n < 2 or kv[0] != 0x0A or kv[1] >= 0x80:
         return False
@@ -247,6 +303,8 @@ def _plain(kv: bytes) -> bool:
         except UnicodeDecodeError:
             return False
         plain = not is_indexed(text) and text not in _LIFTS and "\x00" not in text
+        if plain and _plain_for is not None:
+            plain = not _plain_for(text)
         if len(_plain_keys) < _INDEX_CACHE_MAX:
             _plain_keys[key] = plain
     if not plain:
@@ -262,17 +320,29 @@ def _plain(kv: bytes) -> bool:
     return q >= n or kv[q] < _TAG_NESTING
 
 
-def _classify(kv: bytes) -> Any:
-    """What the ``KeyValue`` bytes *kv* are to the store: ``None`` (nothing), a
-    rejection reason (``str``), or ``((key, raw AnyValue) or None, lift, text)``."""
+def _classify(kv: bytes, secret: Callable[[str], bool] | None) -> tuple[Any, bool]:
+    """What the ``KeyValue`` bytes *kv* are to the store, and whether that may be
+    remembered. The meaning is ``None`` (nothing), a rejection reason (``str``), or
+    ``((key, raw AnyValue) or None, lift, text)``. :class:`SecretKeySeen` if
+    *secret* calls its key (or a nested one) secret; a secret key's meaning is
+    never remembered, so that a later scan asking about secrets looks at it again."""
     try:
         m = KeyValue.FromString(kv)
     except (DecodeError, RecursionError, ValueError):
-        return None  # not reached: the request was parsed whole before
+        return None, False  # not reached: the request was parsed whole before
     key: str = m.key
+    v = m.value
+    known = _plain_for
+    if known is not None and (known(key) or _secret_value(v, known)):
+        if secret is not None:
+            raise SecretKeySeen
+        return _meaning(key, v), False
+    return _meaning(key, v), True
+
+
+def _meaning(key: str, v: Any) -> Any:
     if "\x00" in key:
         return None
-    v = m.value
     kind = v.WhichOneof("value")
     if kind in ("array_value", "kvlist_value"):
         try:
@@ -299,6 +369,7 @@ def scan_traces(
     service_of: Sequence[str] | None = None,
     *,
     zero_ids: bool = False,
+    secret_key: Callable[[str], bool] | None = None,
 ) -> SpanBatch:
     """Read an OTLP protobuf ``ExportTraceServiceRequest`` into a :class:`SpanBatch`.
 
@@ -306,8 +377,10 @@ def scan_traces(
     *service_of* overrides the service of each ``ResourceSpans`` in order (used by
     :func:`from_records`), and *zero_ids* accepts all-zero trace and span ids
     (which OTLP calls invalid; records written directly have always been kept).
-    :class:`BatchDecodeError` if *body* is not protobuf.
+    :class:`BatchDecodeError` if *body* is not protobuf; :class:`SecretKeySeen` if
+    *secret_key* calls an attribute key secret.
     """
+    _caches_for(secret_key)
     zero_trace = b"" if zero_ids else ZERO_TRACE_ID
     zero_span = b"" if zero_ids else ZERO_SPAN_ID
     try:
@@ -325,7 +398,7 @@ def scan_traces(
     seq = 0
     kv_cache = _kv_cache
     for ri, (raw_rs, rs) in enumerate(zip(raw_req.rs, req.rs, strict=True)):
-        service, bad = _resource(raw_rs.resource)
+        service, bad = _resource(raw_rs.resource, secret_key)
         if service_of is not None:
             service = service_of[ri]
         for raw_ss, ss in zip(raw_rs.scopes, rs.scopes, strict=True):
@@ -372,8 +445,8 @@ def scan_traces(
                         if r is _MISS:
                             if _plain(kv):
                                 continue
-                            r = _classify(kv)
-                            if r is not None:
+                            r, keep = _classify(kv, secret_key)
+                            if r is not None and keep:
                                 if len(kv_cache) >= _KV_CACHE_MAX:
                                     kv_cache.clear()
                                 kv_cache[kv] = r
@@ -402,7 +475,7 @@ def scan_traces(
                                     (text, RID_LOCAL if lift == _LIFT_LOCAL else RID_GLOBAL)
                                 )
                     if sp.events or sp.links:
-                        _check_extras(sp)
+                        _check_extras(sp, secret_key)
                 except Rejected as exc:
                     reject(str(exc))
                     continue

@@ -23,6 +23,7 @@ with as little Python per span as possible: this is the ingest hot path.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Final
 
 from google.protobuf.message import DecodeError
@@ -35,7 +36,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from crosstrace.export.transports import SIGNAL_LOGS, SIGNAL_TRACES
-from crosstrace.server.batch.scan import scan_traces
+from crosstrace.server.batch.scan import SecretKeySeen, scan_traces
 from crosstrace.server.batch.values import (
     MAX_ID_LENGTH,
     MAX_NAME_BYTES,
@@ -83,11 +84,14 @@ def _pb_resource(resource: Any) -> tuple[dict[str, Any], str]:
     return attrs, cap_name(service)
 
 
-def decode_traces_protobuf(body: bytes) -> DecodeResult:
-    """Decode a protobuf ``ExportTraceServiceRequest`` into a :class:`SpanBatch`."""
+def decode_traces_protobuf(
+    body: bytes, secret_key: Callable[[str], bool] | None = None
+) -> DecodeResult:
+    """Decode a protobuf ``ExportTraceServiceRequest`` into a :class:`SpanBatch`
+    (:class:`SecretKeySeen` if *secret_key* calls an attribute key secret)."""
     result = DecodeResult()
     try:
-        result.use_batch(scan_traces(body, result.reject))
+        result.use_batch(scan_traces(body, result.reject, secret_key=secret_key))
     except BatchDecodeError as exc:
         raise OtlpDecodeError(str(exc)) from None
     return result
@@ -208,6 +212,11 @@ def decode(signal: str, body: bytes, *, as_json: bool) -> DecodeResult:
     if signal == SIGNAL_TRACES:
         redactor = default_redactor()
         if not as_json:
+            if not redactor.may_hold_secrets(body):
+                try:
+                    return decode_traces_protobuf(body, redactor.is_secret_key)
+                except SecretKeySeen:
+                    pass
             try:
                 body = redactor.otlp_traces(body)
             except (DecodeError, RecursionError, ValueError) as exc:
