@@ -1,18 +1,19 @@
 """Central tracing settings: ``crosstrace sampling set`` changes what two running
 services spend, through a real ``crosstrace serve``.
 
-Two services run in this process, each behind the WSGI middleware with its own
-tracer and central-settings poller (a short poll interval keeps the test fast),
-serving requests of 10 spans in a thread of their own and exporting to
-``serve`` over OTLP/HTTP. Starting at a 50 % budget they record every trace;
-``sampling set --budget 1%`` for each must reach both tracers within one poll
-interval, and their reported overhead must fall.
+Two services run as processes of their own (``central_service.py``), each behind
+the WSGI middleware with its own tracer and central-settings poller (a short
+poll interval keeps the test fast), serving requests of 10 spans and exporting
+to ``serve`` over OTLP/HTTP. Starting at a 50 % budget they report a real
+overhead; ``sampling set --budget 1%`` for each must reach both tracers within
+one poll interval (their next report, which follows the poll that applied it,
+says so), and their reported overhead must fall.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,15 +26,11 @@ from click.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_serve_process import ServeProcess
 
-import crosstrace
-from crosstrace.central import SamplingPoller
 from crosstrace.cli import main
-from crosstrace.export import BatchExporter, OtlpHttpTransport
-from crosstrace.tracing import Tracer
-from crosstrace.wsgi import RequestIdMiddleware
 
 POLL_S = 0.5
 SERVICES = ("svc-a", "svc-b")
+SERVICE_PROGRAM = Path(__file__).resolve().parent / "central_service.py"
 
 
 def _until(
@@ -46,45 +43,6 @@ def _until(
                 f"timed out after {deadline_s:g}s waiting for {what}; last seen: {seen()}"
             )
         time.sleep(0.02)
-
-
-class Service:
-    """One service: middleware, tracer, exporter, poller and a request loop."""
-
-    def __init__(self, name: str, url: str) -> None:
-        self.exporter = BatchExporter(OtlpHttpTransport(url), max_delay_s=0.2)
-        self.tracer = Tracer(name, self.exporter, sample_ratio=1.0, overhead_budget=0.5)
-        self.poller = SamplingPoller(
-            url, self.tracer, POLL_S, dropped=lambda: self.exporter.spans_dropped
-        )
-        self.app = RequestIdMiddleware(self._app, tracer=self.tracer)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    @staticmethod
-    def _app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        for _ in range(9):
-            with crosstrace.span("work", attributes={"a": 1, "b": "x", "c": True}):
-                sum(range(200))
-        start_response("200 OK", [])
-        return [b"ok"]
-
-    def _loop(self) -> None:
-        env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x", "SERVER_NAME": "t", "SERVER_PORT": "80"}
-        while not self._stop.is_set():
-            for _ in self.app(dict(env), lambda *a: None):
-                pass
-
-    def start(self) -> Service:
-        self.poller.start()
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.poller.stop()
-        self._thread.join(5)
-        self.exporter.shutdown(5)
 
 
 @pytest.fixture
@@ -108,17 +66,24 @@ def test_sampling_set_changes_two_running_services_within_one_poll(serve: str) -
             main, ["sampling", "set", "--service", name, "--budget", "50%", "--url", serve]
         )
         assert r.exit_code == 0, r.output
-    services = [Service(name, serve).start() for name in SERVICES]
+    services = [
+        subprocess.Popen(
+            [sys.executable, str(SERVICE_PROGRAM), name, serve, str(POLL_S)],
+            stdin=subprocess.PIPE,
+        )
+        for name in SERVICES
+    ]
     try:
-        # Under a 50 % budget both record every trace and report a real overhead.
+        # Under a 50 % budget both trace and report a real overhead.
         _until(
             lambda: all(
-                _reported(serve).get(s.tracer.resource["service.name"], {}).get("overhead", 0)
-                > 0.02
-                for s in services
+                _reported(serve).get(n, {}).get("budget") == 0.5
+                and _reported(serve)[n]["overhead"] > 0.05
+                for n in SERVICES
             ),
-            20,
+            30,
             "both services to report their overhead at 50 %",
+            lambda: _reported(serve),
         )
         before = {n: _reported(serve)[n]["overhead"] for n in SERVICES}
         for name in SERVICES:
@@ -127,21 +92,17 @@ def test_sampling_set_changes_two_running_services_within_one_poll(serve: str) -
             )
             assert r.exit_code == 0, r.output
             assert "budget=1%" in r.output
-        # Within one poll interval (plus the request in flight), both tracers run at 1 %.
+        # Within one poll interval (plus the report in flight), both tracers run
+        # at 1 %: each report follows the poll that applied the new settings.
         _until(
-            lambda: all(
-                s.tracer.controller and s.tracer.controller.budget == 0.01 for s in services
-            ),
+            lambda: all(_reported(serve)[n].get("budget") == 0.01 for n in SERVICES),
             POLL_S + 1.0,
             "the new budget to reach both tracers",
+            lambda: _reported(serve),
         )
         # And what they measure and report falls with it.
         _until(
-            lambda: all(
-                _reported(serve)[n].get("budget") == 0.01
-                and _reported(serve)[n]["overhead"] < before[n] / 2
-                for n in SERVICES
-            ),
+            lambda: all(_reported(serve)[n]["overhead"] < before[n] / 2 for n in SERVICES),
             45,
             "the reported overhead of both services to fall",
             lambda: (before, _reported(serve)),
@@ -150,7 +111,8 @@ def test_sampling_set_changes_two_running_services_within_one_poll(serve: str) -
         assert shown.exit_code == 0, shown.output
         assert '"svc-a"' in shown.output
         assert '"svc-b"' in shown.output
-        assert all(s.poller.failures == 0 for s in services)
+        assert all(_reported(serve)[n]["poll_failures"] == 0 for n in SERVICES)
+        assert all(p.poll() is None for p in services)  # still serving throughout
     finally:
-        for s in services:
-            s.stop()
+        for p in services:
+            p.communicate(timeout=30)

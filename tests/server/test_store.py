@@ -25,6 +25,8 @@ from crosstrace.server.model import (
     TraceQuery,
 )
 from crosstrace.server.store import Store, open_store
+from crosstrace.server.store import read as read_module
+from crosstrace.server.store.columns import decode_columns
 from crosstrace.server.store.migrations import LATEST_VERSION, SchemaVersionError, migrate
 from crosstrace.server.store.postgres import PostgresStore
 from crosstrace.server.store.sqlite import SQLiteStore
@@ -330,6 +332,50 @@ def ids(store: Store, **kw: Any) -> list[int]:
 def test_search_filters(corpus: Store, query: dict[str, Any], expected: list[int]) -> None:
     """Each TraceQuery filter narrows the result; newest first."""
     assert ids(corpus, **query) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("compute-7.ctl", [1]),
+        ("42", [2]),
+        ("2.5", [3]),
+        ("true", [4]),
+        ("0102", [5]),  # bytes, as hex
+        ("test", [6]),  # a word that could be base64
+        ("compute-9.ctl", []),
+        ("43", []),
+    ],
+)
+def test_span_scan_finds_each_value_type_in_any_chunk(
+    store: Store, text: str, expected: list[int]
+) -> None:
+    """A non-indexed attribute is matched by its text whatever the value's type,
+    in a trace whose other chunks (other writes) do not hold it."""
+    values: list[Any] = ["compute-7.ctl", 42, 2.5, True, b"\x01\x02", "test"]
+    for n, value in enumerate(values, 1):
+        store.write_spans([span(n, 1, None, "nova", "op", NOW - n * MS, attrs={"custom.v": 0})])
+        store.write_spans([span(n, 2, 1, "nova", "op", NOW - n * MS, attrs={"custom.v": value})])
+        store.write_spans([span(n, 3, 1, "nova", "op", NOW - n * MS, attrs={"custom.w": text})])
+    assert ids(store, attributes={"custom.v": text}) == expected
+
+
+def test_span_scan_decodes_no_chunk_without_the_text(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(1, 4):
+        store.write_spans([span(n, 1, None, "nova", "op", NOW - n * MS, attrs={"custom.v": "red-1"})])
+    decoded: list[bytes] = []
+
+    def counting(trace_id: bytes, payload: bytes) -> list[SpanRecord]:
+        decoded.append(trace_id)
+        return decode_columns(trace_id, payload)
+
+    monkeypatch.setattr(read_module, "decode_columns", counting)
+    assert ids(store, attributes={"custom.v": "compute-9.ctl"}) == []
+    assert decoded == []
+    assert ids(store, attributes={"custom.v": "red-1"}) == [1, 2, 3]
+    assert len(decoded) == 3
 
 
 def test_search_pages_with_cursor_without_gaps_or_duplicates(store: Store) -> None:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import msgpack
+import pytest
 import zstandard
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
@@ -17,6 +18,7 @@ from crosstrace.server.model import SpanRecord
 from crosstrace.server.store.codec import (
     CHUNK_FORMAT_PB,
     CHUNK_FORMAT_PB_DICT,
+    attr_needle,
     chunk_compressor,
     compress_chunk,
     decode_chunk,
@@ -124,3 +126,24 @@ def test_chunk_frames_with_and_without_a_dictionary() -> None:
     earlier = bytes((CHUNK_FORMAT_PB_DICT,)) + (7).to_bytes(4, "big")
     earlier += zstandard.ZstdCompressor(dict_data=zdict).compress(encode_payload(group, batch))
     assert decode_chunk(TRACE, earlier, str, lambda did: zdict) == want
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("compute-7.ctl", b"compute-7.ctl"),
+        ("req-5f1c0c7e-2c5b-4c53-9c4e-6d9b0a7e2f11", b"req-5f1c0c7e-2c5b-4c53-9c4e-6d9b0a7e2f11"),
+        ("café au lait", "café au lait".encode()),
+        ("42", None),  # an int could have this text
+        ("-1.5e3", None),  # a double
+        ("nan", None),
+        ("false", None),  # a bool
+        ("deadbeef", None),  # bytes, as hex
+        ("AQI=", None),  # bytes, as base64
+        ("a\ufffdb", None),  # made by cleaning a NUL
+    ],
+)
+def test_attr_needle_only_where_the_text_is_the_stored_bytes(
+    text: str, needle: bytes | None
+) -> None:
+    assert attr_needle(text) == needle

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -501,6 +502,28 @@ def attr_text(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.hex() if len(value) <= MAX_INDEXED_TEXT // 2 else None
     return None
+
+
+_HEX_OR_BASE64 = re.compile(r"[0-9A-Za-z+/]*={0,2}")
+
+
+def attr_needle(text: str) -> bytes | None:
+    """Bytes that the payload of every chunk holding an attribute value of search
+    text *text* (:func:`attr_text`) contains, so that a chunk without them need not
+    be decoded; ``None`` when no such bytes are known: a text that a number, a
+    boolean or bytes (hex, base64) could also have, or one made by cleaning."""
+    if "\ufffd" in text or text in ("true", "false") or _HEX_OR_BASE64.fullmatch(text):
+        return None
+    try:
+        float(text)
+    except ValueError:
+        pass
+    else:
+        return None
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
 
 
 def attr_hash(key: str, text: str) -> int:

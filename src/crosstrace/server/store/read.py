@@ -43,7 +43,9 @@ from crosstrace.server.store.base import RetentionPass
 from crosstrace.server.store.causes import ErrorIndexSQL
 from crosstrace.server.store.codec import (
     attr_hash,
+    attr_needle,
     attr_text,
+    chunk_payload,
     decode_chunk,
     decode_cursor,
     decode_rid,
@@ -54,6 +56,7 @@ from crosstrace.server.store.codec import (
     unpack_keys,
     unpack_rids,
 )
+from crosstrace.server.store.columns import decode_columns
 from crosstrace.server.store.prepare import BUCKET_NS
 from crosstrace.server.store.sql import LOG_COLUMNS, chunks, marks
 from crosstrace.server.store.sqlscope import SQLSummaries
@@ -321,13 +324,20 @@ class SQLStore(ErrorIndexSQL, SQLSummaries):
 
     def _trace_has_attrs(self, conn: Any, trace_id: bytes, want: dict[str, str]) -> bool:
         found: set[str] = set()
-        for (data,) in self._q(conn, "SELECT data FROM chunks WHERE trace_id = ?", (trace_id,)):
-            for s in decode_chunk(
-                trace_id,
-                bytes(data),
-                lambda n: self._name(conn, n),
-                lambda d: self._dictionary(conn, d),
-            ):
+        # A chunk whose payload holds none of the wanted texts is not decoded.
+        needles = [attr_needle(text) for text in want.values()]
+        skip = None if not needles or None in needles else [n for n in needles if n]
+        zdict = lambda d: self._dictionary(conn, d)  # noqa: E731
+        for (row,) in self._q(conn, "SELECT data FROM chunks WHERE trace_id = ?", (trace_id,)):
+            data = bytes(row)
+            payload = chunk_payload(data, zdict) if skip is not None else None
+            if payload is None:
+                spans = decode_chunk(trace_id, data, lambda n: self._name(conn, n), zdict)
+            elif any(n in payload for n in skip or ()):
+                spans = decode_columns(trace_id, payload)
+            else:
+                continue
+            for s in spans:
                 for key, text in want.items():
                     if key in s.attributes and attr_text(s.attributes[key]) == text:
                         found.add(key)
