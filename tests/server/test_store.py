@@ -364,7 +364,9 @@ def test_span_scan_decodes_no_chunk_without_the_text(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for n in range(1, 4):
-        store.write_spans([span(n, 1, None, "nova", "op", NOW - n * MS, attrs={"custom.v": "red-1"})])
+        store.write_spans(
+            [span(n, 1, None, "nova", "op", NOW - n * MS, attrs={"custom.v": "red-1"})]
+        )
     decoded: list[bytes] = []
 
     def counting(trace_id: bytes, payload: bytes) -> list[SpanRecord]:
