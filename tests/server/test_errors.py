@@ -19,6 +19,8 @@ OUTSIDE_THE_ROOT = {
     "crosstrace.server.ingest.http._Disconnected",
     # Control flow: the web UI answers it with a redirect to /login, not an error.
     "crosstrace.server.web.session.LoginRequired",
+    # Control flow: ingest redacts the request and scans it again.
+    "crosstrace.server.batch.scan.SecretKeySeen",
 }
 
 
