@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable
+from itertools import repeat
 from typing import Any, Final
 
 import msgpack
@@ -117,20 +118,29 @@ def segment_records(
     scope: bytes,
     wire: Iterable[bytes],
     flags: int,
+    columns: Iterable[tuple[bytes, int, int] | None] | None = None,
 ) -> list[SpanRecord]:
     """Stored spans of one segment as records, normalised as ingest promises:
     names and text cleaned, unknown enum values as 0, bytes as base64 text (or as
-    bytes for batches with :data:`FLAG_RAW_BYTES`), values too deep as ``None``."""
+    bytes for batches with :data:`FLAG_RAW_BYTES`), values too deep as ``None``.
+
+    *columns* gives, span by span, the ``(span id, start, end)`` that its bytes
+    in *wire* lack (``None`` for a span whose bytes are whole)."""
     raw_bytes = bool(flags & FLAG_RAW_BYTES)
     res = pb_attrs(Resource.FromString(resource).attributes, raw_bytes=raw_bytes, strict=False)
     scope_name = clean_str(InstrumentationScope.FromString(scope).name) if scope else ""
     out = []
-    for data in wire:
+    for data, cols in zip(wire, columns if columns is not None else repeat(None), strict=False):
         try:
             sp = Span.FromString(data)
         except (DecodeError, RecursionError, ValueError):  # validated at ingest
             log.warning("skipped a stored span that does not parse (trace %s)", trace_id.hex())
             continue
+        span_id, start, end = sp.span_id, sp.start_time_unix_nano, sp.end_time_unix_nano
+        if cols is not None:
+            # A field the rest repeats came after the columns' one: it wins, as
+            # it did in the bytes the span arrived in.
+            span_id, start, end = span_id or cols[0], start or cols[1], end or cols[2]
         parent = sp.parent_span_id
         name: str = sp.name
         if not name.isascii() or "\x00" in name:
@@ -144,12 +154,12 @@ def segment_records(
         out.append(
             SpanRecord(
                 trace_id,
-                sp.span_id,
+                span_id,
                 parent if parent and parent != ZERO_SPAN_ID else None,
                 cap_name(name),
                 kind if 0 <= kind <= MAX_KIND else 0,
-                sp.start_time_unix_nano,
-                sp.end_time_unix_nano,
+                start,
+                end,
                 service,
                 code if 0 <= code <= MAX_STATUS else 0,
                 clean_str(status.message) if status.message else "",

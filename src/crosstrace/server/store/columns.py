@@ -174,11 +174,30 @@ def unpack_columns(
 
 
 def decode_columns(trace_id: bytes, payload: bytes) -> list[SpanRecord]:
-    """Inverse of :func:`encode_columns`: the spans as records."""
-    flags, segments = unpack_columns(trace_id, payload)
+    """Inverse of :func:`encode_columns`: the spans as records. Each span's rest
+    is read as it is, its id and times taken from the columns (the same records
+    as from the bytes :func:`unpack_columns` puts back together, without
+    putting them together)."""
+    flags, segments, ids, base, starts, durations, _, rests, whole = msgpack.unpackb(
+        payload, raw=False, use_list=True
+    )
+    kept = set(whole)
     out: list[SpanRecord] = []
-    for service, resource, scope, wire in segments:
-        out.extend(segment_records(trace_id, service, resource, scope, wire, flags))
+    i = 0
+    for service, resource, scope, count in segments:
+        columns: list[tuple[bytes, int, int] | None] = []
+        for n in range(i, i + count):
+            if n in kept:
+                columns.append(None)
+            else:
+                start = base + starts[n]
+                columns.append((ids[8 * n : 8 * n + 8], start, start + durations[n]))
+        out.extend(
+            segment_records(
+                trace_id, service, resource, scope, rests[i : i + count], flags, columns
+            )
+        )
+        i += count
     return out
 
 
