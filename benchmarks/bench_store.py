@@ -462,13 +462,16 @@ def main() -> None:
                         for t in traces[:: max(1, len(traces) // 100)]
                         if store.get_trace(t[0].trace_id)
                     )
+                    # What the store HTTP ingest wrote takes (it merges fewer
+                    # chunks than direct writes when fewer batches wait).
+                    size = disk_bytes(store, n_spans)
                     store.close()
                     rates.append(n_spans / secs)
                     print(
                         f"[{backend}] HTTP OTLP protobuf ingest, {clients} clients,"
                         f" {shown} decode workers: {n_spans / secs:,.0f} spans/s ({secs:.1f} s,"
                         f" {failed} non-200, {st['traces']} traces stored, sampled traces"
-                        f" found {got}, {load()})"
+                        f" found {got}, on disk {size / n_spans:.1f} bytes/span, {load()})"
                     )
                 finally:
                     drop()

@@ -73,7 +73,8 @@ def mount_web(
     diagnoser = getattr(app.state, "diagnoser", None) or Diagnoser(store)
     access = access or getattr(app.state, "access", None)
     auth = WebAuth(tokens, access)
-    app.include_router(build_router(store, diagnoser, auth, env))
+    sampling = getattr(app.state, "sampling", None)
+    app.include_router(build_router(store, diagnoser, auth, env, sampling))
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
     @app.exception_handler(LoginRequired)

@@ -24,9 +24,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from crosstrace.ids import is_valid_request_id
+from crosstrace.server.auth.policy import ADMIN
 from crosstrace.server.errors import ServerError
 from crosstrace.server.model import LogQuery, LogRecord, SpanRecord, TraceQuery, TraceSummary
 from crosstrace.server.query.diagnose import Diagnoser
+from crosstrace.server.sampling import SamplingRegistry
 from crosstrace.server.scope import Scope
 from crosstrace.server.settings import parse_duration_ns as parse_duration
 from crosstrace.server.store import Store
@@ -165,10 +167,15 @@ def _masked(viewer: Viewer, spans: list[SpanRecord]) -> list[SpanRecord]:
 
 
 def build_router(
-    store: Store, diagnoser: Diagnoser, auth: WebAuth, templates: Jinja2Templates
+    store: Store,
+    diagnoser: Diagnoser,
+    auth: WebAuth,
+    templates: Jinja2Templates,
+    sampling: SamplingRegistry | None = None,
 ) -> APIRouter:
     """The UI's routes over *store*; verdicts and error groups from *diagnoser*
-    (the query API's)."""
+    (the query API's); each service's tracing budget and reported overhead from
+    *sampling* (shown to admins, as ``GET /api/v1/overhead``)."""
     router = APIRouter(include_in_schema=False)
 
     def read(call: Callable[[], T]) -> T:
@@ -466,7 +473,12 @@ def build_router(
                 (end - start) / 1e9,
             )
         )
-        return page(request, "services.html", {"window": window_text, "stats": stats})
+        tracing = None
+        if sampling is not None and auth.may(viewer, ADMIN):
+            tracing = present.tracing_rows(sampling.overhead(), time.time())
+        return page(
+            request, "services.html", {"window": window_text, "stats": stats, "tracing": tracing}
+        )
 
     # ------------------------------------------------------------ go, login, out
 

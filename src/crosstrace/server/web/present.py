@@ -17,6 +17,7 @@ __all__ = [
     "level_class",
     "parse_window",
     "sparkline_points",
+    "tracing_rows",
 ]
 
 #: Windows offered in the pickers: (value, label).
@@ -30,6 +31,10 @@ WINDOWS: Final = (
 DEFAULT_WINDOW: Final = "1h"
 _MIN_WINDOW_NS: Final = 60 * 1_000_000_000
 _MAX_WINDOW_NS: Final = 31 * 24 * 3600 * 1_000_000_000
+#: A report older than this is shown as stale (tracers report every poll, 30 s).
+STALE_REPORT_S: Final = 120.0
+#: Reported overhead above the budget by more than this share is shown as over.
+OVER_BUDGET: Final = 1.1
 
 
 def parse_window(text: str | None) -> tuple[str, int]:
@@ -125,3 +130,39 @@ def request_timeline(
         return min(lefts, default=0.0)
 
     return sorted(lanes.values(), key=lambda lane: (first(lane), lane["service"]))
+
+
+def _percent(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "—"
+    return f"{100 * value:.2g} %" if 0 < value < 0.01 else f"{100 * value:.3g} %"
+
+
+def tracing_rows(rows: list[dict[str, Any]], now_s: float) -> list[dict[str, Any]]:
+    """The services page's tracing table from ``SamplingRegistry.overhead()``:
+    per service, the budget set centrally against what its tracer reports."""
+    out = []
+    for row in rows:
+        reported = row.get("reported") or {}
+        budget = row.get("budget")
+        overhead = reported.get("overhead")
+        at = reported.get("reported_at")
+        age = now_s - at if isinstance(at, int | float) else None
+        state = "none"
+        if age is not None:
+            state = "stale" if age > STALE_REPORT_S else "ok"
+            if state == "ok" and isinstance(budget, int | float) and isinstance(overhead, float):
+                state = "over" if overhead > budget * OVER_BUDGET else "ok"
+        out.append(
+            {
+                "service": row.get("service", ""),
+                "budget": _percent(budget),
+                "overhead": _percent(overhead),
+                "traced": _percent(reported.get("trace_fraction")),
+                "ratio": _percent(reported.get("effective_ratio")),
+                "dropped": reported.get("spans_dropped", "—"),
+                "age": "never" if age is None else f"{max(0, round(age))} s ago",
+                "state": state,
+            }
+        )
+    return out

@@ -80,6 +80,12 @@ class WebAuth:
         who = self.access.identify(f"Bearer {token}" if token else None, keystone)
         return who if who is not None and self.access.allows(READ, who) else None
 
+    def may(self, viewer: Viewer, rule: str) -> bool:
+        """Whether *viewer* passes policy *rule* (everyone does when the API is open)."""
+        if not self.required:
+            return True
+        return viewer.identity is not None and self.access.allows(rule, viewer.identity)
+
     def check(self, token: str | None) -> bool:
         """Whether *token* (an API token or a Keystone token) may read."""
         if not self.required:
