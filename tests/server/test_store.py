@@ -342,6 +342,7 @@ def test_search_filters(corpus: Store, query: dict[str, Any], expected: list[int
         ("2.5", [3]),
         ("true", [4]),
         ("0102", [5]),  # bytes, as hex
+        ("quotas", [7]),
         ("test", [6]),  # a word that could be base64
         ("compute-9.ctl", []),
         ("43", []),
@@ -352,7 +353,7 @@ def test_span_scan_finds_each_value_type_in_any_chunk(
 ) -> None:
     """A non-indexed attribute is matched by its text whatever the value's type,
     in a trace whose other chunks (other writes) do not hold it."""
-    values: list[Any] = ["compute-7.ctl", 42, 2.5, True, b"\x01\x02", "test"]
+    values: list[Any] = ["compute-7.ctl", 42, 2.5, True, b"\x01\x02", "test", "quotas"]
     for n, value in enumerate(values, 1):
         store.write_spans([span(n, 1, None, "nova", "op", NOW - n * MS, attrs={"custom.v": 0})])
         store.write_spans([span(n, 2, 1, "nova", "op", NOW - n * MS, attrs={"custom.v": value})])

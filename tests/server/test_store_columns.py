@@ -18,7 +18,7 @@ from crosstrace.server.model import SpanRecord
 from crosstrace.server.store.codec import (
     CHUNK_FORMAT_PB,
     CHUNK_FORMAT_PB_DICT,
-    attr_needle,
+    attr_needles,
     chunk_compressor,
     compress_chunk,
     decode_chunk,
@@ -129,21 +129,26 @@ def test_chunk_frames_with_and_without_a_dictionary() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "needle"),
+    ("text", "needles"),
     [
-        ("compute-7.ctl", b"compute-7.ctl"),
-        ("req-5f1c0c7e-2c5b-4c53-9c4e-6d9b0a7e2f11", b"req-5f1c0c7e-2c5b-4c53-9c4e-6d9b0a7e2f11"),
-        ("café au lait", "café au lait".encode()),
+        ("compute-7.ctl", (b"compute-7.ctl",)),
+        ("quotas", (b"quotas",)),  # letters, but not base64 (length) nor hex
+        (
+            "req-5f1c0c7e-2c5b-4c53-9c4e-6d9b0a7e2f11",
+            (b"req-5f1c0c7e-2c5b-4c53-9c4e-6d9b0a7e2f11",),
+        ),
+        ("café au lait", ("café au lait".encode(),)),
+        ("test", (b"test", b"\xb5\xeb-")),  # a string, or bytes as base64
+        ("AQI=", (b"AQI=", b"\x01\x02")),
+        ("0102", (b"0102", b"\xd3]", b"\x01\x02")),  # a string, base64 or hex
         ("42", None),  # an int could have this text
         ("-1.5e3", None),  # a double
         ("nan", None),
         ("false", None),  # a bool
-        ("deadbeef", None),  # bytes, as hex
-        ("AQI=", None),  # bytes, as base64
         ("a\ufffdb", None),  # made by cleaning a NUL
     ],
 )
-def test_attr_needle_only_where_the_text_is_the_stored_bytes(
-    text: str, needle: bytes | None
+def test_attr_needles_are_the_bytes_a_matching_value_is_stored_as(
+    text: str, needles: tuple[bytes, ...] | None
 ) -> None:
-    assert attr_needle(text) == needle
+    assert attr_needles(text) == needles

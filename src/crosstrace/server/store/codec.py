@@ -504,15 +504,17 @@ def attr_text(value: Any) -> str | None:
     return None
 
 
-_HEX_OR_BASE64 = re.compile(r"[0-9A-Za-z+/]*={0,2}")
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+_HEX = re.compile(r"(?:[0-9a-f]{2})*")
 
 
-def attr_needle(text: str) -> bytes | None:
-    """Bytes that the payload of every chunk holding an attribute value of search
-    text *text* (:func:`attr_text`) contains, so that a chunk without them need not
-    be decoded; ``None`` when no such bytes are known: a text that a number, a
-    boolean or bytes (hex, base64) could also have, or one made by cleaning."""
-    if "\ufffd" in text or text in ("true", "false") or _HEX_OR_BASE64.fullmatch(text):
+def attr_needles(text: str) -> tuple[bytes, ...] | None:
+    """Bytes of which the payload of every chunk holding an attribute value of
+    search text *text* (:func:`attr_text`) contains one, so that a chunk with
+    none of them need not be decoded: the text itself, and the bytes a bytes
+    value with that text (base64 or hex) holds. ``None`` when no such bytes are
+    known: a text a number or a boolean could have, or one made by cleaning."""
+    if "\ufffd" in text or text in ("true", "false"):
         return None
     try:
         float(text)
@@ -521,9 +523,14 @@ def attr_needle(text: str) -> bytes | None:
     else:
         return None
     try:
-        return text.encode("utf-8")
+        needles = [text.encode("utf-8")]
     except UnicodeEncodeError:
         return None
+    if _BASE64.fullmatch(text):
+        needles.append(base64.b64decode(text))
+    if _HEX.fullmatch(text):
+        needles.append(bytes.fromhex(text))
+    return tuple(needles)
 
 
 def attr_hash(key: str, text: str) -> int:

@@ -43,7 +43,7 @@ from crosstrace.server.store.base import RetentionPass
 from crosstrace.server.store.causes import ErrorIndexSQL
 from crosstrace.server.store.codec import (
     attr_hash,
-    attr_needle,
+    attr_needles,
     attr_text,
     chunk_payload,
     decode_chunk,
@@ -325,8 +325,8 @@ class SQLStore(ErrorIndexSQL, SQLSummaries):
     def _trace_has_attrs(self, conn: Any, trace_id: bytes, want: dict[str, str]) -> bool:
         found: set[str] = set()
         # A chunk whose payload holds none of the wanted texts is not decoded.
-        needles = [attr_needle(text) for text in want.values()]
-        skip = None if not needles or None in needles else [n for n in needles if n]
+        needles = [attr_needles(text) for text in want.values()]
+        skip = None if not needles or None in needles else [n for ns in needles for n in ns or ()]
         zdict = lambda d: self._dictionary(conn, d)  # noqa: E731
         for (row,) in self._q(conn, "SELECT data FROM chunks WHERE trace_id = ?", (trace_id,)):
             data = bytes(row)
