@@ -140,7 +140,8 @@ def test_chunk_frames_with_and_without_a_dictionary() -> None:
         ("café au lait", ("café au lait".encode(),)),
         ("test", (b"test", b"\xb5\xeb-")),  # a string, or bytes as base64
         ("AQI=", (b"AQI=", b"\x01\x02")),
-        ("0102", (b"0102", b"\xd3]", b"\x01\x02")),  # a string, base64 or hex
+        ("deadbeef", (b"deadbeef", b"u\xe6\x9dm\xe7\x9f", b"\xde\xad\xbe\xef")),
+        ("0102", None),  # a number's text too
         ("42", None),  # an int could have this text
         ("-1.5e3", None),  # a double
         ("nan", None),
