@@ -332,19 +332,22 @@ def _classify(kv: bytes, secret: Callable[[str], bool] | None) -> tuple[Any, boo
         return None, False  # not reached: the request was parsed whole before
     key: str = m.key
     v = m.value
+    kind = v.WhichOneof("value")
     known = _plain_for
-    if known is not None and (known(key) or _secret_value(v, known)):
+    if known is not None and (known(key) or (kind in _NESTING_KINDS and _secret_value(v, known))):
         if secret is not None:
             raise SecretKeySeen
-        return _meaning(key, v), False
-    return _meaning(key, v), True
+        return _meaning(key, v, kind), False
+    return _meaning(key, v, kind), True
 
 
-def _meaning(key: str, v: Any) -> Any:
+_NESTING_KINDS: Final = ("array_value", "kvlist_value")
+
+
+def _meaning(key: str, v: Any, kind: str | None) -> Any:
     if "\x00" in key:
         return None
-    kind = v.WhichOneof("value")
-    if kind in ("array_value", "kvlist_value"):
+    if kind in _NESTING_KINDS:
         try:
             pb_value(v)
         except Rejected as exc:
