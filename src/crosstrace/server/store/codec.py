@@ -234,12 +234,18 @@ def compress_chunk(raw: bytes, zdict: tuple[int, zstandard.ZstdCompressor] | Non
 
 
 def chunk_payload(
-    data: bytes, zdict: Callable[[int], zstandard.ZstdCompressionDict]
+    data: bytes, zdict: Callable[[int], zstandard.ZstdCompressionDict] | None
 ) -> bytes | None:
     """The ``columns.encode_columns`` payload of a chunk framed by
-    :func:`compress_chunk`, or ``None`` for a chunk of an older form."""
+    :func:`compress_chunk`, or ``None`` for a chunk of an older form (or one
+    framed with a dictionary when *zdict* is ``None``)."""
     fmt = data[:1]
-    if fmt == bytes((CHUNK_FORMAT_PB_DICT,)) and len(data) > 9 and data[5:9] != _ZSTD_MAGIC:
+    if (
+        fmt == bytes((CHUNK_FORMAT_PB_DICT,))
+        and zdict is not None
+        and len(data) > 9
+        and data[5:9] != _ZSTD_MAGIC
+    ):
         d = zdict(int.from_bytes(data[1:5], "big"))
         return _chunk_decompressor(d).decompress(data[5:])
     if fmt == bytes((CHUNK_FORMAT_PB,)) and data[1:5] != _ZSTD_MAGIC:
@@ -271,13 +277,10 @@ def decode_chunk(
     (index entries carried over from an older schema) holds no spans."""
     if not data:
         return []
+    payload = chunk_payload(data, zdict)
+    if payload is not None:
+        return decode_columns(trace_id, payload)
     fmt = data[0]
-    if fmt == CHUNK_FORMAT_PB and data[1:5] != _ZSTD_MAGIC:
-        return decode_columns(trace_id, _chunk_decompressor(None).decompress(data[1:]))
-    dictionary = fmt == CHUNK_FORMAT_PB_DICT and zdict is not None and len(data) > 9
-    if dictionary and zdict is not None and data[5:9] != _ZSTD_MAGIC:
-        d = zdict(int.from_bytes(data[1:5], "big"))
-        return decode_columns(trace_id, _chunk_decompressor(d).decompress(data[5:]))
     if fmt in (CHUNK_FORMAT, CHUNK_FORMAT_PB):
         raw = _decompressor().decompress(data[1:])
     elif fmt in (CHUNK_FORMAT_DICT, CHUNK_FORMAT_PB_DICT) and zdict is not None and len(data) > 5:
