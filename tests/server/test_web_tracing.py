@@ -88,6 +88,7 @@ def test_tracing_rows_mark_stale_reports_and_services_never_reported() -> None:
             {"service": "a", "budget": 0.02, "reported": {"reported_at": 0.0, "overhead": 0.5}},
             {"service": "b", "budget": 0.02, "reported": {}},
             {"service": "c", "budget": 0.1, "reported": {"reported_at": 990.0, "overhead": 0.105}},
+            {"service": "d", "budget": 0.5, "reported": {"reported_at": 990.0, "overhead": 1}},
         ],
         now_s=1000.0,
     )
@@ -95,4 +96,5 @@ def test_tracing_rows_mark_stale_reports_and_services_never_reported() -> None:
         ("a", "stale", "1000 s ago"),
         ("b", "none", "never"),
         ("c", "ok", "10 s ago"),  # within 10 % of its budget
+        ("d", "over", "10 s ago"),  # a whole number reported (JSON 1, not 1.0)
     ]

@@ -151,7 +151,11 @@ def tracing_rows(rows: list[dict[str, Any]], now_s: float) -> list[dict[str, Any
         state = "none"
         if age is not None:
             state = "stale" if age > STALE_REPORT_S else "ok"
-            if state == "ok" and isinstance(budget, int | float) and isinstance(overhead, float):
+            if (
+                state == "ok"
+                and isinstance(budget, int | float)
+                and isinstance(overhead, int | float)
+            ):
                 state = "over" if overhead > budget * OVER_BUDGET else "ok"
         out.append(
             {
