@@ -4,11 +4,14 @@ frames, and the chunks written in the earlier form."""
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import msgpack
 import pytest
 import zstandard
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
@@ -22,6 +25,8 @@ from crosstrace.server.store.codec import (
     chunk_compressor,
     compress_chunk,
     decode_chunk,
+    decode_rid,
+    encode_rid,
 )
 from crosstrace.server.store.columns import decode_columns, encode_columns, unpack_columns
 
@@ -153,3 +158,16 @@ def test_attr_needles_are_the_bytes_a_matching_value_is_stored_as(
     text: str, needles: tuple[bytes, ...] | None
 ) -> None:
     assert attr_needles(text) == needles
+
+
+@given(st.uuids(), st.text(max_size=40))
+def test_request_id_keys_give_back_the_id(u: uuid.UUID, text: str) -> None:
+    rid = f"req-{u}"
+    key = encode_rid(rid)
+    assert key == u.bytes
+    assert decode_rid(key) == rid
+    assume(not text.startswith("req-"))
+    other = encode_rid(text)
+    if other is not None:  # any other text is kept as text (never 16 bytes)
+        assert len(other) != 16
+        assert decode_rid(other) == text
