@@ -537,6 +537,80 @@ def test_dependencies_count_calls_and_errors_across_batches(store: Store) -> Non
     assert ("keystone", "nova") in everything
 
 
+def test_children_waiting_for_parents_that_come_one_write_at_a_time(store: Store) -> None:
+    """Two children stored first, waiting for two parents: the first parent's
+    write counts one edge and leaves only the other child waiting, the second
+    counts the other."""
+    store.write_spans(
+        [
+            span(7, 10, 2, "glance", "server", NOW + 2, kind=2),
+            span(7, 11, 3, "cinder", "server", NOW + 3, kind=2, status=STATUS_ERROR),
+        ]
+    )
+    store.write_spans(
+        [span(7, 1, None, "nova", "r", NOW), span(7, 2, 1, "nova", "c", NOW + 1, kind=3)]
+    )
+
+    def edges() -> dict[tuple[str, str], tuple[int, int]]:
+        return {
+            (e.caller, e.callee): (e.calls, e.errors)
+            for e in store.dependencies(NOW - HOUR, NOW + HOUR)
+        }
+
+    assert edges() == {("nova", "glance"): (1, 0)}
+    # The second parent comes with the first again (an exporter's retry in
+    # another grouping): the child already counted is not counted twice.
+    store.write_spans(
+        [
+            span(7, 2, 1, "nova", "c", NOW + 1, kind=3),
+            span(7, 3, 1, "nova", "c2", NOW + 1, kind=3),
+        ]
+    )
+    assert edges() == {("nova", "glance"): (1, 0), ("nova", "cinder"): (1, 1)}
+
+
+def test_postgres_writer_analyzes_its_lookup_tables(postgres_schema_url: str) -> None:
+    """With autovacuum off, the tables the writer reads by trace id in every
+    batch get statistics once the spans written pass the first threshold (else
+    PostgreSQL scans them whole for each batch)."""
+    import psycopg
+
+    s = PostgresStore(postgres_schema_url)
+    try:
+        with psycopg.connect(postgres_schema_url, autocommit=True) as c:
+            for table in ("span_parents", "dep_pending"):
+                c.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+
+            def analyzed() -> set[str]:
+                rows = c.execute(
+                    "SELECT relname FROM pg_class"
+                    " WHERE relnamespace = current_schema()::regnamespace"
+                    " AND relname IN ('span_parents', 'dep_pending') AND reltuples >= 0"
+                ).fetchall()
+                return {r[0] for r in rows}
+
+            def write(first: int, n: int) -> None:
+                s.write_spans(
+                    [
+                        sp
+                        for t in range(first, first + n)
+                        for sp in (
+                            span(t, 1, None, "nova", "r", NOW),
+                            span(t, 2, 1, "nova", "c", NOW + 1, kind=3),
+                            span(t, 3, 9, "glance", "s", NOW + 2, kind=2),
+                        )
+                    ]
+                )
+
+            write(1, 1000)  # 3,000 spans: below the first threshold
+            assert analyzed() == set()
+            for first in range(1001, 5001, 1000):  # 12,000 more
+                write(first, 1000)
+            assert analyzed() == {"span_parents", "dep_pending"}
+    finally:
+        s.close()
+
+
 def test_age_retention_deletes_old_and_keeps_new(corpus: Store) -> None:
     corpus.write_logs([log(1, time_ns=NOW - 30 * HOUR), log(2)])
     removed = corpus.apply_retention(24 * HOUR)

@@ -53,6 +53,12 @@ _POOL_TIMEOUT_S = 30.0
 _PARTITION_RE = re.compile(r"chunks_p(\d+)")
 _DAYS_BACK = 3650
 _DAYS_AHEAD = 365
+#: The lookup tables the writer reads by trace id in every batch (see
+#: :meth:`PostgresStore._analyze_when_grown`), and the spans written before
+#: they are first analyzed, at most between two analyses.
+_LOOKUP_TABLES = "span_parents, dep_pending"
+_ANALYZE_FIRST_SPANS = 10_000
+_ANALYZE_MAX_SPANS = 1_000_000
 
 
 class PostgresStore(SQLStore):
@@ -75,6 +81,7 @@ class PostgresStore(SQLStore):
         self._pool_open = 0
         self._pool_lock = threading.Lock()
         self._days: set[int] = set()
+        self._analyze_at = _ANALYZE_FIRST_SPANS
         super().__init__()
 
     @classmethod
@@ -139,6 +146,15 @@ class PostgresStore(SQLStore):
     def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?)", [list(values)]
 
+    def _set_data(self, conn: Any, table: str, rows: Sequence[tuple[bytes, int]]) -> None:
+        # One statement for all the rows (one per row costs a round trip each
+        # inside the server's executor).
+        conn.execute(
+            f"UPDATE {table} AS t SET data = v.data"
+            " FROM unnest(%s::bytea[], %s::bigint[]) AS v(data, id) WHERE t.id = v.id",
+            [[d for d, _ in rows], [i for _, i in rows]],
+        )
+
     def _insert(
         self,
         conn: Any,
@@ -184,6 +200,29 @@ class PostgresStore(SQLStore):
                         r.data,
                     )
                 )
+
+    def _run_group(self, jobs: list[Job]) -> list[Any]:
+        results = super()._run_group(jobs)
+        self._analyze_when_grown()
+        return results
+
+    def _analyze_when_grown(self) -> None:
+        """ANALYZE the writer's lookup tables each time the spans written have
+        doubled (then every :data:`_ANALYZE_MAX_SPANS`). Without statistics
+        PostgreSQL takes ``trace_id = ANY(...)`` of a batch's few hundred
+        traces for most of the table and scans all of it, so ingest would slow
+        as the table grows wherever autovacuum is off or has not come round."""
+        written = self.spans_written
+        if written < self._analyze_at:
+            return
+        self._analyze_at = written + min(max(written, _ANALYZE_FIRST_SPANS), _ANALYZE_MAX_SPANS)
+        conn = self._writer_conn()
+        try:
+            conn.execute(f"ANALYZE {_LOOKUP_TABLES}")
+            conn.commit()
+        except psycopg.Error:
+            conn.rollback()
+            log.warning("ANALYZE of the lookup tables failed", exc_info=True)
 
     def _prepare_group(self, jobs: list[Job]) -> None:
         """Create the day partitions the group's chunks need before its

@@ -103,6 +103,10 @@ class SQLBase(Store):
         """Store chunks and their index entries."""
         raise NotImplementedError
 
+    def _set_data(self, conn: Any, table: str, rows: Sequence[tuple[bytes, int]]) -> None:
+        """``UPDATE table SET data = ? WHERE id = ?`` for each (data, id) row."""
+        conn.cursor().executemany(self._sql(f"UPDATE {table} SET data = ? WHERE id = ?"), rows)
+
     def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
         raise NotImplementedError
 
@@ -119,6 +123,13 @@ class SQLBase(Store):
     def _x(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> int:
         cur = conn.execute(self._sql(sql), params)
         return int(cur.rowcount or 0)
+
+    def _delete_ids(self, conn: Any, table: str, ids: Sequence[int]) -> None:
+        """Delete the rows of *table* with these ids (a statement per
+        :data:`IN_CHUNK` ids, not one per row)."""
+        for part in chunks(ids):
+            cond, params = self._in("id", part)
+            self._x(conn, f"DELETE FROM {table} WHERE {cond}", params)
 
     def _intern(self, conn: Any, name: str) -> int:
         """Id of *name* in the names table, adding it (writer thread only)."""

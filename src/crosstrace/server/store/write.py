@@ -432,7 +432,7 @@ class SQLWriter(ChunkDictionary, SQLBase):
                 e[1] += err
 
         tids = list(group_traces)
-        done: list[tuple[int]] = []
+        done: list[int] = []
         shrunk: list[tuple[bytes, int]] = []
         # Children stored earlier, waiting for a parent that is in this write.
         for part in chunks(tids):
@@ -453,15 +453,13 @@ class SQLWriter(ChunkDictionary, SQLBase):
                     bucket = int.from_bytes(data[i + 13 : i + 21], "big", signed=True)
                     add(bucket, self._intern(conn, pname), svc, data[i + 12])
                 if not left:
-                    done.append((pid,))
+                    done.append(pid)
                 elif len(left) * _PENDING_SIZE != len(data):
                     shrunk.append((b"".join(left), pid))
         if done:
-            conn.cursor().executemany(self._sql("DELETE FROM dep_pending WHERE id = ?"), done)
+            self._delete_ids(conn, "dep_pending", done)
         if shrunk:
-            conn.cursor().executemany(
-                self._sql("UPDATE dep_pending SET data = ? WHERE id = ?"), shrunk
-            )
+            self._set_data(conn, "dep_pending", shrunk)
         if not orphans:
             return
         # Children in this write whose parent was stored earlier (or not yet).
