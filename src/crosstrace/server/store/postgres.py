@@ -54,8 +54,8 @@ _PARTITION_RE = re.compile(r"chunks_p(\d+)")
 _DAYS_BACK = 3650
 _DAYS_AHEAD = 365
 #: The lookup tables the writer reads by trace id in every batch (see
-#: :meth:`PostgresStore._analyze_when_grown`), and the spans written before
-#: they are first analyzed, at most between two analyses.
+#: :meth:`PostgresStore._maintain_lookup_tables`), and the spans written before
+#: they are first vacuumed and analyzed, at most between two times.
 _LOOKUP_TABLES = "span_parents, dep_pending"
 _ANALYZE_FIRST_SPANS = 10_000
 _ANALYZE_MAX_SPANS = 1_000_000
@@ -203,26 +203,27 @@ class PostgresStore(SQLStore):
 
     def _run_group(self, jobs: list[Job]) -> list[Any]:
         results = super()._run_group(jobs)
-        self._analyze_when_grown()
+        self._maintain_lookup_tables()
         return results
 
-    def _analyze_when_grown(self) -> None:
-        """ANALYZE the writer's lookup tables each time the spans written have
-        doubled (then every :data:`_ANALYZE_MAX_SPANS`). Without statistics
-        PostgreSQL takes ``trace_id = ANY(...)`` of a batch's few hundred
-        traces for most of the table and scans all of it, so ingest would slow
-        as the table grows wherever autovacuum is off or has not come round."""
+    def _maintain_lookup_tables(self) -> None:
+        """VACUUM and ANALYZE the writer's lookup tables each time the spans
+        written have doubled (then every :data:`_ANALYZE_MAX_SPANS`), so that
+        neither depends on autovacuum (which may be off, or not come round
+        while a fresh database fills): without statistics PostgreSQL takes a
+        batch's ``trace_id = ANY(...)`` for most of the table and scans all of
+        it, and every row these short-lived tables delete or update leaves a
+        dead one behind. They stay small (their rows expire), so this is cheap."""
         written = self.spans_written
         if written < self._analyze_at:
             return
         self._analyze_at = written + min(max(written, _ANALYZE_FIRST_SPANS), _ANALYZE_MAX_SPANS)
-        conn = self._writer_conn()
         try:
-            conn.execute(f"ANALYZE {_LOOKUP_TABLES}")
-            conn.commit()
+            # VACUUM runs outside a transaction: a connection of its own.
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute(f"VACUUM (ANALYZE) {_LOOKUP_TABLES}")
         except psycopg.Error:
-            conn.rollback()
-            log.warning("ANALYZE of the lookup tables failed", exc_info=True)
+            log.warning("VACUUM of the lookup tables failed", exc_info=True)
 
     def _prepare_group(self, jobs: list[Job]) -> None:
         """Create the day partitions the group's chunks need before its
