@@ -4,6 +4,7 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/bench_budget.py              # all cases, ~4 min
     .venv/bin/python benchmarks/bench_budget.py --quick      # shorter slices
+    .venv/bin/python benchmarks/bench_budget.py --floor      # the untraced path alone
 
 Method (interleaved, same process, one core): the process is pinned to one CPU.
 Two copies of the same instrumented service run side by side: one behind a
@@ -28,6 +29,13 @@ does no extra CPU work), so the table also shows whether errors and slow
 requests are still exported when the budget leaves little room. Servers: WSGI
 (``crosstrace.wsgi.RequestIdMiddleware``) and ASGI
 (``crosstrace.asgi.RequestIdMiddleware``, driven by a bare event loop).
+
+With ``--floor``: what a request the budget leaves untraced still costs (the
+traced service with every request skipped, against the same service with
+tracing off), per request, as the median and mean of the per-slice-pair
+differences: with the usual failures and slow requests, without them, with
+every request failing (its server span exported after the fact), and two
+copies of the untraced service (the method's own error).
 
 Printed per case: the budget, the measured added CPU (median of ``--repeats``
 windows), the tracer's own estimate (``controller.last_fraction``, averaged
@@ -87,10 +95,19 @@ def _spin(n: int) -> int:
 class Service:
     """The service's own code: CPU work split over its spans."""
 
-    def __init__(self, work_us: int, spans: int, per_us: float) -> None:
+    def __init__(
+        self,
+        work_us: int,
+        spans: int,
+        per_us: float,
+        error_every: int = ERROR_EVERY,
+        slow_every: int = SLOW_EVERY,
+    ) -> None:
         self.spans = spans
         self.loops = max(1, int(work_us * per_us / spans))
         self.count = 0
+        self.error_every = error_every
+        self.slow_every = slow_every
 
     def handle(self) -> tuple[int, bool]:
         """Do one request's work; returns (status, slow)."""
@@ -100,10 +117,10 @@ class Service:
             with crosstrace.span("db.query", attributes=ATTRS):
                 _spin(self.loops)
         _spin(self.loops)
-        slow = n % SLOW_EVERY == 0
+        slow = n % self.slow_every == 0
         if slow:
             time.sleep(SLOW_S)
-        return (500 if n % ERROR_EVERY == 0 else 200), slow
+        return (500 if n % self.error_every == 0 else 200), slow
 
 
 def wsgi_app(service: Service) -> Callable[..., Any]:
@@ -187,7 +204,16 @@ def _thread_cpu_ns(thread: threading.Thread) -> int:
 
 
 class Case:
-    def __init__(self, server: str, kind: str, budget: float, per_us: float, path: str) -> None:
+    def __init__(
+        self,
+        server: str,
+        kind: str,
+        budget: float,
+        per_us: float,
+        path: str,
+        error_every: int = ERROR_EVERY,
+        slow_every: int = SLOW_EVERY,
+    ) -> None:
         work_us, spans = KINDS[kind]
         self.server, self.kind, self.budget = server, kind, budget
         self.transport = CountingFile(path)
@@ -199,8 +225,8 @@ class Case:
             overhead_budget=budget,
             slow_threshold_s=SLOW_S,
         )
-        self.traced_service = Service(work_us, spans, per_us)
-        self.plain_service = Service(work_us, spans, per_us)
+        self.traced_service = Service(work_us, spans, per_us, error_every, slow_every)
+        self.plain_service = Service(work_us, spans, per_us, error_every, slow_every)
         if server == "wsgi":
             traced = WsgiMiddleware(wsgi_app(self.traced_service), tracer=self.tracer)
             plain = WsgiMiddleware(wsgi_app(self.plain_service))
@@ -308,6 +334,66 @@ def run_case(
     return out
 
 
+def _slice_pairs(
+    run_a: Callable[[int], None], run_b: Callable[[int], None], n: int, seconds: float
+) -> tuple[float, float, int]:
+    """Alternate slices of *n* requests of *a* and *b* (which goes first
+    alternating) for *seconds*: the median and mean per-request CPU of *a*
+    over *b* (ns), and the pairs measured."""
+    diffs: list[float] = []
+    total_a = total_b = 0
+    end = time.monotonic() + seconds
+    flip = False
+    while time.monotonic() < end:
+        flip = not flip
+        cpu = {}
+        for first in (flip, not flip):
+            t0 = time.thread_time_ns()
+            (run_a if first else run_b)(n)
+            cpu[first] = time.thread_time_ns() - t0
+        diffs.append((cpu[True] - cpu[False]) / n)
+        total_a += cpu[True]
+        total_b += cpu[False]
+    return statistics.median(diffs), (total_a - total_b) / (n * len(diffs)), len(diffs)
+
+
+FLOOR_CASES = (
+    ("untraced path, failures and slow requests included", ERROR_EVERY, SLOW_EVERY, False),
+    ("untraced path, no failures or slow requests", 1 << 62, 1 << 62, False),
+    ("every request failing (server span exported after the fact)", 1, 1 << 62, False),
+    ("two copies of the service with tracing off (the method's error)", 1 << 62, 1 << 62, True),
+)
+
+
+def floor_table(args: argparse.Namespace, per_us: float, tmp: str) -> None:
+    """The untraced path's cost in place (see the module docstring)."""
+    seconds = args.window * args.repeats
+    print("| server | request | case | median ns/request | mean ns/request | slice pairs |")
+    print("|---|---|---|---|---|---|")
+    for server in args.servers.split(","):
+        for kind in args.kinds.split(","):
+            for i, (label, error_every, slow_every, plain) in enumerate(FLOOR_CASES):
+                path = os.path.join(tmp, f"floor-{server}-{kind}-{i}.jsonl")
+                case = Case(server, kind, 0.0, per_us, path, error_every, slow_every)
+                case.tracer.controller = None  # no budget to hold: every request skipped
+                case.tracer.trace_threshold = 0
+                if plain:
+                    other = Service(*KINDS[kind], per_us, error_every, slow_every)
+                    if server == "wsgi":
+                        case.run_traced = case._wsgi_runner(WsgiMiddleware(wsgi_app(other)))
+                    else:
+                        asgi = AsgiMiddleware(asgi_app(other))
+                        case.run_traced = case._asgi_runner(asgi)
+                n = case.slice_size(args.slice_ms / 1000)
+                _slice_pairs(case.run_traced, case.run_plain, n, min(2.0, seconds))  # warm-up
+                med, mean, pairs = _slice_pairs(case.run_traced, case.run_plain, n, seconds)
+                print(
+                    f"| {server} | {kind} | {label} | {med:,.0f} | {mean:,.0f} | {pairs} |",
+                    flush=True,
+                )
+                case.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--servers", default="wsgi,asgi")
@@ -319,6 +405,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--slice-ms", type=float, default=20.0)
     p.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last)")
     p.add_argument("--quick", action="store_true", help="warm-up 3 s, windows of 2 s")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="measure the untraced path alone (window x repeats seconds per case)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.warmup, args.window = 3.0, 2.0
@@ -330,6 +421,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"python {platform.python_version()}  pinned to cpu {cpu}  "
         f"load {os.getloadavg()[0]:.1f}  ({os.cpu_count()} cpus, shared)"
     )
+    if args.floor:
+        with tempfile.TemporaryDirectory() as tmp:
+            floor_table(args, per_us, tmp)
+        return 0
     print(
         "| server | request | budget | measured added CPU (median) | windows | "
         "tracer's estimate | export thread | eff. ratio | record fraction | "
