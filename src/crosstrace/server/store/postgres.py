@@ -147,8 +147,7 @@ class PostgresStore(SQLStore):
         return f"{column} = ANY(?)", [list(values)]
 
     def _set_data(self, conn: Any, table: str, rows: Sequence[tuple[bytes, int]]) -> None:
-        # One statement for all the rows (one per row costs a round trip each
-        # inside the server's executor).
+        # One statement for all the rows, as the inserts do.
         conn.execute(
             f"UPDATE {table} AS t SET data = v.data"
             " FROM unnest(%s::bytea[], %s::bigint[]) AS v(data, id) WHERE t.id = v.id",
