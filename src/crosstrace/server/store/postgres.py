@@ -36,7 +36,7 @@ from crosstrace.server.store.codec import pack_rids, rid_term
 from crosstrace.server.store.migrations import migrate
 from crosstrace.server.store.prepare import PreparedBatch
 from crosstrace.server.store.read import SQLStore
-from crosstrace.server.store.sql import ChunkRow, chunks, marks
+from crosstrace.server.store.sql import ChunkRow, marks
 from crosstrace.server.store.writer import Job
 
 __all__ = ["PostgresStore"]
@@ -287,8 +287,7 @@ class PostgresStore(SQLStore):
         return list(keys or ())
 
     def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
-        for part in chunks(trace_ids):
-            self._x(conn, f"DELETE FROM chunks WHERE trace_id IN ({marks(len(part))})", part)
+        self._delete_in(conn, "chunks", "trace_id", trace_ids)
 
     def _drop_partitions(self, conn: Any, cutoff_ns: int) -> int:
         """Drop the day partitions that hold only chunks older than *cutoff_ns*."""

@@ -58,7 +58,7 @@ from crosstrace.server.store.codec import (
 )
 from crosstrace.server.store.columns import decode_columns
 from crosstrace.server.store.prepare import BUCKET_NS
-from crosstrace.server.store.sql import LOG_COLUMNS, chunks, marks
+from crosstrace.server.store.sql import LOG_COLUMNS, marks
 from crosstrace.server.store.sqlscope import SQLSummaries
 from crosstrace.server.store.write import PARENT_LOOKUP_TTL_S
 
@@ -531,11 +531,8 @@ class SQLStore(ErrorIndexSQL, SQLSummaries):
             return 0
         self._written.clear()  # a later batch of a deleted trace writes its keys again
         self._delete_chunks(conn, tids, cutoff_ns)
-        for part in chunks(tids):
-            m = marks(len(part))
-            for table in ("span_parents", "dep_pending"):
-                self._x(conn, f"DELETE FROM {table} WHERE trace_id IN ({m})", part)
-            self._x(conn, f"DELETE FROM traces WHERE trace_id IN ({m})", part)
+        for table in ("span_parents", "dep_pending", "traces"):
+            self._delete_in(conn, table, "trace_id", tids)
         return len(tids)
 
     def _delete_old_rows(self, conn: Any, cutoff_ns: int) -> None:

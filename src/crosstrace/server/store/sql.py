@@ -124,11 +124,11 @@ class SQLBase(Store):
         cur = conn.execute(self._sql(sql), params)
         return int(cur.rowcount or 0)
 
-    def _delete_ids(self, conn: Any, table: str, ids: Sequence[int]) -> None:
-        """Delete the rows of *table* with these ids (a statement per
-        :data:`IN_CHUNK` ids, not one per row)."""
-        for part in chunks(ids):
-            cond, params = self._in("id", part)
+    def _delete_in(self, conn: Any, table: str, column: str, values: Sequence[Any]) -> None:
+        """Delete the rows of *table* whose *column* is one of *values* (a
+        statement per :data:`IN_CHUNK` values, not one per row)."""
+        for part in chunks(values):
+            cond, params = self._in(column, part)
             self._x(conn, f"DELETE FROM {table} WHERE {cond}", params)
 
     def _intern(self, conn: Any, name: str) -> int:

@@ -457,7 +457,7 @@ class SQLWriter(ChunkDictionary, SQLBase):
                 elif len(left) * _PENDING_SIZE != len(data):
                     shrunk.append((b"".join(left), pid))
         if done:
-            self._delete_ids(conn, "dep_pending", done)
+            self._delete_in(conn, "dep_pending", "id", done)
         if shrunk:
             self._set_data(conn, "dep_pending", shrunk)
         if not orphans:
