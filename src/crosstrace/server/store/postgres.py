@@ -146,14 +146,6 @@ class PostgresStore(SQLStore):
     def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?)", [list(values)]
 
-    def _set_data(self, conn: Any, table: str, rows: Sequence[tuple[bytes, int]]) -> None:
-        # One statement for all the rows, as the inserts do.
-        conn.execute(
-            f"UPDATE {table} AS t SET data = v.data"
-            " FROM unnest(%s::bytea[], %s::bigint[]) AS v(data, id) WHERE t.id = v.id",
-            [[d for d, _ in rows], [i for _, i in rows]],
-        )
-
     def _insert(
         self,
         conn: Any,

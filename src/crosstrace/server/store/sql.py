@@ -103,10 +103,6 @@ class SQLBase(Store):
         """Store chunks and their index entries."""
         raise NotImplementedError
 
-    def _set_data(self, conn: Any, table: str, rows: Sequence[tuple[bytes, int]]) -> None:
-        """``UPDATE table SET data = ? WHERE id = ?`` for each (data, id) row."""
-        conn.cursor().executemany(self._sql(f"UPDATE {table} SET data = ? WHERE id = ?"), rows)
-
     def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
         raise NotImplementedError
 

@@ -459,7 +459,9 @@ class SQLWriter(ChunkDictionary, SQLBase):
         if done:
             self._delete_in(conn, "dep_pending", "id", done)
         if shrunk:
-            self._set_data(conn, "dep_pending", shrunk)
+            conn.cursor().executemany(
+                self._sql("UPDATE dep_pending SET data = ? WHERE id = ?"), shrunk
+            )
         if not orphans:
             return
         # Children in this write whose parent was stored earlier (or not yet).
