@@ -820,52 +820,109 @@ def test_open_store_by_url(tmp_path: Path) -> None:
         open_store("mysql://x")
 
 
-def test_chunks_use_a_trained_zstd_dictionary(
+def _dict_spans(n: int) -> list[SpanRecord]:
+    """Five spans of trace *n*, with the attribute values a load repeats."""
+    return [
+        span(
+            n,
+            k,
+            None if k == 1 else 1,
+            f"svc{k % 3}",
+            f"op{k}",
+            NOW + n * MS + k,
+            attrs={
+                "openstack.project_id": f"p{n % 7}",
+                "url.path": f"/v2/x/{n}/{k}",
+                "http.request.method": "GET",
+                "n": n * k,
+            },
+        )
+        for k in range(1, 6)
+    ]
+
+
+def _chunk_dicts(s: Store) -> dict[bytes, int | None]:
+    """Per trace id, the dictionary its chunk names (``None``: plain zstd)."""
+    with s._reader() as conn:  # type: ignore[attr-defined]
+        rows = conn.execute("SELECT trace_id, data FROM chunks").fetchall()
+    return {
+        bytes(t): int.from_bytes(bytes(d)[1:5], "big") if bytes(d)[:1] == b"\x04" else None
+        for t, d in rows
+    }
+
+
+def _dict_ids(s: Store) -> list[int]:
+    with s._reader() as conn:  # type: ignore[attr-defined]
+        return [r[0] for r in conn.execute("SELECT id FROM zdicts ORDER BY id").fetchall()]
+
+
+def test_chunks_use_trained_zstd_dictionaries(
     opener: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Once enough chunks were written a dictionary is trained and stored; chunks
-    written before and after it, and after re-opening, read back exactly."""
+    """A first dictionary is trained on the first chunks, a second on a longer
+    stretch (one chunk in two here), and no third; each chunk names the one it
+    was compressed with, and every chunk reads back exactly, also after
+    re-opening."""
     from crosstrace.server.store import zdict
 
-    monkeypatch.setattr(zdict, "DICT_SAMPLES", 150)
+    monkeypatch.setattr(zdict, "TRAININGS", ((100, 1 << 30, 1), (60, 1 << 30, 2)))
     s = opener()
     written = {}
-    for n in range(1, 301):
-        spans = [
-            span(
-                n,
-                k,
-                None if k == 1 else 1,
-                f"svc{k % 3}",
-                f"op{k}",
-                NOW + n * MS + k,
-                attrs={
-                    "openstack.project_id": f"p{n % 7}",
-                    "url.path": f"/v2/x/{n}/{k}",
-                    "http.request.method": "GET",
-                    "n": n * k,
-                },
-            )
-            for k in range(1, 6)
-        ]
-        s.write_spans(spans)
-        written[n] = spans
-    with s._reader() as conn:  # type: ignore[attr-defined]
-        formats = {bytes(r[0])[:1] for r in conn.execute("SELECT data FROM chunks").fetchall()}
-        dicts = conn.execute("SELECT count(*) FROM zdicts").fetchone()[0]
-    assert dicts == 1
-    assert formats == {b"\x03", b"\x04"}
-    for n in (1, 150, 151, 300):
+    for n in range(1, 301):  # one commit, one chunk per trace
+        written[n] = _dict_spans(n)
+        s.write_spans(written[n])
+    first, second = _dict_ids(s)
+    used = _chunk_dicts(s)
+    # Chunks 1-99 are sampled for the first, the 100th trains it; then one
+    # chunk in two, 60 of them: the 220th trains the second.
+    assert {used[tid(n)] for n in range(1, 101)} == {None}
+    assert {used[tid(n)] for n in range(101, 221)} == {first}
+    assert {used[tid(n)] for n in range(221, 301)} == {second}
+    for n in (1, 100, 101, 220, 221, 300):
         assert s.get_trace(tid(n)) == written[n]
     s.close()
     s = opener()
     try:
-        for n in (1, 300):
+        for n in (1, 150, 300):
             assert s.get_trace(tid(n)) == written[n]
-        s.write_spans([span(999, 1, None, "svc", "op", NOW)])
-        assert s.get_trace(tid(999))[0].name == "op"
+        for n in range(301, 501):
+            s.write_spans(_dict_spans(n))
+        assert _dict_ids(s) == [first, second]
+        assert _chunk_dicts(s)[tid(500)] == second
     finally:
         s.close()
+
+
+def test_a_dictionary_trained_in_a_write_rolled_back_is_not_used(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that trained the second dictionary and then failed takes the
+    dictionary with it: the chunks after it use the first one again (never a
+    dictionary the database does not hold), and the second is trained later."""
+    from crosstrace.server.store import zdict
+
+    monkeypatch.setattr(zdict, "TRAININGS", ((40, 1 << 30, 1), (40, 1 << 30, 1)))
+    for n in range(1, 80):  # the 40th trains the first
+        store.write_spans(_dict_spans(n))
+    (first,) = _dict_ids(store)
+    real_insert = store._insert_chunks  # type: ignore[attr-defined]
+
+    def failing(conn: Any, rows: Any) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "_insert_chunks", failing)
+    with pytest.raises(Exception, match="disk full"):
+        store.write_spans(_dict_spans(80))  # the 40th sample: trains, then fails
+    monkeypatch.setattr(store, "_insert_chunks", real_insert)
+    assert _dict_ids(store) == [first]
+    for n in range(81, 121):  # the samples start again: the 120th trains it
+        store.write_spans(_dict_spans(n))
+        if n == 81:
+            assert _chunk_dicts(store)[tid(81)] == first
+    assert len(_dict_ids(store)) == 2
+    for n in (1, 79, 81, 120):
+        assert store.get_trace(tid(n)) == _dict_spans(n)
+    assert not store.get_trace(tid(80))
 
 
 def test_batch_delivered_twice_is_stored_and_counted_once(store: Store) -> None:

@@ -45,32 +45,25 @@ def merge_chunk_rows(
     rows: list[ChunkRow],
     zdict: Callable[[int], zstandard.ZstdCompressionDict],
     compressor: tuple[int, zstandard.ZstdCompressor] | None,
-    sample: Callable[[bytes], None] | None = None,
 ) -> list[ChunkRow]:
     """*rows* with the chunks of each trace merged into one (in the order of each
     trace's first chunk), compressed with *compressor* (see ``codec.compress_chunk``).
-    Chunks in an older form, or whose batches' flags differ, stay as they are.
-    *sample*, when given, gets the payload of every chunk returned (the
-    dictionary is trained on the chunks as they are stored)."""
+    Chunks in an older form, or whose batches' flags differ, stay as they are."""
     by_trace: dict[bytes, list[ChunkRow]] = {}
     for r in rows:
         by_trace.setdefault(r.trace_id, []).append(r)
-    if len(by_trace) == len(rows) and sample is None:
+    if len(by_trace) == len(rows):
         return rows
     out: list[ChunkRow] = []
     for tid, group in by_trace.items():
-        payloads = [chunk_payload(r.data, zdict) for r in group]
         if len(group) == 1:
-            if sample is not None and payloads[0] is not None:
-                sample(payloads[0])
             out.append(group[0])
             continue
+        payloads = [chunk_payload(r.data, zdict) for r in group]
         merged = None if None in payloads else merge_columns(payloads)  # type: ignore[arg-type]
         if merged is None:
             out.extend(group)
             continue
-        if sample is not None:
-            sample(merged)
         rids: dict[bytes, int] = {}
         for r in group:
             for key, kind in r.rids.items():

@@ -34,11 +34,10 @@ from crosstrace.server.store.prepare import (
 )
 from crosstrace.server.store.sql import LOG_COLUMNS, ChunkRow, SQLBase, chunks
 from crosstrace.server.store.writer import GroupWriter, Job, JobFailed
-from crosstrace.server.store.zdict import DICT_SAMPLES, ChunkDictionary
+from crosstrace.server.store.zdict import ChunkDictionary
 
 __all__ = [
     "BUCKET_NS",
-    "DICT_SAMPLES",
     "INDEXED_ATTRIBUTES",
     "PARENT_LOOKUP_TTL_S",
     "SQLWriter",
@@ -140,7 +139,7 @@ class SQLWriter(ChunkDictionary, SQLBase):
         conn = self._writer_conn()
         self._txn_names.clear()
         self._txn_ops.clear()
-        self._txn_dict = None
+        self._txn_trained.clear()
         self._txn_written.clear()
         self._txn_chunks.clear()
         self._begin(conn)
@@ -151,7 +150,7 @@ class SQLWriter(ChunkDictionary, SQLBase):
                 marks = (
                     len(self._txn_names),
                     len(self._txn_ops),
-                    self._txn_dict,
+                    len(self._txn_trained),
                     len(self._txn_written),
                 )
                 pending = len(self._txn_chunks)
@@ -183,7 +182,7 @@ class SQLWriter(ChunkDictionary, SQLBase):
             try:
                 self._rollback(conn)
             finally:
-                self._forget_rolled_back(0, 0, None, 0)
+                self._forget_rolled_back(0, 0, 0, 0)
             raise
         self._committed()
         with self._counter_lock:
@@ -195,12 +194,11 @@ class SQLWriter(ChunkDictionary, SQLBase):
         """Remember what the committed transaction wrote: index entries, and a
         dictionary it trained (now usable by batches prepared elsewhere)."""
         self._written.add(self._txn_written)
-        if self._txn_dict is not None:
-            self._published = (self._txn_dict, self._dicts[self._txn_dict].as_bytes())
+        self._publish_dictionary()
 
-    def _forget_rolled_back(self, names: int, ops: int, zdict: int | None, written: int) -> None:
-        """Ids handed out and index entries written after these marks were rolled
-        back (ids may be reused): forget them."""
+    def _forget_rolled_back(self, names: int, ops: int, trained: int, written: int) -> None:
+        """Ids handed out, dictionaries trained and index entries written after
+        these marks were rolled back (ids may be reused): forget them."""
         del self._txn_written[written:]
         for name in self._txn_names[names:]:
             nid = self._name_ids.pop(name, None)
@@ -212,10 +210,7 @@ class SQLWriter(ChunkDictionary, SQLBase):
         if len(self._txn_ops) > ops:
             self._op_cache.clear()
         del self._txn_ops[ops:]
-        if self._txn_dict is not None and self._txn_dict != zdict:
-            self._zdict = None
-            self._dicts.pop(self._txn_dict, None)
-            self._txn_dict = zdict
+        self._forget_dictionaries(trained)
 
     def _stored_digests(self, conn: Any, tids: list[bytes]) -> set[tuple[bytes, int]]:
         """(trace id, digest) of the chunks already stored for *tids*."""
@@ -311,8 +306,6 @@ class SQLWriter(ChunkDictionary, SQLBase):
             new_entries.append((tid, entries))
             data = t.data
             if not pb.compressed:
-                if self._zdict is None and not self._merges_chunks:
-                    self._sample(conn, data)  # (merged chunks are sampled when inserted)
                 data = compress_chunk(data, self._zdict)
             chunk_rows.append(ChunkRow(tid, t.start_ns, t.digest, data, keys, hashes, rids))
         if not chunk_rows:
@@ -321,6 +314,7 @@ class SQLWriter(ChunkDictionary, SQLBase):
         if self._merges_chunks:
             self._txn_chunks.extend(chunk_rows)  # inserted at the end of the commit
         else:
+            self._sample_rows(conn, chunk_rows)
             self._insert_chunks(conn, chunk_rows)
         self._merge_summaries(conn, trace_rows)
         if parents:
@@ -350,10 +344,10 @@ class SQLWriter(ChunkDictionary, SQLBase):
         merged into one (``merge.py``)."""
         rows, self._txn_chunks = self._txn_chunks, []
         if rows:
-            sample = None if self._zdict else (lambda raw: self._sample(conn, raw))
             rows = merge_chunk_rows(
-                rows, lambda d: self._dictionary(conn, d), self._merge_compressor(), sample
+                rows, lambda d: self._dictionary(conn, d), self._merge_compressor()
             )
+            self._sample_rows(conn, rows)
             self._insert_chunks(conn, rows)
 
     def _merge_summaries(self, conn: Any, trace_rows: list[tuple[Any, ...]]) -> None:
