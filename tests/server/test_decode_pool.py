@@ -115,3 +115,37 @@ def test_a_dead_worker_loses_no_request(tmp_path: Path) -> None:
             assert p.restarts == 1
     finally:
         p.close()
+
+
+def test_workers_get_the_dictionary_once_then_by_token(
+    tmp_path: Path, pool: DecodePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's dictionary goes to the workers with the first batches after
+    it is trained, then by token only; a worker that never got it leaves its
+    chunks raw, the store compresses them and sends the bytes again."""
+    from crosstrace.server.store import zdict
+
+    monkeypatch.setattr(zdict, "TRAININGS", ((30, 1 << 30, 1),))
+    with opened(sqlite_url(tmp_path)) as store:
+        _post(store, _traces(40, 12)[1], None)  # 40 chunks: the 30th trains it
+        did, token, data = store.compression()  # type: ignore[misc]
+        assert data is not None
+        _post(store, _traces(40, 12)[1], pool)  # the worker keeps it
+        sent = [store.compression()[2] is not None for _ in range(zdict.SHIP_BATCHES)]  # type: ignore[index]
+        assert sent == [True] * (zdict.SHIP_BATCHES - 2) + [False] * 2
+        _post(store, _traces(40, 12)[1], pool)  # by token: compressed there
+        assert store.compression() == (did, token, None)
+        fresh = DecodePool(1)
+        try:
+            ids, body = _traces(40, 12)
+            _post(store, body, fresh)  # never got the bytes: raw chunks
+        finally:
+            fresh.close()
+        assert store.compression() == (did, token, data)
+        for trace_id in ids:
+            assert len(store.get_trace(trace_id)) == 12
+        with store._reader() as conn:  # type: ignore[attr-defined]
+            (chunk,) = conn.execute(
+                "SELECT data FROM chunks WHERE trace_id = ?", (ids[0],)
+            ).fetchone()
+        assert int.from_bytes(chunk[1:5], "big") == did

@@ -45,9 +45,15 @@ BUCKET_NS = 3600 * 10**9
 _HASH_CACHE_SIZE = 200_000
 _TAG_BYTES = b"\x3a"  # AnyValue.bytes_value
 
-#: The store's current zstd dictionary: its id and its bytes (``None`` until the
-#: store has trained one; chunks are then left raw for the store to sample).
-Compression = tuple[int, bytes] | None
+#: The store's current zstd dictionary: ``(id, token, bytes)``, ``None`` until the
+#: store has trained one (chunks are then left raw). *token* names these bytes
+#: (two stores may each have a dictionary 1); a process preparing batches keeps
+#: the dictionaries it was given by token, so the bytes are sent to it only
+#: for the first batches (then ``None``: see ``ChunkDictionary.compression``).
+#: A process that never got them leaves its chunks raw for the store.
+Compression = tuple[int, int, bytes | None] | None
+#: Dictionaries a preparing thread keeps (by token).
+_KEPT_DICTIONARIES = 4
 
 
 class PreparedTrace(NamedTuple):
@@ -111,17 +117,23 @@ _hash_cache: dict[tuple[str, bytes], int] = {}
 
 def _compressor(comp: Compression) -> tuple[int, zstandard.ZstdCompressor] | None:
     """This thread's compressor for the dictionary *comp* (compressors are not
-    shared between threads; two stores may each have a dictionary 1, so the bytes
-    are compared, not only the id)."""
+    shared between threads), or ``None`` when this thread has not been given
+    its bytes."""
     if comp is None:
         return None
-    cached: tuple[bytes, tuple[int, zstandard.ZstdCompressor]] | None
-    cached = getattr(_local, "zc", None)
-    if cached is None or cached[1][0] != comp[0] or cached[0] != comp[1]:
-        d = zstandard.ZstdCompressionDict(comp[1])
-        compressor = chunk_compressor(d)
-        cached = _local.zc = (comp[1], (comp[0], compressor))
-    return cached[1]
+    did, token, data = comp
+    kept: dict[int, tuple[int, zstandard.ZstdCompressor]] | None
+    kept = getattr(_local, "zc", None)
+    if kept is None:
+        kept = _local.zc = {}
+    hit = kept.get(token)
+    if hit is None:
+        if data is None:
+            return None
+        if len(kept) >= _KEPT_DICTIONARIES:
+            kept.clear()
+        hit = kept[token] = (did, chunk_compressor(zstandard.ZstdCompressionDict(data)))
+    return hit
 
 
 def _attr_hash(key: str, raw: bytes, flags: int) -> int | None:

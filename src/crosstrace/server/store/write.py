@@ -111,6 +111,8 @@ class SQLWriter(ChunkDictionary, SQLBase):
     def submit_batch(self, batch: SpanBatch | PreparedBatch) -> Future[None]:
         """Queue a batch for the writer; a :class:`SpanBatch` is prepared first, in
         the calling thread."""
+        if isinstance(batch, PreparedBatch) and not batch.compressed:
+            self._lacked_dictionary()
         if isinstance(batch, SpanBatch):
             try:
                 batch = prepare_batch(batch, self._published)

@@ -15,6 +15,7 @@ stopped (the number of dictionaries in ``zdicts`` says which training is next).
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from crosstrace.server.store.codec import MERGED_ZSTD_LEVEL, chunk_compressor, c
 from crosstrace.server.store.prepare import Compression
 from crosstrace.server.store.sql import ChunkRow
 
-__all__ = ["DICT_SIZE", "TRAININGS", "ChunkDictionary"]
+__all__ = ["DICT_SIZE", "SHIP_BATCHES", "TRAININGS", "ChunkDictionary"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ TRAININGS: tuple[tuple[int, int, int], ...] = ((1_000, 8 * 2**20, 1), (2_000, 16
 DICT_SIZE = 256 * 1024
 #: Failed trainings after which no more are tried.
 _MAX_TRAIN_FAILURES = 3
+#: Batches handed to other processes with the dictionary's bytes after it is
+#: published, or after one came back uncompressed (its process lacked them).
+SHIP_BATCHES = 16
 
 
 class ChunkDictionary:
@@ -51,6 +55,7 @@ class ChunkDictionary:
 
     def _init_dictionary(self) -> None:
         self._published: Compression = None
+        self._ship_left = 0
         self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
         self._zdict: tuple[int, zstandard.ZstdCompressor] | None = None
         #: Dictionaries in the database: the index of the next training.
@@ -72,7 +77,7 @@ class ChunkDictionary:
             d = zstandard.ZstdCompressionDict(data)
             self._dicts[did] = d
             self._zdict = (did, chunk_compressor(d))
-            self._published = (did, data)
+            self._publish(did, data)
 
     def _dictionary(self, conn: Any, did: int) -> zstandard.ZstdCompressionDict:
         d = self._dicts.get(did)
@@ -139,13 +144,29 @@ class ChunkDictionary:
         batches prepared elsewhere are compressed with from now on."""
         if self._txn_trained:
             did = self._txn_trained[-1][0]
-            self._published = (did, self._dicts[did].as_bytes())
+            self._publish(did, self._dicts[did].as_bytes())
             self._txn_trained.clear()
 
+    def _publish(self, did: int, data: bytes) -> None:
+        self._published = (did, random.getrandbits(62), data)
+        self._ship_left = SHIP_BATCHES
+
+    def _lacked_dictionary(self) -> None:
+        """A batch prepared elsewhere came back uncompressed although a
+        dictionary is published: send its bytes with the next batches again."""
+        if self._published is not None:
+            self._ship_left = SHIP_BATCHES
+
     def compression(self) -> Compression:
-        """The committed dictionary new chunks are compressed with, for batches
-        prepared outside the writer (:mod:`crosstrace.server.store.prepare`)."""
-        return self._published
+        """The committed dictionary new chunks are compressed with, for one batch
+        prepared outside the writer (:mod:`crosstrace.server.store.prepare`):
+        with its bytes for the first :data:`SHIP_BATCHES` batches, then by
+        token only (the preparing processes keep it)."""
+        pub = self._published
+        if pub is None or self._ship_left <= 0:
+            return pub if pub is None else (pub[0], pub[1], None)
+        self._ship_left -= 1
+        return pub
 
     def _merge_compressor(self) -> tuple[int, zstandard.ZstdCompressor] | None:
         """The writer's compressor for the chunks it merges: the current
