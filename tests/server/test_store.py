@@ -851,6 +851,14 @@ def _chunk_dicts(s: Store) -> dict[bytes, int | None]:
     }
 
 
+def _settle_training(s: Store) -> None:
+    """Wait for a dictionary training running in its own thread (the next
+    write takes it up)."""
+    training = s._training  # type: ignore[attr-defined]
+    if training is not None:
+        training.result(60)
+
+
 def _dict_ids(s: Store) -> list[int]:
     with s._reader() as conn:  # type: ignore[attr-defined]
         return [r[0] for r in conn.execute("SELECT id FROM zdicts ORDER BY id").fetchall()]
@@ -860,8 +868,9 @@ def test_chunks_use_trained_zstd_dictionaries(
     opener: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A first dictionary is trained on the first chunks, a second on a longer
-    stretch (one chunk in two here), and no third; each chunk names the one it
-    was compressed with, and every chunk reads back exactly, also after
+    stretch (one chunk in two here), and no third; each is trained in a thread
+    of its own and taken up by the next write; each chunk names the one it was
+    compressed with, and every chunk reads back exactly, also after
     re-opening."""
     from crosstrace.server.store import zdict
 
@@ -871,14 +880,18 @@ def test_chunks_use_trained_zstd_dictionaries(
     for n in range(1, 301):  # one commit, one chunk per trace
         written[n] = _dict_spans(n)
         s.write_spans(written[n])
+        _settle_training(s)
     first, second = _dict_ids(s)
     used = _chunk_dicts(s)
-    # Chunks 1-99 are sampled for the first, the 100th trains it; then one
-    # chunk in two, 60 of them: the 220th trains the second.
+    # The 100th chunk completes the first sample, the next write takes the
+    # dictionary up; then one chunk in two, 60 of them: the 220th completes
+    # the second, the 221st takes it up. (A batch is prepared, and compressed
+    # with the dictionary then published, before the writer gets it: the
+    # 221st is still compressed with the first.)
     assert {used[tid(n)] for n in range(1, 101)} == {None}
-    assert {used[tid(n)] for n in range(101, 221)} == {first}
-    assert {used[tid(n)] for n in range(221, 301)} == {second}
-    for n in (1, 100, 101, 220, 221, 300):
+    assert {used[tid(n)] for n in range(101, 222)} == {first}
+    assert {used[tid(n)] for n in range(222, 301)} == {second}
+    for n in (1, 100, 101, 221, 222, 300):
         assert s.get_trace(tid(n)) == written[n]
     s.close()
     s = opener()
@@ -887,42 +900,46 @@ def test_chunks_use_trained_zstd_dictionaries(
             assert s.get_trace(tid(n)) == written[n]
         for n in range(301, 501):
             s.write_spans(_dict_spans(n))
+            _settle_training(s)
         assert _dict_ids(s) == [first, second]
         assert _chunk_dicts(s)[tid(500)] == second
     finally:
         s.close()
 
 
-def test_a_dictionary_trained_in_a_write_rolled_back_is_not_used(
+def test_a_dictionary_taken_up_in_a_write_rolled_back_is_not_used(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A write that trained the second dictionary and then failed takes the
-    dictionary with it: the chunks after it use the first one again (never a
-    dictionary the database does not hold), and the second is trained later."""
+    """A transaction that took up the second dictionary and then failed takes
+    the dictionary with it: the chunks after it use the first one again (never
+    a dictionary the database does not hold), and the second is trained again."""
     from crosstrace.server.store import zdict
 
     monkeypatch.setattr(zdict, "TRAININGS", ((40, 1 << 30, 1), (40, 1 << 30, 1)))
-    for n in range(1, 80):  # the 40th trains the first
+    for n in range(1, 81):  # the 40th completes the first sample, the 80th the second
         store.write_spans(_dict_spans(n))
+        _settle_training(store)
     (first,) = _dict_ids(store)
-    real_insert = store._insert_chunks  # type: ignore[attr-defined]
+    real_commit = store._commit  # type: ignore[attr-defined]
 
-    def failing(conn: Any, rows: Any) -> None:
+    def failing(conn: Any) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(store, "_insert_chunks", failing)
+    monkeypatch.setattr(store, "_commit", failing)
     with pytest.raises(Exception, match="disk full"):
-        store.write_spans(_dict_spans(80))  # the 40th sample: trains, then fails
-    monkeypatch.setattr(store, "_insert_chunks", real_insert)
+        store.write_spans(_dict_spans(81))  # takes the second up, then fails
+    monkeypatch.setattr(store, "_commit", real_commit)
     assert _dict_ids(store) == [first]
-    for n in range(81, 121):  # the samples start again: the 120th trains it
+    for n in range(82, 124):  # the samples start again: the 121st completes them
         store.write_spans(_dict_spans(n))
-        if n == 81:
-            assert _chunk_dicts(store)[tid(81)] == first
+        _settle_training(store)
+        if n == 82:
+            assert _chunk_dicts(store)[tid(82)] == first
     assert len(_dict_ids(store)) == 2
-    for n in (1, 79, 81, 120):
+    assert _chunk_dicts(store)[tid(123)] == _dict_ids(store)[1]
+    for n in (1, 80, 82, 121, 123):
         assert store.get_trace(tid(n)) == _dict_spans(n)
-    assert not store.get_trace(tid(80))
+    assert not store.get_trace(tid(81))
 
 
 def test_batch_delivered_twice_is_stored_and_counted_once(store: Store) -> None:

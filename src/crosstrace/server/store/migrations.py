@@ -53,7 +53,7 @@ Tables (both dialects):
     resource's ``host.name``; ``imported_ns`` is when ``crosstrace logs import``
     stored the record (retention ages an imported record from then).
 ``zdicts``
-    zstd dictionaries trained on the first span chunks (see ``codec.py``).
+    zstd dictionaries trained on the store's span chunks (see ``zdict.py``).
 ``error_causes`` / ``error_groups``
     the root cause of each analysed error trace and the signatures of the error
     groups (see ``errors.py``).

@@ -148,6 +148,7 @@ class SQLWriter(ChunkDictionary, SQLBase):
         results: list[Any] = []
         spans = logs = 0
         try:
+            self._adopt_dictionary(conn)
             for job in jobs:
                 marks = (
                     len(self._txn_names),
