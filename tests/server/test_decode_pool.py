@@ -127,9 +127,7 @@ def test_workers_get_the_dictionary_once_then_by_token(
 
     monkeypatch.setattr(zdict, "TRAININGS", ((30, 1 << 30, 1),))
     with opened(sqlite_url(tmp_path)) as store:
-        _post(store, _traces(40, 12)[1], None)  # 40 chunks: the 30th completes the sample
-        store._training.result(60)  # type: ignore[attr-defined]
-        _post(store, _traces(2, 2)[1], None)  # takes the dictionary up
+        _post(store, _traces(40, 12)[1], None)  # 40 chunks: the 30th trains it
         did, token, data = store.compression()  # type: ignore[misc]
         assert data is not None
         _post(store, _traces(40, 12)[1], pool)  # the worker keeps it

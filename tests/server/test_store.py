@@ -868,10 +868,9 @@ def test_chunks_use_trained_zstd_dictionaries(
     opener: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A first dictionary is trained on the first chunks, a second on a longer
-    stretch (one chunk in two here), and no third; each is trained in a thread
-    of its own and taken up by the next write; each chunk names the one it was
-    compressed with, and every chunk reads back exactly, also after
-    re-opening."""
+    stretch (one chunk in two here, in a thread of its own, taken up by the next
+    write), and no third; each chunk names the one it was compressed with, and
+    every chunk reads back exactly, also after re-opening."""
     from crosstrace.server.store import zdict
 
     monkeypatch.setattr(zdict, "TRAININGS", ((100, 1 << 30, 1), (60, 1 << 30, 2)))
@@ -883,11 +882,11 @@ def test_chunks_use_trained_zstd_dictionaries(
         _settle_training(s)
     first, second = _dict_ids(s)
     used = _chunk_dicts(s)
-    # The 100th chunk completes the first sample, the next write takes the
-    # dictionary up; then one chunk in two, 60 of them: the 220th completes
-    # the second, the 221st takes it up. (A batch is prepared, and compressed
-    # with the dictionary then published, before the writer gets it: the
-    # 221st is still compressed with the first.)
+    # The 100th chunk completes the first sample and trains the first there
+    # and then; then one chunk in two, 60 of them: the 220th completes the
+    # second's, trained in its own thread, and the 221st write takes it up.
+    # (A batch is prepared, and compressed with the dictionary then published,
+    # before the writer gets it: the 221st is still compressed with the first.)
     assert {used[tid(n)] for n in range(1, 101)} == {None}
     assert {used[tid(n)] for n in range(101, 222)} == {first}
     assert {used[tid(n)] for n in range(222, 301)} == {second}

@@ -11,11 +11,13 @@ gives 3-4 % more than one of 64 KiB). A chunk names the dictionary it was
 compressed with, so both stay readable. A store opened again takes up where it
 stopped (the number of dictionaries in ``zdicts`` says which training is next).
 
-A training runs in a thread of its own (zstd releases the GIL: the writer goes
-on meanwhile, 0.1-0.6 s of CPU); the writer stores the dictionary at the start
-of its next transaction and compresses with it from then on, and batches
-prepared elsewhere from the commit after that (:meth:`compression`: the
-dictionary's bytes go with the first batches handed out, then its token only).
+The first is trained in the writer as soon as its sample is complete (until
+then chunks are compressed without a dictionary, about twice as large). The
+second is trained in a thread of its own (zstd releases the GIL: the writer
+goes on meanwhile with the first; 0.3-0.6 s of CPU); the writer stores it at
+the start of its next transaction. Batches prepared elsewhere take a new
+dictionary up from the commit after it is stored (:meth:`compression`: its
+bytes go with the first batches handed out, then its token only).
 """
 
 from __future__ import annotations
@@ -114,12 +116,14 @@ class ChunkDictionary:
             if self._offered % stride:
                 continue
             raw = chunk_payload(r.data, lambda did: self._dictionary(conn, did))
-            if raw is not None and self._sample(raw):
+            if raw is not None and self._sample(conn, raw):
                 return
 
-    def _sample(self, raw: bytes) -> bool:
-        """Keep a chunk payload; once there are enough, start training the next
-        dictionary (``True``)."""
+    def _sample(self, conn: Any, raw: bytes) -> bool:
+        """Keep a chunk payload; once there are enough, train the next
+        dictionary (``True``): the first one here and now (until it is there,
+        chunks are compressed without one, about twice as large), a later one
+        in a thread of its own."""
         self._samples.append(raw)
         self._sample_bytes += len(raw)
         chunks, size, _ = TRAININGS[self._trained]
@@ -135,12 +139,16 @@ class ChunkDictionary:
                 training.set_exception(exc)
 
         self._training = training
-        threading.Thread(target=train, name="crosstrace-zstd-training", daemon=True).start()
+        if self._zdict is None:
+            train()
+            self._adopt_dictionary(conn)
+        else:
+            threading.Thread(target=train, name="crosstrace-zstd-training", daemon=True).start()
         return True
 
     def _adopt_dictionary(self, conn: Any) -> None:
-        """At the start of a transaction: store a dictionary whose training has
-        finished, and compress with it from now on."""
+        """Store a dictionary whose training has finished (a later one's: at the
+        start of a transaction), and compress with it from now on."""
         training = self._training
         if training is None or not training.done():
             return
