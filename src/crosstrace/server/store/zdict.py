@@ -5,11 +5,12 @@ Two are trained (:data:`TRAININGS`). The first comes early, from the first
 thousand chunks, so that a new store soon compresses well. The second is
 trained once, on chunks taken from a longer stretch of the load that follows
 (one in four), and compresses every chunk written after it: a sample that
-covers more of the load makes a better dictionary (on the benchmark loads its
-chunks are 3-4 % smaller than the first one's, and a dictionary of 256 KiB
-gives 3-4 % more than one of 64 KiB). A chunk names the dictionary it was
-compressed with, so both stay readable. A store opened again takes up where it
-stopped (the number of dictionaries in ``zdicts`` says which training is next).
+covers more of the load makes a better dictionary. With both, and dictionaries
+of up to 256 KiB rather than one of 64 KiB, the chunks of the benchmark loads
+are 3-4 % smaller at a million spans (``BENCHMARKS.md``). A chunk names the
+dictionary it was compressed with, so both stay readable. A store opened again
+takes up where it stopped (the number of dictionaries in ``zdicts`` says which
+training is next).
 
 The first is trained in the writer as soon as its sample is complete (until
 then chunks are compressed without a dictionary, about twice as large). The
@@ -172,7 +173,7 @@ class ChunkDictionary:
         self._trained += 1
 
     def _forget_dictionaries(self, kept: int) -> None:
-        """The dictionaries this transaction trained after its first *kept* were
+        """The dictionaries this transaction took up after its first *kept* were
         rolled back: compress with the one before them again."""
         while len(self._txn_trained) > kept:
             did, before = self._txn_trained.pop()
@@ -181,7 +182,7 @@ class ChunkDictionary:
             self._trained -= 1
 
     def _publish_dictionary(self) -> None:
-        """The transaction committed: the newest dictionary it trained is the one
+        """The transaction committed: the newest dictionary it took up is the one
         batches prepared elsewhere are compressed with from now on."""
         if self._txn_trained:
             did = self._txn_trained[-1][0]
