@@ -7,7 +7,7 @@ trained once, on chunks taken from a longer stretch of the load that follows
 (one in four), and compresses every chunk written after it: a sample that
 covers more of the load makes a better dictionary. With both, and dictionaries
 of up to 256 KiB rather than one of 64 KiB, the chunks of the benchmark loads
-are 3-4 % smaller at a million spans (``BENCHMARKS.md``). A chunk names the
+are 3-6 % smaller at a million spans (``BENCHMARKS.md``). A chunk names the
 dictionary it was compressed with, so both stay readable. A store opened again
 takes up where it stopped (the number of dictionaries in ``zdicts`` says which
 training is next).
