@@ -195,12 +195,12 @@ class SQLWriter(ChunkDictionary, SQLBase):
 
     def _committed(self) -> None:
         """Remember what the committed transaction wrote: index entries, and a
-        dictionary it trained (now usable by batches prepared elsewhere)."""
+        dictionary it took up (now usable by batches prepared elsewhere)."""
         self._written.add(self._txn_written)
         self._publish_dictionary()
 
     def _forget_rolled_back(self, names: int, ops: int, trained: int, written: int) -> None:
-        """Ids handed out, dictionaries trained and index entries written after
+        """Ids handed out, dictionaries taken up and index entries written after
         these marks were rolled back (ids may be reused): forget them."""
         del self._txn_written[written:]
         for name in self._txn_names[names:]:

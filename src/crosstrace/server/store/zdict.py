@@ -78,7 +78,7 @@ class ChunkDictionary:
         #: A training running in its own thread (zstd releases the GIL: the
         #: writer goes on meanwhile), taken up by :meth:`_adopt_dictionary`.
         self._training: Future[zstandard.ZstdCompressionDict] | None = None
-        #: Dictionaries this transaction trained, each with the compressor before it.
+        #: Dictionaries this transaction took up, each with the compressor before it.
         self._txn_trained: list[tuple[int, tuple[int, zstandard.ZstdCompressor] | None]] = []
         self._merged_zc: tuple[int, zstandard.ZstdCompressor] | None = None
 
