@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/bench_budget.py              # all cases, ~4 min
     .venv/bin/python benchmarks/bench_budget.py --quick      # shorter slices
     .venv/bin/python benchmarks/bench_budget.py --floor      # the untraced path alone
+    .venv/bin/python benchmarks/bench_budget.py --pieces     # its steps, in place and in a loop
 
 Method (interleaved, same process, one core): the process is pinned to one CPU.
 Two copies of the same instrumented service run side by side: one behind a
@@ -29,6 +30,12 @@ does no extra CPU work), so the table also shows whether errors and slow
 requests are still exported when the budget leaves little room. Servers: WSGI
 (``crosstrace.wsgi.RequestIdMiddleware``) and ASGI
 (``crosstrace.asgi.RequestIdMiddleware``, driven by a bare event loop).
+
+With ``--pieces``: the untraced path taken apart (WSGI). Wrappers around the
+middleware with tracing off add its steps one by one (a function call, the
+skip decision, the two clock reads of the slow check, the marker made current),
+each timed in place against the bare middleware by the same interleaved slices,
+beside what the step costs in a loop of its own; last, the whole untraced path.
 
 With ``--floor``: what a request the budget leaves untraced still costs (the
 traced service with every request skipped, against the same service with
@@ -62,6 +69,7 @@ import crosstrace
 from crosstrace.asgi import RequestIdMiddleware as AsgiMiddleware
 from crosstrace.export import BatchExporter, FileTransport
 from crosstrace.tracing import Tracer
+from crosstrace.tracing.spans import TRACING_OFF, reset_current_span, set_current_span
 from crosstrace.wsgi import RequestIdMiddleware as WsgiMiddleware
 
 ATTRS = {"db.system": "sqlite", "db.rows": 3, "cached": False}
@@ -394,6 +402,84 @@ def floor_table(args: argparse.Namespace, per_us: float, tmp: str) -> None:
                 case.close()
 
 
+def _pieces(tracer: Tracer, plain: Any) -> dict[str, tuple[Callable[[], Any], Any]]:
+    """Steps of the untraced path, each as a loop body and as a WSGI app: a
+    wrapper around *plain* (the middleware with tracing off) doing the step
+    and the steps above it."""
+
+    def wrapper(environ: Any, sr: Any) -> Any:
+        return plain(environ, sr)
+
+    def decision(environ: Any, sr: Any) -> Any:
+        tracer.skip_request()
+        return plain(environ, sr)
+
+    def clocks(environ: Any, sr: Any) -> Any:
+        tracer.skip_request()
+        start = time.time_ns()
+        body = plain(environ, sr)
+        _ = time.time_ns() - start >= tracer.slow_ns > 0
+        return body
+
+    def marker(environ: Any, sr: Any) -> Any:
+        tracer.skip_request()
+        start = time.time_ns()
+        token = set_current_span(TRACING_OFF)
+        try:
+            body = plain(environ, sr)
+        finally:
+            reset_current_span(token)
+        _ = time.time_ns() - start >= tracer.slow_ns > 0
+        return body
+
+    def marker_loop() -> None:
+        reset_current_span(set_current_span(TRACING_OFF))
+
+    return {
+        "a wrapper function": (lambda: None, wrapper),
+        "+ the skip decision (`skip_request`)": (tracer.skip_request, decision),
+        "+ two clock reads (`time_ns`, the slow check)": (time.time_ns, clocks),
+        "+ the marker made current and restored": (marker_loop, marker),
+    }
+
+
+def pieces_table(args: argparse.Namespace, per_us: float, tmp: str) -> None:
+    """What each step of the untraced path costs in place (between requests of
+    real work) against in a loop, WSGI (see the module docstring)."""
+    seconds = args.window * args.repeats
+    print(
+        "| request | step | in place, median / mean ns per request | in a loop, ns | slice pairs |"
+    )
+    print("|---|---|---|---|---|")
+    for kind in args.kinds.split(","):
+        never = 1 << 62  # no failures or slow requests: nothing exported after the fact
+        path = os.path.join(tmp, f"pieces-{kind}.jsonl")
+        case = Case("wsgi", kind, 0.0, per_us, path, never, never)
+        case.tracer.controller = None  # every request skipped, none measured
+        case.tracer.trace_threshold = 0
+        case.tracer.accounting.mask = (1 << 62) - 1
+        plain = WsgiMiddleware(wsgi_app(Service(*KINDS[kind], per_us, never, never)))
+        run_plain = case._wsgi_runner(plain)
+        n = case.slice_size(args.slice_ms / 1000)
+        steps = list(_pieces(case.tracer, plain).items())
+        steps.append(("the whole untraced path (the middleware itself)", (lambda: None, None)))
+        for label, (body, app) in steps:
+            run = case.run_traced if app is None else case._wsgi_runner(app)
+            _slice_pairs(run, run_plain, n, min(2.0, seconds))  # warm-up
+            med, mean, pairs = _slice_pairs(run, run_plain, n, seconds)
+            loops = 200_000
+            t0 = time.thread_time_ns()
+            for _ in range(loops):
+                body()
+            loop_ns = (time.thread_time_ns() - t0) / loops
+            shown = "—" if app is None else f"{loop_ns:.0f}"
+            print(
+                f"| {kind} | {label} | {med:,.0f} / {mean:,.0f} | {shown} | {pairs} |",
+                flush=True,
+            )
+        case.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--servers", default="wsgi,asgi")
@@ -410,6 +496,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="measure the untraced path alone (window x repeats seconds per case)",
     )
+    p.add_argument(
+        "--pieces",
+        action="store_true",
+        help="the untraced path's steps in place against in a loop (WSGI)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.warmup, args.window = 3.0, 2.0
@@ -421,9 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"python {platform.python_version()}  pinned to cpu {cpu}  "
         f"load {os.getloadavg()[0]:.1f}  ({os.cpu_count()} cpus, shared)"
     )
-    if args.floor:
+    if args.floor or args.pieces:
         with tempfile.TemporaryDirectory() as tmp:
-            floor_table(args, per_us, tmp)
+            (floor_table if args.floor else pieces_table)(args, per_us, tmp)
         return 0
     print(
         "| server | request | budget | measured added CPU (median) | windows | "
