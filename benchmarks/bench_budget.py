@@ -237,16 +237,26 @@ class Case:
         self.plain_service = Service(work_us, spans, per_us, error_every, slow_every)
         if server == "wsgi":
             traced = WsgiMiddleware(wsgi_app(self.traced_service), tracer=self.tracer)
-            plain = WsgiMiddleware(wsgi_app(self.plain_service))
+            #: The application behind the middleware with tracing off.
+            self.plain: Any = WsgiMiddleware(wsgi_app(self.plain_service))
             self.run_traced = self._wsgi_runner(traced)
-            self.run_plain = self._wsgi_runner(plain)
+            self.run_plain = self._wsgi_runner(self.plain)
         else:
             loop = asyncio.new_event_loop()
             self.loop = loop
             traced_a = AsgiMiddleware(asgi_app(self.traced_service), tracer=self.tracer)
-            plain_a = AsgiMiddleware(asgi_app(self.plain_service))
+            self.plain = AsgiMiddleware(asgi_app(self.plain_service))
             self.run_traced = self._asgi_runner(traced_a)
-            self.run_plain = self._asgi_runner(plain_a)
+            self.run_plain = self._asgi_runner(self.plain)
+
+    def skip_every_request(self, measure_some: bool = True) -> None:
+        """No budget to hold: the traced side runs every request untraced,
+        measuring one in 64 as the tracer does (or none: its own timing left
+        out)."""
+        self.tracer.controller = None
+        self.tracer.trace_threshold = 0
+        if not measure_some:
+            self.tracer.accounting.mask = (1 << 62) - 1
 
     @staticmethod
     def _wsgi_runner(app: Any) -> Callable[[int], None]:
@@ -383,8 +393,7 @@ def floor_table(args: argparse.Namespace, per_us: float, tmp: str) -> None:
             for i, (label, error_every, slow_every, plain) in enumerate(FLOOR_CASES):
                 path = os.path.join(tmp, f"floor-{server}-{kind}-{i}.jsonl")
                 case = Case(server, kind, 0.0, per_us, path, error_every, slow_every)
-                case.tracer.controller = None  # no budget to hold: every request skipped
-                case.tracer.trace_threshold = 0
+                case.skip_every_request()
                 if plain:
                     other = Service(*KINDS[kind], per_us, error_every, slow_every)
                     if server == "wsgi":
@@ -443,6 +452,14 @@ def _pieces(tracer: Tracer, plain: Any) -> dict[str, tuple[Callable[[], Any], An
     }
 
 
+def _loop_ns(body: Callable[[], Any], loops: int = 200_000) -> float:
+    """CPU per call of *body* in a loop of its own (ns)."""
+    t0 = time.thread_time_ns()
+    for _ in range(loops):
+        body()
+    return (time.thread_time_ns() - t0) / loops
+
+
 def pieces_table(args: argparse.Namespace, per_us: float, tmp: str) -> None:
     """What each step of the untraced path costs in place (between requests of
     real work) against in a loop, WSGI (see the module docstring)."""
@@ -455,24 +472,16 @@ def pieces_table(args: argparse.Namespace, per_us: float, tmp: str) -> None:
         never = 1 << 62  # no failures or slow requests: nothing exported after the fact
         path = os.path.join(tmp, f"pieces-{kind}.jsonl")
         case = Case("wsgi", kind, 0.0, per_us, path, never, never)
-        case.tracer.controller = None  # every request skipped, none measured
-        case.tracer.trace_threshold = 0
-        case.tracer.accounting.mask = (1 << 62) - 1
-        plain = WsgiMiddleware(wsgi_app(Service(*KINDS[kind], per_us, never, never)))
-        run_plain = case._wsgi_runner(plain)
+        case.skip_every_request(measure_some=False)
         n = case.slice_size(args.slice_ms / 1000)
-        steps = list(_pieces(case.tracer, plain).items())
-        steps.append(("the whole untraced path (the middleware itself)", (lambda: None, None)))
+        steps: list[tuple[str, tuple[Callable[[], Any] | None, Any]]]
+        steps = list(_pieces(case.tracer, case.plain).items())
+        steps.append(("the whole untraced path (the middleware itself)", (None, None)))
         for label, (body, app) in steps:
             run = case.run_traced if app is None else case._wsgi_runner(app)
-            _slice_pairs(run, run_plain, n, min(2.0, seconds))  # warm-up
-            med, mean, pairs = _slice_pairs(run, run_plain, n, seconds)
-            loops = 200_000
-            t0 = time.thread_time_ns()
-            for _ in range(loops):
-                body()
-            loop_ns = (time.thread_time_ns() - t0) / loops
-            shown = "—" if app is None else f"{loop_ns:.0f}"
+            _slice_pairs(run, case.run_plain, n, min(2.0, seconds))  # warm-up
+            med, mean, pairs = _slice_pairs(run, case.run_plain, n, seconds)
+            shown = "—" if body is None else f"{_loop_ns(body):.0f}"
             print(
                 f"| {kind} | {label} | {med:,.0f} / {mean:,.0f} | {shown} | {pairs} |",
                 flush=True,
