@@ -205,8 +205,10 @@ class ChunkDictionary:
         with its bytes for the first :data:`SHIP_BATCHES` batches, then by
         token only (the preparing processes keep it)."""
         pub = self._published
-        if pub is None or self._ship_left <= 0:
-            return pub if pub is None else (pub[0], pub[1], None)
+        if pub is None:
+            return None
+        if self._ship_left <= 0:
+            return (pub[0], pub[1], None)
         self._ship_left -= 1
         return pub
 
