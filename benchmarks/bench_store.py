@@ -15,7 +15,9 @@ ingest rate over HTTP with OTLP protobuf through ``crosstrace serve`` with its
 default decode workers (one run per ``--clients`` value: 4 and 8 client threads
 with keep-alive connections; the bodies encoded before the clock starts), bytes
 per span on disk including indexes (SQLite: the file after a WAL checkpoint, and
-where its bytes go per table and index from ``dbstat``; PostgreSQL:
+where its bytes go per table and index from ``dbstat``, as written and after
+the store has merged each trace's chunks of several commits, as it does once a
+trace is quiet, with the time that took; PostgreSQL:
 pg_total_relation_size of every table of the schema, the largest listed), and
 p50 / p95 of: fetch a trace by id, search error traces in a one-hour window,
 search by an indexed attribute, search by a non-indexed attribute in a one-hour
@@ -342,6 +344,24 @@ def disk_bytes(store: Store, n_spans: int) -> int:
     return store.stats()["db_bytes"]
 
 
+def settle(store: Store, n_spans: int, label: str) -> int | None:
+    """SQLite: merge every trace's chunks now (``SQLiteStore.compact``), as the
+    store does once traces are quiet; print the time and return the bytes on
+    disk after it (``None`` for a store that does not merge)."""
+    if not isinstance(store, SQLiteStore):
+        return None
+    t0 = time.perf_counter()
+    merged = store.compact()
+    secs = time.perf_counter() - t0
+    size = disk_bytes(store, n_spans)
+    print(
+        f"[sqlite] {label}: on disk after merging quiet traces {size / n_spans:.1f} bytes/span"
+        f" ({merged} traces merged in {secs:.1f} s,"
+        f" {secs / max(merged, 1) * 1e6:.0f} us per trace, {load()})"
+    )
+    return size
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spans", type=int, default=1_000_000)
@@ -412,6 +432,7 @@ def main() -> None:
                 f" {load()})"
             )
             print(f"[{backend}] on disk: {size / n_spans:.1f} bytes/span ({size / 2**20:.1f} MiB)")
+            settle(store, n_spans, "direct writes")
             res = run_queries(store, traces, args.queries, t_end, loadgen.services(args.profile))
             for k, (p50, p95) in res.items():
                 print(f"[{backend}] {k}: p50 {p50:.2f} ms, p95 {p95:.2f} ms")
@@ -465,6 +486,7 @@ def main() -> None:
                     # What the store HTTP ingest wrote takes (it merges fewer
                     # chunks than direct writes when fewer batches wait).
                     size = disk_bytes(store, n_spans)
+                    settle(store, n_spans, "HTTP ingest")
                     store.close()
                     rates.append(n_spans / secs)
                     print(

@@ -370,9 +370,11 @@ def test_span_scan_decodes_no_chunk_without_the_text(
         )
     decoded: list[bytes] = []
 
-    def counting(trace_id: bytes, payload: bytes) -> list[SpanRecord]:
+    def counting(
+        trace_id: bytes, payload: bytes, holding: list[bytes] | None = None
+    ) -> list[SpanRecord]:
         decoded.append(trace_id)
-        return decode_columns(trace_id, payload)
+        return decode_columns(trace_id, payload, holding)
 
     monkeypatch.setattr(read_module, "decode_columns", counting)
     assert ids(store, attributes={"custom.v": "compute-9.ctl"}) == []

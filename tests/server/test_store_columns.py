@@ -80,6 +80,20 @@ def test_columns_give_back_each_span_byte_for_byte() -> None:
     assert restored == decode_chunk(TRACE, earlier, str)
 
 
+def test_decoding_only_the_spans_holding_a_needle() -> None:
+    """With *holding*, exactly the spans whose own bytes hold one of the needles
+    are decoded, across segments of several services; none when no span does."""
+    batch = from_records(records())
+    (group,) = batch.groups.values()
+    payload = encode_columns(group, batch)
+    every = decode_columns(TRACE, payload)
+    picked = decode_columns(TRACE, payload, [b"/v2/2", b"/v2/4"])
+    assert picked == [s for s in every if s.attributes["url.path"] in ("/v2/2", "/v2/4")]
+    assert [s.service for s in picked] == ["nova-api", "glance-api"]
+    # The resource's bytes are not the span's: its service name picks nothing.
+    assert decode_columns(TRACE, payload, [b"glance-api"]) == []
+
+
 def test_spans_in_another_field_order_are_kept_whole() -> None:
     """A span whose fields come in another order than the usual one is stored
     as it came and reads back the same."""

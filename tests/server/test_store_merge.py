@@ -26,6 +26,7 @@ from crosstrace.server.store.codec import (
 )
 from crosstrace.server.store.columns import decode_columns, encode_columns, merge_columns
 from crosstrace.server.store.merge import digests_of, pack_digests
+from crosstrace.server.store.migrations import LATEST_VERSION
 from crosstrace.server.store.sqlite import SQLiteStore
 
 NOW = time.time_ns() - 60 * 10**9
@@ -192,7 +193,8 @@ def _as_version_8(path: Path) -> None:
                 "INSERT INTO span_parents (trace_id, t, data) VALUES (?, ?, ?)",
                 (tid, t, data[i : i + 12]),
             )
-    conn.execute("DELETE FROM schema_version WHERE version = 9")
+    conn.execute("DROP TABLE chunk_compaction")  # v10
+    conn.execute("DELETE FROM schema_version WHERE version >= 9")
     conn.close()
 
 
@@ -209,7 +211,8 @@ def test_a_version_8_store_is_upgraded_and_reads_as_before(tmp_path: Path) -> No
     s = SQLiteStore(path)
     try:
         with s._reader() as conn:
-            assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 9
+            version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+            assert version == LATEST_VERSION
             (n_parents,) = conn.execute("SELECT count(*) FROM span_parents").fetchone()
         assert n_parents == 40  # one row per trace and second again
         every = {t.to_bytes(16, "big") for t in range(1, 41)}

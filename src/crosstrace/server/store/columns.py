@@ -26,6 +26,7 @@ came and reads them as before (``spanbatch.segment_records``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -173,11 +174,14 @@ def unpack_columns(
     return flags, out
 
 
-def decode_columns(trace_id: bytes, payload: bytes) -> list[SpanRecord]:
+def decode_columns(
+    trace_id: bytes, payload: bytes, holding: Sequence[bytes] | None = None
+) -> list[SpanRecord]:
     """Inverse of :func:`encode_columns`: the spans as records. Each span's rest
     is read as it is, its id and times taken from the columns (the same records
     as from the bytes :func:`unpack_columns` puts back together, without
-    putting them together)."""
+    putting them together). With *holding*, only the spans whose own bytes
+    contain one of those bytes (an attribute search's needles)."""
     flags, segments, ids, base, starts, durations, _, rests, whole = msgpack.unpackb(
         payload, raw=False, use_list=True
     )
@@ -185,8 +189,14 @@ def decode_columns(trace_id: bytes, payload: bytes) -> list[SpanRecord]:
     out: list[SpanRecord] = []
     i = 0
     for service, resource, scope, count in segments:
+        picked: Sequence[int] = range(i, i + count)
+        if holding is not None:
+            picked = [n for n in picked if any(h in rests[n] for h in holding)]
+            if not picked:
+                i += count
+                continue
         columns: list[tuple[bytes, int, int] | None] = []
-        for n in range(i, i + count):
+        for n in picked:
             if n in kept:
                 columns.append(None)
             else:
@@ -194,7 +204,7 @@ def decode_columns(trace_id: bytes, payload: bytes) -> list[SpanRecord]:
                 columns.append((ids[8 * n : 8 * n + 8], start, start + durations[n]))
         out.extend(
             segment_records(
-                trace_id, service, resource, scope, rests[i : i + count], flags, columns
+                trace_id, service, resource, scope, [rests[n] for n in picked], flags, columns
             )
         )
         i += count

@@ -52,6 +52,9 @@ Tables (both dialects):
     log records with their ids, deduplicated on ``dedup_key``; ``host_id`` names the
     resource's ``host.name``; ``imported_ns`` is when ``crosstrace logs import``
     stored the record (retention ages an imported record from then).
+``chunk_compaction`` (SQLite)
+    one row: the chunk id up to which a trace's chunks of several commits have
+    been merged, and the highest chunk id given (``compact.py``).
 ``zdicts``
     zstd dictionaries trained on the store's span chunks (see ``zdict.py``).
 ``error_causes`` / ``error_groups``
@@ -388,6 +391,14 @@ _SQLITE_V9: list[str | Callable[[Any], None]] = [
     "ALTER TABLE span_parents_v9 RENAME TO span_parents",
 ]
 
+# v10: where merging a trace's chunks of several commits has got to (see
+# ``compact.py``; chunks stored before are merged too) and the highest chunk id
+# given (none is given twice).
+_SQLITE_V10 = [
+    "CREATE TABLE chunk_compaction (upto INTEGER NOT NULL, id_floor INTEGER NOT NULL)",
+    "INSERT INTO chunk_compaction SELECT 0, coalesce(max(id), 0) FROM chunks",
+]
+
 #: dialect -> [(version, description, steps)], in order; a step is a statement
 #: or a function of the connection.
 MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
@@ -405,6 +416,7 @@ MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
             "postings as bitmaps; a trace's chunks of one commit merged; parents by second",
             _SQLITE_V9,
         ),
+        (10, "a trace's chunks of several commits merged once it is quiet", _SQLITE_V10),
     ],
     "postgresql": [
         (1, "traces, span chunks, search indexes, dependencies", _PG_V1),
@@ -416,9 +428,10 @@ MIGRATIONS: dict[str, list[tuple[int, str, list[Any]]]] = {
         (7, "log records' host and import time", _PG_V7),
         (8, "none (SQLite's index rows became postings; here they are arrays on chunks)", []),
         (9, "none (SQLite's postings and merged chunks)", []),
+        (10, "none (SQLite's merging of quiet traces)", []),
     ],
 }
-LATEST_VERSION = 9
+LATEST_VERSION = 10
 
 #: Arbitrary key of the PostgreSQL advisory lock held while migrating.
 _PG_LOCK_KEY = 0x63727374  # "crst"

@@ -334,7 +334,7 @@ class SQLStore(ErrorIndexSQL, SQLSummaries):
             if payload is None:
                 spans = decode_chunk(trace_id, data, lambda n: self._name(conn, n), zdict)
             elif any(n in payload for n in skip or ()):
-                spans = decode_columns(trace_id, payload)
+                spans = decode_columns(trace_id, payload, skip)
             else:
                 continue
             for s in spans:

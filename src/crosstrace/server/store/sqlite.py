@@ -34,6 +34,7 @@ from crosstrace.server.store.codec import (
     unpack_keys,
     unpack_rids,
 )
+from crosstrace.server.store.compact import ChunkCompaction
 from crosstrace.server.store.migrations import migrate
 from crosstrace.server.store.read import SQLStore
 from crosstrace.server.store.sql import ChunkRow, chunks, marks
@@ -53,7 +54,7 @@ _CHECKPOINT_PAGES = 16_384
 _SIZE_ROUNDS = 25
 
 
-class SQLiteStore(SQLStore):
+class SQLiteStore(ChunkCompaction, SQLStore):
     """A :class:`~crosstrace.server.store.base.Store` in one SQLite file."""
 
     dialect = "sqlite"
@@ -93,6 +94,7 @@ class SQLiteStore(SQLStore):
         self._wconn.execute(f"PRAGMA journal_size_limit = {_CHECKPOINT_PAGES * 4096}")
         try:
             migrate(self._wconn, "sqlite")
+            self._init_compaction(self._wconn)
         except BaseException:
             self._wconn.close()
             raise
@@ -163,11 +165,10 @@ class SQLiteStore(SQLStore):
         cur = conn.executemany(sql, rows)
         return int(cur.rowcount)
 
-    def _insert_chunks(self, conn: Any, rows: list[ChunkRow]) -> None:
-        # Chunk ids are given here (the writer holds the write lock), so that the
-        # attribute entries can name their chunk.
-        first = int(conn.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()[0]) + 1
-        ids = range(first, first + len(rows))
+    def _insert_chunks(self, conn: Any, rows: list[ChunkRow], request_ids: bool = True) -> None:
+        # Chunk ids are given here (by the writer thread), so that the attribute
+        # entries can name their chunk.
+        ids = self._new_chunk_ids(len(rows))
         conn.executemany(
             "INSERT INTO chunks (id, trace_id, digest, data, keys, attrs, rids)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -194,14 +195,25 @@ class SQLiteStore(SQLStore):
                 f"INSERT INTO {table} ({col}, chunk_id, more) VALUES (?, ?, ?)",
                 [(k, *pack_posting(cids)) for k, cids in postings.items()],
             )
-        conn.executemany(
-            "INSERT INTO request_ids (rid, trace_id, kind) VALUES (?, ?, ?)"
-            " ON CONFLICT (rid, trace_id) DO UPDATE SET kind = request_ids.kind | excluded.kind",
-            [(k, r.trace_id, kind) for r in rows for k, kind in r.rids.items()],
-        )
+        if request_ids:
+            conn.executemany(
+                "INSERT INTO request_ids (rid, trace_id, kind) VALUES (?, ?, ?)"
+                " ON CONFLICT (rid, trace_id)"
+                " DO UPDATE SET kind = request_ids.kind | excluded.kind",
+                [(k, r.trace_id, kind) for r in rows for k, kind in r.rids.items()],
+            )
+
+    def _committed(self) -> None:
+        super()._committed()
+        self._mark_chunks()
+
+    def _idle(self) -> bool:
+        return self._compact_step()
 
     def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
         """Delete the chunks of *trace_ids* with the index entries they carry."""
+        # The newest chunk may go: its id must not be given again.
+        conn.execute("UPDATE chunk_compaction SET id_floor = ?", (self._next_chunk_id - 1,))
         for part in chunks(trace_ids):
             in_list = marks(len(part))
             keys: list[tuple[int, int]] = []
@@ -254,6 +266,26 @@ class SQLiteStore(SQLStore):
         raw_results = iter([j.payload(self._wconn) for j in raw])
         return [next(raw_results) if j.kind == "raw" else next(results) for j in jobs]
 
+    def compact(self) -> int:
+        """Merge the chunks of every trace written in several commits now, without
+        waiting for the quiet period (see ``compact.py``), a step per writer job,
+        then give the free pages back to the file system. Returns the traces
+        merged."""
+        before = self.traces_merged
+        step = lambda conn: self._compact_step(everything=True)  # noqa: E731
+        while self._writer.submit("raw", step, 1).result():
+            pass
+        self._writer.submit("raw", _incremental_vacuum, 1).result()
+        self.checkpoint()
+        return self.traces_merged - before
+
+    def stats(self) -> dict[str, int]:
+        return {
+            **super().stats(),
+            "traces_merged": self.traces_merged,
+            "chunks_merged": self.chunks_merged,
+        }
+
     # size limit ----------------------------------------------------------------
     def used_bytes(self) -> int:
         """Bytes held by live pages (the file size once free pages are returned)."""
@@ -278,6 +310,8 @@ class SQLiteStore(SQLStore):
         and give the freed pages back to the file system (incremental vacuum)."""
         removed = super().apply_retention(max_age_ns)
         if max_bytes is None:
+            if removed:
+                self._call(self._sweep_postings)
             return removed
         for _ in range(_SIZE_ROUNDS):
             used = self.used_bytes()
@@ -290,6 +324,8 @@ class SQLiteStore(SQLStore):
             frac = max(0.05, (used - max_bytes) / used)
             cutoff = lo + max(1, int((hi - lo) * frac))
             removed += self._delete_before(cutoff)
+        if removed:
+            self._call(self._sweep_postings)
         self._writer.submit("raw", _incremental_vacuum, 1).result()
         self.checkpoint()
         return removed

@@ -104,7 +104,7 @@ class SQLWriter(ChunkDictionary, SQLBase):
         self.spans_written = 0
         self.logs_written = 0
         self._retention: Any = None
-        self._writer = GroupWriter(f"crosstrace-{self.dialect}-writer", self._run_group)
+        self._writer = GroupWriter(f"crosstrace-{self.dialect}-writer", self._run_group, self._idle)
         self._call(self._load_dictionary)
 
     # ------------------------------------------------------------------ write
@@ -129,6 +129,11 @@ class SQLWriter(ChunkDictionary, SQLBase):
         for record in logs:
             redactor.log(record)
         return self._writer.submit("logs", list(logs), len(logs))
+
+    def _idle(self) -> bool:
+        """One step of background work while no write waits (none here); whether
+        more is left."""
+        return False
 
     def _call(self, fn: Callable[[Any], Any]) -> Any:
         """Run *fn(conn)* in the writer thread, in a transaction; return its result."""

@@ -6,6 +6,10 @@ and completes their futures after COMMIT. The stores run each job under a
 savepoint and report a job that failed as a :class:`JobFailed` result, so one bad
 batch gets its error and the others commit. If the transaction itself fails, each
 job is retried in a transaction of its own.
+
+Between groups, when its queue is empty, the thread runs the store's background
+work (*idle*), one bounded step at a time, so a write never waits for more than
+one step.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: Stop adding jobs to one transaction past this many records.
 MAX_GROUP_RECORDS = 20_000
+#: Seconds an idle writer waits for a job before asking for background work.
+IDLE_POLL_S = 1.0
 
 
 @dataclass(slots=True)
@@ -61,11 +67,19 @@ class GroupWriter:
     """A writer thread that commits queued jobs in groups.
 
     *run_group(jobs)* runs the jobs in one transaction and returns their results in
-    order; it must roll back and raise on failure.
+    order; it must roll back and raise on failure. *idle()*, when given, runs one
+    step of background work while no job waits, and says whether more is left
+    (it is asked again at once, else after :data:`IDLE_POLL_S` without jobs).
     """
 
-    def __init__(self, name: str, run_group: Callable[[list[Job]], list[Any]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        run_group: Callable[[list[Job]], list[Any]],
+        idle: Callable[[], bool] | None = None,
+    ) -> None:
         self._run_group = run_group
+        self._idle = idle
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._pending = 0  # records queued, not yet committed
         self._lock = threading.Lock()  # guards the counters below
@@ -104,8 +118,18 @@ class GroupWriter:
 
     def _run(self) -> None:
         stop = False
+        more = False  # background work left over
         while not stop:
-            first = self._queue.get()
+            try:
+                if self._idle is None:
+                    first = self._queue.get()
+                elif more:
+                    first = self._queue.get_nowait()
+                else:
+                    first = self._queue.get(timeout=IDLE_POLL_S)
+            except queue.Empty:
+                more = self._background()
+                continue
             if first is None:
                 break
             jobs = [first]
@@ -121,6 +145,14 @@ class GroupWriter:
                 jobs.append(nxt)
                 records += nxt.size
             self._commit(jobs)
+
+    def _background(self) -> bool:
+        assert self._idle is not None
+        try:
+            return self._idle()
+        except Exception:
+            log.exception("store background work failed; retrying later")
+            return False
 
     def _commit(self, jobs: list[Job]) -> None:
         t0 = time.monotonic()

@@ -1,0 +1,187 @@
+"""A trace's chunks of several commits merged into one once the trace is quiet
+(SQLite).
+
+Over HTTP, a trace's spans come in the batches of several exporters, so they
+are committed in several transactions and stored as several chunks: 3.7 per
+trace on the benchmark's entropy load, where writes that come together give
+one (``merge.py``). Each chunk pays for its row, its index entries and its own
+compressed frame. Once no chunk has been written for :data:`QUIET_S` seconds
+(Tempo cuts a trace after the same idle period), the writer merges a trace's
+chunks into one. It does so while its queue is empty, a bounded step at a time,
+so a write never waits long behind it.
+
+Progress is a chunk id, ``chunk_compaction.upto``: every chunk up to it has
+been looked at. Chunk ids only grow, and the writer keeps the id it had reached
+at each commit. A step reads the next chunks up to the last id committed
+:data:`QUIET_S` ago and looks up every chunk of their traces. A trace is merged
+when it has several chunks and none of them is newer than that id. The merged
+chunk gets a new id and postings of its own.
+
+The postings of the chunks it replaced keep their bits. A search only asks a
+posting about chunks that exist, and ``chunk_compaction.id_floor`` (the
+highest id ever given) means no id is given twice. Retention deletes the
+postings that hold no live chunk anymore.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from crosstrace.server.store.codec import HASH_WIDTH, unpack_ints, unpack_keys, unpack_rids
+from crosstrace.server.store.merge import merge_chunk_rows
+from crosstrace.server.store.sql import ChunkRow, chunks, marks
+
+if TYPE_CHECKING:
+    import zstandard
+
+__all__ = ["QUIET_S", "STEP_CHUNKS", "ChunkCompaction"]
+
+#: Seconds without a new chunk after which a trace's chunks are merged.
+QUIET_S = 10.0
+#: Chunks a compaction step reads (its traces' other chunks come with them).
+STEP_CHUNKS = 512
+
+
+class ChunkCompaction:
+    """The compaction half of the SQLite store: :meth:`_compact_step` runs in
+    the writer thread, as its idle work."""
+
+    _wconn: sqlite3.Connection
+    #: Traces merged, and the chunks they had, since the store was opened.
+    traces_merged = 0
+    chunks_merged = 0
+
+    if TYPE_CHECKING:
+
+        def _dictionary(self, conn: Any, did: int) -> zstandard.ZstdCompressionDict: ...
+        def _merge_compressor(self) -> tuple[int, zstandard.ZstdCompressor] | None: ...
+        def _insert_chunks(
+            self, conn: Any, rows: list[ChunkRow], request_ids: bool = True
+        ) -> None: ...
+        def _delete_in(self, conn: Any, table: str, column: str, values: Sequence[Any]) -> None: ...
+
+    def _init_compaction(self, conn: sqlite3.Connection) -> None:
+        upto, floor = conn.execute("SELECT upto, id_floor FROM chunk_compaction").fetchone()
+        top = int(conn.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()[0])
+        self._compacted_upto = int(upto)
+        self._next_chunk_id = max(top, int(floor)) + 1
+        # (monotonic time, the highest chunk id then); what the store held when
+        # it was opened counts as written now.
+        self._chunk_marks: deque[tuple[float, int]] = deque([(time.monotonic(), top)])
+        self._quiet_id = 0
+
+    def _new_chunk_ids(self, n: int) -> range:
+        """*n* chunk ids never given before."""
+        first = self._next_chunk_id
+        self._next_chunk_id += n
+        return range(first, first + n)
+
+    def _mark_chunks(self) -> None:
+        """After a commit: remember the highest chunk id it reached, and when."""
+        top = self._next_chunk_id - 1
+        last = self._chunk_marks[-1][1] if self._chunk_marks else self._quiet_id
+        if top > last:
+            self._chunk_marks.append((time.monotonic(), top))
+
+    def _quiet_bound(self) -> int:
+        """The highest chunk id committed at least :data:`QUIET_S` ago."""
+        marks_ = self._chunk_marks
+        old = time.monotonic() - QUIET_S
+        while marks_ and marks_[0][0] <= old:
+            self._quiet_id = max(self._quiet_id, marks_.popleft()[1])
+        return self._quiet_id
+
+    def _compact_step(self, everything: bool = False) -> bool:
+        """One step (its own transaction); *everything*: without waiting for the
+        quiet period. Returns whether more chunks are left to look at."""
+        bound = self._next_chunk_id - 1 if everything else self._quiet_bound()
+        start = self._compacted_upto
+        if bound <= start:
+            return False
+        conn = self._wconn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(
+                "SELECT id, trace_id FROM chunks WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                (start, bound, STEP_CHUNKS),
+            ).fetchall()
+            reached = int(rows[-1][0]) if len(rows) == STEP_CHUNKS else bound
+            traces, replaced = self._merge_traces(
+                conn, list(dict.fromkeys(bytes(r[1]) for r in rows)), bound
+            )
+            conn.execute(
+                "UPDATE chunk_compaction SET upto = ?, id_floor = ?",
+                (reached, self._next_chunk_id - 1),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._compacted_upto = reached
+        self.traces_merged += traces
+        self.chunks_merged += replaced
+        self._mark_chunks()
+        return reached < bound
+
+    def _merge_traces(
+        self, conn: sqlite3.Connection, trace_ids: list[bytes], bound: int
+    ) -> tuple[int, int]:
+        """Merge the chunks of each of *trace_ids* that has several, none above
+        *bound*. Returns (traces merged, chunks they had)."""
+        found: dict[bytes, list[tuple[int, ChunkRow]]] = {}
+        for part in chunks(trace_ids):
+            for cid, tid_, digest, data, keys, attrs, rids in conn.execute(
+                "SELECT id, trace_id, digest, data, keys, attrs, rids FROM chunks"
+                f" WHERE trace_id IN ({marks(len(part))})",
+                part,
+            ):
+                tid = bytes(tid_)
+                row = ChunkRow(
+                    tid,
+                    0,
+                    digest,
+                    bytes(data),
+                    set(unpack_keys(keys)) if keys else set(),
+                    set(unpack_ints(attrs, HASH_WIDTH)) if attrs else set(),
+                    dict(unpack_rids(rids)) if rids else {},
+                )
+                found.setdefault(tid, []).append((int(cid), row))
+        groups = {
+            tid: group
+            for tid, group in found.items()
+            if len(group) > 1 and max(cid for cid, _ in group) <= bound
+        }
+        if not groups:
+            return 0, 0
+        out = merge_chunk_rows(
+            [row for group in groups.values() for _, row in group],
+            lambda d: self._dictionary(conn, d),
+            self._merge_compressor(),
+        )
+        # A trace whose chunks cannot be merged (an older form) comes back as it was.
+        count = Counter(r.trace_id for r in out)
+        merged = [r for r in out if count[r.trace_id] == 1 and len(groups[r.trace_id]) > 1]
+        if not merged:
+            return 0, 0
+        old = [cid for r in merged for cid, _ in groups[r.trace_id]]
+        # The trace's request ids are in ``request_ids`` already.
+        self._insert_chunks(conn, merged, request_ids=False)
+        self._delete_in(conn, "chunks", "id", old)
+        return len(merged), len(old)
+
+    def _sweep_postings(self, conn: sqlite3.Connection) -> None:
+        """Delete the postings whose chunks are all older than the oldest live
+        chunk (left by merged and deleted chunks). A posting's last chunk is at
+        most 8 ids per byte of its bitmap after its first."""
+        row = conn.execute("SELECT min(id) FROM chunks").fetchone()
+        oldest = self._next_chunk_id if row[0] is None else int(row[0])
+        for table in ("key_chunks", "attr_chunks"):
+            conn.execute(
+                f"DELETE FROM {table} WHERE chunk_id + 8 * coalesce(length(more), 0) < ?",
+                (oldest,),
+            )
