@@ -39,9 +39,16 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return c
 
 
+def opened(path: Path) -> SQLiteStore:
+    """A store whose steps only the test runs (its writer's idle work is off)."""
+    s = SQLiteStore(path)
+    s._writer._idle = None
+    return s
+
+
 @pytest.fixture
 def store(tmp_path: Path, clock: Clock) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "store.sqlite3")
+    s = opened(tmp_path / "store.sqlite3")
     yield s
     s.close()
 
@@ -163,10 +170,10 @@ def test_merging_resumes_after_reopening(tmp_path: Path, clock: Clock) -> None:
     are merged after it, and ids are never given twice, even once retention
     has deleted the newest chunk."""
     path = tmp_path / "store.sqlite3"
-    s = SQLiteStore(path)
+    s = opened(path)
     write_in_commits(s, 1, ["nova-api", "glance-api"])
     s.close()
-    s = SQLiteStore(path)
+    s = opened(path)
     try:
         write_in_commits(s, 2, ["nova-api", "glance-api"])
         clock.now += compact_module.QUIET_S
@@ -177,7 +184,7 @@ def test_merging_resumes_after_reopening(tmp_path: Path, clock: Clock) -> None:
         assert s.apply_retention(max_age_ns=1) == 2
     finally:
         s.close()
-    s = SQLiteStore(path)
+    s = opened(path)
     try:
         s.write_spans([rec(3, 1, "keystone")])
         assert chunk_ids(s, 3)[0] > top
@@ -256,3 +263,35 @@ def test_the_idle_writer_runs_background_steps_between_groups() -> None:
         writer.close(10)
     assert events[:3] == ["step", "group of 3", "step"]
     assert "group of 1" in events
+
+
+def test_merging_takes_its_share_while_writes_come_and_all_once_they_stop(
+    store: SQLiteStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While writes keep coming, a step that took d waits d * (1 / share - 1)
+    before the next; once none has come for a while, steps follow at once."""
+    monkeypatch.setattr(compact_module, "STEP_CHUNKS", 2)
+    merge = store._merge_traces
+
+    def slow_merge(*args: Any) -> tuple[int, int]:
+        clock.now += 0.01  # each step takes 10 ms
+        return merge(*args)
+
+    monkeypatch.setattr(store, "_merge_traces", slow_merge)
+    for trace in range(1, 5):
+        write_in_commits(store, trace, ["nova-api", "glance-api"])
+    clock.now += compact_module.QUIET_S
+    store.write_spans([rec(9, 1, "keystone")])  # writes are coming
+    wait = 0.01 * (1 / compact_module.BUSY_SHARE - 1)
+    assert step(store)
+    assert store.traces_merged == 1
+    clock.now += wait / 2
+    assert not step(store)  # not its turn yet
+    assert store.traces_merged == 1
+    clock.now += wait / 2
+    assert step(store)
+    assert store.traces_merged == 2
+    clock.now += compact_module.IDLE_S  # no write for a while: no waiting
+    assert step(store)
+    assert not step(store)  # the last chunks written long enough ago
+    assert store.traces_merged == 4

@@ -68,8 +68,8 @@ class GroupWriter:
 
     *run_group(jobs)* runs the jobs in one transaction and returns their results in
     order; it must roll back and raise on failure. *idle()*, when given, runs one
-    step of background work while no job waits, and says whether more is left
-    (it is asked again at once, else after :data:`IDLE_POLL_S` without jobs).
+    step of background work whenever no job waits, and says whether more is
+    left (if not, it is asked again after :data:`IDLE_POLL_S` without jobs).
     """
 
     def __init__(
@@ -118,18 +118,16 @@ class GroupWriter:
 
     def _run(self) -> None:
         stop = False
-        more = False  # background work left over
         while not stop:
             try:
-                if self._idle is None:
-                    first = self._queue.get()
-                elif more:
-                    first = self._queue.get_nowait()
-                else:
-                    first = self._queue.get(timeout=IDLE_POLL_S)
+                first = self._queue.get() if self._idle is None else self._queue.get_nowait()
             except queue.Empty:
-                more = self._background()
-                continue
+                if self._background():
+                    continue
+                try:
+                    first = self._queue.get(timeout=IDLE_POLL_S)
+                except queue.Empty:
+                    continue
             if first is None:
                 break
             jobs = [first]
