@@ -295,3 +295,28 @@ def test_merging_takes_its_share_while_writes_come_and_all_once_they_stop(
     assert step(store)
     assert not step(store)  # the last chunks written long enough ago
     assert store.traces_merged == 4
+
+
+def test_a_failed_step_is_rolled_back_and_merging_pauses(
+    store: SQLiteStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that fails leaves the chunks and the progress as they were, and
+    merging waits a while before it tries again."""
+    write_in_commits(store, 1, ["nova-api", "glance-api"])
+    clock.now += compact_module.QUIET_S
+
+    def broken(conn: Any, *args: Any) -> tuple[int, int]:
+        conn.execute("DELETE FROM chunks")  # undone by the rollback
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "_merge_traces", broken)
+    with pytest.raises(OSError, match="disk full"):
+        step(store)
+    monkeypatch.delattr(store, "_merge_traces")  # the class's again
+    assert len(chunk_ids(store, 1)) == 2
+    assert store._compacted_upto == 0
+    assert not step(store)
+    assert len(chunk_ids(store, 1)) == 2
+    clock.now += compact_module.FAILED_PAUSE_S
+    step(store)
+    assert len(chunk_ids(store, 1)) == 1

@@ -20,10 +20,13 @@ at each commit. A step reads the next chunks up to the last id committed
 when it has several chunks and none of them is newer than that id. The merged
 chunk gets a new id and postings of its own.
 
-The postings of the chunks it replaced keep their bits. A search only asks a
-posting about chunks that exist, and ``chunk_compaction.id_floor`` (the
-highest id ever given) means no id is given twice. Retention deletes the
-postings that hold no live chunk anymore.
+The postings of the chunks it replaced keep their bits (taking them out costs
+as much again as the merge). A search only asks a posting about chunks that
+exist, and ``chunk_compaction.id_floor`` (the highest id ever given) means no
+id is given twice; but an attribute value's entries count its merged chunks
+twice until retention deletes the postings that hold no live chunk anymore, so
+a value on 1,000-2,000 chunks may be searched by walking the newest traces
+rather than by collecting its chunks first (``read.py``).
 """
 
 from __future__ import annotations
@@ -41,16 +44,18 @@ from crosstrace.server.store.sql import ChunkRow, chunks, marks
 if TYPE_CHECKING:
     import zstandard
 
-__all__ = ["QUIET_S", "STEP_CHUNKS", "ChunkCompaction"]
+__all__ = ["BUSY_SHARE", "IDLE_S", "QUIET_S", "STEP_CHUNKS", "ChunkCompaction"]
 
 #: Seconds without a new chunk after which a trace's chunks are merged.
 QUIET_S = 10.0
 #: Chunks a compaction step reads (its traces' other chunks come with them).
-STEP_CHUNKS = 512
+STEP_CHUNKS = 256
 #: Share of the writer's time merging may take while writes keep coming.
 BUSY_SHARE = 0.1
 #: Seconds without a write after which merging takes all the time it needs.
 IDLE_S = 1.0
+#: Seconds merging pauses after a step failed (e.g. the disk is full).
+FAILED_PAUSE_S = 60.0
 
 
 class ChunkCompaction:
@@ -83,6 +88,7 @@ class ChunkCompaction:
         self._quiet_id = 0
         self._last_write = now
         self._next_step = now  # the earliest start of a step while writes come
+        self._paused_until = now
 
     def _new_chunk_ids(self, n: int) -> range:
         """*n* chunk ids never given before."""
@@ -114,7 +120,7 @@ class ChunkCompaction:
         too when it is not yet time for a step while writes come)."""
         began = time.monotonic()
         busy = began - self._last_write < IDLE_S
-        if busy and not everything and began < self._next_step:
+        if not everything and (began < self._paused_until or (busy and began < self._next_step)):
             return False
         bound = self._next_chunk_id - 1 if everything else self._quiet_bound()
         start = self._compacted_upto
@@ -139,6 +145,7 @@ class ChunkCompaction:
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._paused_until = time.monotonic() + FAILED_PAUSE_S
             raise
         self._compacted_upto = reached
         self.traces_merged += traces
