@@ -20,13 +20,15 @@ at each commit. A step reads the next chunks up to the last id committed
 when it has several chunks and none of them is newer than that id. The merged
 chunk gets a new id and postings of its own.
 
-The postings of the chunks it replaced keep their bits (taking them out costs
-as much again as the merge). A search only asks a posting about chunks that
-exist, and ``chunk_compaction.id_floor`` (the highest id ever given) means no
-id is given twice; but an attribute value's entries count its merged chunks
-twice until retention deletes the postings that hold no live chunk anymore, so
-a value on 1,000-2,000 chunks may be searched by walking the newest traces
-rather than by collecting its chunks first (``read.py``).
+The merged chunk is appended (written in the place of the first chunk, the
+larger row splits pages and the file grows by a fifth). The attribute entries
+of the chunks it replaced are taken out of their postings: a rare value is
+searched by collecting its chunks first when it has few entries (``read.py``),
+and those would count twice. Their service and operation keys keep their bits
+(a search only asks a key's posting about chunks that exist; taking them out
+would cost about as much again as the merge), and ``chunk_compaction.id_floor``
+(the highest id ever given) means no id is given twice. Retention deletes the
+postings that hold no live chunk anymore.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from crosstrace.server.store.codec import HASH_WIDTH, unpack_ints, unpack_keys, unpack_rids
 from crosstrace.server.store.merge import merge_chunk_rows
+from crosstrace.server.store.postings import drop_postings
 from crosstrace.server.store.sql import ChunkRow, chunks, marks
 
 if TYPE_CHECKING:
@@ -198,6 +201,12 @@ class ChunkCompaction:
         old = [cid for r in merged for cid, _ in groups[r.trace_id]]
         # The trace's request ids are in ``request_ids`` already.
         self._insert_chunks(conn, merged, request_ids=False)
+        drop_postings(
+            conn,
+            "attr_chunks",
+            "h",
+            [(h, cid) for r in merged for cid, row in groups[r.trace_id] for h in row.attrs],
+        )
         self._delete_in(conn, "chunks", "id", old)
         return len(merged), len(old)
 

@@ -28,14 +28,13 @@ from crosstrace.server.store.codec import (
     pack_keys,
     pack_posting,
     pack_rids,
-    posting_ids,
-    posting_last,
     unpack_ints,
     unpack_keys,
     unpack_rids,
 )
 from crosstrace.server.store.compact import ChunkCompaction
 from crosstrace.server.store.migrations import migrate
+from crosstrace.server.store.postings import drop_postings
 from crosstrace.server.store.read import SQLStore
 from crosstrace.server.store.sql import ChunkRow, chunks, marks
 from crosstrace.server.store.writer import Job
@@ -229,8 +228,8 @@ class SQLiteStore(ChunkCompaction, SQLStore):
                     attrs.extend((h, cid) for h in unpack_ints(packed_attrs, HASH_WIDTH))
                 if packed_rids:
                     rids.extend((rid, tid) for rid, _ in unpack_rids(packed_rids))
-            _drop_postings(conn, "key_chunks", "key", keys)
-            _drop_postings(conn, "attr_chunks", "h", attrs)
+            drop_postings(conn, "key_chunks", "key", keys)
+            drop_postings(conn, "attr_chunks", "h", attrs)
             conn.executemany("DELETE FROM request_ids WHERE rid = ? AND trace_id = ?", rids)
             conn.execute(f"DELETE FROM chunks WHERE trace_id IN ({in_list})", part)
 
@@ -338,42 +337,6 @@ class SQLiteStore(ChunkCompaction, SQLStore):
         if row[0] is None:
             return None
         return int(row[0]), int(row[1])
-
-
-def _drop_postings(
-    conn: sqlite3.Connection, table: str, col: str, entries: list[tuple[int, int]]
-) -> None:
-    """Take the (key, chunk id) *entries* out of the postings of *table*: a
-    posting left empty is deleted, one that lost its first chunk is written again
-    under its next."""
-    by_key: dict[int, set[int]] = {}
-    for key, cid in entries:
-        by_key.setdefault(key, set()).add(cid)
-    find = (
-        f"SELECT chunk_id, more FROM {table} WHERE {col} = ? AND chunk_id <= ?"
-        " ORDER BY chunk_id DESC LIMIT 1"
-    )
-    deletes: list[tuple[int, int]] = []
-    inserts: list[tuple[int, int, bytes | None]] = []
-    for key, cids in by_key.items():
-        left = sorted(cids)
-        while left:
-            row = conn.execute(find, (key, left[-1])).fetchone()
-            if row is None:
-                break
-            first, more = row
-            last = posting_last(first, more)
-            mine = {c for c in left if first <= c <= last}
-            left = [c for c in left if c < first]
-            held = posting_ids(first, more)
-            kept = [c for c in held if c not in mine]
-            if len(kept) == len(held):
-                continue
-            deletes.append((key, first))
-            if kept:
-                inserts.append((key, *pack_posting(kept)))
-    conn.executemany(f"DELETE FROM {table} WHERE {col} = ? AND chunk_id = ?", deletes)
-    conn.executemany(f"INSERT INTO {table} ({col}, chunk_id, more) VALUES (?, ?, ?)", inserts)
 
 
 def _incremental_vacuum(conn: sqlite3.Connection) -> None:
