@@ -14,6 +14,7 @@ import pytest
 
 from crosstrace.server.model import ATTR_GLOBAL_REQUEST_ID, ATTR_REQUEST_ID, SpanRecord, TraceQuery
 from crosstrace.server.store import compact as compact_module
+from crosstrace.server.store.codec import attr_hash, posting_ids
 from crosstrace.server.store.sqlite import SQLiteStore
 from crosstrace.server.store.writer import GroupWriter, Job
 
@@ -27,9 +28,13 @@ class Clock:
 
     def __init__(self) -> None:
         self.now = 1000.0
+        self.cpu = 0.0  # the process's CPU time
 
     def monotonic(self) -> float:
         return self.now
+
+    def process_time(self) -> float:
+        return self.cpu
 
 
 @pytest.fixture
@@ -139,6 +144,38 @@ def test_a_quiet_trace_of_several_commits_is_merged_and_reads_as_before(
     assert summary is not None
     assert summary.span_count == 3
     assert sorted(summary.services) == ["cinder-api", "glance-api", "nova-api"]
+
+
+def posting_ids_of(store: SQLiteStore, table: str, col: str, key: int) -> list[int]:
+    with store._reader() as conn:
+        return [
+            c
+            for first, more in conn.execute(
+                f"SELECT chunk_id, more FROM {table} WHERE {col} = ? ORDER BY chunk_id", (key,)
+            )
+            for c in posting_ids(first, more)
+        ]
+
+
+def test_the_replaced_chunks_leave_the_attribute_postings_and_keys_keep_bits(
+    store: SQLiteStore, clock: Clock
+) -> None:
+    """After a merge, an attribute value's postings name the merged chunk only
+    (a rare value's count stays true); a service's postings keep the replaced
+    chunk's bit, which names no chunk, beside the merged one."""
+    write_in_commits(store, 1, ["nova-api", "glance-api", "cinder-api"])
+    old = chunk_ids(store, 1)
+    h = attr_hash("openstack.user_id", "u1-3")
+    assert posting_ids_of(store, "attr_chunks", "h", h) == old[2:]
+    with store._reader() as conn:
+        (cinder,) = conn.execute("SELECT id FROM names WHERE name = 'cinder-api'").fetchone()
+    assert posting_ids_of(store, "key_chunks", "key", cinder) == old[2:]
+    clock.now += compact_module.QUIET_S
+    step(store)
+    (merged,) = chunk_ids(store, 1)
+    assert posting_ids_of(store, "attr_chunks", "h", h) == [merged]
+    assert posting_ids_of(store, "key_chunks", "key", cinder) == [old[2], merged]
+    assert found(store, attributes={"openstack.user_id": "u1-3"}) == {tid(1)}
 
 
 def test_a_trace_still_written_to_waits_and_a_merged_one_knows_its_batches(
@@ -320,3 +357,18 @@ def test_a_failed_step_is_rolled_back_and_merging_pauses(
     clock.now += compact_module.FAILED_PAUSE_S
     step(store)
     assert len(chunk_ids(store, 1)) == 1
+
+
+def test_merging_waits_while_the_process_is_at_full_load(store: SQLiteStore, clock: Clock) -> None:
+    """While writes come and the process's CPU use (apart from merging) is at
+    the ceiling, no step runs; once it falls, merging takes its share again."""
+    write_in_commits(store, 1, ["nova-api", "glance-api"])
+    clock.now += compact_module.QUIET_S
+    clock.cpu += compact_module.QUIET_S * 0.9  # 0.9 of a core meanwhile
+    store.write_spans([rec(9, 1, "keystone")])  # writes are coming
+    assert not step(store)
+    assert store.traces_merged == 0
+    clock.now += 1.0
+    clock.cpu += 0.2  # a fifth of a core in the last second
+    step(store)
+    assert store.traces_merged == 1
