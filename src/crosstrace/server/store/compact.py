@@ -10,7 +10,7 @@ compressed frame. Once no chunk has been written for :data:`QUIET_S` seconds
 chunks into one. It does so while its queue is empty, a bounded step at a time,
 so a write never waits long behind it. While writes keep coming, merging takes
 at most :data:`BUSY_SHARE` of the writer's time, less as the server process's
-own CPU use nears a core (:data:`CPU_CEILING`), none at full load; it catches
+own CPU use nears :data:`CPU_CEILING` of a core, none at full load; it catches
 up once the writes stop. A merge costs ~0.3-0.4 ms of CPU per trace: done at
 once, it took a fifth off ingest at full load, and a tenth of the writer's
 time still took 8 % off it on the default load.
@@ -19,11 +19,11 @@ Progress is a chunk id, ``chunk_compaction.upto``: every chunk up to it has
 been looked at. Chunk ids only grow, and the writer keeps the id it had reached
 at each commit. A step reads the next chunks up to the last id committed
 :data:`QUIET_S` ago and looks up every chunk of their traces. A trace is merged
-when it has several chunks and none of them is newer than that id. The merged
-chunk gets a new id and postings of its own.
+when it has several chunks and none of them is newer than that id.
 
-The merged chunk is appended (written in the place of the first chunk, the
-larger row splits pages and the file grows by a fifth). The attribute entries
+The merged chunk is appended, with a new id and postings of its own (written
+in the place of the first chunk, the larger row split pages and the file grew
+by a fifth). The attribute entries
 of the chunks it replaced are taken out of their postings: a rare value is
 searched by collecting its chunks first when it has few entries (``read.py``),
 and those would count twice. Their service and operation keys keep their bits
@@ -198,7 +198,7 @@ class ChunkCompaction:
         for part in chunks(trace_ids):
             for cid, tid_, digest, data, keys, attrs, rids in conn.execute(
                 "SELECT id, trace_id, digest, data, keys, attrs, rids FROM chunks"
-                f" WHERE trace_id IN ({marks(len(part))})",
+                f" WHERE trace_id IN ({marks(len(part))}) ORDER BY id",
                 part,
             ):
                 tid = bytes(tid_)
