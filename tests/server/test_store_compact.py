@@ -372,3 +372,21 @@ def test_merging_waits_while_the_process_is_at_full_load(store: SQLiteStore, clo
     clock.cpu += 0.2  # a fifth of a core in the last second
     step(store)
     assert store.traces_merged == 1
+
+
+def test_two_stores_on_one_file_give_distinct_chunk_ids(tmp_path: Path, clock: Clock) -> None:
+    """Two writers on the same file (two processes, say) never give the same
+    chunk id: each takes the next above every chunk the file holds."""
+    path = tmp_path / "store.sqlite3"
+    a, b = opened(path), opened(path)
+    try:
+        a.write_spans([rec(1, 1, "nova-api")])
+        b.write_spans([rec(2, 1, "glance-api")])
+        a.write_spans([rec(3, 1, "cinder-api")])
+        ids = [chunk_ids(a, t) for t in (1, 2, 3)]
+        assert [len(i) for i in ids] == [1, 1, 1]
+        assert len({i[0] for i in ids}) == 3
+        assert found(b, service="cinder-api") == {tid(3)}
+    finally:
+        a.close()
+        b.close()

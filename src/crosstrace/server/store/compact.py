@@ -103,10 +103,12 @@ class ChunkCompaction:
         self._cpu_mark = (now, time.process_time(), 0.0)
         self._load = 0.0
 
-    def _new_chunk_ids(self, n: int) -> range:
-        """*n* chunk ids never given before."""
-        first = self._next_chunk_id
-        self._next_chunk_id += n
+    def _new_chunk_ids(self, conn: sqlite3.Connection, n: int) -> range:
+        """*n* chunk ids never given before: above every chunk (another process
+        may have written some) and above every id given here."""
+        top = int(conn.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()[0])
+        first = max(top + 1, self._next_chunk_id)
+        self._next_chunk_id = first + n
         return range(first, first + n)
 
     def _mark_chunks(self, write: bool = True) -> None:

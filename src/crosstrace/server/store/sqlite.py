@@ -167,7 +167,7 @@ class SQLiteStore(ChunkCompaction, SQLStore):
     def _insert_chunks(self, conn: Any, rows: list[ChunkRow], request_ids: bool = True) -> None:
         # Chunk ids are given here (by the writer thread), so that the attribute
         # entries can name their chunk.
-        ids = self._new_chunk_ids(len(rows))
+        ids = self._new_chunk_ids(conn, len(rows))
         conn.executemany(
             "INSERT INTO chunks (id, trace_id, digest, data, keys, attrs, rids)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
