@@ -58,6 +58,7 @@ class SQLiteStore(ChunkCompaction, SQLStore):
 
     dialect = "sqlite"
     _merges_chunks = True
+    _idle_work = True  # merging quiet traces (``compact.py``)
     _parents_conflict = (
         "ON CONFLICT (trace_id, t) DO UPDATE SET"
         " data = CAST(span_parents.data || excluded.data AS BLOB)"

@@ -89,6 +89,8 @@ class SQLWriter(ChunkDictionary, SQLBase):
 
     #: Whether the chunks of one trace from the writes of one commit are merged.
     _merges_chunks = False
+    #: Whether the writer thread runs :meth:`_idle` when its queue is empty.
+    _idle_work = False
     #: How a ``span_parents`` row meets one of the same key (SQLite: one row per
     #: trace and second, the packed callers appended).
     _parents_conflict = ""
@@ -104,7 +106,11 @@ class SQLWriter(ChunkDictionary, SQLBase):
         self.spans_written = 0
         self.logs_written = 0
         self._retention: Any = None
-        self._writer = GroupWriter(f"crosstrace-{self.dialect}-writer", self._run_group, self._idle)
+        self._writer = GroupWriter(
+            f"crosstrace-{self.dialect}-writer",
+            self._run_group,
+            self._idle if self._idle_work else None,
+        )
         self._call(self._load_dictionary)
 
     # ------------------------------------------------------------------ write
@@ -131,8 +137,8 @@ class SQLWriter(ChunkDictionary, SQLBase):
         return self._writer.submit("logs", list(logs), len(logs))
 
     def _idle(self) -> bool:
-        """One step of background work while no write waits (none here); whether
-        more is left."""
+        """One step of background work while no write waits (with
+        :attr:`_idle_work`); whether more is left."""
         return False
 
     def _call(self, fn: Callable[[Any], Any]) -> Any:
