@@ -23,14 +23,13 @@ when it has several chunks and none of them is newer than that id.
 
 The merged chunk is appended, with a new id and postings of its own (written
 in the place of the first chunk, the larger row split pages and the file grew
-by a fifth). The attribute entries
-of the chunks it replaced are taken out of their postings: a rare value is
-searched by collecting its chunks first when it has few entries (``read.py``),
-and those would count twice. Their service and operation keys keep their bits
-(a search only asks a key's posting about chunks that exist; taking them out
-would cost about as much again as the merge), and ``chunk_compaction.id_floor``
-(the highest id ever given) means no id is given twice. Retention deletes the
-postings that hold no live chunk anymore.
+by a fifth). The attribute entries of the chunks it replaced are taken out of
+their postings: a rare value is searched by collecting its chunks first when it
+has few entries (``read.py``), and those would count twice. Their service and
+operation keys keep their bits (a search only asks a key's posting about chunks
+that exist; taking them out would cost about as much again as the merge), and
+``chunk_compaction.id_floor`` (the highest id ever given) means no id is given
+twice. Retention deletes the postings that hold no live chunk anymore.
 """
 
 from __future__ import annotations
@@ -228,7 +227,7 @@ class ChunkCompaction:
         )
         # A trace whose chunks cannot be merged (an older form) comes back as it was.
         count = Counter(r.trace_id for r in out)
-        merged = [r for r in out if count[r.trace_id] == 1 and len(groups[r.trace_id]) > 1]
+        merged = [r for r in out if count[r.trace_id] == 1]
         if not merged:
             return 0, 0
         old = [cid for r in merged for cid, _ in groups[r.trace_id]]

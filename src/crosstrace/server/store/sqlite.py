@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,6 @@ class SQLiteStore(ChunkCompaction, SQLStore):
 
     dialect = "sqlite"
     _merges_chunks = True
-    _idle_work = True  # merging quiet traces (``compact.py``)
     _parents_conflict = (
         "ON CONFLICT (trace_id, t) DO UPDATE SET"
         " data = CAST(span_parents.data || excluded.data AS BLOB)"
@@ -207,13 +206,17 @@ class SQLiteStore(ChunkCompaction, SQLStore):
         super()._committed()
         self._mark_chunks()
 
-    def _idle(self) -> bool:
-        return self._compact_step()
+    def _idle_work(self) -> Callable[[], bool]:
+        return self._compact_step  # merging quiet traces
 
     def _delete_chunks(self, conn: Any, trace_ids: Sequence[bytes], cutoff_ns: int) -> None:
         """Delete the chunks of *trace_ids* with the index entries they carry."""
         # The newest chunk may go: its id must not be given again.
-        conn.execute("UPDATE chunk_compaction SET id_floor = ?", (self._next_chunk_id - 1,))
+        conn.execute(
+            "UPDATE chunk_compaction SET id_floor = max(id_floor, ?,"
+            " (SELECT coalesce(max(id), 0) FROM chunks))",
+            (self._next_chunk_id - 1,),
+        )
         for part in chunks(trace_ids):
             in_list = marks(len(part))
             keys: list[tuple[int, int]] = []

@@ -89,8 +89,6 @@ class SQLWriter(ChunkDictionary, SQLBase):
 
     #: Whether the chunks of one trace from the writes of one commit are merged.
     _merges_chunks = False
-    #: Whether the writer thread runs :meth:`_idle` when its queue is empty.
-    _idle_work = False
     #: How a ``span_parents`` row meets one of the same key (SQLite: one row per
     #: trace and second, the packed callers appended).
     _parents_conflict = ""
@@ -109,7 +107,7 @@ class SQLWriter(ChunkDictionary, SQLBase):
         self._writer = GroupWriter(
             f"crosstrace-{self.dialect}-writer",
             self._run_group,
-            self._idle if self._idle_work else None,
+            self._idle_work(),
         )
         self._call(self._load_dictionary)
 
@@ -136,10 +134,10 @@ class SQLWriter(ChunkDictionary, SQLBase):
             redactor.log(record)
         return self._writer.submit("logs", list(logs), len(logs))
 
-    def _idle(self) -> bool:
-        """One step of background work while no write waits (with
-        :attr:`_idle_work`); whether more is left."""
-        return False
+    def _idle_work(self) -> Callable[[], bool] | None:
+        """What the writer thread does, a step at a time, while no write waits
+        (see ``writer.GroupWriter``); none here."""
+        return None
 
     def _call(self, fn: Callable[[Any], Any]) -> Any:
         """Run *fn(conn)* in the writer thread, in a transaction; return its result."""
