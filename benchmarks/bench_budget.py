@@ -33,7 +33,8 @@ requests are still exported when the budget leaves little room. Servers: WSGI
 
 With ``--pieces``: the untraced path taken apart (WSGI). Wrappers around the
 middleware with tracing off add its steps one by one (a function call, the
-skip decision, the two clock reads of the slow check, the marker made current),
+skip decision, the two clock reads of the slow check, the request's context
+marked untraced),
 each timed in place against the bare middleware by the same interleaved slices,
 beside what the step costs in a loop of its own; last, the whole untraced path.
 
@@ -67,9 +68,11 @@ from typing import Any
 
 import crosstrace
 from crosstrace.asgi import RequestIdMiddleware as AsgiMiddleware
+from crosstrace.context import RequestContext
 from crosstrace.export import BatchExporter, FileTransport
 from crosstrace.tracing import Tracer
-from crosstrace.tracing.spans import TRACING_OFF, reset_current_span, set_current_span
+from crosstrace.tracing.plan import drop_plan
+from crosstrace.tracing.spans import get_current_span
 from crosstrace.wsgi import RequestIdMiddleware as WsgiMiddleware
 
 ATTRS = {"db.system": "sqlite", "db.rows": 3, "cached": False}
@@ -251,12 +254,14 @@ class Case:
 
     def skip_every_request(self, measure_some: bool = True) -> None:
         """No budget to hold: the traced side runs every request untraced,
-        measuring one in 64 as the tracer does (or none: its own timing left
-        out)."""
+        measuring one in 32, as the tracer does until it paces them (or none:
+        its own timing left out)."""
         self.tracer.controller = None
         self.tracer.trace_threshold = 0
+        self.tracer.costs.follow(0.0)
         if not measure_some:
             self.tracer.accounting.mask = (1 << 62) - 1
+        drop_plan(self.tracer)  # planned under the old settings
 
     @staticmethod
     def _wsgi_runner(app: Any) -> Callable[[int], None]:
@@ -403,6 +408,9 @@ def floor_table(args: argparse.Namespace, per_us: float, tmp: str) -> None:
                         case.run_traced = case._asgi_runner(asgi)
                 n = case.slice_size(args.slice_ms / 1000)
                 _slice_pairs(case.run_traced, case.run_plain, n, min(2.0, seconds))  # warm-up
+                # Measure as many untraced requests as the tracer would after a
+                # window of this many (the warm-up's, about two seconds' worth).
+                case.tracer.costs.fold(case.tracer.accounting)
                 med, mean, pairs = _slice_pairs(case.run_traced, case.run_plain, n, seconds)
                 print(
                     f"| {server} | {kind} | {label} | {med:,.0f} | {mean:,.0f} | {pairs} |",
@@ -415,40 +423,47 @@ def _pieces(tracer: Tracer, plain: Any) -> dict[str, tuple[Callable[[], Any], An
     """Steps of the untraced path, each as a loop body and as a WSGI app: a
     wrapper around *plain* (the middleware with tracing off) doing the step
     and the steps above it."""
+    context = RequestContext()
+
+    def decide() -> int:
+        left = tracer.skips_left
+        if left:
+            tracer.skips_left = left - 1
+            return 1
+        return tracer.skip_request()
+
+    def mark() -> None:
+        context.untraced = True
+        if get_current_span() is not None:
+            raise AssertionError("no span is current here")
 
     def wrapper(environ: Any, sr: Any) -> Any:
         return plain(environ, sr)
 
     def decision(environ: Any, sr: Any) -> Any:
-        tracer.skip_request()
+        decide()
         return plain(environ, sr)
 
     def clocks(environ: Any, sr: Any) -> Any:
-        tracer.skip_request()
+        decide()
         start = time.time_ns()
         body = plain(environ, sr)
         _ = time.time_ns() - start >= tracer.slow_ns > 0
         return body
 
-    def marker(environ: Any, sr: Any) -> Any:
-        tracer.skip_request()
+    def marked(environ: Any, sr: Any) -> Any:
+        decide()
         start = time.time_ns()
-        token = set_current_span(TRACING_OFF)
-        try:
-            body = plain(environ, sr)
-        finally:
-            reset_current_span(token)
+        mark()
+        body = plain(environ, sr)
         _ = time.time_ns() - start >= tracer.slow_ns > 0
         return body
 
-    def marker_loop() -> None:
-        reset_current_span(set_current_span(TRACING_OFF))
-
     return {
         "a wrapper function": (lambda: None, wrapper),
-        "+ the skip decision (`skip_request`)": (tracer.skip_request, decision),
+        "+ the skip decision (the budget's countdown)": (decide, decision),
         "+ two clock reads (`time_ns`, the slow check)": (time.time_ns, clocks),
-        "+ the marker made current and restored": (marker_loop, marker),
+        "+ the request marked untraced (its context; no current span)": (mark, marked),
     }
 
 

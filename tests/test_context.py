@@ -135,3 +135,26 @@ def test_asyncio_tasks_see_their_own_context() -> None:
         return results
 
     asyncio.run(main())
+
+
+def test_every_way_of_making_a_context_starts_it_traced() -> None:
+    """``untraced`` is an entry point's mark for one request: every
+    constructor leaves it False, and it is neither sent onwards nor compared."""
+    pytest.importorskip("oslo_context")
+    from crosstrace.integrations.oslo_context import context_from_dict, from_oslo
+
+    gid = generate_request_id()
+    made = [
+        RequestContext(),
+        RequestContext.from_environ({ENV_GLOBAL_REQUEST_ID: gid}),
+        RequestContext.from_dict({"global_request_id": gid}),
+        from_oslo(RequestContext(global_request_id=gid)),
+        context_from_dict({"user": "u1"}, generate_request_id(), gid),
+    ]
+    assert [c.untraced for c in made] == [False] * len(made)
+    ctx = made[1]
+    twin = RequestContext.from_dict(ctx.to_dict())
+    ctx.untraced = True
+    assert "untraced" not in ctx.to_dict()
+    assert twin.request_id == ctx.request_id
+    assert twin == ctx  # the mark is not compared

@@ -10,6 +10,7 @@ tracer counts both (so the budget can price them).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -19,9 +20,10 @@ from crosstrace import get_current
 from crosstrace.asgi import RequestIdMiddleware as AsgiMiddleware
 from crosstrace.context import RequestContext
 from crosstrace.tracing import SpanKind, StatusCode, Tracer, current_span
-from crosstrace.tracing.budget import GROUP_SKIPPED, SKIP_MEASURED
+from crosstrace.tracing.budget import GROUP_SKIPPED
+from crosstrace.tracing.plan import SKIP_MEASURED, TRACE_ALL, drop_plan
 from crosstrace.tracing.serve import serve
-from crosstrace.tracing.spans import TRACING_OFF
+from crosstrace.tracing.spans import INVALID_SPAN
 from crosstrace.wsgi import RequestIdMiddleware as WsgiMiddleware
 from tracing_support import Sink, sink_tracer
 
@@ -45,12 +47,14 @@ class Seen:
     span: Any = None
     request_id: str | None = None
     global_id: str | None = None
+    untraced = False
 
     def look(self) -> None:
         self.span = current_span()
         ctx = get_current()
         assert ctx is not None
         self.request_id, self.global_id = ctx.request_id, ctx.global_request_id
+        self.untraced = ctx.untraced
 
 
 def run_wsgi(tracer: Tracer, status: str = "200 OK", fail: bool = False, sleep: float = 0.0):
@@ -132,13 +136,16 @@ def test_an_untraced_request_runs_as_with_tracing_off(server: str) -> None:
     t = untraced_tracer(sink)
     run, _ = SERVERS[server]
     seen, _ = run(t)
-    # The app's spans take the tracing-off path (and do not start roots).
-    assert seen.span is TRACING_OFF
+    # No span is current and the context says untraced: the app's spans take
+    # the tracing-off path (and do not start roots).
+    assert seen.span is INVALID_SPAN
+    assert seen.untraced
     assert not seen.span.is_recording()
     assert seen.global_id == GLOBAL_ID  # the request ids are there as ever
     assert seen.request_id is not None
     assert seen.request_id.startswith("req-")
     assert sink.spans == []
+    drop_plan(t)  # skips are counted when planned: uncount the ones not served
     assert t.accounting.bypassed == 1
     assert t.accounting.late == 0
 
@@ -196,10 +203,53 @@ def test_skip_request_follows_the_traced_fraction_and_counts() -> None:
     assert all(answers)
     assert t.accounting.bypassed == 128
     # One in 32 is measured (the budget's control group).
-    assert answers.count(SKIP_MEASURED) == 4
-    t.trace_threshold = 1 << 15  # one request in two
+    assert [i for i, a in enumerate(answers, 1) if a == SKIP_MEASURED] == [32, 64, 96, 128]
+    t.controller.trace_fraction = 0.5
+    t._apply_knobs()
+    assert t.trace_threshold == TRACE_ALL // 2
+    before = t.accounting.bypassed
     skipped = sum(bool(t.skip_request()) for _ in range(4000))
-    assert 1700 < skipped < 2300
+    assert 1800 < skipped < 2200  # 2000 +- 6.3 standard deviations
+    # Skips are counted when planned; dropping the plan uncounts those beyond
+    # these 4000, so each skip is counted once.
+    drop_plan(t)
+    assert t.accounting.bypassed - before == skipped
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.25, 0.9])
+def test_the_planned_decisions_trace_the_fraction_asked(fraction: float) -> None:
+    """Most requests pay a countdown, not a draw: the untraced requests before
+    the next traced one are drawn at once. The traced share and the runs of
+    untraced requests between traced ones are those of a draw per request."""
+    t = sink_tracer(Sink(), "api", overhead_budget=0.01)
+    assert t.controller is not None
+    t.controller.trace_fraction = fraction
+    t.controller.next_tick_ns = 1 << 62
+    t._apply_knobs()
+    n = 40_000
+    traced = [i for i in range(n) if not t.skip_request()]
+    share = len(traced) / n
+    assert abs(share - fraction) < 6 * (fraction * (1 - fraction) / n) ** 0.5
+    # The runs between two traced requests: geometric, mean (1-p)/p, variance (1-p)/p^2.
+    gaps = [b - a - 1 for a, b in itertools.pairwise(traced)]
+    mean = sum(gaps) / len(gaps)
+    expected = (1 - fraction) / fraction
+    assert abs(mean - expected) < 6 * ((1 - fraction) / fraction**2 / len(gaps)) ** 0.5
+
+
+def test_a_new_traced_fraction_applies_to_the_next_request() -> None:
+    """A plan made under a tiny traced fraction must not outlive it: once the
+    controller traces every request, the next one is traced."""
+    t = untraced_tracer(Sink())
+    assert t.skip_request() == 1  # and the skips up to the next measured one planned
+    assert t.skips_left > 0
+    assert t.accounting.bypassed == t.skips_left + 2  # counted when planned
+    t.controller.trace_fraction = 1.0  # type: ignore[union-attr]
+    t._apply_knobs()
+    assert t.skips_left == 0
+    assert t.accounting.bypassed == 1  # the planned ones uncounted
+    assert t.trace_threshold == TRACE_ALL
+    assert t.skip_request() == 0
 
 
 def test_skipped_requests_let_the_controller_close_its_window() -> None:
@@ -255,7 +305,8 @@ def test_a_consumer_served_over_a_small_budget_runs_untraced_and_exports_its_fai
     t = untraced_tracer(sink)
     ctx = RequestContext()
     with serve(ctx, t, "process compute", SpanKind.CONSUMER, {"messaging.system": "rabbitmq"}):
-        assert current_span() is TRACING_OFF
+        assert current_span() is INVALID_SPAN
+        assert ctx.untraced
     assert sink.spans == []
     with (
         pytest.raises(RuntimeError),
@@ -267,4 +318,45 @@ def test_a_consumer_served_over_a_small_budget_runs_untraced_and_exports_its_fai
     assert s.kind == SpanKind.CONSUMER
     assert s.status_code == StatusCode.ERROR
     assert s.attributes["messaging.system"] == "rabbitmq"
+    drop_plan(t)
     assert t.accounting.bypassed == 2
+
+
+def test_a_streamed_body_of_an_untraced_request_opens_no_trace() -> None:
+    """The untraced mark travels with the request context: spans the body
+    opens while the server iterates it (after the middleware returned) do
+    nothing either."""
+    sink = Sink()
+    t = untraced_tracer(sink)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+
+        def body() -> Any:
+            with t.span("render"):
+                yield b"o"
+            yield b"k"
+
+        return body()
+
+    mw = WsgiMiddleware(app, tracer=t)
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "t", "SERVER_PORT": "80"}
+    assert b"".join(mw(env, lambda s, h, e=None: None)) == b"ok"
+    assert sink.spans == []
+    assert get_current() is None
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_an_untraced_request_nested_in_a_traced_one_does_not_join_its_trace(server: str) -> None:
+    """An entry point called inside another request's span (an in-process
+    call) and left untraced: its spans neither join the outer trace nor start
+    their own, and the outer span is current again afterwards."""
+    sink = Sink()
+    t = untraced_tracer(sink)
+    run, _ = SERVERS[server]
+    outer_tracer = sink_tracer(sink, "outer")
+    with outer_tracer.span("outer") as outer:
+        seen, _ = run(t)
+        assert current_span() is outer
+    assert seen.span is INVALID_SPAN
+    assert [s.name for s in sink.spans] == ["outer"]

@@ -51,7 +51,7 @@ from crosstrace.tracecontext import TRACEPARENT_HEADER, TRACESTATE_HEADER
 from crosstrace.tracing.budget import GROUP_SKIPPED, churn
 from crosstrace.tracing.model import RemoteContext, SpanKind
 from crosstrace.tracing.serve import Served, serve
-from crosstrace.tracing.spans import TRACING_OFF, reset_current_span, set_current_span
+from crosstrace.tracing.spans import get_current_span, reset_current_span, set_current_span
 from crosstrace.tracing.tracer import (
     DISABLED,
     SKIP_MEASURED,
@@ -204,8 +204,13 @@ class RequestIdMiddleware:
         tracer = self.tracer or self._default_tracer()
         watched: Tracer | None = None
         skip = 0
-        if tracer is not None and tracer.trace_threshold < TRACE_ALL:
-            skip = tracer.skip_request()
+        if tracer is not None:
+            left = tracer.skips_left  # the budget's countdown (see skip_request)
+            if left:
+                tracer.skips_left = left - 1
+                skip = 1
+            elif tracer.trace_threshold < TRACE_ALL:
+                skip = tracer.skip_request()
             if skip:
                 # Over a small budget: this request runs as with tracing off;
                 # only a failure or a slow run exports its server span.
@@ -280,16 +285,19 @@ class RequestIdMiddleware:
             # requests the thread CPU between here and the end includes other
             # tasks' steps: noisier, but alike for every group.)
             t0 = thread_time_ns() if skip == SKIP_MEASURED else 0
-            token = set_current(context)
             # The application's spans take the tracing-off path, and do nothing.
-            span_token = set_current_span(TRACING_OFF)
+            context.untraced = True
+            token = set_current(context)
+            # A span current here (an entry point nested in another) is not this request's.
+            span_token = set_current_span(None) if get_current_span() is not None else None
             try:
                 await self.app(scope, receive, send_with_id)
             except Exception as exc:
                 self._after_the_fact(scope, context, watched, start_ns, 0, exc)
                 raise
             finally:
-                reset_current_span(span_token)
+                if span_token is not None:
+                    reset_current_span(span_token)
                 reset_current(token)
             if t0:
                 watched.costs.observe(GROUP_SKIPPED, thread_time_ns() - t0)

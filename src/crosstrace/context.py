@@ -61,9 +61,15 @@ class RequestContext:
     ``request_id`` is this service's own id for the request; ``global_request_id``
     is the id the caller sent (valid ones only), shared by every service the
     request touches. :attr:`global_id` is what to send onwards.
+
+    :attr:`untraced` is set by an entry point that serves the request with
+    tracing off (the overhead budget's choice): a span opened under this
+    context with no current span then does nothing. It travels with the
+    context (a streamed response body, a thread the context is copied to) and
+    is neither compared nor sent onwards.
     """
 
-    __slots__ = _FIELDS
+    __slots__ = (*_FIELDS, "untraced")
 
     def __init__(
         self,
@@ -90,6 +96,7 @@ class RequestContext:
         self.project_domain_id = project_domain_id
         self.roles: tuple[str, ...] = tuple(roles)
         self.is_admin = bool(is_admin)
+        self.untraced = False
 
     @property
     def global_id(self) -> str:
@@ -106,6 +113,7 @@ class RequestContext:
         # One call per request: unrolled, and each id validated exactly once.
         get = environ.get
         ctx = cls.__new__(cls)
+        ctx.untraced = False
         rid = get(ENV_REQUEST_ID)
         ctx.request_id = (
             rid if rid is not None and is_valid_request_id(rid) else generate_request_id()

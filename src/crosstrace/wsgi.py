@@ -77,9 +77,9 @@ from crosstrace.tracing.model import (
 )
 from crosstrace.tracing.serve import Served, serve
 from crosstrace.tracing.spans import (
-    TRACING_OFF,
     NonRecordingSpan,
     Span,
+    get_current_span,
     reset_current_span,
     set_current_span,
 )
@@ -317,24 +317,33 @@ class RequestIdMiddleware:
             finally:
                 reset_current(token)
             return _context_body(body, environ, context)
-        if tracer.trace_threshold < TRACE_ALL and (skip := tracer.skip_request()):
+        left = tracer.skips_left  # the budget's countdown (see skip_request)
+        if left:
+            tracer.skips_left = left - 1
+            skip = 1
+        else:
+            skip = tracer.skip_request() if tracer.trace_threshold < TRACE_ALL else 0
+        if skip:
             # Over a small budget: this request runs as with tracing off (its
-            # spans take the tracing-off path, and do nothing); only a failure
+            # context marked untraced, its spans do nothing); only a failure
             # or a slow run exports its server span, built after the fact. One
             # in a few is measured: the budget's control group.
             start_ns = time_ns()
             if self.tracer is None:  # the configured tracer, which may have changed
                 self._price_with(tracer)
             t0 = thread_time_ns() if skip == SKIP_MEASURED else 0
+            context.untraced = True
             token = set_current(context)
-            span_token = set_current_span(TRACING_OFF)
+            # A span current here (an entry point nested in another) is not this request's.
+            span_token = set_current_span(None) if get_current_span() is not None else None
             try:
                 body = self.app(environ, _start_response)
             except Exception as exc:
                 self._after_the_fact(environ, context, tracer, start_ns, 0, exc)
                 raise
             finally:
-                reset_current_span(span_token)
+                if span_token is not None:
+                    reset_current_span(span_token)
                 reset_current(token)
             if t0:
                 tracer.costs.observe(GROUP_SKIPPED, thread_time_ns() - t0)

@@ -105,6 +105,7 @@ def from_oslo(oslo_context: Any) -> RequestContext:
     request_id = attr("request_id")
     global_id = attr("global_request_id")
     ctx = RequestContext.__new__(RequestContext)
+    ctx.untraced = False
     ctx.request_id = (
         request_id if isinstance(request_id, str) and is_valid_request_id(request_id) else None
     ) or generate_request_id()
@@ -144,6 +145,7 @@ def context_from_dict(
     """:func:`from_oslo_dict` with ids the caller already validated (or made):
     the identity from *values*, the ids as given. For hot paths."""
     ctx = RequestContext.__new__(RequestContext)
+    ctx.untraced = False
     ctx.request_id = request_id
     ctx.global_request_id = global_request_id
     # One call per RPC message: unrolled (oslo's to_dict() names first).

@@ -4,8 +4,9 @@ The layers, bottom up (each imports only those below it):
 
 * :mod:`crosstrace.tracing.model`: shared data types (span identity, the span
   record the exporter reads, log records, the sink protocol);
-* :mod:`crosstrace.tracing.sampling` and :mod:`crosstrace.tracing.budget`:
-  sampling decisions, the overhead controller and its cost accounting;
+* :mod:`crosstrace.tracing.sampling`, :mod:`crosstrace.tracing.budget` and
+  :mod:`crosstrace.tracing.plan`: sampling decisions, the overhead controller,
+  its cost accounting and its plan of the requests it leaves untraced;
 * :mod:`crosstrace.tracing.spans`: recording and non-recording spans, the
   current span;
 * :mod:`crosstrace.tracing.tracer`: :class:`Tracer`, :func:`span`,

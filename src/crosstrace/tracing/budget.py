@@ -11,7 +11,7 @@ So the work is split:
 * **Counting** (:class:`Accounting`): the tracer adds a few integers once per
   trace, when its local root ends (recorded roots, spans, kept spans) or when a
   trace is not recorded, and once per request the budget leaves untraced
-  (:func:`skip_request`). Nothing is timed per span.
+  (:mod:`crosstrace.tracing.plan`). Nothing is timed per span.
 * **Measuring in place** (:meth:`CostModel.observe`): some untraced requests
   (the control group: tracing off, as far as the application can tell) and
   some or all traced ones have their thread CPU time measured; a traced
@@ -42,11 +42,9 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from random import getrandbits
 from typing import Any
 
 from crosstrace.tracing.sampling import OverheadController
-from crosstrace.tracing.spans import TRACING_OFF, activate, deactivate
 
 __all__ = [
     "CONTROL_EVERY",
@@ -54,16 +52,15 @@ __all__ = [
     "GROUP_DEFERRED",
     "GROUP_RECORDED",
     "GROUP_SKIPPED",
+    "MEASURED_PER_WINDOW",
     "MEASURE_ALL_BELOW",
     "RECALIBRATE_S",
     "SAMPLE_EVERY",
-    "SKIP_MEASURED",
     "Accounting",
     "CostModel",
     "Probe",
     "churn",
     "close_window",
-    "skip_request",
 ]
 
 log = logging.getLogger("crosstrace.tracer")
@@ -83,6 +80,9 @@ GROUP_DEFERRED = 1
 GROUP_RECORDED = 2
 GROUP_SKIPPED = 3
 _GROUPS = (GROUP_CONTROL, GROUP_DEFERRED, GROUP_RECORDED, GROUP_SKIPPED)
+#: Untraced requests measured per window, about: one in a power of two of
+#: them, from the last window's count (at least one in 4, at most one in 1024).
+MEASURED_PER_WINDOW = 64
 #: Below this traced fraction every traced request is measured (they are few,
 #: and each costs more than in a busy loop: its code and data are cold).
 MEASURE_ALL_BELOW = 0.25
@@ -91,10 +91,6 @@ DECAY = 0.8
 #: Effective samples a group needs before its mean replaces the calibrated price.
 MIN_SAMPLES = 20.0
 
-#: What :func:`skip_request` returns for a skipped request to measure.
-SKIP_MEASURED = 2
-#: ``trace_threshold`` when every request is traced (16 random bits decide).
-TRACE_ALL = 1 << 16
 
 #: Iterations of busy work a probe's application does before its spans and in
 #: each of them: calibration then runs with the caches and branch predictors
@@ -122,14 +118,16 @@ class Accounting:
         self.kept_spans = 0
         #: Local roots of traces not recorded (a non-recording span).
         self.unrecorded = 0
-        #: Requests an entry point ran untraced (outside the traced fraction).
+        #: Requests an entry point ran untraced (outside the traced fraction),
+        #: counted when the budget plans them (see :func:`skip_request`; a
+        #: dropped plan uncounts the ones not served).
         self.bypassed = 0
         #: Root spans of untraced requests exported after the fact (failed or
         #: slow); also counted in :attr:`roots`.
         self.late = 0
-        #: Untraced requests measured: one in ``mask + 1`` (more when few
-        #: requests run untraced).
-        self.mask = 63
+        #: Untraced requests measured: one in ``mask + 1`` (see
+        #: :meth:`CostModel.fold`).
+        self.mask = 31
 
     def snapshot(self) -> tuple[int, int, int, int, int, int]:
         """``(roots, spans, kept_spans, unrecorded, bypassed, late)``."""
@@ -169,6 +167,7 @@ class CostModel:
     """
 
     __slots__ = (
+        "_bypassed_last",
         "_eff_n",
         "_eff_sum",
         "_last_controls",
@@ -189,7 +188,6 @@ class CostModel:
         "control_every",
         "deferred_child_ns",
         "keep_ns",
-        "marker_ns",
         "root_ns",
         "sample_every",
         "scaffold_ns",
@@ -231,8 +229,6 @@ class CostModel:
         #: that looks for a tracer).
         self.bypass_ns = 0.0
         self.bypass_child_ns = 0.0
-        #: Making a marker span current and restoring the previous one.
-        self.marker_ns = 0.0
         #: Spans per local root beside the root itself, decayed over windows
         #: (what untraced and unrecorded requests are assumed to open).
         self.children_per_root = float(self.CHILDREN)
@@ -254,6 +250,7 @@ class CostModel:
         self._eff_n = [0.0] * len(_GROUPS)
 
         self._last_controls = 0
+        self._bypassed_last = 0
         # CPU of the root spans exported after the fact: this window, the last.
         self._late_window = 0
         self._late_last = 0
@@ -280,17 +277,24 @@ class CostModel:
         """The measured CPU of exporting one root span after the fact."""
         self._late_window += cpu_ns
 
-    def follow(self, trace_fraction: float, accounting: Accounting) -> None:
+    def follow(self, trace_fraction: float) -> None:
         """Adapt the measurement to the traced fraction: the untraced requests
         are the control group, helped by one traced request in
         :data:`CONTROL_EVERY` run with tracing off while few run untraced;
         below :data:`MEASURE_ALL_BELOW` every traced request is measured."""
         self.control_every = CONTROL_EVERY if trace_fraction >= 0.5 else 0
         self.sample_every = SAMPLE_EVERY if trace_fraction >= MEASURE_ALL_BELOW else 1
-        accounting.mask = 31 if trace_fraction < 0.5 else 3
 
-    def fold(self) -> None:
-        """Close a window: fold its measurements into the decayed sums."""
+    def fold(self, accounting: Accounting | None = None) -> None:
+        """Close a window: fold its measurements into the decayed sums, and
+        pace the measured untraced requests by this window's count of them
+        (about :data:`MEASURED_PER_WINDOW`: each costs two reads of the
+        thread's CPU clock, system calls that cost microseconds in place)."""
+        if accounting is not None:
+            skipped = accounting.bypassed - self._bypassed_last
+            self._bypassed_last = accounting.bypassed
+            every = max(4, min(1024, skipped // MEASURED_PER_WINDOW))
+            accounting.mask = (1 << (every.bit_length() - 1)) - 1
         self._last_controls = self._n[GROUP_CONTROL]
         self._late_last = self._late_window
         self._late_window = 0
@@ -307,11 +311,12 @@ class CostModel:
 
     def off_ns(self) -> float | None:
         """The mean CPU of a request with tracing off: an untraced request's
-        (its spans take the tracing-off path) less making the marker current,
-        else a control request's less its calibrated extra cost."""
+        (what is measured of it is the application under its request context,
+        its spans taking the tracing-off path), else a control request's less
+        its calibrated extra cost."""
         skipped = self.measured(GROUP_SKIPPED)
         if skipped is not None:
-            return skipped - self.marker_ns
+            return skipped
         control = self.measured(GROUP_CONTROL)
         if control is not None:
             return control - self.scaffold_ns
@@ -319,8 +324,8 @@ class CostModel:
 
     def skipped_ns(self) -> float:
         """What one request run untraced costs against tracing off: the
-        entry point's floor (a random draw, two clock reads, a marker made
-        current), calibrated. Its spans take the tracing-off path, so they
+        entry point's floor (the countdown, two clock reads, the context marked
+        untraced), calibrated. Its spans take the tracing-off path, so they
         add nothing (``bypass_child_ns`` stays a check of that: a difference
         of two noisy timings, not multiplied into the estimate)."""
         return self.bypass_ns
@@ -415,8 +420,6 @@ class CostModel:
             (t, c) for t in (None, drop, keep, unrec, control, bypass) for c in (0, k)
         ]
         runs = [probe(t, c) for t, c in variants]
-        variants.append(("marker", 0))
-        runs.append(_marker)
         for run in runs:  # warm up
             run()
         # Interleaved rounds: each round times every variant once, and each
@@ -458,7 +461,6 @@ class CostModel:
             "scaffold_ns": max(0.0, cost[control, 0] - off0),
             "bypass_ns": max(0.0, cost[bypass, 0] - off0),
             "bypass_child_ns": (cost[bypass, k] - cost[bypass, 0]) / k - off_child,
-            "marker_ns": cost["marker", 0],
         }
 
     @staticmethod
@@ -489,34 +491,7 @@ def churn() -> int:
     return x
 
 
-def _marker() -> None:
-    deactivate(activate(TRACING_OFF))
-
-
 # -- the tracer's budget hooks (methods of Tracer) ----------------------------------------
-
-
-def skip_request(tracer: Any) -> int:
-    """Whether the overhead budget leaves this request untraced: 0 (no), 1
-    (yes) or :data:`SKIP_MEASURED` (yes, and measure its CPU time).
-
-    Entry points ask only when ``tracer.trace_threshold`` is below
-    :data:`TRACE_ALL`. A skipped request runs as with tracing off (its failures
-    and slow runs are still exported, built after the fact); it is counted,
-    and one in ``accounting.mask + 1`` is measured (the budget's control group) and lets
-    the controller close its window (no trace may start for a while when
-    almost every request is skipped).
-    """
-    if getrandbits(16) < tracer.trace_threshold:
-        return 0
-    acct = tracer.accounting
-    acct.bypassed += 1
-    if acct.bypassed & acct.mask:
-        return 1
-    ctl = tracer.controller
-    if ctl is not None and time.monotonic_ns() >= ctl.next_tick_ns:
-        tracer._tick()
-    return SKIP_MEASURED
 
 
 def close_window(tracer: Any) -> None:

@@ -212,7 +212,7 @@ class OverheadController:
             self._export_cpu_now = export_cpu_ns
         base_ns: float | None = None
         if accounting is not None and costs is not None:
-            costs.fold()
+            costs.fold(accounting)
             counts = accounting.snapshot()
             last = self._counts_last or counts
             self._counts_last = counts

@@ -38,14 +38,12 @@ from crosstrace.tracing.budget import (
     GROUP_DEFERRED,
     GROUP_RECORDED,
     GROUP_SKIPPED,
-    SKIP_MEASURED,
-    TRACE_ALL,
 )
 from crosstrace.tracing.deferred import DeferredRoot, Describe, sampled_bits
 from crosstrace.tracing.model import RemoteContext, SpanKind, StatusCode
+from crosstrace.tracing.plan import SKIP_MEASURED, TRACE_ALL
 from crosstrace.tracing.spans import (
     INVALID_SPAN,
-    TRACING_OFF,
     NonRecordingSpan,
     Span,
     _current,
@@ -153,11 +151,15 @@ class Served:
         """Make the request context and the span current (the first call
         starts the span, under the context, so it takes the context's ids)."""
         self._ctx_token = set_current(self.context)
+        if self._control_ns:
+            # Run untraced, the handler's spans take the tracing-off path.
+            self.context.untraced = True
+            self._span_token = _current.set(None)
+            return
         tracer = self._tracer
-        if tracer is not None and self.span is INVALID_SPAN and not self._control_ns:
+        if tracer is not None and self.span is INVALID_SPAN:
             self._start(tracer)
-        # Run untraced, the handler's spans take the tracing-off path.
-        self._span_token = _current.set(TRACING_OFF if self._control_ns else self.span)
+        self._span_token = _current.set(self.span)
 
     def _start(self, tracer: Tracer) -> None:
         try:

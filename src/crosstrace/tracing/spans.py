@@ -46,7 +46,6 @@ from crosstrace.tracing.model import (
 __all__ = [
     "INVALID_SPAN",
     "MAX_ATTRIBUTES",
-    "TRACING_OFF",
     "NonRecordingSpan",
     "SegmentOwner",
     "Span",
@@ -54,6 +53,8 @@ __all__ = [
     "current_span",
     "deactivate",
     "decorate",
+    "get_current_span",
+    "in_untraced_request",
     "record_failure",
     "reset_current_span",
     "set_current_span",
@@ -250,10 +251,6 @@ class NonRecordingSpan:
 
 #: The shared do-nothing span: the current span when there is none.
 INVALID_SPAN = NonRecordingSpan(INVALID_SPAN_CONTEXT)
-#: Made current for a request run as if tracing were off (the overhead
-#: budget's control group): spans opened under it take the path they take
-#: with no tracer at all, and do nothing.
-TRACING_OFF = NonRecordingSpan(INVALID_SPAN_CONTEXT)
 
 
 class Span:
@@ -450,10 +447,20 @@ def current_span() -> Span | NonRecordingSpan:
     return INVALID_SPAN if cur is None else cur
 
 
-#: The current span's variable, set and reset directly (no checks) by entry
-#: points on their hot path; everyone else uses :func:`activate` / :func:`deactivate`.
+#: The current span's variable, read, set and reset directly (no checks) by
+#: entry points on their hot path; everyone else uses :func:`current_span`,
+#: :func:`activate` and :func:`deactivate`.
+get_current_span = _current.get
 set_current_span = _current.set
 reset_current_span = _current.reset
+
+
+def in_untraced_request() -> bool:
+    """Whether the current request runs with tracing off (its context is
+    marked :attr:`~crosstrace.context.RequestContext.untraced`): a span opened
+    there with no current span does nothing, as with no tracer at all."""
+    rc = get_current()
+    return rc is not None and rc.untraced
 
 
 def activate(s: Span | NonRecordingSpan) -> contextvars.Token[Span | NonRecordingSpan | None]:

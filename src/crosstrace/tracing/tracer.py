@@ -36,14 +36,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from crosstrace.redact import Redactor
 from crosstrace.tracecontext import FLAG_RANDOM, FLAG_SAMPLED
-from crosstrace.tracing.budget import (
-    SKIP_MEASURED,
-    TRACE_ALL,
-    Accounting,
-    CostModel,
-    close_window,
-    skip_request,
-)
+from crosstrace.tracing.budget import Accounting, CostModel, close_window
 from crosstrace.tracing.deferred import DeferredRoot, Describe, record_bits, settle
 from crosstrace.tracing.model import (
     RemoteContext,
@@ -51,6 +44,7 @@ from crosstrace.tracing.model import (
     SpanKind,
     SpanSink,
 )
+from crosstrace.tracing.plan import SKIP_MEASURED, TRACE_ALL, drop_plan, skip_request
 from crosstrace.tracing.sampling import (
     RECORD_BITS,
     OverheadController,
@@ -63,7 +57,6 @@ from crosstrace.tracing.sampling import (
 from crosstrace.tracing.spans import (
     _REQUEST_KINDS,
     INVALID_SPAN,
-    TRACING_OFF,
     NonRecordingSpan,
     Span,
     _current,
@@ -71,6 +64,7 @@ from crosstrace.tracing.spans import (
     _request_attributes,
     _Segment,
     decorate,
+    in_untraced_request,
     set_span_opener,
 )
 from crosstrace.trust import ATTR_OSPROFILER_BASE_ID, ATTR_OSPROFILER_PARENT_ID
@@ -157,8 +151,10 @@ class Tracer:
         self.sample_ratio = 1.0
         self.threshold = 0
         self.record_threshold = record_threshold(1.0)
-        #: Requests whose 16 random bits fall below this are traced at all.
+        #: The share of requests traced at all, out of :data:`TRACE_ALL`.
         self.trace_threshold = TRACE_ALL
+        #: The budget's plan: requests known to run untraced, then the next fate.
+        self.skips_left, self.skip_next = 0, -1
         self.slow_ns = 0
         self.trigger_keys: tuple[str, ...] = ()
         self.osprofiler_keys: tuple[str, ...] = ()
@@ -201,15 +197,8 @@ class Tracer:
         from, and so of every service tracer sharing them.
         """
         if self._main is not self:
-            self._main.update(
-                sample_ratio,
-                rate_limit,
-                overhead_budget,
-                slow_threshold_s,
-                trigger_keys,
-                osprofiler_keys,
-                redact_keys,
-            )
+            sampling = (sample_ratio, rate_limit, overhead_budget, slow_threshold_s)
+            self._main.update(*sampling, trigger_keys, osprofiler_keys, redact_keys)
             return
         if sample_ratio is not None:
             self.sample_ratio = float(sample_ratio)
@@ -242,7 +231,7 @@ class Tracer:
         main.threshold = ratio_threshold(main.sample_ratio * factor)
         main.record_threshold = record_threshold(fraction)
         main.trace_threshold = int(ctl.trace_fraction * TRACE_ALL) if ctl else TRACE_ALL
-        main.costs.follow(ctl.trace_fraction if ctl else 1.0, main.accounting)
+        main.costs.follow(ctl.trace_fraction if ctl else 1.0)
         main._share()
 
     # -- several services in one process --------------------------------------
@@ -261,6 +250,7 @@ class Tracer:
         t = Tracer.__new__(Tracer)
         t.resource = {**main.resource, "service.name": service_name, **(resource or {})}
         t.segments_kept = t.segments_dropped = t.traces_unrecorded = 0
+        t.skips_left, t.skip_next = 0, -1
         t._family = []
         t._named = {}
         won = main._named.setdefault(service_name, t)
@@ -276,10 +266,12 @@ class Tracer:
             setattr(t, name, getattr(self, name))
 
     def _share(self) -> None:
-        """Copy the shared settings to the service tracers made from this one."""
+        """Copy the shared settings to this tracer's service tracers; all drop the budget's plan."""
+        drop_plan(self)
         for t in self._family:
             for name in _SHARED:
                 setattr(t, name, getattr(self, name))
+            drop_plan(t)
 
     def _hand_over(self, new: Tracer) -> None:
         """Make the service tracers of this tracer follow *new* (a reconfiguration
@@ -480,7 +472,7 @@ class _RootStarter:
 
     def __enter__(self) -> Span | NonRecordingSpan:
         tracer = self._tracer or _tracer
-        if tracer is None or tracer is DISABLED or _get_current_span() is TRACING_OFF:
+        if tracer is None or tracer is DISABLED or in_untraced_request():
             return INVALID_SPAN
         try:
             s = tracer.start_root(self.name, self.kind, self.attributes)
@@ -526,10 +518,10 @@ def span(
     exception, if any, is recorded and sets error status, then propagates.
     A span opened under a current span is its child (and belongs to its
     tracer); otherwise it starts a local root with *tracer* (default: the
-    configured one).
+    configured one), unless the request runs untraced (then it does nothing).
     """
     cur = _get_current_span()
-    if cur is None or cur is TRACING_OFF:
+    if cur is None:
         return _RootStarter(name, kind, attributes, tracer)
     if not cur._recording:
         return cur
@@ -553,12 +545,15 @@ def start_span(
     *parent* defaults to the current span, whose tracer the new span follows.
     Without one, or with a :class:`RemoteContext` (from
     :func:`crosstrace.propagation.extract_context`), it starts a local root
-    with *tracer* (default: the configured one; none at all gives
-    :data:`INVALID_SPAN`). The caller must :meth:`~Span.end` it.
+    with *tracer* (default: the configured one; none at all, or no parent
+    in a request run untraced, gives :data:`INVALID_SPAN`). The caller must
+    :meth:`~Span.end` it.
     """
     try:
         if parent is None:
             parent = _get_current_span()
+            if parent is None and in_untraced_request():
+                return INVALID_SPAN
         if isinstance(parent, RemoteContext) or parent is None or parent is INVALID_SPAN:
             t = tracer or _tracer
             if t is None:
