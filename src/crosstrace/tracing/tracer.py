@@ -34,6 +34,7 @@ from random import getrandbits
 from time import monotonic_ns
 from typing import Any, ParamSpec, TypeVar
 
+from crosstrace.context import get_current
 from crosstrace.redact import Redactor
 from crosstrace.tracecontext import FLAG_RANDOM, FLAG_SAMPLED
 from crosstrace.tracing.budget import Accounting, CostModel, close_window
@@ -472,7 +473,10 @@ class _RootStarter:
 
     def __enter__(self) -> Span | NonRecordingSpan:
         tracer = self._tracer or _tracer
-        if tracer is None or tracer is DISABLED or in_untraced_request():
+        if tracer is None or tracer is DISABLED:
+            return INVALID_SPAN
+        rc = get_current()  # in_untraced_request(), inlined: every local root passes here
+        if rc is not None and rc.untraced:
             return INVALID_SPAN
         try:
             s = tracer.start_root(self.name, self.kind, self.attributes)
