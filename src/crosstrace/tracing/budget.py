@@ -119,8 +119,8 @@ class Accounting:
         #: Local roots of traces not recorded (a non-recording span).
         self.unrecorded = 0
         #: Requests an entry point ran untraced (outside the traced fraction),
-        #: counted when the budget plans them (see :func:`skip_request`; a
-        #: dropped plan uncounts the ones not served).
+        #: counted when planned (:func:`~crosstrace.tracing.plan.skip_request`;
+        #: a dropped plan uncounts the ones not served).
         self.bypassed = 0
         #: Root spans of untraced requests exported after the fact (failed or
         #: slow); also counted in :attr:`roots`.
