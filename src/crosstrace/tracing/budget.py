@@ -224,9 +224,8 @@ class CostModel:
         #: its group (the control group pays it too, so it is priced apart).
         self.scaffold_ns = 0.0
         #: What a request run untraced (outside the traced fraction) still costs,
-        #: and what each of its spans costs against tracing off (negative: a
-        #: span under the untraced request's no-op span is cheaper than one
-        #: that looks for a tracer).
+        #: and what each of its spans costs against tracing off (about
+        #: nothing: both look for a tracer and find none to use).
         self.bypass_ns = 0.0
         self.bypass_child_ns = 0.0
         #: Spans per local root beside the root itself, decayed over windows
@@ -285,16 +284,15 @@ class CostModel:
         self.control_every = CONTROL_EVERY if trace_fraction >= 0.5 else 0
         self.sample_every = SAMPLE_EVERY if trace_fraction >= MEASURE_ALL_BELOW else 1
 
-    def fold(self, accounting: Accounting | None = None) -> None:
+    def fold(self, accounting: Accounting) -> None:
         """Close a window: fold its measurements into the decayed sums, and
         pace the measured untraced requests by this window's count of them
         (about :data:`MEASURED_PER_WINDOW`: each costs two reads of the
         thread's CPU clock, system calls that cost microseconds in place)."""
-        if accounting is not None:
-            skipped = accounting.bypassed - self._bypassed_last
-            self._bypassed_last = accounting.bypassed
-            every = max(4, min(1024, skipped // MEASURED_PER_WINDOW))
-            accounting.mask = (1 << (every.bit_length() - 1)) - 1
+        skipped = accounting.bypassed - self._bypassed_last
+        self._bypassed_last = accounting.bypassed
+        every = max(4, min(1024, skipped // MEASURED_PER_WINDOW))
+        accounting.mask = (1 << (every.bit_length() - 1)) - 1
         self._last_controls = self._n[GROUP_CONTROL]
         self._late_last = self._late_window
         self._late_window = 0
