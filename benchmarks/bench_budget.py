@@ -58,9 +58,10 @@ copies of the untraced service (the method's own error).
 
 Printed per case: the budget, the measured added CPU (median of ``--repeats``
 windows), each window's figure and its figure from the sums, the tracer's own
-estimate (``controller.last_fraction``, averaged over the same windows), the
-effective ratio, record and traced fractions, and the share of failed / slow
-requests whose root span reached the exporter.
+estimate (``controller.last_fraction``, averaged over the same windows) and
+its floor (``controller.last_floor``: with no request traced), the effective
+ratio, record and traced fractions, and the share of failed / slow requests
+whose root span reached the exporter.
 """
 
 from __future__ import annotations
@@ -307,6 +308,7 @@ class Case:
         pairs: list[float] = []
         export0 = _thread_cpu_ns(self.exporter._thread)
         estimates: list[float] = []
+        floors: list[float] = []
         ctl = self.tracer.controller
         last_tick = ctl.next_tick_ns if ctl is not None else 0
         end = time.monotonic() + seconds
@@ -325,12 +327,14 @@ class Case:
             if ctl is not None and ctl.next_tick_ns != last_tick:
                 last_tick = ctl.next_tick_ns
                 estimates.append(ctl.last_fraction)
+                floors.append(ctl.last_floor)
         export = _thread_cpu_ns(self.exporter._thread) - export0
         return {
             "added": statistics.median(pairs) + export / cpu_p,
             "added_mean": (cpu_t + export - cpu_p) / cpu_p,
             "export_share": export / cpu_p,
             "estimate": statistics.fmean(estimates) if estimates else float("nan"),
+            "floor": statistics.fmean(floors) if floors else float("nan"),
             "ratio": self.tracer.effective_ratio,
             "record": self.tracer.record_fraction,
             "traced": ctl.trace_fraction if ctl is not None else 1.0,
@@ -361,6 +365,7 @@ def run_case(
         "added_mean_all": [w["added_mean"] for w in windows],
         "export_share": statistics.median(w["export_share"] for w in windows),
         "estimate": statistics.median(w["estimate"] for w in windows),
+        "floor": statistics.median(w["floor"] for w in windows),
         "ratio": windows[-1]["ratio"],
         "record": windows[-1]["record"],
         "traced": windows[-1]["traced"],
@@ -557,10 +562,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(
         "| server | request | budget | measured added CPU (median) | windows | "
-        "windows, from the sums | tracer's estimate | export thread | eff. ratio | "
-        "record fraction | traced fraction | errors exported | slow exported |"
+        "windows, from the sums | tracer's estimate | tracer's floor | export thread | "
+        "eff. ratio | record fraction | traced fraction | errors exported | slow exported |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for server in args.servers.split(","):
             for kind in args.kinds.split(","):
@@ -572,7 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(
                         f"| {server} | {kind} | {budget * 100:g} % | "
                         f"{r['added'] * 100:+.2f} % | {windows} | {sums} | "
-                        f"{r['estimate'] * 100:.2f} % | {r['export_share'] * 100:.2f} % | "
+                        f"{r['estimate'] * 100:.2f} % | {r['floor'] * 100:.2f} % | "
+                        f"{r['export_share'] * 100:.2f} % | "
                         f"{r['ratio']:.3f} | {r['record']:.3f} | {r['traced']:.3f} | "
                         f"{r['errors_kept'] * 100:.0f} % | {r['slow_kept'] * 100:.0f} % |",
                         flush=True,

@@ -49,4 +49,4 @@ def test_report_says_what_the_tracer_spends() -> None:
     assert body["service"] == "svc"
     assert body["budget"] == 0.02
     assert body["spans_dropped"] == 7
-    assert set(body) >= {"overhead", "effective_ratio", "record_fraction", "poll_failures"}
+    assert set(body) >= {"overhead", "floor", "effective_ratio", "record_fraction", "poll_failures"}

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from crosstrace.tracing import sampling
+from crosstrace.tracing.budget import GROUP_SKIPPED, Accounting, CostModel
 from crosstrace.tracing.sampling import (
     OverheadController,
     TokenBucket,
@@ -173,3 +174,22 @@ def test_an_idle_process_keeps_its_knobs_up() -> None:
     ctl.adjust(record_ns=5_000_000, export_ns=0, proc_ns=10_000_000)  # 50 % of almost nothing
     assert ctl.trace_fraction == pytest.approx(0.625)  # rises instead of falling
     assert ctl.last_fraction == pytest.approx(0.5)
+
+
+def test_the_floor_is_what_the_window_would_cost_with_nothing_traced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every request as a skipped one: 100 traced and 900 untraced requests
+    of 50 us, each untraced one paying 0.5 us, would have cost 0.5 ms."""
+    clock = iter(range(0, 10 * 10**9, 10**9))  # a busy process: 1 s of CPU a window
+    monkeypatch.setattr(sampling.time, "process_time_ns", lambda: next(clock))
+    costs, acct = CostModel(), Accounting()
+    costs.bypass_ns = 500.0
+    for _ in range(100):
+        costs.observe(GROUP_SKIPPED, 50_000)
+    ctl = OverheadController(0.01)
+    assert ctl.tick(acct, costs, 0, now_ns=ctl.next_tick_ns)
+    acct.roots, acct.spans, acct.bypassed = 100, 500, 900
+    assert ctl.tick(acct, costs, 0, now_ns=ctl.next_tick_ns)
+    assert ctl.last_floor == pytest.approx(1000 * 500 / (1000 * 50_000))
+    assert ctl.last_fraction > ctl.last_floor  # the traced requests cost more

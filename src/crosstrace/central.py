@@ -167,6 +167,7 @@ class SamplingPoller:
             "service": str(t.resource.get("service.name", "")),
             "budget": ctl.budget if ctl is not None else 0.0,
             "overhead": ctl.last_fraction if ctl is not None else 0.0,
+            "floor": ctl.last_floor if ctl is not None else 0.0,
             "effective_ratio": t.effective_ratio,
             "record_fraction": t.record_fraction,
             "trace_fraction": ctl.trace_fraction if ctl is not None else 1.0,

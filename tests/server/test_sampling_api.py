@@ -94,6 +94,7 @@ def test_reports_show_budget_against_actual(client: AppClient) -> None:
         "service": "nova-api",
         "budget": 0.02,
         "overhead": 0.019,
+        "floor": 0.004,
         "effective_ratio": 0.3,
         "record_fraction": 1.0,
         "spans_dropped": 4,
@@ -104,6 +105,7 @@ def test_reports_show_budget_against_actual(client: AppClient) -> None:
     assert row["service"] == "nova-api"
     assert row["budget"] == 0.02
     assert row["reported"]["overhead"] == 0.019
+    assert row["reported"]["floor"] == 0.004
     assert row["reported"]["spans_dropped"] == 4
     bad = client.post("/api/v1/overhead", json={"service": "x", "overhead": "lots"}, headers=INGEST)
     assert bad.status_code == 400

@@ -47,10 +47,11 @@ def test_admins_see_budget_against_reported_overhead(
     served: tuple[AppClient, dict[str, dict[str, str]]],
 ) -> None:
     client, tokens = served
-    r = client.request(
-        "PUT", "/api/v1/sampling/nova-api", json={"budget": 0.02}, headers=tokens["admin"]
-    )
-    assert r.status_code == 200
+    for service, budget in (("nova-api", 0.02), ("keystone", 0.01)):
+        r = client.request(
+            "PUT", f"/api/v1/sampling/{service}", json={"budget": budget}, headers=tokens["admin"]
+        )
+        assert r.status_code == 200
     for body in (
         {
             "service": "nova-api",
@@ -61,6 +62,7 @@ def test_admins_see_budget_against_reported_overhead(
             "spans_dropped": 7,
         },
         {"service": "glance-api", "overhead": 0.004, "trace_fraction": 1.0},
+        {"service": "keystone", "budget": 0.01, "overhead": 0.03, "floor": 0.025},
     ):
         assert (
             client.post("/api/v1/overhead", json=body, headers=tokens["ingest"]).status_code == 204
@@ -72,6 +74,10 @@ def test_admins_see_budget_against_reported_overhead(
     assert "over budget" in nova  # 3.1 % against 2 %
     for text in ("2 %", "3.1 %", "25 %", "50 %", ">7<"):
         assert text in nova
+    assert "budget below its floor" not in nova  # its floor is not reported
+    keystone = _row(page, "keystone")
+    assert "budget below its floor" in keystone  # over budget with nothing traced
+    assert "2.5 %" in keystone
     glance = _row(page, "glance-api")
     assert "over budget" not in glance  # no budget set
     assert "0.4 %" in glance
@@ -89,6 +95,17 @@ def test_tracing_rows_mark_stale_reports_and_services_never_reported() -> None:
             {"service": "b", "budget": 0.02, "reported": {}},
             {"service": "c", "budget": 0.1, "reported": {"reported_at": 990.0, "overhead": 0.105}},
             {"service": "d", "budget": 0.5, "reported": {"reported_at": 990.0, "overhead": 1}},
+            {"service": "e", "budget": 0.01, "reported": {"reported_at": 990.0, "overhead": 0.03}},
+            {
+                "service": "f",
+                "budget": 0.01,
+                "reported": {"reported_at": 990.0, "overhead": 0.03, "floor": 0.02},
+            },
+            {
+                "service": "g",
+                "budget": 0.02,
+                "reported": {"reported_at": 990.0, "overhead": 0.03, "floor": 0.01},
+            },
         ],
         now_s=1000.0,
     )
@@ -97,4 +114,7 @@ def test_tracing_rows_mark_stale_reports_and_services_never_reported() -> None:
         ("b", "none", "never"),
         ("c", "ok", "10 s ago"),  # within 10 % of its budget
         ("d", "over", "10 s ago"),  # a whole number reported (JSON 1, not 1.0)
+        ("e", "over", "10 s ago"),
+        ("f", "floor", "10 s ago"),  # over even with nothing traced
+        ("g", "over", "10 s ago"),  # its floor is under the budget
     ]

@@ -40,6 +40,7 @@ FIELDS: Final = ("ratio", "budget", "rate_limit", "slow_threshold")
 REPORT_FIELDS: Final = (
     "budget",
     "overhead",
+    "floor",
     "effective_ratio",
     "record_fraction",
     "trace_fraction",

@@ -124,7 +124,10 @@ class OverheadController:
     starts a trace after the window elapsed) reads the tracer's counters, prices
     them with the cost model, adds the export thread's CPU time, and adjusts
     :attr:`ratio_factor` and :attr:`record_fraction`. :attr:`last_fraction` is
-    the estimate of the window that just closed.
+    the estimate of the window that just closed, :attr:`last_floor` what that
+    window's requests would have cost with none of them traced (each run
+    untraced, the failed and slow ones exported after the fact; the export
+    thread not counted): a budget below it cannot be held.
     """
 
     __slots__ = (
@@ -133,9 +136,11 @@ class OverheadController:
         "_export_cpu_last",
         "_export_cpu_now",
         "_fixed_ns",
+        "_floor_ns",
         "_proc_last",
         "_record_ns",
         "budget",
+        "last_floor",
         "last_fraction",
         "next_tick_ns",
         "ratio_factor",
@@ -167,11 +172,13 @@ class OverheadController:
         self.record_fraction = 1.0
         self.trace_fraction = 1.0
         self.last_fraction = 0.0
+        self.last_floor = 0.0
         self._record_ns = 0
         self._export_cpu_now = 0
         self._export_cpu_last = 0
         self._counts_last: tuple[int, ...] | None = None
         self._fixed_ns = 0.0
+        self._floor_ns = 0.0
         self._calib_last = 0
         self._proc_last = time.process_time_ns()
         self.next_tick_ns = time.monotonic_ns() + self.window_ns
@@ -220,7 +227,10 @@ class OverheadController:
             total, fixed = costs.record_ns(*d)
             self._record_ns += int(total)
             self._fixed_ns += fixed
-            base_ns = costs.baseline_ns(d[0] - d[5] + d[3] + d[4])
+            requests = d[0] - d[5] + d[3] + d[4]
+            # With none traced: every request pays what a skipped one does.
+            self._floor_ns += fixed + max(0, requests - d[4]) * costs.skipped_ns()
+            base_ns = costs.baseline_ns(requests)
             calib = costs.calibration_ns
             self._record_ns += max(0, calib - self._calib_last)
             self._calib_last = calib
@@ -229,9 +239,9 @@ class OverheadController:
         proc_ns = proc - self._proc_last
         self._proc_last = proc
         record_ns = self._record_ns
-        fixed_ns = self._fixed_ns
+        fixed_ns, floor_ns = self._fixed_ns, self._floor_ns
         self._record_ns = 0
-        self._fixed_ns = 0.0
+        self._fixed_ns = self._floor_ns = 0.0
         export_now = self._export_cpu_now
         export_ns = max(0, export_now - self._export_cpu_last)
         self._export_cpu_last = export_now
@@ -240,7 +250,7 @@ class OverheadController:
             self.record_fraction = 1.0
             self.trace_fraction = 1.0
             return True
-        self.adjust(record_ns, export_ns, proc_ns, base_ns, fixed_ns)
+        self.adjust(record_ns, export_ns, proc_ns, base_ns, fixed_ns, floor_ns)
         return True
 
     def adjust(
@@ -250,11 +260,13 @@ class OverheadController:
         proc_ns: int,
         base_ns: float | None = None,
         fixed_ns: float = 0.0,
+        floor_ns: float = 0.0,
     ) -> None:
         """One control step from a window's measured costs.
 
         *fixed_ns* is the part of *record_ns* no knob scales (requests run
-        untraced, failures exported after the fact). Export cost scales with
+        untraced, failures exported after the fact); *floor_ns* what the
+        window would have cost with no request traced. Export cost scales with
         the share of traces kept (mostly the effective ratio), the rest of the
         recording cost with the traced and record fractions. Each knob moves by
         the factor that would bring the window to the budget, bounded per
@@ -265,6 +277,7 @@ class OverheadController:
             # A nearly idle process: what tracing costs it is negligible in
             # absolute terms, and a fraction of almost nothing is noise.
             self.last_fraction = spent / proc_ns
+            self.last_floor = floor_ns / proc_ns
             self._raise(self.MAX_STEP)
             return
         # The budget is a fraction of what the service uses without tracing:
@@ -273,6 +286,7 @@ class OverheadController:
         base = base_ns if base_ns else max(proc_ns - spent, proc_ns // 2)
         allowed = self.budget * base
         self.last_fraction = spent / base
+        self.last_floor = floor_ns / base
         scaled = spent - fixed_ns  # what the knobs act on
         room = allowed - fixed_ns
         if scaled <= 0:

@@ -146,6 +146,7 @@ def tracing_rows(rows: list[dict[str, Any]], now_s: float) -> list[dict[str, Any
         reported = row.get("reported") or {}
         budget = row.get("budget")
         overhead = reported.get("overhead")
+        floor = reported.get("floor")
         at = reported.get("reported_at")
         age = now_s - at if isinstance(at, int | float) else None
         state = "none"
@@ -157,11 +158,14 @@ def tracing_rows(rows: list[dict[str, Any]], now_s: float) -> list[dict[str, Any
                 and isinstance(overhead, int | float)
             ):
                 state = "over" if overhead > budget * OVER_BUDGET else "ok"
+                if state == "over" and isinstance(floor, int | float) and floor > budget:
+                    state = "floor"  # over even with nothing traced
         out.append(
             {
                 "service": row.get("service", ""),
                 "budget": _percent(budget),
                 "overhead": _percent(overhead),
+                "floor": _percent(floor),
                 "traced": _percent(reported.get("trace_fraction")),
                 "ratio": _percent(reported.get("effective_ratio")),
                 "dropped": reported.get("spans_dropped", "—"),
