@@ -127,7 +127,9 @@ class OverheadController:
     the estimate of the window that just closed, :attr:`last_floor` what that
     window's requests would have cost with none of them traced (each run
     untraced, the failed and slow ones exported after the fact; the export
-    thread not counted): a budget below it cannot be held.
+    thread not counted): a budget below it cannot be held. It counts the
+    exports after the fact the window had, so it is exact when few requests
+    are traced (when it matters) and leaves out the failures of traced ones.
     """
 
     __slots__ = (
