@@ -193,3 +193,12 @@ def test_the_floor_is_what_the_window_would_cost_with_nothing_traced(
     assert ctl.tick(acct, costs, 0, now_ns=ctl.next_tick_ns)
     assert ctl.last_floor == pytest.approx(1000 * 500 / (1000 * 50_000))
     assert ctl.last_fraction > ctl.last_floor  # the traced requests cost more
+    # Two of 200 spans exported were roots of untraced requests exported after
+    # the fact: 1 % of the export thread's 1 ms is theirs, and in the floor.
+    # 1,000 requests: 999 untraced, 2 of them exported after the fact (roots
+    # too), and one traced of 5 spans.
+    acct.roots, acct.spans, acct.kept_spans, acct.late = 103, 507, 200, 2
+    acct.bypassed += 999
+    assert ctl.tick(acct, costs, 1_000_000, now_ns=ctl.next_tick_ns)
+    expected = 1000 * 500 + 1_000_000 * 2 / 200
+    assert ctl.last_floor == pytest.approx(expected / (1000 * 50_000))

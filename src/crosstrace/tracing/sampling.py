@@ -126,8 +126,8 @@ class OverheadController:
     :attr:`ratio_factor` and :attr:`record_fraction`. :attr:`last_fraction` is
     the estimate of the window that just closed, :attr:`last_floor` what that
     window's requests would have cost with none of them traced (each run
-    untraced, the failed and slow ones exported after the fact; the export
-    thread not counted): a budget below it cannot be held. It counts the
+    untraced, the failed and slow ones exported after the fact, and the export
+    thread's share for those): a budget below it cannot be held. It counts the
     exports after the fact the window had, so it is exact when few requests
     are traced (when it matters) and leaves out the failures of traced ones.
     """
@@ -138,7 +138,6 @@ class OverheadController:
         "_export_cpu_last",
         "_export_cpu_now",
         "_fixed_ns",
-        "_floor_ns",
         "_proc_last",
         "_record_ns",
         "budget",
@@ -180,7 +179,6 @@ class OverheadController:
         self._export_cpu_last = 0
         self._counts_last: tuple[int, ...] | None = None
         self._fixed_ns = 0.0
-        self._floor_ns = 0.0
         self._calib_last = 0
         self._proc_last = time.process_time_ns()
         self.next_tick_ns = time.monotonic_ns() + self.window_ns
@@ -220,6 +218,8 @@ class OverheadController:
         if export_cpu_ns is not None:
             self._export_cpu_now = export_cpu_ns
         base_ns: float | None = None
+        floor_ns = 0.0  # what the window would have cost with no request traced
+        late_share = 0.0  # of the spans exported: the roots exported after the fact
         if accounting is not None and costs is not None:
             costs.fold(accounting)
             counts = accounting.snapshot()
@@ -231,8 +231,9 @@ class OverheadController:
             self._fixed_ns += fixed
             requests = d[0] - d[5] + d[3] + d[4]
             # With none traced: every request pays what a skipped one does.
-            self._floor_ns += fixed + max(0, requests - d[4]) * costs.skipped_ns()
+            floor_ns = fixed + max(0, requests - d[4]) * costs.skipped_ns()
             base_ns = costs.baseline_ns(requests)
+            late_share = d[5] / d[2] if d[2] > 0 else 0.0
             calib = costs.calibration_ns
             self._record_ns += max(0, calib - self._calib_last)
             self._calib_last = calib
@@ -241,12 +242,13 @@ class OverheadController:
         proc_ns = proc - self._proc_last
         self._proc_last = proc
         record_ns = self._record_ns
-        fixed_ns, floor_ns = self._fixed_ns, self._floor_ns
+        fixed_ns = self._fixed_ns
         self._record_ns = 0
-        self._fixed_ns = self._floor_ns = 0.0
+        self._fixed_ns = 0.0
         export_now = self._export_cpu_now
         export_ns = max(0, export_now - self._export_cpu_last)
         self._export_cpu_last = export_now
+        floor_ns += export_ns * late_share
         if self.budget <= 0.0 or proc_ns <= 0:
             self.ratio_factor = 1.0
             self.record_fraction = 1.0
