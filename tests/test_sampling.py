@@ -199,6 +199,7 @@ def test_the_floor_is_what_the_window_would_cost_with_nothing_traced(
     # too), and one traced of 5 spans.
     acct.roots, acct.spans, acct.kept_spans, acct.late = 103, 507, 200, 2
     acct.bypassed += 999
+    costs.calibration_ns = 2_000_000  # a calibration ran: it runs whatever is traced
     assert ctl.tick(acct, costs, 1_000_000, now_ns=ctl.next_tick_ns)
-    expected = 1000 * 500 + 1_000_000 * 2 / 200
+    expected = 1000 * 500 + 1_000_000 * 2 / 200 + 2_000_000
     assert ctl.last_floor == pytest.approx(expected / (1000 * 50_000))

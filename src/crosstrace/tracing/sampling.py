@@ -127,7 +127,7 @@ class OverheadController:
     the estimate of the window that just closed, :attr:`last_floor` what that
     window's requests would have cost with none of them traced (each run
     untraced, the failed and slow ones exported after the fact, and the export
-    thread's share for those): a budget below it cannot be held. It counts the
+    thread's share for those, and calibration): a budget below it cannot be held. It counts the
     exports after the fact the window had, so it is exact when few requests
     are traced (when it matters) and leaves out the failures of traced ones.
     """
@@ -234,9 +234,10 @@ class OverheadController:
             floor_ns = fixed + max(0, requests - d[4]) * costs.skipped_ns()
             base_ns = costs.baseline_ns(requests)
             late_share = d[5] / d[2] if d[2] > 0 else 0.0
-            calib = costs.calibration_ns
-            self._record_ns += max(0, calib - self._calib_last)
-            self._calib_last = calib
+            calib = max(0, costs.calibration_ns - self._calib_last)
+            self._calib_last = costs.calibration_ns
+            self._record_ns += calib
+            floor_ns += calib  # calibration runs whatever is traced
         self.next_tick_ns = now + self.window_ns
         proc = time.process_time_ns()
         proc_ns = proc - self._proc_last
