@@ -328,6 +328,12 @@ class CostModel:
         of two noisy timings, not multiplied into the estimate)."""
         return self.bypass_ns
 
+    def floor_ns(self, requests: int) -> float:
+        """What this window's requests would have cost the request thread with
+        none of them traced: each what a skipped one costs, and the root spans
+        exported after the fact (what the window had of them)."""
+        return requests * self.skipped_ns() + self._late_last
+
     def baseline_ns(self, requests: int) -> float | None:
         """What this window's requests (the control group's included) would
         have cost without tracing."""

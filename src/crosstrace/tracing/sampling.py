@@ -126,10 +126,11 @@ class OverheadController:
     :attr:`ratio_factor` and :attr:`record_fraction`. :attr:`last_fraction` is
     the estimate of the window that just closed, :attr:`last_floor` what that
     window's requests would have cost with none of them traced (each run
-    untraced, the failed and slow ones exported after the fact, and the export
-    thread's share for those, and calibration): a budget below it cannot be held. It counts the
-    exports after the fact the window had, so it is exact when few requests
-    are traced (when it matters) and leaves out the failures of traced ones.
+    untraced, the failed and slow ones exported after the fact with the export
+    thread's share for those, and calibration): a budget below it cannot be
+    held. It counts the exports after the fact the window had, so it is exact
+    when few requests are traced (when it matters) and leaves out the failures
+    of traced ones.
     """
 
     __slots__ = (
@@ -230,8 +231,7 @@ class OverheadController:
             self._record_ns += int(total)
             self._fixed_ns += fixed
             requests = d[0] - d[5] + d[3] + d[4]
-            # With none traced: every request pays what a skipped one does.
-            floor_ns = fixed + max(0, requests - d[4]) * costs.skipped_ns()
+            floor_ns = costs.floor_ns(requests)
             base_ns = costs.baseline_ns(requests)
             late_share = d[5] / d[2] if d[2] > 0 else 0.0
             calib = max(0, costs.calibration_ns - self._calib_last)
