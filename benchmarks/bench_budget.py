@@ -12,7 +12,7 @@ Two copies of the same instrumented service run side by side: one behind a
 middleware with a tracer (budget B, every trace sampled, exporting OTLP/JSON
 lines to a file through the real ``BatchExporter``), one behind the same
 middleware with tracing off (request ids only; the service's ``span()`` calls
-are no-ops). The benchmark alternates ~20 ms slices of each kind of request
+are no-ops). The benchmark alternates ~100 ms slices of each kind of request
 and times each slice's CPU on the request thread (``time.thread_time``); the
 export thread's CPU time (read from outside through its
 ``pthread_getcpuclockid`` clock) is added to the traced side. After a warm-up
@@ -32,7 +32,12 @@ garbage collection) falls into a few slices only and is undercounted, which is
 why the sums are printed too.
 
 Separate processes on this shared machine differ by +-20 %, which is why both
-kinds run in one process, in alternating slices, on one core.
+kinds run in one process, in alternating slices, on one core. The slices are
+longer than the tracer's own alternating phases (~20 ms of CPU, see
+``crosstrace.tracing.phases``), which read the process's CPU time: a slice of
+the untraced copy inside a phase is work the tracer cannot tell from its
+service's, and a phase that holds one takes too long to be compared. (A
+service has no such copy beside it.)
 
 Requests: ``light`` does ~50 us of CPU work and opens 5 spans, ``heavy``
 ~300 us and 20 spans; every span has 3 attributes. One request in 200 fails
@@ -59,7 +64,9 @@ copies of the untraced service (the method's own error).
 Printed per case: the budget, the measured added CPU (median of ``--repeats``
 windows), each window's figure and its figure from the sums, the tracer's own
 estimate (``controller.last_fraction``, averaged over the same windows) and
-its floor (``controller.last_floor``: with no request traced), the effective
+its floor (``controller.last_floor``: with no request traced), what it measures
+a traced request to cost, in place and from its phases (the whole; after the
+last window), the effective
 ratio, record and traced fractions, and the share of failed / slow requests
 whose root span reached the exporter.
 """
@@ -84,6 +91,7 @@ from crosstrace.asgi import RequestIdMiddleware as AsgiMiddleware
 from crosstrace.context import RequestContext
 from crosstrace.export import BatchExporter, FileTransport
 from crosstrace.tracing import Tracer
+from crosstrace.tracing.budget import GROUP_RECORDED
 from crosstrace.tracing.plan import drop_plan
 from crosstrace.tracing.spans import get_current_span
 from crosstrace.wsgi import RequestIdMiddleware as WsgiMiddleware
@@ -296,9 +304,13 @@ class Case:
         return run
 
     def slice_size(self, slice_s: float) -> int:
+        """Requests in a slice of *slice_s* seconds (timed warm, on both sides)."""
+        self.run_plain(50)
+        self.run_traced(50)
         t0 = time.perf_counter()
-        self.run_plain(20)
-        per = (time.perf_counter() - t0) / 20
+        self.run_plain(200)
+        self.run_traced(200)
+        per = (time.perf_counter() - t0) / 400
         return max(1, int(slice_s / per))
 
     def measure(self, seconds: float, n: int) -> dict[str, float]:
@@ -329,7 +341,12 @@ class Case:
                 estimates.append(ctl.last_fraction)
                 floors.append(ctl.last_floor)
         export = _thread_cpu_ns(self.exporter._thread) - export0
+        costs = self.tracer.costs
+        off, rec = costs.off_ns(), costs.measured(GROUP_RECORDED)
+        whole = costs.phases.per_trace()
         return {
+            "in_place": rec - off if rec is not None and off is not None else float("nan"),
+            "whole": whole if whole is not None else float("nan"),
             "added": statistics.median(pairs) + export / cpu_p,
             "added_mean": (cpu_t + export - cpu_p) / cpu_p,
             "export_share": export / cpu_p,
@@ -366,6 +383,8 @@ def run_case(
         "export_share": statistics.median(w["export_share"] for w in windows),
         "estimate": statistics.median(w["estimate"] for w in windows),
         "floor": statistics.median(w["floor"] for w in windows),
+        "in_place": windows[-1]["in_place"],
+        "whole": windows[-1]["whole"],
         "ratio": windows[-1]["ratio"],
         "record": windows[-1]["record"],
         "traced": windows[-1]["traced"],
@@ -532,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=6.0, help="seconds before measuring")
     p.add_argument("--window", type=float, default=4.0, help="seconds per measured window")
     p.add_argument("--repeats", type=int, default=3, help="measured windows per case")
-    p.add_argument("--slice-ms", type=float, default=20.0)
+    p.add_argument("--slice-ms", type=float, default=100.0)
     p.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last)")
     p.add_argument("--quick", action="store_true", help="warm-up 3 s, windows of 2 s")
     p.add_argument(
@@ -563,9 +582,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "| server | request | budget | measured added CPU (median) | windows | "
         "windows, from the sums | tracer's estimate | tracer's floor | export thread | "
+        "traced request, in place / whole (µs) | "
         "eff. ratio | record fraction | traced fraction | errors exported | slow exported |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for server in args.servers.split(","):
             for kind in args.kinds.split(","):
@@ -579,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"{r['added'] * 100:+.2f} % | {windows} | {sums} | "
                         f"{r['estimate'] * 100:.2f} % | {r['floor'] * 100:.2f} % | "
                         f"{r['export_share'] * 100:.2f} % | "
+                        f"{r['in_place'] / 1000:.1f} / {r['whole'] / 1000:.1f} | "
                         f"{r['ratio']:.3f} | {r['record']:.3f} | {r['traced']:.3f} | "
                         f"{r['errors_kept'] * 100:.0f} % | {r['slow_kept'] * 100:.0f} % |",
                         flush=True,

@@ -226,6 +226,8 @@ def test_the_planned_decisions_trace_the_fraction_asked(fraction: float) -> None
     t.controller.trace_fraction = fraction
     t.controller.next_tick_ns = 1 << 62
     t._apply_knobs()
+    # One traced phase throughout (no untraced phase to measure against).
+    t.costs.phases.untraced, t.costs.phases.end = False, 1 << 62
     n = 40_000
     traced = [i for i in range(n) if not t.skip_request()]
     share = len(traced) / n

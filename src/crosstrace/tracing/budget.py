@@ -18,6 +18,10 @@ So the work is split:
   request costs its group's mean less the control group's. Root spans built
   after the fact for untraced requests that failed or were slow are timed one
   by one (:meth:`CostModel.add_late`).
+* **Measuring the whole** (:mod:`crosstrace.tracing.phases`): what a traced
+  request costs the process, the slower code after it and its garbage
+  collected later included, from alternating phases of traced and untraced
+  requests; it replaces the in-place figure once it has enough comparisons.
 * **Pricing** (:class:`CostModel`): what the measurements cannot see, and
   what stands in until they have enough samples, is measured by running the
   real code paths (a recorded and an unrecorded local root, child spans with
@@ -44,6 +48,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from crosstrace.tracing.phases import Phases
 from crosstrace.tracing.sampling import OverheadController
 
 __all__ = [
@@ -56,6 +61,7 @@ __all__ = [
     "MEASURE_ALL_BELOW",
     "RECALIBRATE_S",
     "SAMPLE_EVERY",
+    "WHOLE_BOUNDS",
     "Accounting",
     "CostModel",
     "Probe",
@@ -90,6 +96,10 @@ MEASURE_ALL_BELOW = 0.25
 DECAY = 0.8
 #: Effective samples a group needs before its mean replaces the calibrated price.
 MIN_SAMPLES = 20.0
+#: The range, as multiples of a traced request's price measured in place, of
+#: what the alternating phases may say it costs the process (their figure is
+#: a difference of two noisy means; outside it, it is noise).
+WHOLE_BOUNDS = (0.5, 4.0)
 
 
 #: Iterations of busy work a probe's application does before its spans and in
@@ -188,6 +198,7 @@ class CostModel:
         "control_every",
         "deferred_child_ns",
         "keep_ns",
+        "phases",
         "root_ns",
         "sample_every",
         "scaffold_ns",
@@ -253,6 +264,8 @@ class CostModel:
         # CPU of the root spans exported after the fact: this window, the last.
         self._late_window = 0
         self._late_last = 0
+        #: The plan's alternating phases, which measure a traced request's whole cost.
+        self.phases = Phases()
 
     @property
     def has_probe(self) -> bool:
@@ -385,7 +398,19 @@ class CostModel:
         else:
             per_root = self.children_per_root
             def_cost = unrecorded * max(0.0, self.unrecorded_ns + per_root * self.deferred_child_ns)
-        return fixed + controls + rec_cost + def_cost, fixed
+        return fixed + controls + self._whole(rec_cost + def_cost, roots + unrecorded), fixed
+
+    def _whole(self, in_place: float, traced: int) -> float:
+        """What *traced* requests cost the request threads, measured in place
+        at *in_place* ns: what the alternating phases measured a traced
+        request to cost, once they have (the code after a traced request
+        runs slower, and the garbage collector pays for its objects later),
+        kept within :data:`WHOLE_BOUNDS` times the price in place."""
+        whole = self.phases.per_trace()
+        if whole is None or traced <= 0 or in_place <= 0.0:
+            return in_place
+        low, high = WHOLE_BOUNDS
+        return min(max(whole * traced, low * in_place), high * in_place)
 
     def maybe_recalibrate(self) -> None:
         """Calibrate again when :data:`RECALIBRATE_S` passed since the last time."""

@@ -8,7 +8,10 @@ untraced requests before the next traced one are one geometric draw (the same
 law as a draw per request), and most requests pay a countdown on the tracer
 (``tracer.skips_left``) and nothing else. :func:`skip_request` answers when the
 countdown is at zero, and plans the next run; :func:`drop_plan` forgets the
-plan when the traced fraction changes.
+plan when the traced fraction changes. While the budget leaves requests
+untraced, the plan alternates traced phases with short phases in which every
+request runs untraced: what a traced request costs the whole process is
+measured from the two (:mod:`crosstrace.tracing.phases`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import math
 import time
 from random import random
 from typing import Any
+
+from crosstrace.tracing.phases import served
 
 __all__ = ["SKIP_MEASURED", "TRACE_ALL", "drop_plan", "skip_request"]
 
@@ -71,10 +76,16 @@ def skip_request(tracer: Any) -> int:
 def _plan(tracer: Any) -> int:
     """Decide this request and plan the next ones (see :func:`skip_request`)."""
     acct = tracer.accounting
+    phases = tracer.costs.phases
+    left = phases.end - served(acct)  # requests left in the phase
+    if left <= 0:
+        sink = tracer.sink
+        phases.switch(acct, time.process_time_ns(), sink.cpu_ns() if sink is not None else 0)
+        left = phases.end - served(acct)
     mask = acct.mask
     # Untraced requests from this one to the next measured one (1: this one).
     to_measured = mask + 1 - (acct.bypassed & mask)
-    p = tracer.trace_threshold / TRACE_ALL
+    p = 0.0 if phases.untraced else tracer.trace_threshold / TRACE_ALL
     if p >= 1.0:
         gap = 0
     elif p <= 0.0:
@@ -83,6 +94,12 @@ def _plan(tracer: Any) -> int:
         gap = int(math.log(1.0 - random()) / math.log1p(-p))
     if gap == 0:
         return 0  # traced; the next request is decided afresh
+    if gap > left and to_measured > left:
+        # The run is cut at the phase's end, so that the next plan switches;
+        # the draw then starts again (the law of what is left is the same).
+        acct.bypassed += left
+        tracer.skips_left = left - 1
+        return 1
     if gap < to_measured:
         acct.bypassed += gap
         tracer.skips_left = gap - 1

@@ -1,0 +1,153 @@
+"""Alternating phases: what a traced request costs the process, all of it.
+
+The cost model (:mod:`crosstrace.tracing.budget`) times a traced request
+where it runs. Part of what tracing costs lands elsewhere: the application
+code that runs after a traced request is slower (the tracer's code and data
+took its caches and branch predictors), and the garbage collector pays for a
+trace's objects later. No timing of the traced requests sees that; comparing
+the service with and without tracing over alternating slices of time does,
+which is how the cost is measured from outside (``benchmarks/bench_budget.py``).
+
+So while the budget leaves requests untraced, their plan
+(:mod:`crosstrace.tracing.plan`) alternates two phases: a *traced* phase of
+about :data:`TRACED_NS` of CPU, planned as usual, and an *untraced* phase of
+about :data:`UNTRACED_NS`, in which every request runs untraced (its failure
+or slow run still exported after the fact). A phase is a number of requests
+(its length at the last phase's CPU per request), so whether it has ended
+is a comparison of counters the plan makes anyway; runs of untraced requests
+are planned up to the phase's end, never across it. At each switch
+:meth:`Phases.switch` reads the process's CPU time less the export thread's
+(measured apart) and the tracer's request counters. Each untraced phase, set
+against the mean of the traced phases on either side of it (so that a
+steady drift of the machine cancels out), gives what a traced request cost
+the request threads::
+
+    (CPU per request, traced phases - CPU per request, untraced phase)
+        / share of the traced phases' requests that were traced
+
+The mean of the last :data:`PAIRS` of these, the highest and lowest
+:data:`TRIM` of them left out, is :meth:`Phases.per_trace`. Trimmed, because
+now and then a phase costs much more for reasons outside the process (the
+host); a mean, not the median, because tracing's own rare costs (a larger
+garbage collection) belong in the figure: the median of the same comparisons
+read ~10 % less on the benchmark's light request. A phase that took far more
+CPU than planned (the process was busy with other work, or no plan was made
+for a while) is not compared.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+__all__ = [
+    "LATE_SHARE",
+    "MIN_PAIRS",
+    "PAIRS",
+    "TRACED_NS",
+    "TRIM",
+    "UNTRACED_NS",
+    "Phases",
+    "served",
+]
+
+#: Length of a traced phase and of an untraced one: the untraced phases take
+#: a fifth of the time, so a budget can still trace up to 80 % of requests.
+TRACED_NS = 16_000_000
+UNTRACED_NS = 4_000_000
+#: A phase whose CPU exceeds its length by more than this share of it (the
+#: process was busy elsewhere, or no plan was made) is not compared.
+LATE_SHARE = 0.5
+#: CPU per request assumed before the first phase was measured.
+FIRST_PER_REQUEST_NS = 100_000
+#: Comparisons kept (about 10 s of phases), and needed before there is a figure.
+PAIRS = 500
+MIN_PAIRS = 50
+#: Share of the comparisons left out at each end before their mean is taken.
+TRIM = 0.1
+#: Fewest requests a phase needs to count (fewer: its CPU per request is noise).
+MIN_REQUESTS = 8
+
+
+def served(acct: Any) -> int:
+    """Requests the accounting counted so far (traced or not)."""
+    n: int = acct.roots - acct.late + acct.unrecorded + acct.bypassed
+    return n
+
+
+class Phases:
+    """The alternation of traced and untraced phases, and what it measured.
+
+    CPU is the process's CPU time, not wall time: a request waiting on I/O
+    does not stretch a phase. The export thread's CPU time is taken off: it
+    is measured apart, and it exports a phase's spans during the next ones.
+    """
+
+    __slots__ = ("_last", "_mark", "_pending", "_per", "_per_trace", "end", "untraced")
+
+    def __init__(self) -> None:
+        #: Whether the current phase runs every request untraced (the first
+        #: switch starts a traced one).
+        self.untraced = True
+        #: The request count (:func:`served`) at which the current phase ends.
+        self.end = 0
+        # Where the current phase started: (CPU less the export thread's,
+        # requests, traced requests).
+        self._mark: tuple[int, int, int] | None = None
+        # The last traced phase (CPU per request, traced share), and the
+        # untraced phase after it (CPU per request) awaiting the next one.
+        self._last: tuple[float, float] | None = None
+        self._pending: tuple[tuple[float, float], float] | None = None
+        self._per_trace: deque[float] = deque(maxlen=PAIRS)
+        # CPU per request of the last phase of each kind (untraced, traced)
+        # that ran as planned: what the next one's length in requests is from.
+        self._per = [float(FIRST_PER_REQUEST_NS)] * 2
+
+    def switch(self, acct: Any, cpu_ns: int, export_cpu_ns: int) -> None:
+        """End the current phase at process CPU time *cpu_ns* (its figures
+        kept if it ran as planned) and start the other one."""
+        cpu = cpu_ns - export_cpu_ns
+        n = served(acct)
+        traced = n - acct.bypassed
+        mark, self._mark = self._mark, (cpu, n, traced)
+        kind = 0 if self.untraced else 1
+        length = UNTRACED_NS if self.untraced else TRACED_NS
+        requests = n - mark[1] if mark is not None else 0
+        if mark is None or requests < MIN_REQUESTS:
+            self._last = self._pending = None
+        else:
+            per_request = (cpu - mark[0]) / requests
+            self._per[kind] = per_request  # the next phase's length is from it
+            if cpu - mark[0] > (1.0 + LATE_SHARE) * length:
+                # The process was busy elsewhere, or no plan was made for a
+                # while (every request traced), or the length was a guess.
+                self._last = self._pending = None
+            elif self.untraced:
+                self._pending = (self._last, per_request) if self._last else None
+            else:
+                this = (per_request, (traced - mark[2]) / requests)
+                if self._pending is not None:
+                    (before, share_before), untraced = self._pending
+                    share = (share_before + this[1]) / 2
+                    if share > 0.0:
+                        added = (before + this[0]) / 2 - untraced
+                        self._per_trace.append(added / share)
+                self._last, self._pending = this, None
+        self.untraced = not self.untraced
+        length = UNTRACED_NS if self.untraced else TRACED_NS
+        self.end = n + max(MIN_REQUESTS, int(length / max(1.0, self._per[1 - kind])))
+
+    def per_trace(self) -> float | None:
+        """What a traced request costs the request threads (ns, the trimmed
+        mean of the last comparisons), once there are :data:`MIN_PAIRS` of them."""
+        values = self._per_trace
+        if len(values) < MIN_PAIRS:
+            return None
+        ordered = sorted(values)
+        k = int(len(ordered) * TRIM)
+        kept = ordered[k : len(ordered) - k]
+        return sum(kept) / len(kept)
+
+    def pairs(self) -> int:
+        """Comparisons kept."""
+        return len(self._per_trace)

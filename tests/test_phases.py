@@ -1,0 +1,257 @@
+"""The budget's alternating phases: what a traced request costs the whole process.
+
+The phases are fed synthetic CPU readings, so that what they compute can be
+checked exactly: a traced request's cost is the difference of the phases' CPU
+per request over the traced share, a steady drift of the machine cancels out,
+and a phase that ended late or served too few requests is not compared. Then
+the plan: an untraced phase runs every request untraced, and runs of untraced
+requests are cut so that the phases switch on time. Last, the cost model takes
+the phases' figure within its bounds, and the export thread's CPU is read
+while it works.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from crosstrace.export import BatchExporter
+from crosstrace.export.transports import Transport
+from crosstrace.tracing import Tracer
+from crosstrace.tracing.budget import WHOLE_BOUNDS, Accounting, CostModel
+from crosstrace.tracing.phases import (
+    LATE_SHARE,
+    MIN_PAIRS,
+    MIN_REQUESTS,
+    TRACED_NS,
+    UNTRACED_NS,
+    Phases,
+    served,
+)
+from crosstrace.tracing.plan import TRACE_ALL, drop_plan
+from tracing_support import Sink, sink_tracer
+
+UNTRACED_REQUEST = 40_000  # ns of CPU
+TRACED_EXTRA = 30_000
+
+
+class Feed:
+    """Drives :class:`Phases` through phases of synthetic requests."""
+
+    def __init__(self, phases: Phases, share: float = 0.25, drift: float = 0.0) -> None:
+        self.phases, self.share, self.drift = phases, share, drift
+        self.acct = Accounting()
+        self.cpu = 1_000_000_000
+        self.export = 0
+
+    def phase(self, stretch: float = 1.0, requests: int | None = None, extra: int = 0) -> None:
+        """One phase as the plan would run it, then the switch (its CPU
+        *stretch* times its length: above 1 + LATE_SHARE it ended late;
+        *extra* ns of CPU spent in it by something else)."""
+        p = self.phases
+        length = (UNTRACED_NS if p.untraced else TRACED_NS) * stretch
+        share = 0.0 if p.untraced else self.share
+        # The machine drifts: a request costs more as time goes on.
+        per = UNTRACED_REQUEST * (1.0 + self.drift * self.cpu / 1e9) + share * TRACED_EXTRA
+        n = requests if requests is not None else round(length / per)
+        traced = round(n * share)
+        self.acct.roots += traced
+        self.acct.bypassed += n - traced
+        self.cpu += round(n * per) + extra
+        self.export += 1_000_000  # the export thread, measured apart
+        p.switch(self.acct, self.cpu + self.export, self.export)
+
+    def pairs(self, count: int) -> None:
+        while self.phases.pairs() < count:
+            self.phase()
+
+
+def test_a_traced_request_costs_the_phases_difference_over_the_traced_share() -> None:
+    phases = Phases()
+    feed = Feed(phases)
+    feed.phase()  # the first switch starts a traced phase
+    assert not phases.untraced
+    feed.pairs(MIN_PAIRS)
+    figure = phases.per_trace()
+    assert figure is not None
+    assert figure == pytest.approx(TRACED_EXTRA, rel=0.02)
+
+
+def test_a_steady_drift_of_the_machine_cancels_out() -> None:
+    """An untraced phase is set against the traced phases on both sides of it."""
+    phases = Phases()
+    feed = Feed(phases, drift=0.5)  # requests 50 % dearer per second of CPU
+    feed.pairs(MIN_PAIRS)
+    figure = phases.per_trace()
+    assert figure is not None
+    assert figure == pytest.approx(TRACED_EXTRA, rel=0.03)
+
+
+def test_a_few_phases_disturbed_from_outside_do_not_move_the_figure() -> None:
+    """The host now and then takes a ms from a phase: the highest and lowest
+    comparisons are left out of the mean."""
+    phases = Phases()
+    feed = Feed(phases)
+    feed.phase()
+    for i in range(1, 400):
+        feed.phase()  # traced
+        feed.phase(extra=1_500_000 if i % 25 == 0 else 0)  # untraced, one in 25 disturbed
+    figure = phases.per_trace()
+    assert figure is not None
+    assert figure == pytest.approx(TRACED_EXTRA, rel=0.02)
+    # Untrimmed, the disturbed ones (each -30 us a traced request) would
+    # have moved the mean by 8 %.
+    values = list(phases._per_trace)
+    assert sum(values) / len(values) < 0.95 * TRACED_EXTRA
+
+
+def test_no_figure_until_enough_comparisons() -> None:
+    phases = Phases()
+    feed = Feed(phases)
+    feed.pairs(MIN_PAIRS - 1)
+    assert phases.per_trace() is None
+    feed.pairs(MIN_PAIRS)
+    assert phases.per_trace() is not None
+
+
+def test_a_phase_that_ended_late_is_not_compared() -> None:
+    phases = Phases()
+    feed = Feed(phases)
+    feed.phase()
+    feed.phase()  # a traced phase
+    feed.phase()  # an untraced one
+    assert phases.pairs() == 0
+    assert not phases.untraced
+    # The next traced phase ran far past its end (the process was busy
+    # elsewhere): it closes no comparison, and starts none.
+    feed.phase(stretch=1.0 + 2 * LATE_SHARE)
+    assert phases.pairs() == 0
+    feed.phase()  # untraced
+    feed.phase()  # traced: only now a comparison has a traced phase on either side
+    assert phases.pairs() == 0
+    feed.phase()
+    feed.phase()
+    assert phases.pairs() == 1
+
+
+def test_a_phase_with_too_few_requests_is_not_compared() -> None:
+    phases = Phases()
+    feed = Feed(phases)
+    feed.phase()
+    feed.phase()
+    feed.phase(requests=MIN_REQUESTS - 1)  # an untraced phase almost nobody used
+    feed.phase()
+    assert phases.pairs() == 0
+
+
+def test_a_phase_lasts_its_cpu_length_at_the_last_cpu_per_request() -> None:
+    phases = Phases()
+    feed = Feed(phases, share=0.0)
+    feed.phase()
+    feed.phase()  # a traced phase (nothing traced): 40 us a request
+    feed.phase()  # an untraced one
+    assert not phases.untraced
+    assert phases.end - served(feed.acct) == TRACED_NS // UNTRACED_REQUEST
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+def planned_tracer(fraction: float) -> Any:
+    t = sink_tracer(Sink(), "api", overhead_budget=0.01)
+    assert t.controller is not None
+    t.controller.trace_fraction = fraction
+    t.controller.next_tick_ns = 1 << 62  # no window closes during the test
+    t._apply_knobs()
+    return t
+
+
+def test_an_untraced_phase_runs_every_request_untraced() -> None:
+    t = planned_tracer(0.9)
+    phases = t.costs.phases
+    phases.untraced, phases.end = True, 1 << 62
+    assert all(t.skip_request() for _ in range(2_000))
+    phases.untraced = False
+    traced = sum(not t.skip_request() for _ in range(2_000))
+    assert traced > 1_600  # about 90 %
+
+
+def test_a_phase_ends_after_its_requests_and_runs_stop_at_its_end() -> None:
+    """At a tiny traced fraction the plan would skip hundreds of requests at
+    once; it plans up to the phase's end, and the next plan switches."""
+    t = planned_tracer(1 / TRACE_ALL)
+    t.accounting.mask = 1023
+    phases = t.costs.phases
+    assert t.skip_request()  # the first plan starts a traced phase
+    assert not phases.untraced
+    assert served(t.accounting) == phases.end  # its run planned up to its end
+    drop_plan(t)
+    phases.end = served(t.accounting) + 4  # the phase ends 4 requests from here
+    assert t.skip_request()
+    assert t.skips_left == 3  # four requests, this one included
+    for _ in range(3):
+        assert t.skip_request()
+    assert not phases.untraced
+    t.skip_request()  # the next plan switches
+    assert phases.untraced
+
+
+# -- the cost model and the export thread --------------------------------------------------
+
+
+def test_the_cost_model_takes_the_phases_figure_within_its_bounds() -> None:
+    costs = CostModel()
+    costs.root_ns, costs.span_ns, costs.keep_ns = 10_000.0, 2_000.0, 0.0
+    costs.bypass_ns = 0.0
+    in_place = 10 * (10_000.0 + 4 * 2_000.0)  # ten roots of four children each
+    total, _ = costs.record_ns(roots=10, spans=50, kept=0, unrecorded=0)
+    assert total == pytest.approx(in_place)  # no figure from the phases yet
+    feed = Feed(costs.phases)
+    feed.pairs(MIN_PAIRS)
+    total, _ = costs.record_ns(roots=10, spans=50, kept=0, unrecorded=0)
+    assert total == pytest.approx(10 * TRACED_EXTRA, rel=0.02)
+    costs.root_ns = 1_000.0  # now the phases' figure is far above the price in place
+    costs.span_ns = 500.0
+    total, _ = costs.record_ns(roots=10, spans=50, kept=0, unrecorded=0)
+    assert total == pytest.approx(WHOLE_BOUNDS[1] * 10 * (1_000.0 + 4 * 500.0))
+
+
+class _BusyTransport(Transport):
+    """Burns CPU in the export thread, then waits until the test has looked."""
+
+    def __init__(self, burn_ns: int) -> None:
+        self.burn_ns = burn_ns
+        self.burnt = threading.Event()
+        self.looked = threading.Event()
+
+    def encode(self, signal: str, items: Sequence[Any], resource: Mapping[str, Any]) -> bytes:
+        return b"x"
+
+    def send(self, signal: str, payload: bytes) -> None:
+        end = time.thread_time_ns() + self.burn_ns
+        while time.thread_time_ns() < end:
+            pass
+        self.burnt.set()
+        self.looked.wait(10.0)
+
+
+def test_the_export_threads_cpu_is_read_while_it_works() -> None:
+    """The phases switch every few ms: the export thread's CPU must be what it
+    spent so far, not what it last noted at the end of a batch."""
+    transport = _BusyTransport(burn_ns=30_000_000)
+    exporter = BatchExporter(transport, max_delay_s=0.01)
+    tracer = Tracer("api", sink=exporter)
+    with tracer.span("op"):
+        pass
+    try:
+        assert transport.burnt.wait(10.0)
+        assert exporter.cpu_ns() >= 30_000_000
+    finally:
+        transport.looked.set()
+        exporter.shutdown(5.0)
+    # After the thread ended: the last figure it noted, and no error.
+    assert exporter.cpu_ns() >= 30_000_000
