@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_budget.py              # all cases, ~4 min
+    .venv/bin/python benchmarks/bench_budget.py --window 10  # all cases, ~8 min
     .venv/bin/python benchmarks/bench_budget.py --quick      # shorter slices
     .venv/bin/python benchmarks/bench_budget.py --floor      # the untraced path alone
     .venv/bin/python benchmarks/bench_budget.py --pieces     # its steps, in place and in a loop
@@ -24,12 +24,14 @@ in which the controller settles, the measured added CPU of a window is::
 The median of the pairs, not the ratio of the window's sums: a slice now and
 then takes 10-20 % more CPU for reasons outside the process (the host), and
 those few slices move a sum by several points. Two copies of the untraced
-service measured this way differed by at most 0.5 points per 5 s window
-(standard deviation 0.16 over 8 windows), the sums by up to 7.5 points
-(standard deviation 3.6; measured on 2026-11-30). The median of the pairs
-still holds what tracing adds to every slice; a rare, large cost (a full
-garbage collection) falls into a few slices only and is undercounted, which is
-why the sums are printed too.
+service measured this way with 20 ms slices differed by at most 0.5 points
+per 5 s window (standard deviation 0.16 over 8 windows), the sums by up to
+7.5 points (standard deviation 3.6; 2026-11-30); with the 100 ms slices used
+now (12 pairs in a 5 s window) the windows' standard deviation was 4.8
+points, one window hit by the host at -13.6 % (2026-12-01): use windows of
+10 s or more. The median of the pairs still holds what tracing adds to every
+slice; a rare, large cost (a full garbage collection) falls into a few slices
+only and is undercounted, which is why the sums are printed too.
 
 Separate processes on this shared machine differ by +-20 %, which is why both
 kinds run in one process, in alternating slices, on one core. The slices are
