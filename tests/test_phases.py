@@ -22,7 +22,13 @@ import pytest
 from crosstrace.export import BatchExporter
 from crosstrace.export.transports import Transport
 from crosstrace.tracing import Tracer
-from crosstrace.tracing.budget import WHOLE_BOUNDS, Accounting, CostModel
+from crosstrace.tracing.budget import (
+    GROUP_RECORDED,
+    GROUP_SKIPPED,
+    WHOLE_BOUNDS,
+    Accounting,
+    CostModel,
+)
 from crosstrace.tracing.phases import (
     LATE_SHARE,
     MIN_PAIRS,
@@ -104,9 +110,28 @@ def test_a_few_phases_disturbed_from_outside_do_not_move_the_figure() -> None:
     assert figure is not None
     assert figure == pytest.approx(TRACED_EXTRA, rel=0.02)
     # Untrimmed, the disturbed ones (each -30 us a traced request) would
-    # have moved the mean by 8 %.
+    # have moved the figure by 8 %.
     values = list(phases._per_trace)
-    assert sum(values) / len(values) < 0.95 * TRACED_EXTRA
+    untrimmed = sum(a * s for a, s in values) / sum(s * s for _, s in values)
+    assert untrimmed < 0.95 * TRACED_EXTRA
+
+
+def test_comparisons_with_few_traced_requests_weigh_little() -> None:
+    """Half the comparisons have a traced share of 2 %, and a small
+    disturbance (1 us a request) turns their quotient negative; the fit
+    weighs each by its share, and the figure stays."""
+    phases = Phases()
+    feed = Feed(phases, share=0.5)
+    feed.phase()
+    for i in range(200):
+        feed.share = 0.5 if i < 100 else 0.02
+        feed.phase()  # traced
+        feed.phase(extra=100_000 if i >= 100 else 0)  # untraced, ~100 requests
+    figure = phases.per_trace()
+    assert figure is not None
+    assert figure == pytest.approx(TRACED_EXTRA, rel=0.03)
+    quotients = [a / s for a, s in phases._per_trace]
+    assert sum(quotients) / len(quotients) < 0.5 * TRACED_EXTRA
 
 
 def test_no_figure_until_enough_comparisons() -> None:
@@ -218,6 +243,23 @@ def test_the_cost_model_takes_the_phases_figure_within_its_bounds() -> None:
     costs.span_ns = 500.0
     total, _ = costs.record_ns(roots=10, spans=50, kept=0, unrecorded=0)
     assert total == pytest.approx(WHOLE_BOUNDS[1] * 10 * (1_000.0 + 4 * 500.0))
+
+
+def test_the_phases_figure_stands_when_the_in_place_one_reads_near_zero() -> None:
+    """With almost every request traced the control group is small, and the
+    in-place figure can read near zero: the phases' figure is bounded by the
+    calibrated price, not by it."""
+    costs = CostModel()
+    costs.root_ns, costs.span_ns, costs.keep_ns = 10_000.0, 2_000.0, 0.0
+    for _ in range(40):
+        costs.observe(GROUP_RECORDED, 50_100)
+        costs.observe(GROUP_SKIPPED, 50_000)
+    costs.fold(Accounting())
+    total, _ = costs.record_ns(roots=10, spans=50, kept=0, unrecorded=0)
+    assert total == pytest.approx(10 * 100)  # measured in place: 100 ns a trace
+    Feed(costs.phases).pairs(MIN_PAIRS)
+    total, _ = costs.record_ns(roots=10, spans=50, kept=0, unrecorded=0)
+    assert total == pytest.approx(10 * TRACED_EXTRA, rel=0.02)
 
 
 class _BusyTransport(Transport):

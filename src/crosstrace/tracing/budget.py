@@ -96,9 +96,9 @@ MEASURE_ALL_BELOW = 0.25
 DECAY = 0.8
 #: Effective samples a group needs before its mean replaces the calibrated price.
 MIN_SAMPLES = 20.0
-#: The range, as multiples of a traced request's price measured in place, of
-#: what the alternating phases may say it costs the process (their figure is
-#: a difference of two noisy means; outside it, it is noise).
+#: The range, as multiples of a traced request's calibrated price, of what
+#: the alternating phases may say it costs the process (their figure is a
+#: difference of two noisy means; outside it, it is noise).
 WHOLE_BOUNDS = (0.5, 4.0)
 
 
@@ -373,7 +373,8 @@ class CostModel:
         that what tracing costs in the running service (its code and data
         gone cold between traced requests, the garbage collector) is counted.
         Until the groups have enough samples, the calibrated prices stand in.
-        The root spans exported after the fact are measured one by one.
+        Once the alternating phases have a figure (:meth:`_whole`), it replaces
+        both. The root spans exported after the fact are measured one by one.
         """
         roots -= late
         spans -= late
@@ -389,28 +390,32 @@ class CostModel:
         off = self.off_ns()
         recorded = self.measured(GROUP_RECORDED)
         deferred = self.measured(GROUP_DEFERRED)
+        per_root = self.children_per_root
+        rec_priced = roots * self.root_ns + children * self.span_ns + max(0, kept) * self.keep_ns
+        def_priced = unrecorded * max(0.0, self.unrecorded_ns + per_root * self.deferred_child_ns)
         if off is not None and recorded is not None:
             rec_cost = roots * max(0.0, recorded - off)
         else:
-            rec_cost = roots * self.root_ns + children * self.span_ns + max(0, kept) * self.keep_ns
+            rec_cost = rec_priced
         if off is not None and deferred is not None:
             def_cost = unrecorded * max(0.0, deferred - off)
         else:
-            per_root = self.children_per_root
-            def_cost = unrecorded * max(0.0, self.unrecorded_ns + per_root * self.deferred_child_ns)
-        return fixed + controls + self._whole(rec_cost + def_cost, roots + unrecorded), fixed
+            def_cost = def_priced
+        whole = self._whole(rec_priced + def_priced, roots + unrecorded)
+        return fixed + controls + (rec_cost + def_cost if whole is None else whole), fixed
 
-    def _whole(self, in_place: float, traced: int) -> float:
-        """What *traced* requests cost the request threads, measured in place
-        at *in_place* ns: what the alternating phases measured a traced
-        request to cost, once they have (the code after a traced request
-        runs slower, and the garbage collector pays for its objects later),
-        kept within :data:`WHOLE_BOUNDS` times the price in place."""
+    def _whole(self, priced: float, traced: int) -> float | None:
+        """What *traced* requests cost the request threads as the alternating
+        phases measured it (the code after a traced request runs slower, and
+        the garbage collector pays for its objects later), once they have a
+        figure; kept within :data:`WHOLE_BOUNDS` times their calibrated price
+        *priced* (not the in-place figure, which can read near zero when
+        almost every request is traced and the control group is small)."""
         whole = self.phases.per_trace()
-        if whole is None or traced <= 0 or in_place <= 0.0:
-            return in_place
+        if whole is None or traced <= 0 or priced <= 0.0:
+            return None
         low, high = WHOLE_BOUNDS
-        return min(max(whole * traced, low * in_place), high * in_place)
+        return min(max(whole * traced, low * priced), high * priced)
 
     def maybe_recalibrate(self) -> None:
         """Calibrate again when :data:`RECALIBRATE_S` passed since the last time."""

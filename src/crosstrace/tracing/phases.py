@@ -25,12 +25,14 @@ the request threads::
     (CPU per request, traced phases - CPU per request, untraced phase)
         / share of the traced phases' requests that were traced
 
-The mean of the last :data:`PAIRS` of these, the highest and lowest
-:data:`TRIM` of them left out, is :meth:`Phases.per_trace`. Trimmed, because
-now and then a phase costs much more for reasons outside the process (the
-host); a mean, not the median, because tracing's own rare costs (a larger
-garbage collection) belong in the figure: the median of the same comparisons
-read ~10 % less on the benchmark's light request. A phase that took far more
+The last :data:`PAIRS` of these, the highest and lowest :data:`TRIM` of
+them left out, fitted by least squares (each weighs by its traced share:
+with few traced requests a quotient is mostly noise) give
+:meth:`Phases.per_trace`. Trimmed, because now and then a phase costs much
+more for reasons outside the process (the host); a fit, not the median,
+because tracing's own rare costs (a larger garbage collection) belong in
+the figure: the median of the same comparisons read ~10 % less on the
+benchmark's light request. A phase that took far more
 CPU than planned (the process was busy with other work, or no plan was made
 for a while) is not compared.
 """
@@ -98,7 +100,8 @@ class Phases:
         # untraced phase after it (CPU per request) awaiting the next one.
         self._last: tuple[float, float] | None = None
         self._pending: tuple[tuple[float, float], float] | None = None
-        self._per_trace: deque[float] = deque(maxlen=PAIRS)
+        # Each comparison: (added CPU per request, traced share).
+        self._per_trace: deque[tuple[float, float]] = deque(maxlen=PAIRS)
         # CPU per request of the last phase of each kind (untraced, traced)
         # that ran as planned: what the next one's length in requests is from.
         self._per = [float(FIRST_PER_REQUEST_NS)] * 2
@@ -131,22 +134,26 @@ class Phases:
                     share = (share_before + this[1]) / 2
                     if share > 0.0:
                         added = (before + this[0]) / 2 - untraced
-                        self._per_trace.append(added / share)
+                        self._per_trace.append((added, share))
                 self._last, self._pending = this, None
         self.untraced = not self.untraced
         length = UNTRACED_NS if self.untraced else TRACED_NS
         self.end = n + max(MIN_REQUESTS, int(length / max(1.0, self._per[1 - kind])))
 
     def per_trace(self) -> float | None:
-        """What a traced request costs the request threads (ns, the trimmed
-        mean of the last comparisons), once there are :data:`MIN_PAIRS` of them."""
+        """What a traced request costs the request threads (ns), once there
+        are :data:`MIN_PAIRS` comparisons: the comparisons ranked by what they
+        say a traced request costs, the highest and lowest :data:`TRIM` left
+        out, and the rest fitted by least squares through the origin (added
+        CPU = cost x traced share), so that a comparison with few traced
+        requests, whose quotient is mostly noise, weighs little."""
         values = self._per_trace
         if len(values) < MIN_PAIRS:
             return None
-        ordered = sorted(values)
+        ordered = sorted(values, key=lambda v: v[0] / v[1])
         k = int(len(ordered) * TRIM)
         kept = ordered[k : len(ordered) - k]
-        return sum(kept) / len(kept)
+        return sum(a * s for a, s in kept) / sum(s * s for _, s in kept)
 
     def pairs(self) -> int:
         """Comparisons kept."""
