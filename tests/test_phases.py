@@ -38,7 +38,7 @@ from crosstrace.tracing.phases import (
     Phases,
     served,
 )
-from crosstrace.tracing.plan import TRACE_ALL, drop_plan
+from crosstrace.tracing.plan import drop_plan
 from tracing_support import Sink, sink_tracer
 
 UNTRACED_REQUEST = 40_000  # ns of CPU
@@ -206,9 +206,10 @@ def test_an_untraced_phase_runs_every_request_untraced() -> None:
 
 
 def test_a_phase_ends_after_its_requests_and_runs_stop_at_its_end() -> None:
-    """At a tiny traced fraction the plan would skip hundreds of requests at
-    once; it plans up to the phase's end, and the next plan switches."""
-    t = planned_tracer(1 / TRACE_ALL)
+    """With nothing traced the plan would skip up to the next measured
+    request (1,024 here) at once; it plans up to the phase's end, and the
+    next plan switches."""
+    t = planned_tracer(0.0)
     t.accounting.mask = 1023
     phases = t.costs.phases
     assert t.skip_request()  # the first plan starts a traced phase

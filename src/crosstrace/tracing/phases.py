@@ -65,7 +65,8 @@ FIRST_PER_REQUEST_NS = 100_000
 #: Comparisons kept (about 10 s of phases), and needed before there is a figure.
 PAIRS = 500
 MIN_PAIRS = 50
-#: Share of the comparisons left out at each end before their mean is taken.
+#: Share of the comparisons left out at each end (ranked by what they say a
+#: traced request costs) before the fit.
 TRIM = 0.1
 #: Fewest requests a phase needs to count (fewer: its CPU per request is noise).
 MIN_REQUESTS = 8
@@ -103,7 +104,8 @@ class Phases:
         # Each comparison: (added CPU per request, traced share).
         self._per_trace: deque[tuple[float, float]] = deque(maxlen=PAIRS)
         # CPU per request of the last phase of each kind (untraced, traced)
-        # that ran as planned: what the next one's length in requests is from.
+        # with enough requests, late or not: the next one's length in
+        # requests is from it.
         self._per = [float(FIRST_PER_REQUEST_NS)] * 2
 
     def switch(self, acct: Any, cpu_ns: int, export_cpu_ns: int) -> None:
