@@ -69,9 +69,16 @@ def batches() -> list[list[SpanRecord]]:
 
 
 def in_one_commit(store: SQLiteStore, writes: list[list[SpanRecord]]) -> None:
-    """Submit *writes* while the writer is held, so that one commit takes them all."""
-    go = threading.Event()
-    held: Future[Any] = store._writer.submit("call", lambda conn: go.wait(10), 1)
+    """Submit *writes* while the writer is held, so that one commit takes them all
+    (the writer took the holding job alone before they were queued)."""
+    started, go = threading.Event(), threading.Event()
+
+    def hold(conn: Any) -> bool:
+        started.set()
+        return go.wait(10)
+
+    held: Future[Any] = store._writer.submit("call", hold, 1)
+    assert started.wait(10)
     futures = [store.submit_batch(from_records(spans)) for spans in writes]
     go.set()
     held.result()
