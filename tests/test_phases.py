@@ -36,7 +36,6 @@ from crosstrace.tracing.phases import (
     TRACED_NS,
     UNTRACED_NS,
     Phases,
-    served,
 )
 from crosstrace.tracing.plan import drop_plan
 from tracing_support import Sink, sink_tracer
@@ -50,6 +49,7 @@ class Feed:
 
     def __init__(self, phases: Phases, share: float = 0.25, drift: float = 0.0) -> None:
         self.phases, self.share, self.drift = phases, share, drift
+        self.request = UNTRACED_REQUEST  # an untraced request's CPU (ns)
         self.acct = Accounting()
         self.cpu = 1_000_000_000
         self.export = 0
@@ -62,7 +62,7 @@ class Feed:
         length = (UNTRACED_NS if p.untraced else TRACED_NS) * stretch
         share = 0.0 if p.untraced else self.share
         # The machine drifts: a request costs more as time goes on.
-        per = UNTRACED_REQUEST * (1.0 + self.drift * self.cpu / 1e9) + share * TRACED_EXTRA
+        per = self.request * (1.0 + self.drift * self.cpu / 1e9) + share * TRACED_EXTRA
         n = requests if requests is not None else round(length / per)
         traced = round(n * share)
         self.acct.roots += traced
@@ -180,7 +180,7 @@ def test_a_phase_lasts_its_cpu_length_at_the_last_cpu_per_request() -> None:
     feed.phase()  # a traced phase (nothing traced): 40 us a request
     feed.phase()  # an untraced one
     assert not phases.untraced
-    assert phases.end - served(feed.acct) == TRACED_NS // UNTRACED_REQUEST
+    assert phases.end - feed.acct.served() == TRACED_NS // UNTRACED_REQUEST
 
 
 # -- the plan ------------------------------------------------------------------------------
@@ -214,9 +214,9 @@ def test_a_phase_ends_after_its_requests_and_runs_stop_at_its_end() -> None:
     phases = t.costs.phases
     assert t.skip_request()  # the first plan starts a traced phase
     assert not phases.untraced
-    assert served(t.accounting) == phases.end  # its run planned up to its end
+    assert t.accounting.served() == phases.end  # its run planned up to its end
     drop_plan(t)
-    phases.end = served(t.accounting) + 4  # the phase ends 4 requests from here
+    phases.end = t.accounting.served() + 4  # the phase ends 4 requests from here
     assert t.skip_request()
     assert t.skips_left == 3  # four requests, this one included
     for _ in range(3):
@@ -244,6 +244,28 @@ def test_the_cost_model_takes_the_phases_figure_within_its_bounds() -> None:
     costs.span_ns = 500.0
     total, _ = costs.record_ns(roots=10, spans=50, kept=0, unrecorded=0)
     assert total == pytest.approx(WHOLE_BOUNDS[1] * 10 * (1_000.0 + 4 * 500.0))
+
+
+def test_the_phases_figure_is_against_tracing_off() -> None:
+    """The phases set a traced request against an untraced one, which pays
+    the untraced path (500 ns here): a traced request costs that much more
+    than their difference against tracing off."""
+    costs = CostModel()
+    costs.root_ns, costs.span_ns, costs.keep_ns = 10_000.0, 2_000.0, 0.0
+    costs.bypass_ns = 500.0
+    Feed(costs.phases).pairs(MIN_PAIRS)
+    total, fixed = costs.record_ns(roots=10, spans=50, kept=0, unrecorded=0, bypassed=90)
+    assert fixed == pytest.approx(90 * 500.0)
+    assert total - fixed == pytest.approx(10 * (TRACED_EXTRA + 500.0), rel=0.02)
+
+
+def test_an_untraced_request_less_its_path_is_one_with_tracing_off() -> None:
+    costs = CostModel()
+    costs.bypass_ns = 500.0
+    for _ in range(40):
+        costs.observe(GROUP_SKIPPED, 50_000)
+    costs.fold(Accounting())
+    assert costs.off_ns() == pytest.approx(49_500.0)
 
 
 def test_the_phases_figure_stands_when_the_in_place_one_reads_near_zero() -> None:
@@ -298,3 +320,64 @@ def test_the_export_threads_cpu_is_read_while_it_works() -> None:
         exporter.shutdown(5.0)
     # After the thread ended: the last figure it noted, and no error.
     assert exporter.cpu_ns() >= 30_000_000
+
+
+def test_a_late_phase_shortens_the_next_one_at_most_by_half() -> None:
+    """Work foreign to the requests (here 20x the phase's CPU) lands in one
+    traced phase: the next traced phase is planned at no less than half its
+    requests, not at a handful; a lasting change of the requests' cost is
+    followed within a few phases."""
+    phases = Phases()
+    feed = Feed(phases, share=0.0)
+
+    def planned() -> int:
+        return phases.end - feed.acct.served()
+
+    feed.phase()
+    feed.phase()  # traced: 40 us a request
+    feed.phase()  # untraced
+    assert planned() == TRACED_NS // UNTRACED_REQUEST
+    feed.phase(extra=20 * TRACED_NS)  # traced, late: 840 us a request by its CPU
+    feed.phase()  # untraced
+    assert not phases.untraced
+    assert planned() == TRACED_NS // (2 * UNTRACED_REQUEST)
+    # The requests now cost 8x as much for good, and each phase serves the
+    # requests it was planned for: the phases run late until their length
+    # caught up, then on time again, and are compared again.
+    feed.request, feed.share = 8 * UNTRACED_REQUEST, 0.25
+    for _ in range(8):
+        feed.phase(requests=planned())
+    assert TRACED_NS / planned() == pytest.approx(feed.request, rel=0.05)
+    pairs = phases.pairs()
+    for _ in range(4):
+        feed.phase(requests=planned())
+    assert phases.pairs() == pairs + 2
+
+
+def test_a_price_is_the_median_of_the_last_calibrations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One calibration disturbed by the host (the untraced request's price
+    read 9 us, not 0.5) does not move the price; a lasting change does. A
+    middleware probe starts the prices afresh (they were for ``span()`` roots)."""
+    t = sink_tracer(Sink(), "api", overhead_budget=0.01)
+    assert t.costs.calibrations == 1  # setting the budget calibrated the prices
+    found = [500.0, 9_000.0, 520.0, 2_000.0, 2_000.0, 2_000.0]
+    seen: list[float] = []
+
+    def prices(self: CostModel, *args: Any) -> dict[str, float]:
+        return {"bypass_ns": found[len(seen)]}  # every pass of a calibration alike
+
+    monkeypatch.setattr(CostModel, "_prices", prices)
+    costs = t.costs
+    costs.add_probe(CostModel._span_probe(lambda *a: _NoSpan(), None))
+    for _ in found:
+        costs.calibrate()
+        seen.append(costs.bypass_ns)
+    assert seen == [500.0, 500.0, 520.0, 520.0, 2_000.0, 2_000.0]
+
+
+class _NoSpan:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

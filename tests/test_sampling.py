@@ -180,7 +180,8 @@ def test_the_floor_is_what_the_window_would_cost_with_nothing_traced(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every request as a skipped one: 100 traced and 900 untraced requests
-    of 50 us, each untraced one paying 0.5 us, would have cost 0.5 ms."""
+    of 50 us (49.5 us with tracing off), each untraced one paying 0.5 us,
+    would have cost 0.5 ms."""
     clock = iter(range(0, 10 * 10**9, 10**9))  # a busy process: 1 s of CPU a window
     monkeypatch.setattr(sampling.time, "process_time_ns", lambda: next(clock))
     costs, acct = CostModel(), Accounting()
@@ -191,7 +192,7 @@ def test_the_floor_is_what_the_window_would_cost_with_nothing_traced(
     assert ctl.tick(acct, costs, 0, now_ns=ctl.next_tick_ns)
     acct.roots, acct.spans, acct.bypassed = 100, 500, 900
     assert ctl.tick(acct, costs, 0, now_ns=ctl.next_tick_ns)
-    assert ctl.last_floor == pytest.approx(1000 * 500 / (1000 * 50_000))
+    assert ctl.last_floor == pytest.approx(1000 * 500 / (1000 * 49_500))
     assert ctl.last_fraction > ctl.last_floor  # the traced requests cost more
     # Two of 200 spans exported were roots of untraced requests exported after
     # the fact: 1 % of the export thread's 1 ms is theirs, and in the floor.
@@ -202,4 +203,31 @@ def test_the_floor_is_what_the_window_would_cost_with_nothing_traced(
     costs.calibration_ns = 2_000_000  # a calibration ran: it runs whatever is traced
     assert ctl.tick(acct, costs, 1_000_000, now_ns=ctl.next_tick_ns)
     expected = 1000 * 500 + 1_000_000 * 2 / 200 + 2_000_000
-    assert ctl.last_floor == pytest.approx(expected / (1000 * 50_000))
+    assert ctl.last_floor == pytest.approx(expected / (1000 * 49_500))
+
+
+def test_calibrating_takes_at_most_a_tenth_of_what_the_budget_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A calibration of 50 ms: every 30 s while the budget allows 1 CPU
+    second a second; every 100 s when it allows 5 ms (a 1 % budget of a
+    process using half a core); never rarer than every 10 minutes."""
+    from crosstrace.tracing import budget
+
+    now = 10**12
+    thread = iter(range(0, 10**12, 50_000_000))  # each calibration: 50 ms of CPU
+    monkeypatch.setattr(budget.time, "thread_time_ns", lambda: next(thread))
+    monkeypatch.setattr(budget.time, "monotonic_ns", lambda: now)
+    costs = CostModel()  # nothing to run: the clock says what it cost
+    waits = []
+    for allowed in (1e9, 5e6, 1e3, 0.0):
+        costs.calibrate(allowed)
+        waits.append((costs._next_ns - now) / 1e9)
+    assert waits == [budget.RECALIBRATE_S, 100.0, budget.MAX_RECALIBRATE_S, budget.RECALIBRATE_S]
+    assert costs.calibration_ns == 4 * 50_000_000
+
+
+def test_the_controller_tells_what_the_budget_allowed_a_second() -> None:
+    ctl = OverheadController(0.02, window_s=2.0)
+    ctl.adjust(record_ns=1_000_000, export_ns=0, proc_ns=10**9, base_ns=8e8)
+    assert ctl.allowed_per_s() == pytest.approx(0.02 * 8e8 / 2.0)

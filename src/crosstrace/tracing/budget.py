@@ -28,10 +28,13 @@ So the work is split:
   three attributes, kept spans handed to a discarding sink, an untraced
   request) in private tracers, between bits of application-like work
   (:func:`churn`), timed with :func:`time.thread_time_ns`. It runs when the
-  budget is set and again every :data:`RECALIBRATE_S` seconds from the
-  controller's tick (never from a span), and its own CPU time is part of what
-  tracing spent. Middleware adds a *probe* (:meth:`CostModel.add_probe`): one
-  request through its own code with tracing on and off.
+  budget is set and again from the controller's tick (never from a span),
+  every :data:`RECALIBRATE_S` seconds or less often, so that it takes at
+  most :data:`CALIBRATION_SHARE` of what the budget allows; its own CPU time
+  is part of what tracing spent. A price is the median of what the last
+  :data:`KEEP_CALIBRATIONS` calibrations found. Middleware adds a *probe*
+  (:meth:`CostModel.add_probe`): one request through its own code with
+  tracing on and off.
 * **The export thread** measures its own CPU with :func:`time.thread_time_ns`
   (:meth:`crosstrace.export.BatchExporter.cpu_ns`): encoding, compression and
   I/O are measured, not estimated.
@@ -44,7 +47,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -52,11 +57,14 @@ from crosstrace.tracing.phases import Phases
 from crosstrace.tracing.sampling import OverheadController
 
 __all__ = [
+    "CALIBRATION_SHARE",
     "CONTROL_EVERY",
     "GROUP_CONTROL",
     "GROUP_DEFERRED",
     "GROUP_RECORDED",
     "GROUP_SKIPPED",
+    "KEEP_CALIBRATIONS",
+    "MAX_RECALIBRATE_S",
     "MEASURED_PER_WINDOW",
     "MEASURE_ALL_BELOW",
     "RECALIBRATE_S",
@@ -71,8 +79,17 @@ __all__ = [
 
 log = logging.getLogger("crosstrace.tracer")
 
-#: Seconds between two calibrations (the first runs when a budget is set).
+#: Seconds between two calibrations (the first runs when a budget is set),
+#: at least; more when calibrating would take over :data:`CALIBRATION_SHARE`
+#: of what the budget allows (a small budget, a process using little CPU),
+#: up to :data:`MAX_RECALIBRATE_S`.
 RECALIBRATE_S = 30.0
+CALIBRATION_SHARE = 0.1
+MAX_RECALIBRATE_S = 600.0
+#: A price is the (lower) median of what this many of the last calibrations found:
+#: one finds the small ones (an untraced request's, ~1 us) within a few us,
+#: as the difference of two timings of a probe request (~20 us).
+KEEP_CALIBRATIONS = 5
 #: One request in this many runs with tracing off, its CPU time measured (the
 #: control group; its failures and slow runs are still exported).
 CONTROL_EVERY = 64
@@ -139,6 +156,11 @@ class Accounting:
         #: :meth:`CostModel.fold`).
         self.mask = 31
 
+    def served(self) -> int:
+        """Requests counted so far, traced or not (a root exported after the
+        fact is an untraced request's, counted in :attr:`bypassed`)."""
+        return self.roots - self.late + self.unrecorded + self.bypassed
+
     def snapshot(self) -> tuple[int, int, int, int, int, int]:
         """``(roots, spans, kept_spans, unrecorded, bypassed, late)``."""
         return self.roots, self.spans, self.kept_spans, self.unrecorded, self.bypassed, self.late
@@ -180,6 +202,7 @@ class CostModel:
         "_bypassed_last",
         "_eff_n",
         "_eff_sum",
+        "_history",
         "_last_controls",
         "_late_last",
         "_late_window",
@@ -208,8 +231,9 @@ class CostModel:
     )
 
     #: Requests per variant in one calibration (split over interleaved
-    #: passes), and children per request.
-    ROUNDS = 120
+    #: passes; a price is also the median over calibrations, see
+    #: :data:`KEEP_CALIBRATIONS`), and children per request.
+    ROUNDS = 60
     PASSES = 12
     CHILDREN = 4
 
@@ -251,6 +275,8 @@ class CostModel:
         self.calibration_ns = 0
         self.calibrations = 0
         self._next_ns = 0
+        # Each price from the last calibrations (see :data:`KEEP_CALIBRATIONS`).
+        self._history: dict[str, deque[float]] = {}
         #: Numbers the requests, for the control group and the measured sample.
         self.tickets = itertools.count(1)
         # Measured thread CPU per group: this window, and decayed over windows.
@@ -278,6 +304,7 @@ class CostModel:
         if self._probe is None:
             self._probe = probe
             self._next_ns = 0
+            self._history.clear()  # the prices without it are not comparable
 
     def observe(self, group: int, cpu_ns: int) -> None:
         """One measured request: its thread CPU time, by group (no lock: a lost
@@ -322,12 +349,13 @@ class CostModel:
 
     def off_ns(self) -> float | None:
         """The mean CPU of a request with tracing off: an untraced request's
-        (what is measured of it is the application under its request context,
-        its spans taking the tracing-off path), else a control request's less
-        its calibrated extra cost."""
+        less what the untraced path costs it (:meth:`skipped_ns`; what is
+        measured of it is the application under its request context, its
+        spans taking the tracing-off path), else a control request's less its
+        calibrated extra cost."""
         skipped = self.measured(GROUP_SKIPPED)
         if skipped is not None:
-            return skipped
+            return skipped - self.skipped_ns()
         control = self.measured(GROUP_CONTROL)
         if control is not None:
             return control - self.scaffold_ns
@@ -410,20 +438,29 @@ class CostModel:
         the garbage collector pays for its objects later), once they have a
         figure; kept within :data:`WHOLE_BOUNDS` times their calibrated price
         *priced* (not the in-place figure, which can read near zero when
-        almost every request is traced and the control group is small)."""
+        almost every request is traced and the control group is small).
+
+        The phases compare a traced request with an untraced one, which pays
+        the untraced path: that is added, so that the figure is against
+        tracing off, as the prices and :meth:`floor_ns` are."""
         whole = self.phases.per_trace()
         if whole is None or traced <= 0 or priced <= 0.0:
             return None
         low, high = WHOLE_BOUNDS
-        return min(max(whole * traced, low * priced), high * priced)
+        cost = (whole + self.skipped_ns()) * traced
+        return min(max(cost, low * priced), high * priced)
 
-    def maybe_recalibrate(self) -> None:
-        """Calibrate again when :data:`RECALIBRATE_S` passed since the last time."""
+    def maybe_recalibrate(self, allowed_per_s: float = 0.0) -> None:
+        """Calibrate again when due (see :meth:`calibrate`)."""
         if time.monotonic_ns() >= self._next_ns:
-            self.calibrate()
+            self.calibrate(allowed_per_s)
 
-    def calibrate(self) -> None:
-        """Measure every price by running the real code paths (a few ms of CPU)."""
+    def calibrate(self, allowed_per_s: float = 0.0) -> None:
+        """Measure every price by running the real code paths (tens of ms of
+        CPU). The next calibration is due after :data:`RECALIBRATE_S`, or
+        later, so that calibrating takes at most :data:`CALIBRATION_SHARE` of
+        what the budget allows a second (*allowed_per_s*, ns; 0: not known),
+        up to :data:`MAX_RECALIBRATE_S`."""
         t_start = time.thread_time_ns()
         try:
             self._calibrate()
@@ -431,8 +468,13 @@ class CostModel:
         except Exception:
             log.debug("cost calibration failed", exc_info=True)
         finally:
-            self.calibration_ns += time.thread_time_ns() - t_start
-            self._next_ns = time.monotonic_ns() + int(RECALIBRATE_S * 1e9)
+            spent = time.thread_time_ns() - t_start
+            self.calibration_ns += spent
+            wait = RECALIBRATE_S
+            if allowed_per_s > 0.0:
+                paced = spent / (CALIBRATION_SHARE * allowed_per_s)
+                wait = max(wait, min(MAX_RECALIBRATE_S, paced))
+            self._next_ns = time.monotonic_ns() + int(wait * 1e9)
 
     def _calibrate(self) -> None:
         make, span = self._make_tracer, self._open_span
@@ -471,7 +513,9 @@ class CostModel:
             for name, value in self._prices(cost, drop, keep, unrec, control, bypass).items():
                 prices.setdefault(name, []).append(value)
         for name, values in prices.items():
-            setattr(self, name, sorted(values)[len(values) // 2])
+            kept = self._history.setdefault(name, deque(maxlen=KEEP_CALIBRATIONS))
+            kept.append(sorted(values)[len(values) // 2])
+            setattr(self, name, statistics.median_low(kept))
 
     def _prices(
         self,
@@ -539,6 +583,6 @@ def close_window(tracer: Any) -> None:
         export_cpu = sink.cpu_ns() if sink is not None else 0
         if ctl.tick(tracer.accounting, tracer.costs, export_cpu):
             tracer._main._apply_knobs()
-        tracer.costs.maybe_recalibrate()
+        tracer.costs.maybe_recalibrate(ctl.allowed_per_s())
     except Exception:
         log.debug("overhead controller tick failed", exc_info=True)

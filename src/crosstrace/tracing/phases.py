@@ -32,9 +32,10 @@ with few traced requests a quotient is mostly noise) give
 more for reasons outside the process (the host); a fit, not the median,
 because tracing's own rare costs (a larger garbage collection) belong in
 the figure: the median of the same comparisons read ~10 % less on the
-benchmark's light request. A phase that took far more
-CPU than planned (the process was busy with other work, or no plan was made
-for a while) is not compared.
+benchmark's light request. A phase that took far more CPU than planned (the
+process was busy with other work, or no plan was made for a while) is not
+compared, and lengthens the CPU per request the next phase is planned from
+at most :data:`LATE_GROWTH`-fold.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from collections import deque
 from typing import Any
 
 __all__ = [
+    "LATE_GROWTH",
     "LATE_SHARE",
     "MIN_PAIRS",
     "PAIRS",
@@ -50,7 +52,6 @@ __all__ = [
     "TRIM",
     "UNTRACED_NS",
     "Phases",
-    "served",
 ]
 
 #: Length of a traced phase and of an untraced one: the untraced phases take
@@ -62,6 +63,9 @@ UNTRACED_NS = 4_000_000
 LATE_SHARE = 0.5
 #: CPU per request assumed before the first phase was measured.
 FIRST_PER_REQUEST_NS = 100_000
+#: How much a late phase may raise the CPU per request the next phase's
+#: length is from (a phase is a count of requests).
+LATE_GROWTH = 2.0
 #: Comparisons kept (about 10 s of phases), and needed before there is a figure.
 PAIRS = 500
 MIN_PAIRS = 50
@@ -72,12 +76,6 @@ TRIM = 0.1
 MIN_REQUESTS = 8
 
 
-def served(acct: Any) -> int:
-    """Requests the accounting counted so far (traced or not)."""
-    n: int = acct.roots - acct.late + acct.unrecorded + acct.bypassed
-    return n
-
-
 class Phases:
     """The alternation of traced and untraced phases, and what it measured.
 
@@ -86,13 +84,13 @@ class Phases:
     is measured apart, and it exports a phase's spans during the next ones.
     """
 
-    __slots__ = ("_last", "_mark", "_pending", "_per", "_per_trace", "end", "untraced")
+    __slots__ = ("_known", "_last", "_mark", "_pending", "_per", "_per_trace", "end", "untraced")
 
     def __init__(self) -> None:
         #: Whether the current phase runs every request untraced (the first
         #: switch starts a traced one).
         self.untraced = True
-        #: The request count (:func:`served`) at which the current phase ends.
+        #: The request count (``Accounting.served``) at which the current phase ends.
         self.end = 0
         # Where the current phase started: (CPU less the export thread's,
         # requests, traced requests).
@@ -104,15 +102,16 @@ class Phases:
         # Each comparison: (added CPU per request, traced share).
         self._per_trace: deque[tuple[float, float]] = deque(maxlen=PAIRS)
         # CPU per request of the last phase of each kind (untraced, traced)
-        # with enough requests, late or not: the next one's length in
-        # requests is from it.
+        # with enough requests (a late one's bounded): the next one's length
+        # in requests is from it; and whether it was measured yet.
         self._per = [float(FIRST_PER_REQUEST_NS)] * 2
+        self._known = [False, False]
 
     def switch(self, acct: Any, cpu_ns: int, export_cpu_ns: int) -> None:
         """End the current phase at process CPU time *cpu_ns* (its figures
         kept if it ran as planned) and start the other one."""
         cpu = cpu_ns - export_cpu_ns
-        n = served(acct)
+        n: int = acct.served()
         traced = n - acct.bypassed
         mark, self._mark = self._mark, (cpu, n, traced)
         kind = 0 if self.untraced else 1
@@ -122,8 +121,17 @@ class Phases:
             self._last = self._pending = None
         else:
             per_request = (cpu - mark[0]) / requests
-            self._per[kind] = per_request  # the next phase's length is from it
-            if cpu - mark[0] > (1.0 + LATE_SHARE) * length:
+            late = cpu - mark[0] > (1.0 + LATE_SHARE) * length
+            # The next phase's length is from it; a late phase raises it at
+            # most LATE_GROWTH-fold (work foreign to the requests in one
+            # phase does not shrink the next ones to a few requests, and a
+            # lasting change is followed within a few phases), unless the
+            # last figure was still the first guess.
+            if late and self._known[kind]:
+                per_request = min(per_request, LATE_GROWTH * self._per[kind])
+            self._per[kind] = per_request
+            self._known[kind] = True
+            if late:
                 # The process was busy elsewhere, or no plan was made for a
                 # while (every request traced), or the length was a guess.
                 self._last = self._pending = None

@@ -21,8 +21,6 @@ import time
 from random import random
 from typing import Any
 
-from crosstrace.tracing.phases import served
-
 __all__ = ["SKIP_MEASURED", "TRACE_ALL", "drop_plan", "skip_request"]
 
 #: What :func:`skip_request` returns for a skipped request to measure.
@@ -77,11 +75,11 @@ def _plan(tracer: Any) -> int:
     """Decide this request and plan the next ones (see :func:`skip_request`)."""
     acct = tracer.accounting
     phases = tracer.costs.phases
-    left = phases.end - served(acct)  # requests left in the phase
+    left = phases.end - acct.served()  # requests left in the phase
     if left <= 0:
         sink = tracer.sink
         phases.switch(acct, time.process_time_ns(), sink.cpu_ns() if sink is not None else 0)
-        left = phases.end - served(acct)
+        left = phases.end - acct.served()
     mask = acct.mask
     # Untraced requests from this one to the next measured one (1: this one).
     to_measured = mask + 1 - (acct.bypassed & mask)

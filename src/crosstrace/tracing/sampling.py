@@ -142,6 +142,7 @@ class OverheadController:
         "_proc_last",
         "_record_ns",
         "budget",
+        "last_base_ns",
         "last_floor",
         "last_fraction",
         "next_tick_ns",
@@ -175,6 +176,8 @@ class OverheadController:
         self.trace_fraction = 1.0
         self.last_fraction = 0.0
         self.last_floor = 0.0
+        #: What the last window's work cost without tracing (the budget's base).
+        self.last_base_ns = 0.0
         self._record_ns = 0
         self._export_cpu_now = 0
         self._export_cpu_last = 0
@@ -223,14 +226,14 @@ class OverheadController:
         late_share = 0.0  # of the spans exported: the roots exported after the fact
         if accounting is not None and costs is not None:
             costs.fold(accounting)
-            counts = accounting.snapshot()
+            counts = (*accounting.snapshot(), accounting.served())
             last = self._counts_last or counts
             self._counts_last = counts
             d = [a - b for a, b in zip(counts, last, strict=True)]
-            total, fixed = costs.record_ns(*d)
+            total, fixed = costs.record_ns(*d[:6])
             self._record_ns += int(total)
             self._fixed_ns += fixed
-            requests = d[0] - d[5] + d[3] + d[4]
+            requests = d[6]
             floor_ns = costs.floor_ns(requests)
             base_ns = costs.baseline_ns(requests)
             late_share = d[5] / d[2] if d[2] > 0 else 0.0
@@ -258,6 +261,10 @@ class OverheadController:
         self.adjust(record_ns, export_ns, proc_ns, base_ns, fixed_ns, floor_ns)
         return True
 
+    def allowed_per_s(self) -> float:
+        """CPU (ns) the budget allowed tracing per second in the last window."""
+        return self.budget * self.last_base_ns * 1e9 / self.window_ns
+
     def adjust(
         self,
         record_ns: int,
@@ -281,6 +288,7 @@ class OverheadController:
         if proc_ns < self.MIN_BUSY_NS:
             # A nearly idle process: what tracing costs it is negligible in
             # absolute terms, and a fraction of almost nothing is noise.
+            self.last_base_ns = float(proc_ns)
             self.last_fraction = spent / proc_ns
             self.last_floor = floor_ns / proc_ns
             self._raise(self.MAX_STEP)
@@ -289,6 +297,7 @@ class OverheadController:
         # its requests at the control group's measured CPU each, else the
         # process CPU less what tracing spent.
         base = base_ns if base_ns else max(proc_ns - spent, proc_ns // 2)
+        self.last_base_ns = float(base)
         allowed = self.budget * base
         self.last_fraction = spent / base
         self.last_floor = floor_ns / base
