@@ -415,12 +415,15 @@ class CostModel:
         fixed = bypassed * self.skipped_ns() + self._late_last
         controls = self._last_controls * self.scaffold_ns
         roots = max(0, roots)
-        off = self.off_ns()
-        recorded = self.measured(GROUP_RECORDED)
-        deferred = self.measured(GROUP_DEFERRED)
         per_root = self.children_per_root
         rec_priced = roots * self.root_ns + children * self.span_ns + max(0, kept) * self.keep_ns
         def_priced = unrecorded * max(0.0, self.unrecorded_ns + per_root * self.deferred_child_ns)
+        whole = self._whole(rec_priced + def_priced, roots + unrecorded)
+        if whole is not None:
+            return fixed + controls + whole, fixed
+        off = self.off_ns()
+        recorded = self.measured(GROUP_RECORDED)
+        deferred = self.measured(GROUP_DEFERRED)
         if off is not None and recorded is not None:
             rec_cost = roots * max(0.0, recorded - off)
         else:
@@ -429,8 +432,7 @@ class CostModel:
             def_cost = unrecorded * max(0.0, deferred - off)
         else:
             def_cost = def_priced
-        whole = self._whole(rec_priced + def_priced, roots + unrecorded)
-        return fixed + controls + (rec_cost + def_cost if whole is None else whole), fixed
+        return fixed + controls + rec_cost + def_cost, fixed
 
     def _whole(self, priced: float, traced: int) -> float | None:
         """What *traced* requests cost the request threads as the alternating
