@@ -33,6 +33,7 @@ from crosstrace.tracing.phases import (
     LATE_SHARE,
     MIN_PAIRS,
     MIN_REQUESTS,
+    SETTLE_REQUESTS,
     TRACED_NS,
     UNTRACED_NS,
     Phases,
@@ -47,8 +48,13 @@ TRACED_EXTRA = 30_000
 class Feed:
     """Drives :class:`Phases` through phases of synthetic requests."""
 
-    def __init__(self, phases: Phases, share: float = 0.25, drift: float = 0.0) -> None:
+    def __init__(
+        self, phases: Phases, share: float = 0.25, drift: float = 0.0, spill: int = 0
+    ) -> None:
         self.phases, self.share, self.drift = phases, share, drift
+        # What the last traced requests of a traced phase leave the requests
+        # after them (ns, all told).
+        self.spill = spill
         self.request = UNTRACED_REQUEST  # an untraced request's CPU (ns)
         self.acct = Accounting()
         self.cpu = 1_000_000_000
@@ -57,19 +63,34 @@ class Feed:
     def phase(self, stretch: float = 1.0, requests: int | None = None, extra: int = 0) -> None:
         """One phase as the plan would run it, then the switch (its CPU
         *stretch* times its length: above 1 + LATE_SHARE it ended late;
-        *extra* ns of CPU spent in it by something else)."""
+        *extra* ns of CPU spent in it by something else). A traced phase is
+        followed by the untraced phase's settling requests, which pay the
+        spill."""
         p = self.phases
-        length = (UNTRACED_NS if p.untraced else TRACED_NS) * stretch
-        share = 0.0 if p.untraced else self.share
+        untraced = p.untraced
+        length = (UNTRACED_NS if untraced else TRACED_NS) * stretch
+        share = 0.0 if untraced else self.share
+        n = requests if requests is not None else round(length / self._per(share))
+        self._run(n, share, extra)
+        if untraced:
+            return
+        assert p.settling
+        assert p.end - self.acct.served() == SETTLE_REQUESTS
+        self._run(SETTLE_REQUESTS, 0.0, self.spill)
+        assert p.untraced
+        assert not p.settling
+
+    def _per(self, share: float) -> float:
         # The machine drifts: a request costs more as time goes on.
-        per = self.request * (1.0 + self.drift * self.cpu / 1e9) + share * TRACED_EXTRA
-        n = requests if requests is not None else round(length / per)
+        return self.request * (1.0 + self.drift * self.cpu / 1e9) + share * TRACED_EXTRA
+
+    def _run(self, n: int, share: float, extra: int) -> None:
         traced = round(n * share)
         self.acct.roots += traced
         self.acct.bypassed += n - traced
-        self.cpu += round(n * per) + extra
+        self.cpu += round(n * self._per(share)) + extra
         self.export += 1_000_000  # the export thread, measured apart
-        p.switch(self.acct, self.cpu + self.export, self.export)
+        self.phases.switch(self.acct, self.cpu + self.export, self.export)
 
     def pairs(self, count: int) -> None:
         while self.phases.pairs() < count:
@@ -85,6 +106,26 @@ def test_a_traced_request_costs_the_phases_difference_over_the_traced_share() ->
     figure = phases.per_trace()
     assert figure is not None
     assert figure == pytest.approx(TRACED_EXTRA, rel=0.02)
+
+
+def test_what_the_last_traced_requests_leave_the_next_ones_is_theirs() -> None:
+    """A traced request leaves the requests after it slower for a while. The
+    last ones of a traced phase leave it to the untraced phase's first
+    requests: those are measured with the traced phase, so the figure holds
+    it, and the untraced phase's CPU per request does not."""
+    spill = 200_000  # ns, what the phase's last traced requests leave
+    phases = Phases()
+    feed = Feed(phases, spill=spill)
+    feed.phase()
+    feed.pairs(MIN_PAIRS)
+    figure = phases.per_trace()
+    assert figure is not None
+    traced_requests = round(TRACED_NS / (UNTRACED_REQUEST + 0.25 * TRACED_EXTRA))
+    traced = round(0.25 * traced_requests)
+    # The spill, shared by the phase's traced requests; it only adds.
+    assert figure == pytest.approx(TRACED_EXTRA + spill / traced, rel=0.02)
+    assert figure > TRACED_EXTRA + 0.9 * spill / traced
+    assert phases._per[0] == pytest.approx(UNTRACED_REQUEST)
 
 
 def test_a_steady_drift_of_the_machine_cancels_out() -> None:

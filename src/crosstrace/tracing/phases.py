@@ -10,12 +10,18 @@ which is how the cost is measured from outside (``benchmarks/bench_budget.py``).
 
 So while the budget leaves requests untraced, their plan
 (:mod:`crosstrace.tracing.plan`) alternates two phases: a *traced* phase of
-about :data:`TRACED_NS` of CPU, planned as usual, and an *untraced* phase of
-about :data:`UNTRACED_NS`, in which every request runs untraced (its failure
-or slow run still exported after the fact). A phase is a number of requests
-(its length at the last phase's CPU per request), so whether it has ended
-is a comparison of counters the plan makes anyway; runs of untraced requests
-are planned up to the phase's end, never across it. At each switch
+about :data:`TRACED_NS` of CPU, planned as usual, and an *untraced* phase, in
+which every request runs untraced (its failure or slow run still exported
+after the fact). An untraced phase starts with :data:`SETTLE_REQUESTS`
+requests that are measured with the traced phase before them: a traced
+request leaves the requests after it slower for a while (measured on the
+benchmark's heavy request: the next one ~3 us, the tenth still ~0.5 us), and
+what the last traced requests of a phase leave belongs to them, not to the
+untraced phase they are compared with. The rest of the untraced phase lasts
+about :data:`UNTRACED_NS`. A phase (and its settling part) is a number of
+requests (its length at the last phase's CPU per request), so whether it has
+ended is a comparison of counters the plan makes anyway; runs of untraced
+requests are planned up to its end, never across it. At each switch
 :meth:`Phases.switch` reads the process's CPU time less the export thread's
 (measured apart) and the tracer's request counters. Each untraced phase, set
 against the mean of the traced phases on either side of it (so that a
@@ -48,16 +54,21 @@ __all__ = [
     "LATE_SHARE",
     "MIN_PAIRS",
     "PAIRS",
+    "SETTLE_REQUESTS",
     "TRACED_NS",
     "TRIM",
     "UNTRACED_NS",
     "Phases",
 ]
 
-#: Length of a traced phase and of an untraced one: the untraced phases take
-#: a fifth of the time, so a budget can still trace up to 80 % of requests.
+#: Length of a traced phase and of an untraced one (after its settling
+#: requests): the untraced phases take about a fifth of the time, so a budget
+#: can still trace up to ~75 % of requests.
 TRACED_NS = 16_000_000
 UNTRACED_NS = 4_000_000
+#: Requests at the start of an untraced phase measured with the traced phase
+#: before it (what its last traced requests leave the next ones).
+SETTLE_REQUESTS = 8
 #: A phase whose CPU exceeds its length by more than this share of it (the
 #: process was busy elsewhere, or no plan was made) is not compared.
 LATE_SHARE = 0.5
@@ -84,12 +95,25 @@ class Phases:
     is measured apart, and it exports a phase's spans during the next ones.
     """
 
-    __slots__ = ("_known", "_last", "_mark", "_pending", "_per", "_per_trace", "end", "untraced")
+    __slots__ = (
+        "_known",
+        "_last",
+        "_mark",
+        "_pending",
+        "_per",
+        "_per_trace",
+        "end",
+        "settling",
+        "untraced",
+    )
 
     def __init__(self) -> None:
         #: Whether the current phase runs every request untraced (the first
         #: switch starts a traced one).
         self.untraced = True
+        #: Whether the current (untraced) phase is in its settling requests,
+        #: which are measured with the traced phase before them.
+        self.settling = False
         #: The request count (``Accounting.served``) at which the current phase ends.
         self.end = 0
         # Where the current phase started: (CPU less the export thread's,
@@ -101,21 +125,29 @@ class Phases:
         self._pending: tuple[tuple[float, float], float] | None = None
         # Each comparison: (added CPU per request, traced share).
         self._per_trace: deque[tuple[float, float]] = deque(maxlen=PAIRS)
-        # CPU per request of the last phase of each kind (untraced, traced)
+        # CPU per request of the last phase of each kind (untraced, traced
+        # with its settling requests)
         # with enough requests (a late one's bounded): the next one's length
         # in requests is from it; and whether it was measured yet.
         self._per = [float(FIRST_PER_REQUEST_NS)] * 2
         self._known = [False, False]
 
     def switch(self, acct: Any, cpu_ns: int, export_cpu_ns: int) -> None:
-        """End the current phase at process CPU time *cpu_ns* (its figures
-        kept if it ran as planned) and start the other one."""
-        cpu = cpu_ns - export_cpu_ns
+        """End the current phase (or an untraced phase's settling requests)
+        at process CPU time *cpu_ns*, its figures kept if it ran as planned,
+        and start what comes next."""
         n: int = acct.served()
+        if not self.untraced:
+            # The traced phase goes on being measured over the settling
+            # requests, which run untraced: no reading here.
+            self.untraced = self.settling = True
+            self.end = n + SETTLE_REQUESTS
+            return
+        cpu = cpu_ns - export_cpu_ns
         traced = n - acct.bypassed
         mark, self._mark = self._mark, (cpu, n, traced)
-        kind = 0 if self.untraced else 1
-        length = UNTRACED_NS if self.untraced else TRACED_NS
+        kind = 1 if self.settling else 0  # a traced phase and its settling, or untraced
+        length = UNTRACED_NS if kind == 0 else TRACED_NS + SETTLE_REQUESTS * self._per[0]
         requests = n - mark[1] if mark is not None else 0
         if mark is None or requests < MIN_REQUESTS:
             self._last = self._pending = None
@@ -135,7 +167,7 @@ class Phases:
                 # The process was busy elsewhere, or no plan was made for a
                 # while (every request traced), or the length was a guess.
                 self._last = self._pending = None
-            elif self.untraced:
+            elif kind == 0:
                 self._pending = (self._last, per_request) if self._last else None
             else:
                 this = (per_request, (traced - mark[2]) / requests)
@@ -146,9 +178,12 @@ class Phases:
                         added = (before + this[0]) / 2 - untraced
                         self._per_trace.append((added, share))
                 self._last, self._pending = this, None
-        self.untraced = not self.untraced
-        length = UNTRACED_NS if self.untraced else TRACED_NS
-        self.end = n + max(MIN_REQUESTS, int(length / max(1.0, self._per[1 - kind])))
+        if self.settling:  # the untraced phase proper starts
+            self.settling = False
+            self.end = n + max(MIN_REQUESTS, int(UNTRACED_NS / max(1.0, self._per[0])))
+        else:  # a traced phase starts
+            self.untraced = False
+            self.end = n + max(MIN_REQUESTS, int(TRACED_NS / max(1.0, self._per[1])))
 
     def per_trace(self) -> float | None:
         """What a traced request costs the request threads (ns), once there
