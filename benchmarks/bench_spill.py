@@ -171,11 +171,13 @@ def along_untraced(
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kind", default="heavy", choices=sorted(bb.KINDS))
-    p.add_argument("--fraction", type=float, default=0.2)
+    p.add_argument("--fraction", type=float, default=0.2, help="planned traced fraction, >0")
     p.add_argument("--seconds", type=float, default=40.0)
     p.add_argument("--untraced-ms", type=float, default=40.0)
     p.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last)")
     args = p.parse_args(argv)
+    if not 0.0 < args.fraction <= 1.0:
+        p.error("--fraction must be above 0 and at most 1 (what follows a traced request)")
     cpu = args.cpu if args.cpu is not None else (os.cpu_count() or 1) - 1
     os.sched_setaffinity(0, {cpu})
     per_us = bb._calibrate_work()
