@@ -24,6 +24,10 @@ thread read around it (``time.thread_time_ns``; both copies pay those reads):
    (``--untraced-ms``), their requests by their position in the phase, in
    bins: how long what the traced phase before leaves lasts.
 
+``--settle N`` sets how many requests at the start of an untraced phase are
+measured with the traced phase before it (the tracer's
+``SETTLE_REQUESTS``), to see what the phases' figure makes of a longer one.
+
 Last, what the tracer's phases measured a traced request to cost (their
 figure) beside the per-request figure of table 1.
 """
@@ -174,10 +178,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fraction", type=float, default=0.2, help="planned traced fraction, >0")
     p.add_argument("--seconds", type=float, default=40.0)
     p.add_argument("--untraced-ms", type=float, default=40.0)
+    p.add_argument(
+        "--settle",
+        type=int,
+        default=None,
+        help="settling requests at the start of an untraced phase (default: the tracer's)",
+    )
     p.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last)")
     args = p.parse_args(argv)
     if not 0.0 < args.fraction <= 1.0:
         p.error("--fraction must be above 0 and at most 1 (what follows a traced request)")
+    if args.settle is not None:
+        if args.settle < 0:
+            p.error("--settle must be 0 or more")
+        phases_module.SETTLE_REQUESTS = args.settle
     cpu = args.cpu if args.cpu is not None else (os.cpu_count() or 1) - 1
     os.sched_setaffinity(0, {cpu})
     per_us = bb._calibrate_work()
