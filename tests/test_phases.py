@@ -59,6 +59,7 @@ class Feed:
         self.acct = Accounting()
         self.cpu = 1_000_000_000
         self.export = 0
+        self.reads = 0  # clock readings the phases asked for
 
     def phase(self, stretch: float = 1.0, requests: int | None = None, extra: int = 0) -> None:
         """One phase as the plan would run it, then the switch (its CPU
@@ -90,7 +91,13 @@ class Feed:
         self.acct.bypassed += n - traced
         self.cpu += round(n * self._per(share)) + extra
         self.export += 1_000_000  # the export thread, measured apart
-        self.phases.switch(self.acct, self.cpu + self.export, self.export)
+        readings = (self.cpu + self.export, self.export)
+
+        def clocks() -> tuple[int, int]:
+            self.reads += 1
+            return readings
+
+        self.phases.switch(self.acct, clocks)
 
     def pairs(self, count: int) -> None:
         while self.phases.pairs() < count:
@@ -126,6 +133,19 @@ def test_what_the_last_traced_requests_leave_the_next_ones_is_theirs() -> None:
     assert figure == pytest.approx(TRACED_EXTRA + spill / traced, rel=0.02)
     assert figure > TRACED_EXTRA + 0.9 * spill / traced
     assert phases._per[0] == pytest.approx(UNTRACED_REQUEST)
+
+
+def test_a_traced_phases_end_reads_no_clock() -> None:
+    """The settling requests go on with the traced phase: its end reads no
+    clock (two system calls), only the settling's end does."""
+    phases = Phases()
+    feed = Feed(phases)
+    feed.phase()  # the first switch starts a traced phase
+    assert feed.reads == 1
+    feed.phase()  # the traced phase, then its settling requests
+    assert feed.reads == 2
+    feed.phase()  # the untraced phase
+    assert feed.reads == 3
 
 
 def test_a_steady_drift_of_the_machine_cancels_out() -> None:

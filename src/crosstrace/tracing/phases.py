@@ -47,6 +47,7 @@ at most :data:`LATE_GROWTH`-fold.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
@@ -126,16 +127,18 @@ class Phases:
         # Each comparison: (added CPU per request, traced share).
         self._per_trace: deque[tuple[float, float]] = deque(maxlen=PAIRS)
         # CPU per request of the last phase of each kind (untraced, traced
-        # with its settling requests)
-        # with enough requests (a late one's bounded): the next one's length
-        # in requests is from it; and whether it was measured yet.
+        # with its settling requests) with enough requests (a late one's
+        # bounded): the next one's length in requests is from it; and whether
+        # it was measured yet.
         self._per = [float(FIRST_PER_REQUEST_NS)] * 2
         self._known = [False, False]
 
-    def switch(self, acct: Any, cpu_ns: int, export_cpu_ns: int) -> None:
-        """End the current phase (or an untraced phase's settling requests)
-        at process CPU time *cpu_ns*, its figures kept if it ran as planned,
-        and start what comes next."""
+    def switch(self, acct: Any, clocks: Callable[[], tuple[int, int]]) -> None:
+        """End the current phase (or an untraced phase's settling requests),
+        its figures kept if it ran as planned, and start what comes next.
+        *clocks* reads the process's CPU time and the export thread's (ns);
+        it is called only where a measurement ends (not at a traced phase's
+        end: the settling requests go on with it)."""
         n: int = acct.served()
         if not self.untraced:
             # The traced phase goes on being measured over the settling
@@ -143,6 +146,7 @@ class Phases:
             self.untraced = self.settling = True
             self.end = n + SETTLE_REQUESTS
             return
+        cpu_ns, export_cpu_ns = clocks()
         cpu = cpu_ns - export_cpu_ns
         traced = n - acct.bypassed
         mark, self._mark = self._mark, (cpu, n, traced)

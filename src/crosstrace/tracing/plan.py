@@ -78,7 +78,11 @@ def _plan(tracer: Any) -> int:
     left = phases.end - acct.served()  # requests left in the phase
     if left <= 0:
         sink = tracer.sink
-        phases.switch(acct, time.process_time_ns(), sink.cpu_ns() if sink is not None else 0)
+
+        def clocks() -> tuple[int, int]:
+            return time.process_time_ns(), sink.cpu_ns() if sink is not None else 0
+
+        phases.switch(acct, clocks)
         left = phases.end - acct.served()
     mask = acct.mask
     # Untraced requests from this one to the next measured one (1: this one).
