@@ -21,7 +21,8 @@ untraced phase they are compared with. The rest of the untraced phase lasts
 about :data:`UNTRACED_NS`. A phase (and its settling part) is a number of
 requests (its length at the last phase's CPU per request), so whether it has
 ended is a comparison of counters the plan makes anyway; runs of untraced
-requests are planned up to its end, never across it. At each switch
+requests are planned up to its end, never across it. Where a measurement
+ends (an untraced phase, a traced phase with its settling requests)
 :meth:`Phases.switch` reads the process's CPU time less the export thread's
 (measured apart) and the tracer's request counters. Each untraced phase, set
 against the mean of the traced phases on either side of it (so that a
