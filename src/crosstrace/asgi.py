@@ -25,7 +25,6 @@ Starlette / FastAPI::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from time import thread_time_ns, time_ns
 from typing import Any
@@ -49,8 +48,9 @@ from crosstrace.ids import MAX_REQUEST_ID_LENGTH
 from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, extract_context, record_invalid
 from crosstrace.tracecontext import TRACEPARENT_HEADER, TRACESTATE_HEADER
 from crosstrace.tracing.budget import GROUP_SKIPPED, churn
+from crosstrace.tracing.deferred import Describe
 from crosstrace.tracing.model import RemoteContext, SpanKind
-from crosstrace.tracing.serve import Served, serve
+from crosstrace.tracing.serve import Served, export_untraced, serve
 from crosstrace.tracing.spans import get_current_span, reset_current_span, set_current_span
 from crosstrace.tracing.tracer import (
     DISABLED,
@@ -71,7 +71,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-log = logging.getLogger(__name__)
 
 _INBOUND = HEADER_REQUEST_ID_LOWER.encode("ascii")
 _SOURCE = "the X-OpenStack-Request-ID header"
@@ -352,13 +351,10 @@ class RequestIdMiddleware:
     ) -> None:
         """The server span of an untraced request that failed or was slow (the
         trace headers are read only now)."""
-        try:
-            served = self._serve(scope, context, tracer, _trace_headers(scope))
-            if exc is not None:
-                served.fail(exc)
-            served.export_after_the_fact(start_ns, code if type(code) is int else 0)
-        except Exception:  # tracing must never break the request
-            log.debug("exporting an untraced request failed", exc_info=True)
+        if self.tracer is None:  # the configured tracer, which may have changed
+            self._price_with(tracer)
+        describe = self._describer(scope, tracer, _trace_headers(scope))
+        export_untraced(context, tracer, describe, start_ns, code if type(code) is int else 0, exc)
 
     def _probe(self, tracer: Tracer | None, children: int) -> Callable[[], None]:
         """One request through a copy of this middleware, for the cost model:
@@ -379,11 +375,8 @@ class RequestIdMiddleware:
 
         return run
 
-    def _serve(
-        self, scope: Scope, context: RequestContext, tracer: Tracer, trace_headers: dict[str, str]
-    ) -> Served:
-        if self.tracer is None:  # the configured tracer, which may have changed
-            self._price_with(tracer)
+    def _describer(self, scope: Scope, tracer: Tracer, trace_headers: dict[str, str]) -> Describe:
+        """What the request's server span is made of, read when asked for."""
         normalize = self.path_normalizer
 
         def describe() -> tuple[str, dict[str, Any], RemoteContext]:
@@ -393,6 +386,14 @@ class RequestIdMiddleware:
             remote = extract_context(lambda name: trace_headers.get(name.lower()), tracer)
             return name, attrs, remote
 
+        return describe
+
+    def _serve(
+        self, scope: Scope, context: RequestContext, tracer: Tracer, trace_headers: dict[str, str]
+    ) -> Served:
+        if self.tracer is None:  # the configured tracer, which may have changed
+            self._price_with(tracer)
+        describe = self._describer(scope, tracer, trace_headers)
         forced = (tracer.trigger_keys and _TRIGGER in trace_headers) or (
             tracer.osprofiler_keys and _OSPROFILER_INFO in trace_headers
         )

@@ -32,7 +32,6 @@ PasteDeploy::
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from time import thread_time_ns, time_ns
@@ -66,6 +65,7 @@ from crosstrace.httpnames import (
 from crosstrace.ids import is_valid_request_id
 from crosstrace.propagation import extract_context, record_invalid
 from crosstrace.tracing.budget import GROUP_SKIPPED, churn
+from crosstrace.tracing.deferred import Describe
 from crosstrace.tracing.model import (
     ATTR_DOMAIN_ID,
     ATTR_PROJECT_DOMAIN_ID,
@@ -75,7 +75,7 @@ from crosstrace.tracing.model import (
     RemoteContext,
     SpanKind,
 )
-from crosstrace.tracing.serve import Served, serve
+from crosstrace.tracing.serve import Served, export_untraced, serve
 from crosstrace.tracing.spans import (
     NonRecordingSpan,
     Span,
@@ -123,7 +123,6 @@ class StartResponse(Protocol):
 
 WSGIApplication = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-log = logging.getLogger(__name__)
 
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_SPLIT_RE = re.compile(r"[\s,]+")
@@ -403,13 +402,9 @@ class RequestIdMiddleware:
         exc: BaseException | None,
     ) -> None:
         """The server span of an untraced request that failed or was slow."""
-        try:
-            served = self._serve(environ, context, tracer)
-            if exc is not None:
-                served.fail(exc)
-            served.export_after_the_fact(start_ns, code)
-        except Exception:  # tracing must never break the request
-            log.debug("exporting an untraced request failed", exc_info=True)
+        if self.tracer is None:  # the configured tracer, which may have changed
+            self._price_with(tracer)
+        export_untraced(context, tracer, self._describer(environ, tracer), start_ns, code, exc)
 
     #: The tracer of a request when none was given (the configured one).
     _default_tracer = staticmethod(get_tracer)
@@ -433,9 +428,8 @@ class RequestIdMiddleware:
 
         return run
 
-    def _serve(self, environ: dict[str, Any], context: RequestContext, tracer: Tracer) -> Served:
-        if self.tracer is None:  # the configured tracer, which may have changed
-            self._price_with(tracer)
+    def _describer(self, environ: dict[str, Any], tracer: Tracer) -> Describe:
+        """What the request's server span is made of, read when asked for."""
         normalize = self.path_normalizer
 
         def describe() -> tuple[str, dict[str, Any], RemoteContext]:
@@ -445,6 +439,12 @@ class RequestIdMiddleware:
             remote = extract_context(_environ_getter(environ), tracer)
             return name, attrs, remote
 
+        return describe
+
+    def _serve(self, environ: dict[str, Any], context: RequestContext, tracer: Tracer) -> Served:
+        if self.tracer is None:  # the configured tracer, which may have changed
+            self._price_with(tracer)
+        describe = self._describer(environ, tracer)
         forced = (tracer.trigger_keys and ENV_TRIGGER in environ) or (
             tracer.osprofiler_keys and ENV_OSPROFILER_INFO in environ
         )

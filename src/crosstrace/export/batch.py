@@ -10,10 +10,16 @@ bounded by the number of request threads, and in exchange every span is
 accounted for exactly once: exported, failed (given up after retries) or
 dropped.
 
+A request thread may also hand over the building of a span
+(:meth:`BatchExporter.export_later`: the root span of a request that ran
+untraced and failed or was slow), so that its cost is paid on the export
+thread, in a batch with the others, not in the middle of the service's work.
+
 One daemon thread, woken by a :class:`threading.Event` when a batch is ready or
-every ``max_delay_s``, encodes batches and hands them to a transport, retrying
-with exponential back-off and jitter on retryable errors (honouring
-``Retry-After``) up to ``max_retries``, then counting the batch as failed.
+every ``max_delay_s``, builds what was handed over, encodes batches and hands
+them to a transport, retrying with exponential back-off and jitter on
+retryable errors (honouring ``Retry-After``) up to ``max_retries``, then
+counting the batch as failed.
 Nothing here raises into the service.
 
 It is fork-safe (:func:`os.register_at_fork` gives the child an empty queue and
@@ -36,7 +42,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from crosstrace.export.transports import (
@@ -121,6 +127,10 @@ class BatchExporter:
         # when racing appends overshoot the bound (see the module docstring).
         self._spans: collections.deque[SpanData] = collections.deque()
         self._logs: collections.deque[LogData] = collections.deque()
+        self._later: collections.deque[Callable[[], None]] = collections.deque()
+        # Whether the export thread is running what was handed over (its spans
+        # are taken while it flushes at shutdown).
+        self._building = False
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._stop_requested = threading.Event()
@@ -135,13 +145,22 @@ class BatchExporter:
         """Queue *spans*; when the queue cannot hold them all they are dropped (counted)."""
         q = self._spans
         n = len(spans)
-        if self._stopping or len(q) + n > self.queue_size:
+        if (self._stopping and not self._building) or len(q) + n > self.queue_size:
             self.spans_dropped += n
             return
         q.extend(spans)
         self.spans_queued += n
         if len(q) >= self.batch_size and not self._wake.is_set():
             self._wake.set()
+
+    def export_later(self, build: Callable[[], None]) -> None:
+        """Run *build* on the export thread before its next batch; it queues
+        what it builds with :meth:`export_spans` and must not raise. When the
+        queue cannot hold it, it is dropped and counted as one span dropped."""
+        if self._stopping or len(self._spans) + len(self._later) >= self.queue_size:
+            self.spans_dropped += 1
+            return
+        self._later.append(build)
 
     def export_log(self, record: LogData) -> None:
         """Queue one log record; dropped and counted when the queue is full."""
@@ -155,8 +174,8 @@ class BatchExporter:
             self._wake.set()
 
     def queue_length(self) -> int:
-        """Spans waiting in the queue."""
-        return len(self._spans)
+        """Spans waiting in the queue (those still to be built included)."""
+        return len(self._spans) + len(self._later)
 
     def cpu_ns(self) -> int:
         """CPU time the export thread has used (nanoseconds): read from its
@@ -183,14 +202,14 @@ class BatchExporter:
             "logs_failed": self.logs_failed,
             "batches_failed": self.batches_failed,
             "retries": self.retries,
-            "queue_length": len(self._spans),
+            "queue_length": self.queue_length(),
         }
 
     # -- control -----------------------------------------------------------------
     def force_flush(self, timeout_s: float = 5.0) -> bool:
         """Export everything queued so far; ``True`` if done within *timeout_s*."""
         if not self._thread.is_alive():
-            return not self._spans and not self._logs
+            return not self._spans and not self._logs and not self._later
         req = _Flush()
         self._flushes.append(req)
         self._wake.set()
@@ -223,8 +242,9 @@ class BatchExporter:
         return stopped
 
     def _count_leftovers(self) -> None:
-        n = len(self._spans)
+        n = len(self._spans) + len(self._later)
         self._spans.clear()
+        self._later.clear()
         self.spans_dropped += n
         m = len(self._logs)
         self._logs.clear()
@@ -251,7 +271,7 @@ class BatchExporter:
                     req.done.set()
                 self._cpu_ns = time.thread_time_ns()
                 if self._stopping:
-                    if self._spans or self._logs:
+                    if self._spans or self._logs or self._later:
                         self._count_leftovers()
                     break
                 now = time.monotonic()
@@ -263,7 +283,22 @@ class BatchExporter:
         finally:
             self._stopped.set()
 
+    def _build(self) -> None:
+        """Run what request threads handed over (see :meth:`export_later`)."""
+        later = self._later
+        self._building = True
+        try:
+            while later:
+                try:
+                    later.popleft()()
+                except Exception:
+                    log.debug("building a span on the export thread failed", exc_info=True)
+        finally:
+            self._building = False
+
     def _drain(self) -> None:
+        if self._later:
+            self._build()
         for signal, q in ((SIGNAL_TRACES, self._spans), (SIGNAL_LOGS, self._logs)):
             while q:
                 if self._stopping and time.monotonic() >= self._deadline:

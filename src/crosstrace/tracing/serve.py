@@ -51,7 +51,7 @@ from crosstrace.tracing.spans import (
 )
 from crosstrace.tracing.tracer import Tracer
 
-__all__ = ["Served", "serve"]
+__all__ = ["Served", "export_untraced", "serve"]
 
 log = logging.getLogger("crosstrace.tracer")
 
@@ -245,21 +245,8 @@ class Served:
         ):
             self._export_control(tracer, control)
 
-    def export_after_the_fact(self, start_ns: int, code: int = 0) -> None:
-        """Export the root span of a request that ran untraced (started at
-        *start_ns*, answered *code*) because it failed or was slow."""
-        tracer = self._tracer
-        if tracer is None:
-            return
-        if code:
-            self.status(code)
-        self._export_control(tracer, start_ns)
-
     def _export_control(self, tracer: Tracer, start_ns: int) -> None:
-        """A request run untraced failed or was slow: export its root span alone
-        (its CPU time measured: this is tracing cost however rare)."""
-        t0 = thread_time_ns()
-        tracer.accounting.late += 1
+        """A request run untraced failed or was slow: export its root span alone."""
         describe = self._describe
         if describe is None:
             name, attrs, remote = self._name, dict(self._attributes or {}), self._remote
@@ -267,15 +254,8 @@ class Served:
             def describe() -> tuple[str, dict[str, Any], RemoteContext]:
                 return name, attrs, remote or RemoteContext()
 
-        root = DeferredRoot(tracer, self._kind, describe, start_ns)
-        root._request = self.context
-        if self._error is not None:
-            root.set_status(StatusCode.ERROR, self._error)
-            root.set_attribute(ATTR_STATUS_CODE, int(self._error[5:]))
-        if self._exc is not None:
-            root._failed(self._exc)
-        root.end()
-        tracer.costs.add_late(thread_time_ns() - t0)
+        code = int(self._error[5:]) if self._error is not None else 0
+        export_untraced(self.context, tracer, describe, start_ns, code, self._exc, self._kind)
 
     def __enter__(self) -> Served:
         self.enter()
@@ -286,6 +266,56 @@ class Served:
             self.fail(ev)
         self.leave()
         self.finish()
+
+
+def export_untraced(
+    context: RequestContext,
+    tracer: Tracer,
+    describe: Describe,
+    start_ns: int,
+    code: int = 0,
+    exc: BaseException | None = None,
+    kind: int = SpanKind.SERVER,
+) -> None:
+    """Export the root span of a request the budget ran untraced, which failed
+    (answered *code* 5xx, or raised *exc*) or was slow (started at *start_ns*).
+
+    What the span is made of (*describe*: its name, attributes and the
+    caller's trace context, read from the request) is taken now, while the
+    request is still this thread's; where the exporter offers it
+    (:meth:`~crosstrace.export.BatchExporter.export_later`) the span is built
+    and queued on the export thread, in a batch with the others: built here,
+    one now and then between the service's requests, it costs the request
+    thread more, most of it in code gone cold. What is done here is measured
+    (this is tracing cost however rare); the export thread's CPU time is
+    measured apart."""
+    t0 = thread_time_ns()
+    try:
+        end_ns = time_ns()
+        root = DeferredRoot(tracer, kind, describe, start_ns)
+        root._request = context
+        if code:
+            root.set_attribute(ATTR_STATUS_CODE, code)
+            if code >= 500:
+                root.set_status(StatusCode.ERROR, f"HTTP {code}")
+        if exc is not None:
+            root._failed(exc)
+        later = getattr(tracer.sink, "export_later", None)
+        if later is None:
+            _end_late(tracer, root, end_ns)
+        else:
+            root.description()  # read the request while it is still this thread's
+            later(lambda: _end_late(tracer, root, end_ns))
+    except Exception:  # tracing must never break the service
+        log.debug("exporting an untraced request failed", exc_info=True)
+    tracer.costs.add_late(thread_time_ns() - t0)
+
+
+def _end_late(tracer: Tracer, root: DeferredRoot, end_ns: int) -> None:
+    """End the root span of a request run untraced, which exports it (counted
+    with the traces it is among, where it is built)."""
+    tracer.accounting.late += 1
+    root.end(end_ns)
 
 
 def serve(
