@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_budget.py --window 10  # all cases, ~8 min
+    .venv/bin/python benchmarks/bench_budget.py --window 10  # all cases, ~15 min
     .venv/bin/python benchmarks/bench_budget.py --quick      # shorter slices
 
 Method (interleaved, same process, one core): the process is pinned to one CPU.
@@ -41,17 +41,35 @@ service has no such copy beside it.)
 
 Requests: ``light`` does ~50 us of CPU work and opens 5 spans, ``heavy``
 ~300 us and 20 spans; every span has 3 attributes. One request in 200 fails
-(HTTP 500) and one in 500 is slow (sleeps past the slow threshold, 20 ms, and
+(HTTP 500) and one in 2000 is slow (sleeps past the slow threshold, 5 ms, and
 does no extra CPU work), so the table also shows whether errors and slow
-requests are still exported when the budget leaves little room. Servers: WSGI
+requests are still exported when the budget leaves little room. A sleep
+leaves the core idle and the requests after it cold, by a different amount
+each time: with one in 500 sleeping 20 ms (until 2026-12-01), a light slice
+spent about half its time asleep, and two copies of the untraced service
+read -2.0 to +3.8 points apart per 10 s window on a noisy host, against
+-0.4 to +0.4 with no sleeps in the same session; one in 2000 sleeping 5 ms
+disturbs less. Servers: WSGI
 (``crosstrace.wsgi.RequestIdMiddleware``) and ASGI
 (``crosstrace.asgi.RequestIdMiddleware``, driven by a bare event loop).
 
 What a request the budget leaves untraced still costs, and its steps one by
 one, is measured by ``benchmarks/bench_floor.py`` with the same method.
 
-Printed per case: the budget, the measured added CPU (median of ``--repeats``
-windows), each window's figure and its figure from the sums, the tracer's own
+Each measured window is one replicate, so a case's figure is the mean of its
+``--repeats`` windows with a 95 % confidence interval (Student's t over the
+windows), and its verdict says whether that interval lies within +-10 % of
+the budget (``within``), wholly above (``over``) or below (``under``) the
+band, or overlaps its edge (``can't tell``: more or longer windows, or a
+quieter host, would decide). Before each server and request, two copies of
+the service with tracing off are measured the same way (``method's error``):
+what the method reads where nothing differs, which is how fine a figure this
+host can resolve in this run (2026-12-01, 10 s windows: single windows
+-0.32 to +0.27 points, the mean of five -0.16 +- 0.13 to +0.07 +- 0.15;
+identical copies can sit a little apart for a whole run).
+
+Printed per case: the budget, the measured added CPU (mean of the windows,
+95 % interval, verdict), each window's figure and its figure from the sums, the tracer's own
 estimate (``controller.last_fraction``, averaged over the same windows) and
 its floor (``controller.last_floor``: with no request traced), what it measures
 a traced request to cost, in place and from its phases (the whole; after the
@@ -84,9 +102,9 @@ from crosstrace.tracing.plan import drop_plan
 from crosstrace.wsgi import RequestIdMiddleware as WsgiMiddleware
 
 ATTRS = {"db.system": "sqlite", "db.rows": 3, "cached": False}
-SLOW_S = 0.020
+SLOW_S = 0.005
 ERROR_EVERY = 200
-SLOW_EVERY = 500
+SLOW_EVERY = 2000
 KINDS = {"light": (50, 5), "heavy": (300, 20)}
 
 
@@ -244,6 +262,9 @@ class Case:
             overhead_budget=budget,
             slow_threshold_s=SLOW_S,
         )
+        #: Whether the traced side is traced (else it is a second copy with
+        #: tracing off: the method's error, see :meth:`untraced_twin`).
+        self.traced = True
         self.traced_service = Service(work_us, spans, per_us, error_every, slow_every)
         self.plain_service = Service(work_us, spans, per_us, error_every, slow_every)
         if server == "wsgi":
@@ -270,6 +291,16 @@ class Case:
         if not measure_some:
             self.tracer.accounting.mask = (1 << 62) - 1
         drop_plan(self.tracer)  # planned under the old settings
+
+    def untraced_twin(self) -> None:
+        """Make the traced side a second copy of the service with tracing off
+        (the method's own error: both sides are the same)."""
+        self.skip_every_request()
+        self.traced = False
+        if self.server == "wsgi":
+            self.run_traced = self._wsgi_runner(WsgiMiddleware(wsgi_app(self.traced_service)))
+        else:
+            self.run_traced = self._asgi_runner(AsgiMiddleware(asgi_app(self.traced_service)))
 
     @staticmethod
     def _wsgi_runner(app: Any) -> Callable[[int], None]:
@@ -327,7 +358,7 @@ class Case:
                 last_tick = ctl.next_tick_ns
                 estimates.append(ctl.last_fraction)
                 floors.append(ctl.last_floor)
-        export = _thread_cpu_ns(self.exporter._thread) - export0
+        export = _thread_cpu_ns(self.exporter._thread) - export0 if self.traced else 0
         costs = self.tracer.costs
         off, rec = costs.off_ns(), costs.measured(GROUP_RECORDED)
         whole = costs.phases.per_trace()
@@ -351,20 +382,62 @@ class Case:
             self.loop.close()
 
 
+# Student's t, two-sided 95 %, by degrees of freedom (the nearest lower one
+# listed is used; 1.96 past the table).
+_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
+        10: 2.23, 12: 2.18, 15: 2.13, 20: 2.09, 30: 2.04, 60: 2.00}  # fmt: skip
+
+
+def interval(values: Sequence[float]) -> tuple[float, float]:
+    """The mean of *values* (independent replicates) and the half-width of
+    its 95 % confidence interval (``inf`` with fewer than two)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("inf")
+    df = len(values) - 1
+    t = _T95[max(k for k in _T95 if k <= df)] if df <= max(_T95) else 1.96
+    return mean, t * statistics.stdev(values) / len(values) ** 0.5
+
+
+def verdict(budget: float, mean: float, half: float) -> str:
+    """Whether the interval ``mean +- half`` lies within +-10 % of *budget*."""
+    low, high = mean - half, mean + half
+    if 0.9 * budget <= low and high <= 1.1 * budget:
+        return "within"
+    if low > 1.1 * budget:
+        return "over"
+    if high < 0.9 * budget:
+        return "under"
+    return "can't tell"
+
+
 def run_case(
-    server: str, kind: str, budget: float, args: argparse.Namespace, per_us: float, path: str
+    server: str,
+    kind: str,
+    budget: float,
+    args: argparse.Namespace,
+    per_us: float,
+    path: str,
+    twin: bool = False,
 ) -> dict[str, Any]:
+    """One case: a warm-up, then ``--repeats`` windows; with *twin*, the
+    traced side is a second copy with tracing off (the method's error)."""
     case = Case(server, kind, budget, per_us, path)
+    if twin:
+        case.untraced_twin()
     n = case.slice_size(args.slice_ms / 1000)
-    case.measure(args.warmup, n)
+    case.measure(min(args.warmup, 2.0) if twin else args.warmup, n)  # no controller to settle
     windows = [case.measure(args.window, n) for _ in range(args.repeats)]
     case.exporter.force_flush(5.0)
     served = case.traced_service.count
+    mean, half = interval([w["added"] for w in windows])
     out = {
         "server": server,
         "kind": kind,
         "budget": budget,
-        "added": statistics.median(w["added"] for w in windows),
+        "added": mean,
+        "half": half,
+        "verdict": "—" if twin else verdict(budget, mean, half),
         "added_all": [w["added"] for w in windows],
         "added_mean_all": [w["added_mean"] for w in windows],
         "export_share": statistics.median(w["export_share"] for w in windows),
@@ -413,10 +486,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--budgets", default="0.01,0.02,0.10")
     p.add_argument("--warmup", type=float, default=6.0, help="seconds before measuring")
     p.add_argument("--window", type=float, default=4.0, help="seconds per measured window")
-    p.add_argument("--repeats", type=int, default=3, help="measured windows per case")
+    p.add_argument("--repeats", type=int, default=5, help="measured windows per case")
     p.add_argument("--slice-ms", type=float, default=100.0)
     p.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last)")
     p.add_argument("--quick", action="store_true", help="warm-up 3 s, windows of 2 s")
+    p.add_argument(
+        "--no-twins",
+        dest="twins",
+        action="store_false",
+        help="skip the method's error (two copies with tracing off) before each request kind",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.warmup, args.window = 3.0, 2.0
@@ -429,23 +508,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"load {os.getloadavg()[0]:.1f}  ({os.cpu_count()} cpus, shared)"
     )
     print(
-        "| server | request | budget | measured added CPU (median) | windows | "
+        "| server | request | budget | measured added CPU (mean of windows, 95 % interval) | "
+        "verdict | windows | "
         "windows, from the sums | tracer's estimate | tracer's floor | export thread | "
         "traced request, in place / whole (µs) | "
         "eff. ratio | record fraction | traced fraction | errors exported | slow exported |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for server in args.servers.split(","):
             for kind in args.kinds.split(","):
-                for budget in (float(b) for b in args.budgets.split(",")):
+                budgets = [float(b) for b in args.budgets.split(",")]
+                for budget in ([None] if args.twins else []) + budgets:
                     path = os.path.join(tmp, f"{server}-{kind}-{budget}.jsonl")
-                    r = run_case(server, kind, budget, args, per_us, path)
+                    twin = budget is None
+                    r = run_case(server, kind, budget or 0.0, args, per_us, path, twin)
                     windows = " ".join(f"{a * 100:.2f}" for a in r["added_all"])
                     sums = " ".join(f"{a * 100:.2f}" for a in r["added_mean_all"])
+                    if twin:
+                        print(
+                            f"| {server} | {kind} | method's error (tracing off on both "
+                            f"sides) | {r['added'] * 100:+.2f} ± {r['half'] * 100:.2f} % | — | "
+                            f"{windows} | {sums} |" + " — |" * 9,
+                            flush=True,
+                        )
+                        continue  # nothing was exported: no file
                     print(
                         f"| {server} | {kind} | {budget * 100:g} % | "
-                        f"{r['added'] * 100:+.2f} % | {windows} | {sums} | "
+                        f"{r['added'] * 100:+.2f} ± {r['half'] * 100:.2f} % | {r['verdict']} | "
+                        f"{windows} | {sums} | "
                         f"{r['estimate'] * 100:.2f} % | {r['floor'] * 100:.2f} % | "
                         f"{r['export_share'] * 100:.2f} % | "
                         f"{r['in_place'] / 1000:.1f} / {r['whole'] / 1000:.1f} | "

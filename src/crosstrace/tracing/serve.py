@@ -286,9 +286,10 @@ def export_untraced(
     (:meth:`~crosstrace.export.BatchExporter.export_later`) the span is built
     and queued on the export thread, in a batch with the others: built here,
     one now and then between the service's requests, it costs the request
-    thread more, most of it in code gone cold. What is done here is measured
-    (this is tracing cost however rare); the export thread's CPU time is
-    measured apart."""
+    thread more, most of it in code gone cold. An exception is kept (with its
+    traceback's frames) until then: at most until the exporter's next batch.
+    What is done here is measured (this is tracing cost however rare); the
+    export thread's CPU time is measured apart."""
     t0 = thread_time_ns()
     try:
         end_ns = time_ns()
