@@ -41,9 +41,11 @@ service has no such copy beside it.)
 
 Requests: ``light`` does ~50 us of CPU work and opens 5 spans, ``heavy``
 ~300 us and 20 spans; every span has 3 attributes. One request in 200 fails
-(HTTP 500) and one in 2000 is slow (sleeps past the slow threshold, 5 ms, and
-does no extra CPU work), so the table also shows whether errors and slow
-requests are still exported when the budget leaves little room. A sleep
+(HTTP 500) and one in 2000 is slow (sleeps past the slow threshold, 5 ms,
+does no extra CPU work and answers 203, never failing), so the table also
+shows whether errors and slow requests are still exported when the budget
+leaves little room (a request the host made slow is exported too, and not
+counted). A sleep
 leaves the core idle and the requests after it cold, by a different amount
 each time: with one in 500 sleeping 20 ms (until 2026-12-01), a light slice
 spent about half its time asleep, and two copies of the untraced service
@@ -96,6 +98,7 @@ from typing import Any
 import crosstrace
 from crosstrace.asgi import RequestIdMiddleware as AsgiMiddleware
 from crosstrace.export import BatchExporter, FileTransport
+from crosstrace.httpnames import ATTR_STATUS_CODE
 from crosstrace.tracing import Tracer
 from crosstrace.tracing.budget import GROUP_RECORDED
 from crosstrace.tracing.plan import drop_plan
@@ -105,6 +108,9 @@ ATTRS = {"db.system": "sqlite", "db.rows": 3, "cached": False}
 SLOW_S = 0.005
 ERROR_EVERY = 200
 SLOW_EVERY = 2000
+#: The status a slow request answers, so that its span is told from a request
+#: the host made slow (descheduled past the threshold), which is exported too.
+SLOW_STATUS = 203
 KINDS = {"light": (50, 5), "heavy": (300, 20)}
 
 
@@ -143,6 +149,8 @@ class Service:
         self.spans = spans
         self.loops = max(1, int(work_us * per_us / spans))
         self.count = 0
+        #: Failed and slow requests served.
+        self.failed = self.slowed = 0
         self.error_every = error_every
         self.slow_every = slow_every
 
@@ -154,10 +162,15 @@ class Service:
             with crosstrace.span("db.query", attributes=ATTRS):
                 _spin(self.loops)
         _spin(self.loops)
-        slow = n % self.slow_every == 0
+        # Halfway between two multiples, and odd: a slow request never fails.
+        slow = n % self.slow_every == (self.slow_every // 2 + 1) % self.slow_every
         if slow:
+            self.slowed += 1
             time.sleep(SLOW_S)
-        return (500 if n % self.error_every == 0 else 200), slow
+        if n % self.error_every == 0:
+            self.failed += 1
+            return 500, slow
+        return (SLOW_STATUS if slow else 200), slow
 
 
 def wsgi_app(service: Service) -> Callable[..., Any]:
@@ -225,7 +238,8 @@ class CountingFile(FileTransport):
             if getattr(s, "parent_id", 1) == 0:
                 if s.status_code == 2:
                     self.errors += 1
-                if s.end_ns - s.start_ns >= SLOW_S * 1e9:
+                slow = s.end_ns - s.start_ns >= SLOW_S * 1e9
+                if slow and s.attributes.get(ATTR_STATUS_CODE) == SLOW_STATUS:
                     self.slow += 1
         return super().encode(signal, items, resource)
 
@@ -429,7 +443,6 @@ def run_case(
     case.measure(min(args.warmup, 2.0) if twin else args.warmup, n)  # no controller to settle
     windows = [case.measure(args.window, n) for _ in range(args.repeats)]
     case.exporter.force_flush(5.0)
-    served = case.traced_service.count
     mean, half = interval([w["added"] for w in windows])
     out = {
         "server": server,
@@ -448,8 +461,8 @@ def run_case(
         "ratio": windows[-1]["ratio"],
         "record": windows[-1]["record"],
         "traced": windows[-1]["traced"],
-        "errors_kept": case.transport.errors / max(1, served // ERROR_EVERY),
-        "slow_kept": case.transport.slow / max(1, served // SLOW_EVERY),
+        "errors_kept": case.transport.errors / max(1, case.traced_service.failed),
+        "slow_kept": case.transport.slow / max(1, case.traced_service.slowed),
         "calibrations": case.tracer.costs.calibrations,
     }
     case.close()
