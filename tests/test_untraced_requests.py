@@ -193,6 +193,24 @@ def test_an_untraced_slow_request_exports_its_server_span(server: str) -> None:
     assert s.end_ns - s.start_ns >= 1_000_000
 
 
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_slow_request_of_the_control_group_exports_its_status(server: str) -> None:
+    """A traced request the budget runs with tracing off (its control group)
+    and that was slow exports its server span with the status it answered."""
+    sink = Sink()
+    t = sink_tracer(sink, "api", slow_threshold_s=0.001, overhead_budget=0.5, sample_ratio=0.0)
+    assert t.controller is not None
+    t.controller.next_tick_ns = 1 << 62  # no window closes during the test
+    t.costs.control_every = 1  # every request not head-sampled is in the control group
+    run, _ = SERVERS[server]
+    seen, _ = run(t, "203 Non-Authoritative Information" if server == "wsgi" else 203, sleep=0.002)
+    assert seen.untraced  # run with tracing off
+    (s,) = sink.spans
+    assert s.status_code != StatusCode.ERROR
+    assert s.attributes["http.response.status_code"] == 203
+    assert s.end_ns - s.start_ns >= 1_000_000
+
+
 def test_skip_request_follows_the_traced_fraction_and_counts() -> None:
     t = sink_tracer(Sink(), "api", overhead_budget=0.01)
     assert t.controller is not None

@@ -75,6 +75,7 @@ class Served:
 
     __slots__ = (
         "_attributes",
+        "_code",
         "_control_ns",
         "_ctx_token",
         "_describe",
@@ -142,6 +143,7 @@ class Served:
         self._name = name
         self._attributes = attributes
         self._remote = remote
+        self._code = 0
         self._error: str | None = None
         self._exc: BaseException | None = None
         self._ctx_token: contextvars.Token[RequestContext | None] | None = None
@@ -194,6 +196,7 @@ class Served:
 
     def status(self, code: int) -> None:
         """The response status: ``http.response.status_code``; 5xx is an error."""
+        self._code = code  # for the root span built after the fact, if it is
         self.span.set_attribute(ATTR_STATUS_CODE, code)
         if code >= 500:
             self.span.set_status(StatusCode.ERROR, f"HTTP {code}")
@@ -254,8 +257,7 @@ class Served:
             def describe() -> tuple[str, dict[str, Any], RemoteContext]:
                 return name, attrs, remote or RemoteContext()
 
-        code = int(self._error[5:]) if self._error is not None else 0
-        export_untraced(self.context, tracer, describe, start_ns, code, self._exc, self._kind)
+        export_untraced(self.context, tracer, describe, start_ns, self._code, self._exc, self._kind)
 
     def __enter__(self) -> Served:
         self.enter()
