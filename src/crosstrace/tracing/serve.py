@@ -79,7 +79,6 @@ class Served:
         "_control_ns",
         "_ctx_token",
         "_describe",
-        "_error",
         "_exc",
         "_forced",
         "_kind",
@@ -144,7 +143,6 @@ class Served:
         self._attributes = attributes
         self._remote = remote
         self._code = 0
-        self._error: str | None = None
         self._exc: BaseException | None = None
         self._ctx_token: contextvars.Token[RequestContext | None] | None = None
         self._span_token: contextvars.Token[Span | NonRecordingSpan | None] | None = None
@@ -196,11 +194,10 @@ class Served:
 
     def status(self, code: int) -> None:
         """The response status: ``http.response.status_code``; 5xx is an error."""
-        self._code = code  # for the root span built after the fact, if it is
+        self._code = code  # for the root span built after the fact, if it is one
         self.span.set_attribute(ATTR_STATUS_CODE, code)
         if code >= 500:
             self.span.set_status(StatusCode.ERROR, f"HTTP {code}")
-            self._error = f"HTTP {code}"
 
     def fail(self, exc: BaseException) -> None:
         """Record *exc* escaping the handler on the span (error status)."""
@@ -241,11 +238,7 @@ class Served:
         was slow."""
         control = self._control_ns
         self._control_ns = 0
-        if (
-            self._error is not None
-            or self._exc is not None
-            or time_ns() - control >= tracer.slow_ns > 0
-        ):
+        if self._code >= 500 or self._exc is not None or time_ns() - control >= tracer.slow_ns > 0:
             self._export_control(tracer, control)
 
     def _export_control(self, tracer: Tracer, start_ns: int) -> None:
