@@ -45,13 +45,12 @@ Requests: ``light`` does ~50 us of CPU work and opens 5 spans, ``heavy``
 does no extra CPU work and answers 203, never failing), so the table also
 shows whether errors and slow requests are still exported when the budget
 leaves little room (a request the host made slow is exported too, and not
-counted). A sleep
-leaves the core idle and the requests after it cold, by a different amount
-each time: with one in 500 sleeping 20 ms (until 2026-12-01), a light slice
-spent about half its time asleep, and two copies of the untraced service
-read -2.0 to +3.8 points apart per 10 s window on a noisy host, against
--0.4 to +0.4 with no sleeps in the same session; one in 2000 sleeping 5 ms
-disturbs less. Servers: WSGI
+counted). A sleep leaves the core idle and the requests after it cold, by a
+different amount each time: with one in 500 sleeping 20 ms (until
+2026-12-01), a light slice spent about half its time asleep, and two copies
+of the untraced service read -2.0 to +3.8 points apart per 10 s window on a
+noisy host, against -0.4 to +0.4 with no sleeps in the same session; one in
+2000 sleeping 5 ms disturbs less. Servers: WSGI
 (``crosstrace.wsgi.RequestIdMiddleware``) and ASGI
 (``crosstrace.asgi.RequestIdMiddleware``, driven by a bare event loop).
 
@@ -71,8 +70,8 @@ host can resolve in this run (2026-12-01, 10 s windows: single windows
 identical copies can sit a little apart for a whole run).
 
 Printed per case: the budget, the measured added CPU (mean of the windows,
-95 % interval, verdict), each window's figure and its figure from the sums, the tracer's own
-estimate (``controller.last_fraction``, averaged over the same windows) and
+95 % interval, verdict), each window's figure and its figure from the sums,
+the tracer's own estimate (``controller.last_fraction``, averaged over the same windows) and
 its floor (``controller.last_floor``: with no request traced), what it measures
 a traced request to cost, in place and from its phases (the whole; after the
 last window), the effective
