@@ -21,7 +21,7 @@ import pytest
 
 from crosstrace.export import BatchExporter
 from crosstrace.export.transports import Transport
-from crosstrace.tracing import Tracer
+from crosstrace.tracing import Tracer, calibration
 from crosstrace.tracing.budget import (
     GROUP_RECORDED,
     GROUP_SKIPPED,
@@ -424,12 +424,12 @@ def test_a_price_is_the_median_of_the_last_calibrations(monkeypatch: pytest.Monk
     found = [500.0, 9_000.0, 520.0, 2_000.0, 2_000.0, 2_000.0]
     seen: list[float] = []
 
-    def prices(self: CostModel, *args: Any) -> dict[str, float]:
+    def prices(*args: Any) -> dict[str, float]:
         return {"bypass_ns": found[len(seen)]}  # every pass of a calibration alike
 
-    monkeypatch.setattr(CostModel, "_prices", prices)
+    monkeypatch.setattr(calibration, "prices", prices)
     costs = t.costs
-    costs.add_probe(CostModel._span_probe(lambda *a: _NoSpan(), None))
+    costs.add_probe(calibration.span_probe(lambda *a: _NoSpan(), None))
     for _ in found:
         costs.calibrate()
         seen.append(costs.bypass_ns)

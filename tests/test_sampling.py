@@ -7,7 +7,13 @@ import random
 import pytest
 
 from crosstrace.tracing import sampling
-from crosstrace.tracing.budget import GROUP_SKIPPED, Accounting, CostModel
+from crosstrace.tracing.budget import (
+    FLOOR_SAMPLES,
+    GROUP_SKIPPED,
+    MIN_FLOOR_SAMPLES,
+    Accounting,
+    CostModel,
+)
 from crosstrace.tracing.sampling import (
     OverheadController,
     TokenBucket,
@@ -204,6 +210,53 @@ def test_the_floor_is_what_the_window_would_cost_with_nothing_traced(
     assert ctl.tick(acct, costs, 1_000_000, now_ns=ctl.next_tick_ns)
     expected = 1000 * 500 + 1_000_000 * 2 / 200 + 2_000_000
     assert ctl.last_floor == pytest.approx(expected / (1000 * 49_500))
+
+
+def test_the_untraced_path_is_priced_in_place_once_both_kinds_have_enough_samples() -> None:
+    """The measured untraced requests timed with the untraced path's steps
+    against those timed without them: the difference of their medians
+    (0.9 us) replaces the calibrated price once each kind has enough
+    samples, whatever a few much longer requests (a garbage collection)
+    would do to a mean."""
+    costs = CostModel()
+    costs.bypass_ns = 200.0
+    half = MIN_FLOOR_SAMPLES // 2
+    for window in range(2):
+        for i in range(half):
+            slow = 400_000 if i % 50 == 0 else 0  # now and then one takes far longer
+            costs.observe_untraced(costs.floor_turn(), 50_900 + slow)
+            costs.observe_untraced(costs.floor_turn(), 50_000 + (i % 7))
+        costs.fold(Accounting())
+        if window == 0:  # half the samples: the calibrated price still
+            assert costs.skipped_ns() == 200.0
+    assert costs.skipped_ns() == pytest.approx(900.0, abs=7)
+    # Those timed with the steps are skipped requests too: less the untraced
+    # path, such a request is one with tracing off.
+    skipped = costs.measured(GROUP_SKIPPED)
+    assert skipped is not None
+    assert skipped > 50_900  # the mean has the long ones
+    assert costs.off_ns() == pytest.approx(skipped - costs.skipped_ns())
+
+
+def test_the_untraced_path_in_place_is_never_priced_below_nothing() -> None:
+    costs = CostModel()
+    costs.bypass_ns = 200.0
+    for _ in range(MIN_FLOOR_SAMPLES):
+        costs.observe_untraced(costs.floor_turn(), 50_000)  # with the steps
+        costs.observe_untraced(costs.floor_turn(), 50_300)  # without: noise
+    costs.fold(Accounting())
+    assert costs.skipped_ns() == 0.0
+
+
+def test_the_untraced_path_in_place_follows_the_last_samples() -> None:
+    """Each kind keeps its last FLOOR_SAMPLES: a lasting change is followed."""
+    costs = CostModel()
+    for price in (300, 1_200):
+        for _ in range(FLOOR_SAMPLES):
+            costs.observe_untraced(costs.floor_turn(), 50_000 + price)
+            costs.observe_untraced(costs.floor_turn(), 50_000)
+        costs.fold(Accounting())
+        assert costs.skipped_ns() == price
 
 
 def test_calibrating_takes_at_most_a_tenth_of_what_the_budget_allows(

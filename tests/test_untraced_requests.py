@@ -31,13 +31,16 @@ PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 GLOBAL_ID = "req-3f1e2d4c-5b6a-4789-8abc-def012345678"
 
 
-def untraced_tracer(sink: Sink, slow_s: float = 10.0) -> Tracer:
-    """A tracer whose budget leaves every request untraced."""
+def untraced_tracer(sink: Sink, slow_s: float = 10.0, measured: bool = False) -> Tracer:
+    """A tracer whose budget leaves every request untraced (and *measured*:
+    has the CPU time of each measured, instead of one in 32)."""
     t = sink_tracer(sink, "api", slow_threshold_s=slow_s, overhead_budget=0.01)
     assert t.controller is not None
     t.controller.trace_fraction = 0.0
     t.controller.next_tick_ns = 1 << 62  # no window closes during the test
     t._apply_knobs()
+    if measured:
+        t.accounting.mask = 0
     return t
 
 
@@ -130,10 +133,14 @@ SERVERS = {
 }
 
 
+MEASURED = pytest.mark.parametrize("measured", [False, True], ids=["unmeasured", "measured"])
+
+
+@MEASURED
 @pytest.mark.parametrize("server", SERVERS)
-def test_an_untraced_request_runs_as_with_tracing_off(server: str) -> None:
+def test_an_untraced_request_runs_as_with_tracing_off(server: str, measured: bool) -> None:
     sink = Sink()
-    t = untraced_tracer(sink)
+    t = untraced_tracer(sink, measured=measured)
     run, _ = SERVERS[server]
     seen, _ = run(t)
     # No span is current and the context says untraced: the app's spans take
@@ -150,10 +157,13 @@ def test_an_untraced_request_runs_as_with_tracing_off(server: str) -> None:
     assert t.accounting.late == 0
 
 
+@MEASURED
 @pytest.mark.parametrize("server", SERVERS)
-def test_an_untraced_request_that_fails_exports_its_server_span(server: str) -> None:
+def test_an_untraced_request_that_fails_exports_its_server_span(
+    server: str, measured: bool
+) -> None:
     sink = Sink()
-    t = untraced_tracer(sink)
+    t = untraced_tracer(sink, measured=measured)
     run, error_status = SERVERS[server]
     before = time.time_ns()
     run(t, error_status)
@@ -169,10 +179,11 @@ def test_an_untraced_request_that_fails_exports_its_server_span(server: str) -> 
     assert t.accounting.late == 1
 
 
+@MEASURED
 @pytest.mark.parametrize("server", SERVERS)
-def test_an_untraced_request_that_raises_exports_the_exception(server: str) -> None:
+def test_an_untraced_request_that_raises_exports_the_exception(server: str, measured: bool) -> None:
     sink = Sink()
-    t = untraced_tracer(sink)
+    t = untraced_tracer(sink, measured=measured)
     run, _ = SERVERS[server]
     run(t, fail=True)
     (s,) = sink.spans
@@ -181,10 +192,11 @@ def test_an_untraced_request_that_raises_exports_the_exception(server: str) -> N
     assert event[2]["exception.type"] == "RuntimeError"
 
 
+@MEASURED
 @pytest.mark.parametrize("server", SERVERS)
-def test_an_untraced_slow_request_exports_its_server_span(server: str) -> None:
+def test_an_untraced_slow_request_exports_its_server_span(server: str, measured: bool) -> None:
     sink = Sink()
-    t = untraced_tracer(sink, slow_s=0.001)
+    t = untraced_tracer(sink, slow_s=0.001, measured=measured)
     run, _ = SERVERS[server]
     run(t, sleep=0.002)  # slower than the threshold, whatever the machine
     (s,) = sink.spans
@@ -294,8 +306,27 @@ def test_untraced_requests_are_measured_as_the_control_group(server: str) -> Non
     run, _ = SERVERS[server]
     for _ in range(64):
         run(t)
-    assert t.costs._n[GROUP_SKIPPED] == 2
-    assert t.costs._sum[GROUP_SKIPPED] > 0
+    bare, steps = t.costs._floor_samples
+    assert (len(bare), len(steps)) == (1, 1)
+    assert t.costs._n[GROUP_SKIPPED] == 1
+    assert t.costs._sum[GROUP_SKIPPED] == steps[0] > 0
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_measured_untraced_requests_are_timed_with_and_without_the_untraced_path(
+    server: str,
+) -> None:
+    """In turn: with the untraced path's own steps (also one of the skipped
+    group) and without them, so that the budget prices that path in place."""
+    t = untraced_tracer(Sink(), measured=True)
+    run, _ = SERVERS[server]
+    for _ in range(6):
+        run(t)
+    bare, steps = t.costs._floor_samples
+    assert (len(bare), len(steps)) == (3, 3)
+    assert min(bare) > 0
+    assert t.costs._n[GROUP_SKIPPED] == 3
+    assert t.costs._sum[GROUP_SKIPPED] == sum(steps)
 
 
 def test_a_configured_tracer_does_not_root_the_spans_of_an_untraced_request() -> None:

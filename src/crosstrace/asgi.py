@@ -47,7 +47,7 @@ from crosstrace.httpnames import (
 from crosstrace.ids import MAX_REQUEST_ID_LENGTH
 from crosstrace.propagation import HEADER_REQUEST_ID_LOWER, extract_context, record_invalid
 from crosstrace.tracecontext import TRACEPARENT_HEADER, TRACESTATE_HEADER
-from crosstrace.tracing.budget import GROUP_SKIPPED, churn
+from crosstrace.tracing.calibration import churn
 from crosstrace.tracing.deferred import Describe
 from crosstrace.tracing.model import RemoteContext, SpanKind
 from crosstrace.tracing.serve import Served, export_untraced, serve
@@ -277,13 +277,10 @@ class RequestIdMiddleware:
             await send(message)
 
         if watched is not None:
+            if skip == SKIP_MEASURED:  # the budget's control group
+                await self._measured_untraced(scope, receive, send_with_id, context, watched)
+                return
             start_ns = time_ns()
-            if self.tracer is None:  # the configured tracer, which may have changed
-                self._price_with(watched)
-            # Some are measured: the budget's control group. (Under concurrent
-            # requests the thread CPU between here and the end includes other
-            # tasks' steps: noisier, but alike for every group.)
-            t0 = thread_time_ns() if skip == SKIP_MEASURED else 0
             # The application's spans take the tracing-off path, and do nothing.
             context.untraced = True
             token = set_current(context)
@@ -298,8 +295,6 @@ class RequestIdMiddleware:
                 if span_token is not None:
                     reset_current_span(span_token)
                 reset_current(token)
-            if t0:
-                watched.costs.observe(GROUP_SKIPPED, thread_time_ns() - t0)
             if (type(status) is int and status >= 500) or (
                 time_ns() - start_ns >= watched.slow_ns > 0
             ):
@@ -339,6 +334,53 @@ class RequestIdMiddleware:
                     span.update_name(f"{span.attributes[ATTR_METHOD]} {route}")  # type: ignore[union-attr]
                     span.set_attribute(ATTR_ROUTE, route)
             served.finish()
+
+    async def _measured_untraced(
+        self, scope: Scope, receive: Receive, send: Send, context: RequestContext, tracer: Tracer
+    ) -> None:
+        """An untraced request whose CPU time is measured, timed with the
+        untraced path's own steps or without them, in turn (see
+        :meth:`crosstrace.wsgi.RequestIdMiddleware._measured_untraced`).
+        Under concurrent requests the thread CPU between the two readings
+        includes other tasks' steps: noisier, but alike for every group."""
+        if self.tracer is None:  # the configured tracer, which may have changed
+            self._price_with(tracer)
+        costs = tracer.costs
+        with_steps = costs.floor_turn()
+        status: Any = 0
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                nonlocal status
+                status = message.get("status") or 0
+            await send(message)
+
+        t0 = thread_time_ns() if with_steps else 0
+        start_ns = time_ns()
+        context.untraced = True
+        span_token = set_current_span(None) if get_current_span() is not None else None
+        if not with_steps:
+            t0 = thread_time_ns()
+        token = set_current(context)
+        try:
+            await self.app(scope, receive, capture)
+        except Exception as exc:
+            self._after_the_fact(scope, context, tracer, start_ns, 0, exc)
+            raise
+        finally:
+            if span_token is not None:
+                reset_current_span(span_token)
+            reset_current(token)
+        if not with_steps:
+            cpu = thread_time_ns() - t0
+        late = (type(status) is int and status >= 500) or (
+            time_ns() - start_ns >= tracer.slow_ns > 0
+        )
+        if with_steps:
+            cpu = thread_time_ns() - t0
+        costs.observe_untraced(with_steps, cpu)
+        if late:
+            self._after_the_fact(scope, context, tracer, start_ns, status, None)
 
     def _after_the_fact(
         self,

@@ -64,7 +64,7 @@ from crosstrace.httpnames import (
 )
 from crosstrace.ids import is_valid_request_id
 from crosstrace.propagation import extract_context, record_invalid
-from crosstrace.tracing.budget import GROUP_SKIPPED, churn
+from crosstrace.tracing.calibration import churn
 from crosstrace.tracing.deferred import Describe
 from crosstrace.tracing.model import (
     ATTR_DOMAIN_ID,
@@ -327,10 +327,9 @@ class RequestIdMiddleware:
             # context marked untraced, its spans do nothing); only a failure
             # or a slow run exports its server span, built after the fact. One
             # in a few is measured: the budget's control group.
+            if skip == SKIP_MEASURED:
+                return self._measured_untraced(environ, context, tracer, _start_response)
             start_ns = time_ns()
-            if self.tracer is None:  # the configured tracer, which may have changed
-                self._price_with(tracer)
-            t0 = thread_time_ns() if skip == SKIP_MEASURED else 0
             context.untraced = True
             token = set_current(context)
             # A span current here (an entry point nested in another) is not this request's.
@@ -344,8 +343,6 @@ class RequestIdMiddleware:
                 if span_token is not None:
                     reset_current_span(span_token)
                 reset_current(token)
-            if t0:
-                tracer.costs.observe(GROUP_SKIPPED, thread_time_ns() - t0)
             try:
                 failed = "5" <= status_line < "6"
             except TypeError:  # not a str: not a status this can read
@@ -391,6 +388,64 @@ class RequestIdMiddleware:
             served.finish()
             return body
         return TracedBody(body, served)
+
+    def _measured_untraced(
+        self,
+        environ: dict[str, Any],
+        context: RequestContext,
+        tracer: Tracer,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
+        """An untraced request whose CPU time is measured: the untraced path
+        above, step for step, timed either with its own steps (the slow
+        check's clock reads, the context marked untraced, the failure check)
+        or without them, in turn. What the first kind costs over the second
+        is what a request the budget leaves untraced costs in place
+        (:meth:`~crosstrace.tracing.budget.CostModel.skipped_ns`); the second
+        kind is the application with tracing off."""
+        if self.tracer is None:  # the configured tracer, which may have changed
+            self._price_with(tracer)
+        costs = tracer.costs
+        with_steps = costs.floor_turn()
+        status_line: Any = ""
+
+        def capture(
+            status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            nonlocal status_line
+            status_line = status
+            return start_response(status, headers, exc_info)
+
+        t0 = thread_time_ns() if with_steps else 0
+        start_ns = time_ns()
+        context.untraced = True
+        span_token = set_current_span(None) if get_current_span() is not None else None
+        if not with_steps:
+            t0 = thread_time_ns()
+        token = set_current(context)
+        try:
+            body = self.app(environ, capture)
+        except Exception as exc:
+            self._after_the_fact(environ, context, tracer, start_ns, 0, exc)
+            raise
+        finally:
+            if span_token is not None:
+                reset_current_span(span_token)
+            reset_current(token)
+        if not with_steps:
+            cpu = thread_time_ns() - t0
+        try:
+            failed = "5" <= status_line < "6"
+        except TypeError:  # not a str: not a status this can read
+            failed = False
+        late = failed or time_ns() - start_ns >= tracer.slow_ns > 0
+        if with_steps:
+            cpu = thread_time_ns() - t0
+        costs.observe_untraced(with_steps, cpu)
+        if late:
+            code = status_code(status_line)
+            self._after_the_fact(environ, context, tracer, start_ns, code, None)
+        return _context_body(body, environ, context)
 
     def _after_the_fact(
         self,

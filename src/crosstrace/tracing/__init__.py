@@ -4,8 +4,9 @@ The layers, bottom up (each imports only those below it):
 
 * :mod:`crosstrace.tracing.model`: shared data types (span identity, the span
   record the exporter reads, log records, the sink protocol);
-* :mod:`crosstrace.tracing.sampling`, :mod:`crosstrace.tracing.budget` and
-  :mod:`crosstrace.tracing.plan`: sampling decisions, the overhead controller,
+* :mod:`crosstrace.tracing.sampling`, :mod:`crosstrace.tracing.calibration`,
+  :mod:`crosstrace.tracing.budget` and :mod:`crosstrace.tracing.plan`:
+  sampling decisions, the overhead controller, the prices calibration finds,
   its cost accounting and its plan of the requests it leaves untraced;
 * :mod:`crosstrace.tracing.spans`: recording and non-recording spans, the
   current span;

@@ -24,11 +24,8 @@ So the work is split:
   requests; it replaces the in-place figure once it has enough comparisons.
 * **Pricing** (:class:`CostModel`): what the measurements cannot see, and
   what stands in until they have enough samples, is measured by running the
-  real code paths (a recorded and an unrecorded local root, child spans with
-  three attributes, kept spans handed to a discarding sink, an untraced
-  request) in private tracers, between bits of application-like work
-  (:func:`churn`), timed with :func:`time.thread_time_ns`. It runs when the
-  budget is set and again from the controller's tick (never from a span),
+  real code paths in private tracers (:mod:`crosstrace.tracing.calibration`).
+  It runs when the budget is set and again from the controller's tick (never from a span),
   every :data:`RECALIBRATE_S` seconds or less often, so that it takes at
   most :data:`CALIBRATION_SHARE` of what the budget allows; its own CPU time
   is part of what tracing spent. A price is the median of what the last
@@ -53,8 +50,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from crosstrace.tracing import calibration
+from crosstrace.tracing.calibration import Probe
 from crosstrace.tracing.phases import Phases
-from crosstrace.tracing.sampling import OverheadController
 
 __all__ = [
     "CALIBRATION_SHARE",
@@ -72,8 +70,6 @@ __all__ = [
     "WHOLE_BOUNDS",
     "Accounting",
     "CostModel",
-    "Probe",
-    "churn",
     "close_window",
 ]
 
@@ -105,7 +101,7 @@ GROUP_SKIPPED = 3
 _GROUPS = (GROUP_CONTROL, GROUP_DEFERRED, GROUP_RECORDED, GROUP_SKIPPED)
 #: Untraced requests measured per window, about: one in a power of two of
 #: them, from the last window's count (at least one in 4, at most one in 1024).
-MEASURED_PER_WINDOW = 64
+MEASURED_PER_WINDOW = 128
 #: Below this traced fraction every traced request is measured (they are few,
 #: and each costs more than in a busy loop: its code and data are cold).
 MEASURE_ALL_BELOW = 0.25
@@ -113,22 +109,15 @@ MEASURE_ALL_BELOW = 0.25
 DECAY = 0.8
 #: Effective samples a group needs before its mean replaces the calibrated price.
 MIN_SAMPLES = 20.0
+#: The untraced path in place is the difference of two medians (see
+#: :meth:`CostModel.skipped_ns`): each of the last this many measured untraced
+#: requests timed with its steps and without them, once each has this many.
+FLOOR_SAMPLES = 1024
+MIN_FLOOR_SAMPLES = 256
 #: The range, as multiples of a traced request's calibrated price, of what
 #: the alternating phases may say it costs the process (their figure is a
 #: difference of two noisy means; outside it, it is noise).
 WHOLE_BOUNDS = (0.5, 4.0)
-
-
-#: Iterations of busy work a probe's application does before its spans and in
-#: each of them: calibration then runs with the caches and branch predictors
-#: an application leaves behind, not the warm ones of a tight loop (tracing
-#: code between application code costs about twice what it does in a loop).
-CHURN = 48
-
-#: ``probe(tracer, children)`` returns a function that runs one request through
-#: a copy of a middleware: traced by *tracer* (untraced when ``None``), its
-#: application opening *children* spans of three attributes.
-Probe = Callable[[Any, int], Callable[[], None]]
 
 
 class Accounting:
@@ -166,19 +155,6 @@ class Accounting:
         return self.roots, self.spans, self.kept_spans, self.unrecorded, self.bypassed, self.late
 
 
-class _DiscardSink:
-    """A sink that drops what it gets (calibration prices the hand-over only)."""
-
-    def export_spans(self, spans: Any) -> None:
-        return None
-
-    def export_log(self, record: Any) -> None:
-        return None
-
-    def cpu_ns(self) -> int:
-        return 0
-
-
 class CostModel:
     """Nanoseconds of CPU per unit of tracing work, measured in this process.
 
@@ -202,6 +178,9 @@ class CostModel:
         "_bypassed_last",
         "_eff_n",
         "_eff_sum",
+        "_floor",
+        "_floor_samples",
+        "_floor_turn",
         "_history",
         "_last_controls",
         "_late_last",
@@ -229,13 +208,6 @@ class CostModel:
         "tickets",
         "unrecorded_ns",
     )
-
-    #: Requests per variant in one calibration (split over interleaved
-    #: passes; a price is also the median over calibrations, see
-    #: :data:`KEEP_CALIBRATIONS`), and children per request.
-    ROUNDS = 60
-    PASSES = 12
-    CHILDREN = 4
 
     def __init__(
         self,
@@ -265,7 +237,7 @@ class CostModel:
         self.bypass_child_ns = 0.0
         #: Spans per local root beside the root itself, decayed over windows
         #: (what untraced and unrecorded requests are assumed to open).
-        self.children_per_root = float(self.CHILDREN)
+        self.children_per_root = float(calibration.CHILDREN)
         #: One traced request in this many is in the control group (0: none,
         #: while the budget leaves requests untraced: they are the control).
         self.control_every = CONTROL_EVERY
@@ -285,6 +257,16 @@ class CostModel:
         self._eff_sum = [0.0] * len(_GROUPS)
         self._eff_n = [0.0] * len(_GROUPS)
 
+        # Whether the next measured untraced request is timed with the
+        # untraced path's steps (see :meth:`floor_turn`), the last of each
+        # kind, and what the untraced path costs in place (``None``: not
+        # enough samples yet).
+        self._floor_turn = False
+        self._floor_samples: tuple[deque[int], deque[int]] = (
+            deque(maxlen=FLOOR_SAMPLES),
+            deque(maxlen=FLOOR_SAMPLES),
+        )
+        self._floor: float | None = None
         self._last_controls = 0
         self._bypassed_last = 0
         # CPU of the root spans exported after the fact: this window, the last.
@@ -311,6 +293,20 @@ class CostModel:
         update under a race is one sample less)."""
         self._sum[group] += cpu_ns
         self._n[group] += 1
+
+    def floor_turn(self) -> bool:
+        """Whether the measured untraced request an HTTP middleware is about
+        to serve is timed with the untraced path's own steps or without them:
+        in turn (see :meth:`skipped_ns`)."""
+        turn = self._floor_turn = not self._floor_turn
+        return turn
+
+    def observe_untraced(self, with_steps: bool, cpu_ns: int) -> None:
+        """One measured untraced request (see :meth:`floor_turn`): timed with
+        the untraced path's steps it is also one of :data:`GROUP_SKIPPED`."""
+        self._floor_samples[with_steps].append(cpu_ns)
+        if with_steps:
+            self.observe(GROUP_SKIPPED, cpu_ns)
 
     def add_late(self, cpu_ns: int) -> None:
         """The measured CPU of exporting one root span after the fact."""
@@ -341,6 +337,9 @@ class CostModel:
             self._sum[g] = self._n[g] = 0
             self._eff_sum[g] = self._eff_sum[g] * DECAY + s
             self._eff_n[g] = self._eff_n[g] * DECAY + n
+        bare, steps = self._floor_samples
+        if len(bare) >= MIN_FLOOR_SAMPLES and len(steps) >= MIN_FLOOR_SAMPLES:
+            self._floor = max(0.0, statistics.median(steps) - statistics.median(bare))
 
     def measured(self, group: int) -> float | None:
         """The decayed mean CPU of a group's requests, once it has enough samples."""
@@ -363,11 +362,24 @@ class CostModel:
 
     def skipped_ns(self) -> float:
         """What one request run untraced costs against tracing off: the
-        entry point's floor (the countdown, two clock reads, the context marked
-        untraced), calibrated. Its spans take the tracing-off path, so they
-        add nothing (``bypass_child_ns`` stays a check of that: a difference
-        of two noisy timings, not multiplied into the estimate)."""
-        return self.bypass_ns
+        entry point's floor (the slow check's two clock reads, the context
+        marked untraced, the failure check).
+
+        Measured in place once the HTTP middleware have timed enough untraced
+        requests with those steps and without them (:meth:`floor_turn`): the
+        difference of the two groups' medians, updated as a window closes.
+        Between the service's own code these few steps cost several times
+        what they cost in a loop (``benchmarks/bench_floor.py``), which
+        calibration cannot reproduce. Medians, not means: the steps shift
+        every request by the same fraction of a microsecond, while now and
+        then a request takes far longer (a garbage collection, the host),
+        which moves a mean by microseconds. Until then, and for entry points
+        that do not time them (RPC consumers), the calibrated price stands
+        in. The spans of an untraced request take the tracing-off path, so
+        they add nothing (``bypass_child_ns`` stays a check of that, not
+        multiplied into the estimate)."""
+        floor = self._floor
+        return self.bypass_ns if floor is None else floor
 
     def floor_ns(self, requests: int) -> float:
         """What this window's requests would have cost the request thread with
@@ -482,93 +494,10 @@ class CostModel:
         make, span = self._make_tracer, self._open_span
         if make is None or span is None:
             return
-        k = self.CHILDREN
-        keep = make("calibrate", _DiscardSink(), sample_ratio=1.0)
-        drop = make("calibrate", _DiscardSink(), sample_ratio=0.0)
-        unrec = make("calibrate", None, sample_ratio=0.0)
-        unrec.record_threshold = 0
-        control = make("calibrate", None, sample_ratio=0.0)
-        control.controller = OverheadController(1.0)
-        control.costs.control_every = 1  # every request in the control group
-        bypass = make("calibrate", None, sample_ratio=0.0)
-        bypass.trace_threshold = 0  # every request untraced
-        bypass.accounting.mask = (1 << 62) - 1  # and none measured
-        probe = self._probe or self._span_probe(span, self._off)
-        variants: list[tuple[Any, int]] = [
-            (t, c) for t in (None, drop, keep, unrec, control, bypass) for c in (0, k)
-        ]
-        runs = [probe(t, c) for t, c in variants]
-        for run in runs:  # warm up
-            run()
-        # Interleaved rounds: each round times every variant once, and each
-        # price is the median of its per-round values, so that a slow drift
-        # of the machine (another process, frequency) cancels out.
-        prices: dict[str, list[float]] = {}
-        n = max(1, self.ROUNDS // self.PASSES)
-        for _ in range(self.PASSES):
-            cost: dict[tuple[Any, int], float] = {}
-            for (t, c), run in zip(variants, runs, strict=True):
-                t0 = time.thread_time_ns()
-                for _ in range(n):
-                    run()
-                cost[t, c] = (time.thread_time_ns() - t0) / n
-            for name, value in self._prices(cost, drop, keep, unrec, control, bypass).items():
-                prices.setdefault(name, []).append(value)
-        for name, values in prices.items():
+        for name, values in calibration.run(make, span, self._off, self._probe).items():
             kept = self._history.setdefault(name, deque(maxlen=KEEP_CALIBRATIONS))
             kept.append(sorted(values)[len(values) // 2])
             setattr(self, name, statistics.median_low(kept))
-
-    def _prices(
-        self,
-        cost: dict[tuple[Any, int], float],
-        drop: Any,
-        keep: Any,
-        unrec: Any,
-        control: Any,
-        bypass: Any,
-    ) -> dict[str, float]:
-        """The prices one calibration round gives (see the class docstring)."""
-        k = self.CHILDREN
-        off0, offk = cost[None, 0], cost[None, k]
-        off_child = (offk - off0) / k
-        return {
-            "root_ns": max(100.0, cost[drop, 0] - off0),
-            "span_ns": max(100.0, (cost[drop, k] - cost[drop, 0]) / k - off_child),
-            "keep_ns": max(0.0, (cost[keep, k] - cost[drop, k]) / (k + 1)),
-            "unrecorded_ns": max(0.0, cost[unrec, 0] - off0),
-            "deferred_child_ns": (cost[unrec, k] - cost[unrec, 0]) / k - off_child,
-            "scaffold_ns": max(0.0, cost[control, 0] - off0),
-            "bypass_ns": max(0.0, cost[bypass, 0] - off0),
-            "bypass_child_ns": (cost[bypass, k] - cost[bypass, 0]) / k - off_child,
-        }
-
-    @staticmethod
-    def _span_probe(span: Callable[..., Any], off: Any) -> Probe:
-        """Without a middleware: roots opened by ``span()`` itself."""
-        attrs = {"calibrate.a": 1, "calibrate.b": "x", "calibrate.c": True}
-
-        def probe(tracer: Any, children: int) -> Callable[[], None]:
-            t = tracer if tracer is not None else off
-
-            def run() -> None:
-                with span("calibrate", 2, attrs, t):
-                    churn()
-                    for _ in range(children):
-                        with span("calibrate.child", 1, attrs, t):
-                            churn()
-
-            return run
-
-        return probe
-
-
-def churn() -> int:
-    """Application-like busy work for the cost probes (see :data:`CHURN`)."""
-    x = 0
-    for i in range(CHURN):
-        x ^= i
-    return x
 
 
 # -- the tracer's budget hooks (methods of Tracer) ----------------------------------------
