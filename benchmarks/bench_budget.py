@@ -74,9 +74,10 @@ Printed per case: the budget, the measured added CPU (mean of the windows,
 the tracer's own estimate (``controller.last_fraction``, averaged over the same windows) and
 its floor (``controller.last_floor``: with no request traced), what it measures
 a traced request to cost, in place and from its phases (the whole; after the
-last window), the effective
-ratio, record and traced fractions, and the share of failed / slow requests
-whose root span reached the exporter.
+last window), what it prices the untraced path at (in place, from its measured
+untraced requests, and as calibration found it), the effective ratio, record
+and traced fractions, and the share of failed / slow requests whose root span
+reached the exporter.
 """
 
 from __future__ import annotations
@@ -463,6 +464,8 @@ def run_case(
         "errors_kept": case.transport.errors / max(1, case.traced_service.failed),
         "slow_kept": case.transport.slow / max(1, case.traced_service.slowed),
         "calibrations": case.tracer.costs.calibrations,
+        "path_ns": case.tracer.costs.skipped_ns(),
+        "path_calibrated_ns": case.tracer.costs.bypass_ns,
     }
     case.close()
     return out
@@ -523,10 +526,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "| server | request | budget | measured added CPU (mean of windows, 95 % interval) | "
         "verdict | windows | "
         "windows, from the sums | tracer's estimate | tracer's floor | export thread | "
-        "traced request, in place / whole (µs) | "
+        "traced request, in place / whole (µs) | untraced path, in place / calibrated (ns) | "
         "eff. ratio | record fraction | traced fraction | errors exported | slow exported |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for server in args.servers.split(","):
             for kind in args.kinds.split(","):
@@ -541,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(
                             f"| {server} | {kind} | method's error (tracing off on both "
                             f"sides) | {r['added'] * 100:+.2f} ± {r['half'] * 100:.2f} % | — | "
-                            f"{windows} | {sums} |" + " — |" * 9,
+                            f"{windows} | {sums} |" + " — |" * 10,
                             flush=True,
                         )
                         continue  # nothing was exported: no file
@@ -552,6 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"{r['estimate'] * 100:.2f} % | {r['floor'] * 100:.2f} % | "
                         f"{r['export_share'] * 100:.2f} % | "
                         f"{r['in_place'] / 1000:.1f} / {r['whole'] / 1000:.1f} | "
+                        f"{r['path_ns']:.0f} / {r['path_calibrated_ns']:.0f} | "
                         f"{r['ratio']:.3f} | {r['record']:.3f} | {r['traced']:.3f} | "
                         f"{r['errors_kept'] * 100:.0f} % | {r['slow_kept'] * 100:.0f} % |",
                         flush=True,
