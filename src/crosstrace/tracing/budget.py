@@ -15,9 +15,12 @@ So the work is split:
 * **Measuring in place** (:meth:`CostModel.observe`): some untraced requests
   (the control group: tracing off, as far as the application can tell) and
   some or all traced ones have their thread CPU time measured; a traced
-  request costs its group's mean less the control group's. Root spans built
-  after the fact for untraced requests that failed or were slow are timed one
-  by one (:meth:`CostModel.add_late`).
+  request costs its group's mean less the control group's. The HTTP
+  middleware time the untraced requests they measure in turn with and
+  without the untraced path's own steps, which prices that path in place
+  (:meth:`CostModel.skipped_ns`). Root spans built after the fact for
+  untraced requests that failed or were slow are timed one by one
+  (:meth:`CostModel.add_late`).
 * **Measuring the whole** (:mod:`crosstrace.tracing.phases`): what a traced
   request costs the process, the slower code after it and its garbage
   collected later included, from alternating phases of traced and untraced
@@ -25,9 +28,9 @@ So the work is split:
 * **Pricing** (:class:`CostModel`): what the measurements cannot see, and
   what stands in until they have enough samples, is measured by running the
   real code paths in private tracers (:mod:`crosstrace.tracing.calibration`).
-  It runs when the budget is set and again from the controller's tick (never from a span),
-  every :data:`RECALIBRATE_S` seconds or less often, so that it takes at
-  most :data:`CALIBRATION_SHARE` of what the budget allows; its own CPU time
+  It runs when the budget is set and again from the controller's tick (never
+  from a span), every :data:`RECALIBRATE_S` seconds or less often, so that
+  it takes at most :data:`CALIBRATION_SHARE` of what the budget allows; its own CPU time
   is part of what tracing spent. A price is the median of what the last
   :data:`KEEP_CALIBRATIONS` calibrations found. Middleware adds a *probe*
   (:meth:`CostModel.add_probe`): one request through its own code with
