@@ -338,11 +338,12 @@ class RequestIdMiddleware:
     async def _measured_untraced(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext, tracer: Tracer
     ) -> None:
-        """An untraced request whose CPU time is measured, timed with the
-        untraced path's own steps or without them, in turn (see
-        :meth:`crosstrace.wsgi.RequestIdMiddleware._measured_untraced`).
-        Under concurrent requests the thread CPU between the two readings
-        includes other tasks' steps: noisier, but alike for every group."""
+        """An untraced request whose CPU time is measured: the untraced path
+        above, step for step, timed with its own steps or without them, in
+        turn (what :meth:`~crosstrace.tracing.budget.CostModel.skipped_ns`
+        is priced from). Under concurrent requests the thread CPU between
+        the two readings includes other tasks' steps: noisier, but alike for
+        every group."""
         if self.tracer is None:  # the configured tracer, which may have changed
             self._price_with(tracer)
         costs = tracer.costs

@@ -397,16 +397,12 @@ class RequestIdMiddleware:
         start_response: StartResponse,
     ) -> Iterable[bytes]:
         """An untraced request whose CPU time is measured: the untraced path
-        above, step for step, timed either with its own steps (the slow
-        check's clock reads, the context marked untraced, the failure check)
-        or without them, in turn. What the first kind costs over the second
-        is what a request the budget leaves untraced costs in place
-        (:meth:`~crosstrace.tracing.budget.CostModel.skipped_ns`); the second
-        kind is the application with tracing off."""
+        above, step for step, timed with its own steps or without them, in
+        turn (what :meth:`~crosstrace.tracing.budget.CostModel.skipped_ns`
+        is priced from)."""
         if self.tracer is None:  # the configured tracer, which may have changed
             self._price_with(tracer)
-        costs = tracer.costs
-        with_steps = costs.floor_turn()
+        with_steps = tracer.costs.floor_turn()
         status_line: Any = ""
 
         def capture(
@@ -441,7 +437,7 @@ class RequestIdMiddleware:
         late = failed or time_ns() - start_ns >= tracer.slow_ns > 0
         if with_steps:
             cpu = thread_time_ns() - t0
-        costs.observe_untraced(with_steps, cpu)
+        tracer.costs.observe_untraced(with_steps, cpu)
         if late:
             code = status_code(status_line)
             self._after_the_fact(environ, context, tracer, start_ns, code, None)
