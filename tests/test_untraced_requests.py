@@ -31,9 +31,11 @@ PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 GLOBAL_ID = "req-3f1e2d4c-5b6a-4789-8abc-def012345678"
 
 
-def untraced_tracer(sink: Sink, slow_s: float = 10.0, measured: bool = False) -> Tracer:
-    """A tracer whose budget leaves every request untraced (and *measured*:
-    has the CPU time of each measured, instead of one in 32)."""
+def untraced_tracer(sink: Sink, slow_s: float = 10.0, measured: str = "") -> Tracer:
+    """A tracer whose budget leaves every request untraced; *measured*
+    (``"with steps"`` or ``"without steps"``): each has its CPU time measured,
+    instead of one in 32, the first timed with the untraced path's own steps
+    or without them."""
     t = sink_tracer(sink, "api", slow_threshold_s=slow_s, overhead_budget=0.01)
     assert t.controller is not None
     t.controller.trace_fraction = 0.0
@@ -41,6 +43,7 @@ def untraced_tracer(sink: Sink, slow_s: float = 10.0, measured: bool = False) ->
     t._apply_knobs()
     if measured:
         t.accounting.mask = 0
+        t.costs._floor_turn = measured == "without steps"  # the turn before
     return t
 
 
@@ -133,12 +136,14 @@ SERVERS = {
 }
 
 
-MEASURED = pytest.mark.parametrize("measured", [False, True], ids=["unmeasured", "measured"])
+MEASURED = pytest.mark.parametrize(
+    "measured", ["", "with steps", "without steps"], ids=["unmeasured", "with", "without"]
+)
 
 
 @MEASURED
 @pytest.mark.parametrize("server", SERVERS)
-def test_an_untraced_request_runs_as_with_tracing_off(server: str, measured: bool) -> None:
+def test_an_untraced_request_runs_as_with_tracing_off(server: str, measured: str) -> None:
     sink = Sink()
     t = untraced_tracer(sink, measured=measured)
     run, _ = SERVERS[server]
@@ -155,13 +160,14 @@ def test_an_untraced_request_runs_as_with_tracing_off(server: str, measured: boo
     drop_plan(t)  # skips are counted when planned: uncount the ones not served
     assert t.accounting.bypassed == 1
     assert t.accounting.late == 0
+    bare, steps = t.costs._floor_samples
+    timed = {"": (0, 0), "with steps": (1, 0), "without steps": (0, 1)}[measured]
+    assert (len(steps), len(bare)) == timed
 
 
 @MEASURED
 @pytest.mark.parametrize("server", SERVERS)
-def test_an_untraced_request_that_fails_exports_its_server_span(
-    server: str, measured: bool
-) -> None:
+def test_an_untraced_request_that_fails_exports_its_server_span(server: str, measured: str) -> None:
     sink = Sink()
     t = untraced_tracer(sink, measured=measured)
     run, error_status = SERVERS[server]
@@ -181,7 +187,7 @@ def test_an_untraced_request_that_fails_exports_its_server_span(
 
 @MEASURED
 @pytest.mark.parametrize("server", SERVERS)
-def test_an_untraced_request_that_raises_exports_the_exception(server: str, measured: bool) -> None:
+def test_an_untraced_request_that_raises_exports_the_exception(server: str, measured: str) -> None:
     sink = Sink()
     t = untraced_tracer(sink, measured=measured)
     run, _ = SERVERS[server]
@@ -194,7 +200,7 @@ def test_an_untraced_request_that_raises_exports_the_exception(server: str, meas
 
 @MEASURED
 @pytest.mark.parametrize("server", SERVERS)
-def test_an_untraced_slow_request_exports_its_server_span(server: str, measured: bool) -> None:
+def test_an_untraced_slow_request_exports_its_server_span(server: str, measured: str) -> None:
     sink = Sink()
     t = untraced_tracer(sink, slow_s=0.001, measured=measured)
     run, _ = SERVERS[server]
@@ -318,7 +324,7 @@ def test_measured_untraced_requests_are_timed_with_and_without_the_untraced_path
 ) -> None:
     """In turn: with the untraced path's own steps (also one of the skipped
     group) and without them, so that the budget prices that path in place."""
-    t = untraced_tracer(Sink(), measured=True)
+    t = untraced_tracer(Sink(), measured="with steps")
     run, _ = SERVERS[server]
     for _ in range(6):
         run(t)
