@@ -21,7 +21,7 @@ import pytest
 
 from crosstrace.export import BatchExporter
 from crosstrace.export.transports import Transport
-from crosstrace.tracing import Tracer, calibration
+from crosstrace.tracing import Tracer, calibration, plan
 from crosstrace.tracing.budget import (
     GROUP_RECORDED,
     GROUP_SKIPPED,
@@ -39,6 +39,7 @@ from crosstrace.tracing.phases import (
     Phases,
 )
 from crosstrace.tracing.plan import drop_plan
+from crosstrace.tracing.sampling import OverheadController
 from tracing_support import Sink, sink_tracer
 
 UNTRACED_REQUEST = 40_000  # ns of CPU
@@ -266,11 +267,14 @@ def test_an_untraced_phase_runs_every_request_untraced() -> None:
     assert traced > 1_600  # about 90 %
 
 
-def test_a_phase_ends_after_its_requests_and_runs_stop_at_its_end() -> None:
-    """With nothing traced the plan would skip up to the next measured
-    request (1,024 here) at once; it plans up to the phase's end, and the
-    next plan switches."""
-    t = planned_tracer(0.0)
+def test_a_phase_ends_after_its_requests_and_runs_stop_at_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With few traced the plan would skip up to the next measured request
+    (1,024 here) at once (the draw says the next traced one is further); it
+    plans up to the phase's end, and the next plan switches."""
+    monkeypatch.setattr(plan, "random", lambda: 1.0 - 1e-9)  # never timed, a long gap
+    t = planned_tracer(0.01)
     t.accounting.mask = 1023
     phases = t.costs.phases
     assert t.skip_request()  # the first plan starts a traced phase
@@ -285,6 +289,61 @@ def test_a_phase_ends_after_its_requests_and_runs_stop_at_its_end() -> None:
     assert not phases.untraced
     t.skip_request()  # the next plan switches
     assert phases.untraced
+
+
+def test_with_almost_nothing_traced_the_phases_pause_and_start_afresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A traced phase that would hold less than one traced request compares
+    nothing: the plan runs up to the next measured request with no phase to
+    end (no clock read), and once more is traced the phases alternate again,
+    the first switch a fresh start, not a comparison with the phase before
+    the pause."""
+    switches = []
+    real_switch = Phases.switch
+
+    def switch(self: Phases, acct: Any, clocks: Any) -> None:
+        switches.append(acct.served())
+        real_switch(self, acct, clocks)
+
+    monkeypatch.setattr(Phases, "switch", switch)
+    t = planned_tracer(OverheadController.MIN_TRACE)  # the floor: one in 65,536
+    t.accounting.mask = 1023
+    assert t.trace_threshold > 0
+    assert t.skip_request()
+    assert t.skips_left == 1022  # the run goes on to the next measured request
+    assert switches == []
+    t.controller.trace_fraction = 0.5
+    t._apply_knobs()
+    drop_plan(t)
+    t.skip_request()
+    assert switches  # alternating again
+
+    phases = Phases()
+    feed = Feed(phases)
+    feed.pairs(3)
+    assert not phases.alternate(0.0)
+    before = phases.pairs()
+    feed.phase()  # the first phases after the pause: a fresh start, no comparison
+    feed.phase()
+    assert phases.pairs() == before
+    assert phases.alternate(1.0)
+    feed.pairs(before + 1)  # compared again
+
+
+def test_the_plan_counts_its_own_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timed call of the plan (one in PLAN_TIMED at random) counts what it
+    took, scaled up, as the budget's own work."""
+    t = planned_tracer(0.5)
+    clock = iter(range(0, 10**12, 3_000))  # each reading 3 us after the last
+    monkeypatch.setattr(plan, "thread_time_ns", lambda: next(clock))
+    monkeypatch.setattr(plan, "random", lambda: 0.0)  # timed (and traced: no gap)
+    before = t.costs.own_ns
+    assert t.skip_request() == 0
+    assert t.costs.own_ns - before == pytest.approx(3_000 / plan.PLAN_TIMED)
+    monkeypatch.setattr(plan, "random", lambda: plan.PLAN_TIMED)  # not timed
+    t.skip_request()
+    assert t.costs.own_ns - before == pytest.approx(3_000 / plan.PLAN_TIMED)
 
 
 # -- the cost model and the export thread --------------------------------------------------

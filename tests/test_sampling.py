@@ -9,6 +9,7 @@ import pytest
 from crosstrace.tracing import sampling
 from crosstrace.tracing.budget import (
     FLOOR_SAMPLES,
+    GROUP_CONTROL,
     GROUP_SKIPPED,
     MIN_FLOOR_SAMPLES,
     Accounting,
@@ -206,7 +207,7 @@ def test_the_floor_is_what_the_window_would_cost_with_nothing_traced(
     # too), and one traced of 5 spans.
     acct.roots, acct.spans, acct.kept_spans, acct.late = 103, 507, 200, 2
     acct.bypassed += 999
-    costs.calibration_ns = 2_000_000  # a calibration ran: it runs whatever is traced
+    costs.own_ns = 2_000_000  # a calibration ran: the budget's own work, whatever is traced
     assert ctl.tick(acct, costs, 1_000_000, now_ns=ctl.next_tick_ns)
     expected = 1000 * 500 + 1_000_000 * 2 / 200 + 2_000_000
     assert ctl.last_floor == pytest.approx(expected / (1000 * 49_500))
@@ -277,10 +278,63 @@ def test_calibrating_takes_at_most_a_tenth_of_what_the_budget_allows(
         costs.calibrate(allowed)
         waits.append((costs._next_ns - now) / 1e9)
     assert waits == [budget.RECALIBRATE_S, 100.0, budget.MAX_RECALIBRATE_S, budget.RECALIBRATE_S]
-    assert costs.calibration_ns == 4 * 50_000_000
+    assert costs.own_ns == 4 * 50_000_000
 
 
 def test_the_controller_tells_what_the_budget_allowed_a_second() -> None:
     ctl = OverheadController(0.02, window_s=2.0)
     ctl.adjust(record_ns=1_000_000, export_ns=0, proc_ns=10**9, base_ns=8e8)
     assert ctl.allowed_per_s() == pytest.approx(0.02 * 8e8 / 2.0)
+
+
+def test_closing_a_window_counts_its_own_time_in_the_next_floor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Closing a window is the budget's own work: what it took is counted in
+    the next window, in the floor and as cost no knob scales."""
+    from crosstrace.tracing import budget
+    from tracing_support import Sink, sink_tracer
+
+    t = sink_tracer(Sink(), "api", overhead_budget=0.01)
+    ctl, costs = t.controller, t.costs
+    assert ctl is not None
+    costs._next_ns = 1 << 62  # no calibration during the test
+    costs.clock_ns = 0.0  # the measured requests' clock reads: counted apart (below)
+    clock = iter(range(0, 10**12, 700_000))  # each reading 0.7 ms after the last
+    real = budget.time.thread_time_ns
+    before = costs.own_ns  # setting the budget calibrated
+    monkeypatch.setattr(budget.time, "thread_time_ns", lambda: next(clock))
+    ctl.next_tick_ns = 0
+    budget.close_window(t)
+    monkeypatch.setattr(budget.time, "thread_time_ns", real)
+    assert costs.own_ns - before == 700_000
+    for _ in range(100):
+        costs.observe(GROUP_SKIPPED, 50_000)
+    ctl.next_tick_ns = 0
+    t.accounting.bypassed += 1000
+    seen = {}
+    adjust = OverheadController.adjust
+
+    def spy(self: OverheadController, *args: float) -> None:
+        seen["fixed"], seen["floor"] = args[4], args[5]
+        adjust(self, *args)
+
+    monkeypatch.setattr(OverheadController, "adjust", spy)
+    assert ctl.tick(t.accounting, costs, 0)
+    untraced = 1000 * costs.skipped_ns()  # the window's requests, all untraced
+    assert seen["fixed"] == pytest.approx(untraced + 700_000)
+    assert seen["floor"] == pytest.approx(untraced + 700_000)
+
+
+def test_the_clock_reads_of_measured_requests_are_the_budgets_own_work() -> None:
+    """One untraced request in ``mask + 1`` is measured, and each control
+    request: two reads of the thread's CPU clock each."""
+    costs, acct = CostModel(), Accounting()
+    costs.clock_ns = 400.0
+    acct.mask = 31
+    acct.bypassed = 3_200  # 100 of them measured
+    for _ in range(10):
+        costs.observe(GROUP_CONTROL, 50_000)
+    costs.fold(acct)
+    assert costs.reads_ns == 2 * 400 * (100 + 10)
+    assert costs.own_ns == 0  # priced, not timed: no measured request holds them

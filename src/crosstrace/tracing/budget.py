@@ -35,6 +35,12 @@ So the work is split:
   :data:`KEEP_CALIBRATIONS` calibrations found. Middleware adds a *probe*
   (:meth:`CostModel.add_probe`): one request through its own code with
   tracing on and off.
+* **The budget's own work** (planning the untraced requests with the phases'
+  switches, closing a window, calibrating) is timed where it runs, the plan
+  in a random sample of its calls (:data:`~crosstrace.tracing.plan.PLAN_TIMED`),
+  and counted in every window as tracing cost that no knob scales
+  (:attr:`CostModel.own_ns`): on a light request it is a few tenths of a
+  point, what the estimate of a small budget's floor missed before.
 * **The export thread** measures its own CPU with :func:`time.thread_time_ns`
   (:meth:`crosstrace.export.BatchExporter.cpu_ns`): encoding, compression and
   I/O are measured, not estimated.
@@ -197,13 +203,15 @@ class CostModel:
         "_sum",
         "bypass_child_ns",
         "bypass_ns",
-        "calibration_ns",
         "calibrations",
         "children_per_root",
+        "clock_ns",
         "control_every",
         "deferred_child_ns",
         "keep_ns",
+        "own_ns",
         "phases",
+        "reads_ns",
         "root_ns",
         "sample_every",
         "scaffold_ns",
@@ -238,6 +246,9 @@ class CostModel:
         #: nothing: both look for a tracer and find none to use).
         self.bypass_ns = 0.0
         self.bypass_child_ns = 0.0
+        #: One read of the thread's CPU clock (a request measured takes two;
+        #: zero until calibrated).
+        self.clock_ns = 0.0
         #: Spans per local root beside the root itself, decayed over windows
         #: (what untraced and unrecorded requests are assumed to open).
         self.children_per_root = float(calibration.CHILDREN)
@@ -246,8 +257,14 @@ class CostModel:
         self.control_every = CONTROL_EVERY
         #: One traced request in this many has its CPU time measured.
         self.sample_every = SAMPLE_EVERY
-        #: CPU spent calibrating so far (counted as tracing cost).
-        self.calibration_ns = 0
+        #: CPU the budget's own work has taken on the request threads so far
+        #: (calibration, planning the untraced requests, closing the
+        #: controller's windows): tracing cost whatever is traced.
+        self.own_ns = 0
+        #: The clock reads of the untraced and control requests measured so
+        #: far, priced (:attr:`clock_ns`): the budget's own work too, not
+        #: timed (a request measured does not count them as its own).
+        self.reads_ns = 0
         self.calibrations = 0
         self._next_ns = 0
         # Each price from the last calibrations (see :data:`KEEP_CALIBRATIONS`).
@@ -324,12 +341,18 @@ class CostModel:
         self.sample_every = SAMPLE_EVERY if trace_fraction >= MEASURE_ALL_BELOW else 1
 
     def fold(self, accounting: Accounting) -> None:
-        """Close a window: fold its measurements into the decayed sums, and
-        pace the measured untraced requests by this window's count of them
+        """Close a window: fold its measurements into the decayed sums, count
+        the clock reads of the requests it measured as the budget's own work,
+        and pace the measured untraced requests by this window's count of them
         (about :data:`MEASURED_PER_WINDOW`: each costs two reads of the
         thread's CPU clock, system calls that cost microseconds in place)."""
         skipped = accounting.bypassed - self._bypassed_last
         self._bypassed_last = accounting.bypassed
+        # The clock reads of the untraced and control requests measured: the
+        # budget's own work (a traced request's are in what it is measured
+        # to cost, once the phases measure it).
+        measured = skipped / (accounting.mask + 1) + self._n[GROUP_CONTROL]
+        self.reads_ns += int(2 * self.clock_ns * measured)
         every = max(4, min(1024, skipped // MEASURED_PER_WINDOW))
         accounting.mask = (1 << (every.bit_length() - 1)) - 1
         self._last_controls = self._n[GROUP_CONTROL]
@@ -486,7 +509,7 @@ class CostModel:
             log.debug("cost calibration failed", exc_info=True)
         finally:
             spent = time.thread_time_ns() - t_start
-            self.calibration_ns += spent
+            self.own_ns += spent
             wait = RECALIBRATE_S
             if allowed_per_s > 0.0:
                 paced = spent / (CALIBRATION_SHARE * allowed_per_s)
@@ -512,11 +535,17 @@ def close_window(tracer: Any) -> None:
     ctl = tracer.controller
     if ctl is None:
         return
+    costs = tracer.costs
+    t0 = time.thread_time_ns()
     try:
         sink = tracer.sink
         export_cpu = sink.cpu_ns() if sink is not None else 0
-        if ctl.tick(tracer.accounting, tracer.costs, export_cpu):
+        if ctl.tick(tracer.accounting, costs, export_cpu):
             tracer._main._apply_knobs()
-        tracer.costs.maybe_recalibrate(ctl.allowed_per_s())
     except Exception:
         log.debug("overhead controller tick failed", exc_info=True)
+    costs.own_ns += time.thread_time_ns() - t0  # counted in the next window
+    try:
+        costs.maybe_recalibrate(ctl.allowed_per_s())  # which counts its own
+    except Exception:
+        log.debug("cost calibration failed", exc_info=True)

@@ -21,7 +21,18 @@ from typing import Any
 
 from crosstrace.tracing.sampling import OverheadController
 
-__all__ = ["CHILDREN", "CHURN", "PASSES", "ROUNDS", "Probe", "churn", "prices", "run", "span_probe"]
+__all__ = [
+    "CHILDREN",
+    "CHURN",
+    "CLOCK_READS",
+    "PASSES",
+    "ROUNDS",
+    "Probe",
+    "churn",
+    "prices",
+    "run",
+    "span_probe",
+]
 
 #: Requests per variant in one calibration (split over interleaved passes),
 #: and children per request.
@@ -33,6 +44,10 @@ CHILDREN = 4
 #: an application leaves behind, not the warm ones of a tight loop (tracing
 #: code between application code costs about twice what it does in a loop).
 CHURN = 48
+
+#: Reads of the thread's CPU clock timed per pass (what measuring a request
+#: costs: two of them).
+CLOCK_READS = 32
 
 #: ``probe(tracer, children)`` returns a function that runs one request through
 #: a copy of a middleware: traced by *tracer* (untraced when ``None``), its
@@ -101,6 +116,10 @@ def run(
             cost[t, c] = (time.thread_time_ns() - t0) / n
         for name, value in prices(cost, drop, keep, unrec, control, bypass).items():
             found.setdefault(name, []).append(value)
+        t0 = time.thread_time_ns()
+        for _ in range(CLOCK_READS):
+            time.thread_time_ns()
+        found.setdefault("clock_ns", []).append((time.thread_time_ns() - t0) / (CLOCK_READS + 1))
     return found
 
 

@@ -42,7 +42,10 @@ the figure: the median of the same comparisons read ~10 % less on the
 benchmark's light request. A phase that took far more CPU than planned (the
 process was busy with other work, or no plan was made for a while) is not
 compared, and lengthens the CPU per request the next phase is planned from
-at most :data:`LATE_GROWTH`-fold.
+at most :data:`LATE_GROWTH`-fold. While a traced phase would hold less
+than one traced request (the budget traces almost nothing), a comparison
+would say nothing: the phases pause, and start afresh when more is traced
+(:meth:`Phases.alternate`).
 """
 
 from __future__ import annotations
@@ -189,6 +192,15 @@ class Phases:
         else:  # a traced phase starts
             self.untraced = False
             self.end = n + max(MIN_REQUESTS, int(TRACED_NS / max(1.0, self._per[1])))
+
+    def alternate(self, p: float) -> bool:
+        """Whether the phases alternate at traced fraction *p*: only while a
+        traced phase would hold one traced request or more. Paused, nothing
+        is measured, and the first switch after starts afresh."""
+        if p * TRACED_NS >= self._per[1]:
+            return True
+        self._mark = None
+        return False
 
     def per_trace(self) -> float | None:
         """What a traced request costs the request threads (ns), once there

@@ -12,6 +12,13 @@ plan when the traced fraction changes. While the budget leaves requests
 untraced, the plan alternates traced phases with short phases in which every
 request runs untraced: what a traced request costs the whole process is
 measured from the two (:mod:`crosstrace.tracing.phases`).
+
+Planning is part of what tracing costs, and between requests doing real work
+a call costs microseconds (its code gone cold, a phase's switch reading two
+CPU clocks), a few tenths of a point of a light request's CPU when the plan
+runs for every measured request. So one call in :data:`PLAN_TIMED` at random
+is timed, and what it took, scaled up, is counted as the budget's own work
+(:attr:`~crosstrace.tracing.budget.CostModel.own_ns`).
 """
 
 from __future__ import annotations
@@ -19,15 +26,20 @@ from __future__ import annotations
 import math
 import time
 from random import random
+from time import thread_time_ns
 from typing import Any
 
-__all__ = ["SKIP_MEASURED", "TRACE_ALL", "drop_plan", "skip_request"]
+__all__ = ["PLAN_TIMED", "SKIP_MEASURED", "TRACE_ALL", "drop_plan", "skip_request"]
 
 #: What :func:`skip_request` returns for a skipped request to measure.
 SKIP_MEASURED = 2
 #: ``trace_threshold`` when every request is traced: the traced fraction is
 #: ``trace_threshold / TRACE_ALL``.
 TRACE_ALL = 1 << 16
+#: Share of the plan's calls that are timed (each timing is two reads of the
+#: thread's CPU clock, system calls; a random sample, so that it does not
+#: follow the phases' rhythm).
+PLAN_TIMED = 0.25
 
 
 def skip_request(tracer: Any) -> int:
@@ -61,7 +73,12 @@ def skip_request(tracer: Any) -> int:
         return 1
     fate: int = tracer.skip_next
     if fate < 0:
-        fate = _plan(tracer)
+        if random() < PLAN_TIMED:
+            t0 = thread_time_ns()
+            fate = _plan(tracer)
+            tracer.costs.own_ns += int((thread_time_ns() - t0) / PLAN_TIMED)
+        else:
+            fate = _plan(tracer)
     else:
         tracer.skip_next = -1
     if fate == SKIP_MEASURED:
@@ -75,19 +92,24 @@ def _plan(tracer: Any) -> int:
     """Decide this request and plan the next ones (see :func:`skip_request`)."""
     acct = tracer.accounting
     phases = tracer.costs.phases
-    left = phases.end - acct.served()  # requests left in the phase
-    if left <= 0:
-        sink = tracer.sink
+    p = tracer.trace_threshold / TRACE_ALL
+    if phases.alternate(p):
+        left = phases.end - acct.served()  # requests left in the phase
+        if left <= 0:
+            sink = tracer.sink
 
-        def clocks() -> tuple[int, int]:
-            return time.process_time_ns(), sink.cpu_ns() if sink is not None else 0
+            def clocks() -> tuple[int, int]:
+                return time.process_time_ns(), sink.cpu_ns() if sink is not None else 0
 
-        phases.switch(acct, clocks)
-        left = phases.end - acct.served()
+            phases.switch(acct, clocks)
+            left = phases.end - acct.served()
+        if phases.untraced:
+            p = 0.0
+    else:
+        left = 1 << 62  # no phase to end
     mask = acct.mask
     # Untraced requests from this one to the next measured one (1: this one).
     to_measured = mask + 1 - (acct.bypassed & mask)
-    p = 0.0 if phases.untraced else tracer.trace_threshold / TRACE_ALL
     if p >= 1.0:
         gap = 0
     elif p <= 0.0:

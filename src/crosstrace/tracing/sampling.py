@@ -127,18 +127,18 @@ class OverheadController:
     the estimate of the window that just closed, :attr:`last_floor` what that
     window's requests would have cost with none of them traced (each run
     untraced, the failed and slow ones exported after the fact with the export
-    thread's share for those, and calibration): a budget below it cannot be
+    thread's share for those, and the budget's own work): a budget below it cannot be
     held. It counts the exports after the fact the window had, so it is exact
     when few requests are traced (when it matters) and leaves out the failures
     of traced ones.
     """
 
     __slots__ = (
-        "_calib_last",
         "_counts_last",
         "_export_cpu_last",
         "_export_cpu_now",
         "_fixed_ns",
+        "_own_last",
         "_proc_last",
         "_record_ns",
         "budget",
@@ -183,7 +183,7 @@ class OverheadController:
         self._export_cpu_last = 0
         self._counts_last: tuple[int, ...] | None = None
         self._fixed_ns = 0.0
-        self._calib_last = 0
+        self._own_last = 0
         self._proc_last = time.process_time_ns()
         self.next_tick_ns = time.monotonic_ns() + self.window_ns
 
@@ -237,10 +237,12 @@ class OverheadController:
             floor_ns = costs.floor_ns(requests)
             base_ns = costs.baseline_ns(requests)
             late_share = d[5] / d[2] if d[2] > 0 else 0.0
-            calib = max(0, costs.calibration_ns - self._calib_last)
-            self._calib_last = costs.calibration_ns
-            self._record_ns += calib
-            floor_ns += calib  # calibration runs whatever is traced
+            own_now = costs.own_ns + costs.reads_ns
+            own = max(0, own_now - self._own_last)
+            self._own_last = own_now
+            self._record_ns += own
+            self._fixed_ns += own
+            floor_ns += own  # the budget's own work runs whatever is traced
         self.next_tick_ns = now + self.window_ns
         proc = time.process_time_ns()
         proc_ns = proc - self._proc_last

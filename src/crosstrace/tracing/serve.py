@@ -120,7 +120,7 @@ class Served:
             self._control_ns = time_ns()
             self._skipped = skip
             if skip == SKIP_MEASURED:
-                self._t0 = thread_time_ns() - tracer.costs.calibration_ns
+                self._t0 = thread_time_ns() - tracer.costs.own_ns
         else:
             costs = tracer.costs
             n = next(costs.tickets)
@@ -133,8 +133,8 @@ class Served:
             elif every > 1 and n % every != 1:
                 n = 0
             if n:
-                # From here to finish(), less any calibration run in between.
-                self._t0 = thread_time_ns() - costs.calibration_ns
+                # From here to finish(), less the budget's own work in between.
+                self._t0 = thread_time_ns() - costs.own_ns
         self._kind = kind
         self._describe = describe
         self._traceparent = traceparent
@@ -213,7 +213,7 @@ class Served:
             tracer = self._tracer
             if t0 and tracer is not None:
                 self._t0 = 0
-                self._observe(thread_time_ns() - tracer.costs.calibration_ns - t0)
+                self._observe(thread_time_ns() - tracer.costs.own_ns - t0)
             elif self._control_ns and tracer is not None:
                 self._settle_untraced(tracer)
         except Exception:  # tracing must never break the service
