@@ -331,6 +331,19 @@ def test_with_almost_nothing_traced_the_phases_pause_and_start_afresh(
     feed.pairs(before + 1)  # compared again
 
 
+def test_phases_of_long_requests_alternate_at_their_fewest_requests() -> None:
+    """A request of 50 ms of CPU is longer than a traced phase, which then
+    holds its fewest requests (MIN_REQUESTS): a traced share that puts one
+    traced request in those keeps the phases alternating."""
+    phases = Phases()
+    feed = Feed(phases, share=0.25)
+    feed.request = 50_000_000
+    feed.phase()
+    feed.phase()  # a traced phase: its CPU per request is now known
+    assert phases.alternate(1.0 / MIN_REQUESTS)
+    assert not phases.alternate(0.5 / MIN_REQUESTS)
+
+
 def test_the_plan_counts_its_own_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """A timed call of the plan (one in PLAN_TIMED at random) counts what it
     took, scaled up, as the budget's own work."""

@@ -195,9 +195,10 @@ class Phases:
 
     def alternate(self, p: float) -> bool:
         """Whether the phases alternate at traced fraction *p*: only while a
-        traced phase would hold one traced request or more. Paused, nothing
-        is measured, and the first switch after starts afresh."""
-        if p * TRACED_NS >= self._per[1]:
+        traced phase (its length in requests, at least :data:`MIN_REQUESTS`)
+        would hold one traced request or more. Paused, nothing is measured,
+        and the first switch after starts afresh."""
+        if p * max(MIN_REQUESTS, TRACED_NS / max(1.0, self._per[1])) >= 1.0:
             return True
         self._mark = None
         return False
