@@ -191,17 +191,21 @@ class Phases:
             self.end = n + max(MIN_REQUESTS, int(UNTRACED_NS / max(1.0, self._per[0])))
         else:  # a traced phase starts
             self.untraced = False
-            self.end = n + max(MIN_REQUESTS, int(TRACED_NS / max(1.0, self._per[1])))
+            self.end = n + self._traced_requests()
 
     def alternate(self, p: float) -> bool:
         """Whether the phases alternate at traced fraction *p*: only while a
         traced phase (its length in requests, at least :data:`MIN_REQUESTS`)
         would hold one traced request or more. Paused, nothing is measured,
         and the first switch after starts afresh."""
-        if p * max(MIN_REQUESTS, TRACED_NS / max(1.0, self._per[1])) >= 1.0:
+        if p * self._traced_requests() >= 1.0:
             return True
         self._mark = None
         return False
+
+    def _traced_requests(self) -> int:
+        """A traced phase's length in requests, at its last CPU per request."""
+        return max(MIN_REQUESTS, int(TRACED_NS / max(1.0, self._per[1])))
 
     def per_trace(self) -> float | None:
         """What a traced request costs the request threads (ns), once there
