@@ -315,24 +315,28 @@ def test_untraced_requests_are_measured_as_the_control_group(server: str) -> Non
     bare, steps = t.costs._floor_samples
     assert (len(bare), len(steps)) == (1, 1)
     assert t.costs._n[GROUP_SKIPPED] == 1
-    assert t.costs._sum[GROUP_SKIPPED] == steps[0] > 0
+    # The whole request (less the two clock reads inside it), not only what
+    # ran around the application.
+    assert t.costs._sum[GROUP_SKIPPED] > 0
+    assert steps[0] > 0
 
 
 @pytest.mark.parametrize("server", SERVERS)
 def test_measured_untraced_requests_are_timed_with_and_without_the_untraced_path(
     server: str,
 ) -> None:
-    """In turn: with the untraced path's own steps (also one of the skipped
-    group) and without them, so that the budget prices that path in place."""
+    """In turn: what runs around the application with the untraced path's
+    own steps (the request also one of the skipped group) and without them,
+    so that the budget prices that path in place."""
     t = untraced_tracer(Sink(), measured="with steps")
     run, _ = SERVERS[server]
     for _ in range(6):
         run(t)
     bare, steps = t.costs._floor_samples
     assert (len(bare), len(steps)) == (3, 3)
-    assert min(bare) > 0
+    assert min(bare) > 0  # two clock reads' gaps, with nothing between
     assert t.costs._n[GROUP_SKIPPED] == 3
-    assert t.costs._sum[GROUP_SKIPPED] == sum(steps)
+    assert t.costs._sum[GROUP_SKIPPED] > 0
 
 
 def test_a_configured_tracer_does_not_root_the_spans_of_an_untraced_request() -> None:

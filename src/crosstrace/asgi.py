@@ -36,6 +36,7 @@ from crosstrace.context import (
     reset_current,
     set_current,
 )
+from crosstrace.headers import parse_header_list
 from crosstrace.httpnames import (
     ATTR_METHOD,
     ATTR_ROUTE,
@@ -61,7 +62,6 @@ from crosstrace.tracing.tracer import (
     span,
 )
 from crosstrace.trust import OSPROFILER_HMAC_HEADER, OSPROFILER_INFO_HEADER, TRIGGER_HEADER
-from crosstrace.wsgi import parse_header_list
 
 __all__ = ["ASGIApp", "RequestIdMiddleware"]
 
@@ -339,9 +339,10 @@ class RequestIdMiddleware:
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext, tracer: Tracer
     ) -> None:
         """An untraced request whose CPU time is measured: the untraced path
-        above, step for step, timed with its own steps or without them, in
-        turn (what :meth:`~crosstrace.tracing.budget.CostModel.skipped_ns`
-        is priced from). Under concurrent requests the thread CPU between
+        above, step for step; what runs around the application is timed with
+        the path's own steps or without them, in turn (what
+        :meth:`~crosstrace.tracing.budget.CostModel.skipped_ns` is priced
+        from), and the whole request. Under concurrent requests the thread CPU between
         the two readings includes other tasks' steps: noisier, but alike for
         every group."""
         if self.tracer is None:  # the configured tracer, which may have changed
@@ -362,6 +363,7 @@ class RequestIdMiddleware:
         span_token = set_current_span(None) if get_current_span() is not None else None
         if not with_steps:
             t0 = thread_time_ns()
+        t1 = thread_time_ns()
         token = set_current(context)
         try:
             await self.app(scope, receive, capture)
@@ -372,14 +374,15 @@ class RequestIdMiddleware:
             if span_token is not None:
                 reset_current_span(span_token)
             reset_current(token)
+        t2 = t3 = thread_time_ns()
         if not with_steps:
-            cpu = thread_time_ns() - t0
+            t3 = thread_time_ns()
         late = (type(status) is int and status >= 500) or (
             time_ns() - start_ns >= tracer.slow_ns > 0
         )
         if with_steps:
-            cpu = thread_time_ns() - t0
-        costs.observe_untraced(with_steps, cpu)
+            t3 = thread_time_ns()
+        costs.observe_untraced(with_steps, t1 - t0 + t3 - t2, t3 - t0)
         if late:
             self._after_the_fact(scope, context, tracer, start_ns, status, None)
 

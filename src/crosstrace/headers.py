@@ -3,9 +3,13 @@
 Kept as module constants the way ``oslo_middleware/request_id.py`` keeps its
 own, so a reader (and a grep) finds each wire name once. The modules that use
 them import them from here; some re-export them under the names they always had.
+:func:`parse_header_list` reads a configured list of header names.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterable
 
 __all__ = [
     "CONTEXT_KEY",
@@ -32,6 +36,7 @@ __all__ = [
     "TRACEPARENT_HEADER",
     "TRACESTATE_HEADER",
     "TRIGGER_HEADER",
+    "parse_header_list",
 ]
 
 # -- request ids -------------------------------------------------------------------
@@ -75,3 +80,28 @@ ENV_OSPROFILER_INFO = "HTTP_X_TRACE_INFO"
 # -- span naming -------------------------------------------------------------------
 #: WSGI environ key (ASGI scope key) an application may set to its route template.
 ENV_ROUTE = "crosstrace.route"
+
+
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_SPLIT_RE = re.compile(r"[\s,]+")
+
+
+def parse_header_list(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Header names from a space- or comma-separated string (or an iterable).
+
+    Names are lowercased and must be valid HTTP tokens (``ValueError`` otherwise),
+    so that a typo in a paste ini fails at start-up, not on a request.
+    """
+    if value is None:
+        return ()
+    items = _HEADER_SPLIT_RE.split(value) if isinstance(value, str) else list(value)
+    names: list[str] = []
+    for item in items:
+        name = item.strip().lower()
+        if not name:
+            continue
+        if not _HEADER_NAME_RE.fullmatch(name):
+            raise ValueError(f"not a valid HTTP header name: {name!r}")
+        if name not in names:
+            names.append(name)
+    return tuple(names)

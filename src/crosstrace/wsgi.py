@@ -32,7 +32,6 @@ PasteDeploy::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from time import thread_time_ns, time_ns
 from types import TracebackType
@@ -52,6 +51,7 @@ from crosstrace.headers import (
     ENV_TRACESTATE,
     ENV_TRIGGER,
     HTTP_RESP_HEADER_REQUEST_ID,
+    parse_header_list,
 )
 from crosstrace.httpnames import (
     ATTR_METHOD,
@@ -122,31 +122,6 @@ class StartResponse(Protocol):
 
 
 WSGIApplication = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-
-
-_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_HEADER_SPLIT_RE = re.compile(r"[\s,]+")
-
-
-def parse_header_list(value: str | Iterable[str] | None) -> tuple[str, ...]:
-    """Header names from a space- or comma-separated string (or an iterable).
-
-    Names are lowercased and must be valid HTTP tokens (``ValueError`` otherwise),
-    so that a typo in a paste ini fails at start-up, not on a request.
-    """
-    if value is None:
-        return ()
-    items = _HEADER_SPLIT_RE.split(value) if isinstance(value, str) else list(value)
-    names: list[str] = []
-    for item in items:
-        name = item.strip().lower()
-        if not name:
-            continue
-        if not _HEADER_NAME_RE.fullmatch(name):
-            raise ValueError(f"not a valid HTTP header name: {name!r}")
-        if name not in names:
-            names.append(name)
-    return tuple(names)
 
 
 #: The environ keys of keystonemiddleware's identity headers.
@@ -397,9 +372,10 @@ class RequestIdMiddleware:
         start_response: StartResponse,
     ) -> Iterable[bytes]:
         """An untraced request whose CPU time is measured: the untraced path
-        above, step for step, timed with its own steps or without them, in
-        turn (what :meth:`~crosstrace.tracing.budget.CostModel.skipped_ns`
-        is priced from)."""
+        above, step for step; what runs around the application is timed with
+        the path's own steps or without them, in turn (what
+        :meth:`~crosstrace.tracing.budget.CostModel.skipped_ns` is priced
+        from), and the whole request."""
         if self.tracer is None:  # the configured tracer, which may have changed
             self._price_with(tracer)
         with_steps = tracer.costs.floor_turn()
@@ -418,6 +394,7 @@ class RequestIdMiddleware:
         span_token = set_current_span(None) if get_current_span() is not None else None
         if not with_steps:
             t0 = thread_time_ns()
+        t1 = thread_time_ns()
         token = set_current(context)
         try:
             body = self.app(environ, capture)
@@ -428,16 +405,17 @@ class RequestIdMiddleware:
             if span_token is not None:
                 reset_current_span(span_token)
             reset_current(token)
+        t2 = t3 = thread_time_ns()
         if not with_steps:
-            cpu = thread_time_ns() - t0
+            t3 = thread_time_ns()
         try:
             failed = "5" <= status_line < "6"
         except TypeError:  # not a str: not a status this can read
             failed = False
         late = failed or time_ns() - start_ns >= tracer.slow_ns > 0
         if with_steps:
-            cpu = thread_time_ns() - t0
-        tracer.costs.observe_untraced(with_steps, cpu)
+            t3 = thread_time_ns()
+        tracer.costs.observe_untraced(with_steps, t1 - t0 + t3 - t2, t3 - t0)
         if late:
             code = status_code(status_line)
             self._after_the_fact(environ, context, tracer, start_ns, code, None)

@@ -16,11 +16,11 @@ So the work is split:
   (the control group: tracing off, as far as the application can tell) and
   some or all traced ones have their thread CPU time measured; a traced
   request costs its group's mean less the control group's. The HTTP
-  middleware time the untraced requests they measure in turn with and
-  without the untraced path's own steps, which prices that path in place
-  (:meth:`CostModel.skipped_ns`). Root spans built after the fact for
-  untraced requests that failed or were slow are timed one by one
-  (:meth:`CostModel.add_late`).
+  middleware time the parts of the untraced requests they measure around
+  the application in turn with and without the untraced path's own steps,
+  which prices that path in place (:meth:`CostModel.skipped_ns`). Root
+  spans built after the fact for untraced requests that failed or were slow
+  are timed one by one (:meth:`CostModel.add_late`).
 * **Measuring the whole** (:mod:`crosstrace.tracing.phases`): what a traced
   request costs the process, the slower code after it and its garbage
   collected later included, from alternating phases of traced and untraced
@@ -119,8 +119,9 @@ DECAY = 0.8
 #: Effective samples a group needs before its mean replaces the calibrated price.
 MIN_SAMPLES = 20.0
 #: The untraced path in place is the difference of two medians (see
-#: :meth:`CostModel.skipped_ns`): each of the last this many measured untraced
-#: requests timed with its steps and without them, once each has this many.
+#: :meth:`CostModel.skipped_ns`): of the last this many measured untraced
+#: requests timed around the application with its steps and without them,
+#: once each kind has this many.
 FLOOR_SAMPLES = 1024
 MIN_FLOOR_SAMPLES = 256
 #: The range, as multiples of a traced request's calibrated price, of what
@@ -262,8 +263,9 @@ class CostModel:
         #: controller's windows): tracing cost whatever is traced.
         self.own_ns = 0
         #: The clock reads of the untraced and control requests measured so
-        #: far, priced (:attr:`clock_ns`): the budget's own work too, not
-        #: timed (a request measured does not count them as its own).
+        #: far (four and two each), priced (:attr:`clock_ns`): the budget's
+        #: own work too, not timed (a request measured does not count them
+        #: as its own).
         self.reads_ns = 0
         self.calibrations = 0
         self._next_ns = 0
@@ -321,12 +323,16 @@ class CostModel:
         turn = self._floor_turn = not self._floor_turn
         return turn
 
-    def observe_untraced(self, with_steps: bool, cpu_ns: int) -> None:
-        """One measured untraced request (see :meth:`floor_turn`): timed with
-        the untraced path's steps it is also one of :data:`GROUP_SKIPPED`."""
-        self._floor_samples[with_steps].append(cpu_ns)
+    def observe_untraced(self, with_steps: bool, around_ns: int, request_ns: int) -> None:
+        """One measured untraced request (see :meth:`floor_turn`): *around_ns*
+        is the CPU of what ran around the application (with the untraced
+        path's steps or without them: two clock reads' gaps, one before the
+        application and one after), *request_ns* the whole request's, two
+        clock reads inside it included. Timed with the steps it is also one
+        of :data:`GROUP_SKIPPED`, less those two reads."""
+        self._floor_samples[with_steps].append(around_ns)
         if with_steps:
-            self.observe(GROUP_SKIPPED, cpu_ns)
+            self.observe(GROUP_SKIPPED, request_ns - int(2 * self.clock_ns))
 
     def add_late(self, cpu_ns: int) -> None:
         """The measured CPU of exporting one root span after the fact."""
@@ -348,11 +354,11 @@ class CostModel:
         thread's CPU clock, system calls that cost microseconds in place)."""
         skipped = accounting.bypassed - self._bypassed_last
         self._bypassed_last = accounting.bypassed
-        # The clock reads of the untraced and control requests measured: the
-        # budget's own work (a traced request's are in what it is measured
-        # to cost, once the phases measure it).
-        measured = skipped / (accounting.mask + 1) + self._n[GROUP_CONTROL]
-        self.reads_ns += int(2 * self.clock_ns * measured)
+        # The clock reads of the untraced (four) and control (two) requests
+        # measured: the budget's own work (a traced request's are in what it
+        # is measured to cost, once the phases measure it).
+        reads = 4 * skipped / (accounting.mask + 1) + 2 * self._n[GROUP_CONTROL]
+        self.reads_ns += int(self.clock_ns * reads)
         every = max(4, min(1024, skipped // MEASURED_PER_WINDOW))
         accounting.mask = (1 << (every.bit_length() - 1)) - 1
         self._last_controls = self._n[GROUP_CONTROL]
@@ -396,10 +402,13 @@ class CostModel:
         difference of the two groups' medians, updated as a window closes.
         Between the service's own code these few steps cost several times
         what they cost in a loop (``benchmarks/bench_floor.py``), which
-        calibration cannot reproduce. Medians, not means: the steps shift
-        every request by the same fraction of a microsecond, while now and
-        then a request takes far longer (a garbage collection, the host),
-        which moves a mean by microseconds. Until then, and for entry points
+        calibration cannot reproduce. What is timed is what runs around the
+        application, not the whole request: a request's own CPU varies by
+        microseconds (tens on a heavy one), which left the difference of two
+        medians of whole requests swinging from nothing to several
+        microseconds window by window (a 300 us request), where the steps
+        cost under one. Medians, not means: now and then a clock read takes
+        far longer (the host). Until then, and for entry points
         that do not time them (RPC consumers), the calibrated price stands
         in. The spans of an untraced request take the tracing-off path, so
         they add nothing (``bypass_child_ns`` stays a check of that, not
