@@ -14,7 +14,11 @@ Without ``--pieces``: what a request the budget leaves untraced still costs
 with tracing off), per request, as the median and mean of the per-slice-pair
 differences: with the usual failures and slow requests, without them, with
 every request failing (its server span exported after the fact), and two
-copies of the untraced service (the method's own error).
+copies of the untraced service (the method's own error). Beside it, what the
+tracer prices the untraced path at in place over the same requests
+(``CostModel.skipped_ns``, from the requests it measured; what it
+prices them at, not the failures' spans): the figure from outside in the
+case without failures is what that price should read.
 
 With ``--pieces``: the untraced path taken apart (WSGI). Wrappers around the
 middleware with tracing off add its steps one by one (a function call, the
@@ -66,8 +70,11 @@ FLOOR_CASES = (
 def floor_table(args: argparse.Namespace, per_us: float, tmp: str) -> None:
     """The untraced path's cost in place (see the module docstring)."""
     seconds = args.window * args.repeats
-    print("| server | request | case | median ns/request | mean ns/request | slice pairs |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| server | request | case | median ns/request | mean ns/request | slice pairs | "
+        "tracer's price in place, ns |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for server in args.servers.split(","):
         for kind in args.kinds.split(","):
             for i, (label, error_every, slow_every, plain) in enumerate(FLOOR_CASES):
@@ -87,8 +94,12 @@ def floor_table(args: argparse.Namespace, per_us: float, tmp: str) -> None:
                 # window of this many (the warm-up's, about two seconds' worth).
                 case.tracer.costs.fold(case.tracer.accounting)
                 med, mean, pairs = _slice_pairs(case.run_traced, case.run_plain, n, seconds)
+                costs = case.tracer.costs
+                costs.fold(case.tracer.accounting)
+                priced = "—" if plain or costs._floor is None else f"{costs.skipped_ns():,.0f}"
                 print(
-                    f"| {server} | {kind} | {label} | {med:,.0f} | {mean:,.0f} | {pairs} |",
+                    f"| {server} | {kind} | {label} | {med:,.0f} | {mean:,.0f} | {pairs} | "
+                    f"{priced} |",
                     flush=True,
                 )
                 case.close()
