@@ -342,9 +342,9 @@ class RequestIdMiddleware:
         above, step for step; what runs around the application is timed with
         the path's own steps or without them, in turn (what
         :meth:`~crosstrace.tracing.budget.CostModel.skipped_ns` is priced
-        from), and the whole request. Under concurrent requests the thread CPU between
-        the two readings includes other tasks' steps: noisier, but alike for
-        every group."""
+        from), and the whole request. Under concurrent requests the whole
+        request's thread CPU includes other tasks' work: noisier, but alike
+        for every group; what runs around the application awaits nothing."""
         if self.tracer is None:  # the configured tracer, which may have changed
             self._price_with(tracer)
         costs = tracer.costs

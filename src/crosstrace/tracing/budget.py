@@ -350,7 +350,7 @@ class CostModel:
         """Close a window: fold its measurements into the decayed sums, count
         the clock reads of the requests it measured as the budget's own work,
         and pace the measured untraced requests by this window's count of them
-        (about :data:`MEASURED_PER_WINDOW`: each costs two reads of the
+        (about :data:`MEASURED_PER_WINDOW`: each costs four reads of the
         thread's CPU clock, system calls that cost microseconds in place)."""
         skipped = accounting.bypassed - self._bypassed_last
         self._bypassed_last = accounting.bypassed
