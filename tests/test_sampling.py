@@ -11,6 +11,7 @@ from crosstrace.tracing.budget import (
     FLOOR_SAMPLES,
     GROUP_CONTROL,
     GROUP_SKIPPED,
+    MEASURED_PER_WINDOW,
     MIN_FLOOR_SAMPLES,
     Accounting,
     CostModel,
@@ -347,6 +348,29 @@ def test_closing_a_window_counts_its_own_time_in_the_next_floor(
     untraced = 1000 * costs.skipped_ns()  # the window's requests, all untraced
     assert seen["fixed"] == pytest.approx(untraced + 700_000)
     assert seen["floor"] == pytest.approx(untraced + 700_000)
+
+
+@pytest.mark.parametrize(
+    ("skipped", "every"), [(100, 4), (1_000, 16), (10_000, 256), (300_000, 1024)]
+)
+def test_the_measured_untraced_requests_are_paced_by_the_last_windows_count(
+    skipped: int, every: int
+) -> None:
+    """One in a power of two of the next window's untraced requests is
+    measured: at the last window's pace, between once and twice
+    MEASURED_PER_WINDOW of them (fewer only at the one-in-4 bound, more only
+    at the one-in-1024 one)."""
+    costs, acct = CostModel(), Accounting()
+    acct.bypassed = skipped
+    costs.fold(acct)
+    assert acct.mask + 1 == every
+    measured = skipped / every
+    if every == 4:
+        assert measured < 2 * MEASURED_PER_WINDOW
+    elif every == 1024:
+        assert measured >= MEASURED_PER_WINDOW
+    else:
+        assert MEASURED_PER_WINDOW <= measured < 2 * MEASURED_PER_WINDOW
 
 
 def test_the_clock_reads_of_measured_requests_are_the_budgets_own_work() -> None:

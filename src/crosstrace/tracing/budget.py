@@ -110,7 +110,14 @@ GROUP_SKIPPED = 3
 _GROUPS = (GROUP_CONTROL, GROUP_DEFERRED, GROUP_RECORDED, GROUP_SKIPPED)
 #: Untraced requests measured per window, about: one in a power of two of
 #: them, from the last window's count (at least one in 4, at most one in 1024).
-MEASURED_PER_WINDOW = 128
+#: Each costs several microseconds in place (four clock reads, a plan): at 128
+#: a window the budget's own work was 0.6-1.0 % of the benchmark's light
+#: request's CPU, at 32 0.2-0.4 %. What they give needs few: the price of
+#: the untraced path is a difference of two medians of what runs around the
+#: application (see :meth:`CostModel.skipped_ns`), within ~100 ns window by
+#: window from 512 samples of each kind, and a mean of whole requests
+#: decayed over ~5 windows.
+MEASURED_PER_WINDOW = 32
 #: Below this traced fraction every traced request is measured (they are few,
 #: and each costs more than in a busy loop: its code and data are cold).
 MEASURE_ALL_BELOW = 0.25
@@ -122,8 +129,8 @@ MIN_SAMPLES = 20.0
 #: :meth:`CostModel.skipped_ns`): of the last this many measured untraced
 #: requests timed around the application with its steps and without them,
 #: once each kind has this many.
-FLOOR_SAMPLES = 1024
-MIN_FLOOR_SAMPLES = 256
+FLOOR_SAMPLES = 512
+MIN_FLOOR_SAMPLES = 128
 #: The range, as multiples of a traced request's calibrated price, of what
 #: the alternating phases may say it costs the process (their figure is a
 #: difference of two noisy means; outside it, it is noise).
