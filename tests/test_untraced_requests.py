@@ -315,10 +315,11 @@ def test_untraced_requests_are_measured_as_the_control_group(server: str) -> Non
     bare, steps = t.costs._floor_samples
     assert (len(bare), len(steps)) == (1, 1)
     assert t.costs._n[GROUP_SKIPPED] == 1
-    # The whole request (less the two clock reads inside it), not only what
-    # ran around the application.
-    assert t.costs._sum[GROUP_SKIPPED] > 0
+    # The whole request (less the two clock reads inside it, priced), which
+    # holds what ran around the application.
     assert steps[0] > 0
+    reads = int(2 * t.costs.clock_ns)
+    assert t.costs._sum[GROUP_SKIPPED] + reads >= steps[0]
 
 
 @pytest.mark.parametrize("server", SERVERS)
@@ -336,7 +337,35 @@ def test_measured_untraced_requests_are_timed_with_and_without_the_untraced_path
     assert (len(bare), len(steps)) == (3, 3)
     assert min(bare) > 0  # two clock reads' gaps, with nothing between
     assert t.costs._n[GROUP_SKIPPED] == 3
-    assert t.costs._sum[GROUP_SKIPPED] > 0
+    reads = 3 * int(2 * t.costs.clock_ns)  # inside each whole request, priced
+    assert t.costs._sum[GROUP_SKIPPED] + reads >= sum(steps)
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("measured", ["with steps", "without steps"])
+def test_a_measured_untraced_request_is_timed_around_the_application_and_whole(
+    server: str, measured: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four reads of the thread's CPU clock: the first two bound what runs
+    before the application, the last two what runs after it (their sum is
+    the sample of the untraced path's price); the first and the last bound
+    the whole request, which joins the skipped group (timed with the steps)
+    less its two inner reads at their price."""
+    t = untraced_tracer(Sink(), measured=measured)
+    t.costs.clock_ns = 40.0
+    readings = iter([1_000, 1_100, 11_100, 11_300])  # the application: 10 us
+    module = "crosstrace.wsgi" if server == "wsgi" else "crosstrace.asgi"
+    monkeypatch.setattr(f"{module}.thread_time_ns", lambda: next(readings))
+    run, _ = SERVERS[server]
+    run(t)
+    bare, steps = t.costs._floor_samples
+    if measured == "with steps":
+        assert (list(steps), list(bare)) == ([300], [])
+        assert t.costs._n[GROUP_SKIPPED] == 1
+        assert t.costs._sum[GROUP_SKIPPED] == 11_300 - 1_000 - 2 * 40
+    else:
+        assert (list(steps), list(bare)) == ([], [300])
+        assert t.costs._n[GROUP_SKIPPED] == 0
 
 
 def test_a_configured_tracer_does_not_root_the_spans_of_an_untraced_request() -> None:
