@@ -111,7 +111,7 @@ _GROUPS = (GROUP_CONTROL, GROUP_DEFERRED, GROUP_RECORDED, GROUP_SKIPPED)
 #: Untraced requests measured per window, about: one in a power of two of
 #: them, from the last window's count (at least one in 4, at most one in 1024).
 #: Each costs several microseconds in place (four clock reads, a plan): at 128
-#: a window the budget's own work was 0.6-1.0 % of the benchmark's light
+#: a window the budget's own work was 0.6-1.4 % of the benchmark's light
 #: request's CPU, at 32 0.2-0.4 %. What they give needs few: the price of
 #: the untraced path is a difference of two medians of what runs around the
 #: application (see :meth:`CostModel.skipped_ns`), within ~100 ns window by
