@@ -50,12 +50,19 @@ class Feed:
     """Drives :class:`Phases` through phases of synthetic requests."""
 
     def __init__(
-        self, phases: Phases, share: float = 0.25, drift: float = 0.0, spill: int = 0
+        self,
+        phases: Phases,
+        share: float = 0.25,
+        drift: float = 0.0,
+        spill: int = 0,
+        switch_ns: int = 0,
     ) -> None:
         self.phases, self.share, self.drift = phases, share, drift
         # What the last traced requests of a traced phase leave the requests
         # after them (ns, all told).
         self.spill = spill
+        # What a switch that reads the clocks costs after its first reading.
+        self.switch_ns = switch_ns
         self.request = UNTRACED_REQUEST  # an untraced request's CPU (ns)
         self.acct = Accounting()
         self.cpu = 1_000_000_000
@@ -92,11 +99,16 @@ class Feed:
         self.acct.bypassed += n - traced
         self.cpu += round(n * self._per(share)) + extra
         self.export += 1_000_000  # the export thread, measured apart
-        readings = (self.cpu + self.export, self.export)
+        calls = 0
 
         def clocks() -> tuple[int, int]:
+            nonlocal calls
             self.reads += 1
-            return readings
+            reading = self.cpu + self.export, self.export
+            if not calls:  # the switch's own work follows its first reading
+                self.cpu += self.switch_ns
+            calls += 1
+            return reading
 
         self.phases.switch(self.acct, clocks)
 
@@ -138,15 +150,29 @@ def test_what_the_last_traced_requests_leave_the_next_ones_is_theirs() -> None:
 
 def test_a_traced_phases_end_reads_no_clock() -> None:
     """The settling requests go on with the traced phase: its end reads no
-    clock (two system calls), only the settling's end does."""
+    clock (system calls), only the settling's end does, where one
+    measurement ends and, after the switch, the next starts."""
     phases = Phases()
     feed = Feed(phases)
     feed.phase()  # the first switch starts a traced phase
-    assert feed.reads == 1
-    feed.phase()  # the traced phase, then its settling requests
     assert feed.reads == 2
+    feed.phase()  # the traced phase, then its settling requests
+    assert feed.reads == 4
     feed.phase()  # the untraced phase
-    assert feed.reads == 3
+    assert feed.reads == 6
+
+
+def test_a_switchs_own_work_is_in_neither_phase() -> None:
+    """What a switch costs between its two readings is the budget's own
+    work: left in the phase it starts, it would weigh more per request on a
+    short untraced phase than on a traced one, and the figure would read
+    ~10 % low here."""
+    phases = Phases()
+    feed = Feed(phases, switch_ns=100_000)
+    feed.phase()
+    feed.pairs(MIN_PAIRS)
+    assert phases.per_trace() == pytest.approx(TRACED_EXTRA, rel=0.02)
+    assert phases._per[0] == pytest.approx(UNTRACED_REQUEST, rel=0.001)
 
 
 def test_a_steady_drift_of_the_machine_cancels_out() -> None:

@@ -14,7 +14,7 @@ request runs untraced: what a traced request costs the whole process is
 measured from the two (:mod:`crosstrace.tracing.phases`).
 
 Planning is part of what tracing costs, and between requests doing real work
-a call costs microseconds (its code gone cold, a phase's switch reading two
+a call costs microseconds (its code gone cold, a phase's switch reading the
 CPU clocks), a few tenths of a point of a light request's CPU when the plan
 runs for every measured request. So one call in :data:`PLAN_TIMED` at random
 is timed, and what it took, scaled up, is counted as the budget's own work
