@@ -32,10 +32,10 @@ in them, the same few microseconds weighed on an untraced phase's few
 requests as on a traced phase's many, and the figure read low: on the
 benchmark's heavy request (~12 requests to an untraced phase, ~66 to a
 traced one with its settling) the first request of an untraced phase ran
-~13 us over the next ones, the first of a traced phase ~9 us. Each untraced phase, set
-against the mean of the traced phases on either side of it (so that a
-steady drift of the machine cancels out), gives what a traced request cost
-the request threads::
+~13 us over the next ones, the first of a traced phase ~9 us. Each
+untraced phase, set against the mean of the traced phases on either side
+of it (so that a steady drift of the machine cancels out), gives what a
+traced request cost the request threads::
 
     (CPU per request, traced phases - CPU per request, untraced phase)
         / share of the traced phases' requests that were traced
