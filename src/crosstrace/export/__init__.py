@@ -6,6 +6,9 @@
 * :mod:`crosstrace.export.transports`: :class:`OtlpHttpTransport` (OTLP/HTTP
   protobuf + gzip), :class:`AmqpTransport` (RabbitMQ through kombu) and
   :class:`FileTransport` (OTLP/JSON lines).
+* :mod:`crosstrace.export.wire`: spans as OTLP protobuf and OTLP/JSON,
+  written directly (what the transports send; ~4-5 times cheaper than
+  building ``opentelemetry-proto`` messages).
 
 :func:`stats` returns the configured exporter's self-metrics.
 """

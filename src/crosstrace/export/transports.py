@@ -101,12 +101,13 @@ class Transport:
 
 
 def _protobuf(signal: str, items: Sequence[Any], resource: Mapping[str, Any]) -> bytes:
+    if signal == SIGNAL_TRACES:
+        from crosstrace.export.wire import spans_to_protobuf
+
+        return spans_to_protobuf(items)
     from crosstrace import otlp
 
-    if signal == SIGNAL_TRACES:
-        body: bytes = otlp.spans_to_request(items).SerializeToString()
-    else:
-        body = otlp.logs_to_request(items, resource).SerializeToString()
+    body: bytes = otlp.logs_to_request(items, resource).SerializeToString()
     return body
 
 
@@ -301,12 +302,13 @@ class FileTransport(Transport):
         self._file: Any = None
 
     def encode(self, signal: str, items: Sequence[Any], resource: Mapping[str, Any]) -> bytes:
+        if signal == SIGNAL_TRACES:
+            from crosstrace.export.wire import spans_to_json_line
+
+            return spans_to_json_line(items)
         from crosstrace import otlp
 
-        if signal == SIGNAL_TRACES:
-            doc = otlp.spans_to_json(items)
-        else:
-            doc = otlp.logs_to_json(items, resource)
+        doc = otlp.logs_to_json(items, resource)
         return (json.dumps(doc, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
 
     def send(self, signal: str, payload: bytes) -> None:
