@@ -20,9 +20,10 @@ from crosstrace.export import wire
 from crosstrace.export.transports import FileTransport, OtlpHttpTransport
 from crosstrace.propagation import start_server_span
 from crosstrace.tracecontext import TraceState
-from crosstrace.tracing import SpanKind, StatusCode, Tracer, span
+from crosstrace.tracing import SpanKind, StatusCode, span
 from crosstrace.tracing import tracer as tr
 from crosstrace.tracing.model import SpanContext
+from tracing_support import Sink, sink_tracer
 
 
 @dataclass
@@ -58,21 +59,10 @@ def library_bytes(spans: Sequence[Any]) -> bytes:
     return otlp.spans_to_request(spans).SerializeToString()  # type: ignore[no-any-return]
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.spans: list[Any] = []
-
-    def export_spans(self, spans: Sequence[Any]) -> None:
-        self.spans.extend(spans)
-
-    def cpu_ns(self) -> int:
-        return 0
-
-
 def test_a_traced_requests_spans_are_written_as_the_library_writes_them() -> None:
     sink = Sink()
     previous = tr.get_tracer()
-    tr._set_tracer(Tracer("svc-wire", sink=sink, sample_ratio=1.0))
+    tr._set_tracer(sink_tracer(sink, "svc-wire", sample_ratio=1.0))
     try:
         parent = start_server_span(
             "GET /servers",
